@@ -1,0 +1,17 @@
+#!/bin/sh
+# Regenerates the Go code for protocol/proto/*.proto (run by `make proto`).
+# protoc comes from Debian's protobuf-compiler; both plugins are pinned as
+# tools in go.mod, so the output only changes when the .proto files or the
+# pinned versions do (CI regenerates and checks `git diff --exit-code`).
+set -eu
+cd "$(dirname "$0")/.."
+bin="$PWD/build/bin"
+mkdir -p "$bin"
+go build -o "$bin/" google.golang.org/protobuf/cmd/protoc-gen-go github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc
+rm -f protocol/grpc/*.pb.go protocol/types/*.pb.go
+PATH="$bin:$PATH" protoc \
+	-I protocol/proto -I /usr/include \
+	--go_out=. --go_opt=module=github.com/keelvm/keel \
+	--go-ttrpc_out=. --go-ttrpc_opt=module=github.com/keelvm/keel \
+	protocol/proto/agent.proto protocol/proto/oci.proto protocol/proto/health.proto protocol/proto/types.proto
+gofmt -l protocol/grpc protocol/types
