@@ -1,0 +1,126 @@
+package stdio
+
+import (
+	"errors"
+	"io"
+	"net"
+)
+
+// attachBufLen is the copy buffer of one attached stream: larger than the
+// default 64 KiB pipe so a full pipe is emptied in one read.
+const attachBufLen = 256 << 10
+
+// closeWriter is a connection that can signal EOF while staying readable
+// (*net.UnixConn, *net.TCPConn, *vsock.Conn).
+type closeWriter interface{ CloseWrite() error }
+
+// AttachStdout forwards the process's stdout to conn (Kata passfd fast
+// path) until EOF, with the same exit grace as ReadStdout, then half-closes
+// conn (CloseWrite, or Close when conn cannot half-close). From then on
+// ReadStdout returns ErrAttached. IO owns conn: Close closes it.
+func (s *IO) AttachStdout(conn net.Conn) error {
+	if err := s.waitConsole(s.ctx); err != nil {
+		return err
+	}
+	return s.attachOut(s.stdout, conn)
+}
+
+// AttachStderr is AttachStdout for stderr (ErrNoStream for a terminal).
+func (s *IO) AttachStderr(conn net.Conn) error {
+	if s.terminal {
+		return ErrNoStream
+	}
+	return s.attachOut(s.stderr, conn)
+}
+
+func (s *IO) attachOut(st *outStream, conn net.Conn) error {
+	if err := st.attach(); err != nil {
+		return err
+	}
+	if !s.track(conn) {
+		return ErrClosed
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		buf := make([]byte, attachBufLen)
+		for {
+			n, err := st.read(s.ctx, buf, true)
+			if n > 0 {
+				if _, werr := conn.Write(buf[:n]); werr != nil {
+					conn.Close()
+					return
+				}
+			}
+			if errors.Is(err, io.EOF) {
+				if cw, ok := conn.(closeWriter); ok && cw.CloseWrite() == nil {
+					return
+				}
+				conn.Close()
+				return
+			}
+			if err != nil {
+				conn.Close()
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// AttachStdin copies conn into the process's stdin; EOF on conn closes
+// stdin (CloseStdin). If the process cannot take more input, conn is closed
+// so the host sees the failure. IO owns conn: Close closes it.
+func (s *IO) AttachStdin(conn net.Conn) error {
+	if err := s.waitConsole(s.ctx); err != nil {
+		return err
+	}
+	st := s.stdin
+	st.mu.Lock()
+	switch {
+	case st.closed.Load():
+		st.mu.Unlock()
+		return ErrStdinClosed
+	case st.attached:
+		st.mu.Unlock()
+		return ErrAttached
+	}
+	st.attached = true
+	st.mu.Unlock()
+	if !s.track(conn) {
+		return ErrClosed
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		buf := make([]byte, attachBufLen)
+		for {
+			n, err := conn.Read(buf)
+			if n > 0 {
+				if _, werr := st.write(s.ctx, buf[:n], true); werr != nil {
+					conn.Close()
+					return
+				}
+			}
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					s.CloseStdin()
+				}
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// track records conn so Close can close it; false if IO is already closed.
+func (s *IO) track(conn net.Conn) bool {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if s.ctx.Err() != nil {
+		conn.Close()
+		return false
+	}
+	s.conns = append(s.conns, conn)
+	return true
+}

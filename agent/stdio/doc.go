@@ -1,0 +1,23 @@
+// Package stdio owns the standard streams of one container process inside
+// the guest: the pipes or the pty given to libcontainer, and the host-facing
+// operations behind Kata's WriteStdin, ReadStdout, ReadStderr, CloseStdin and
+// TtyWinResize RPCs, plus the passthrough-fd fast path (Attach*).
+//
+// Guarantees, each enforced by a test in this package:
+//
+//   - No byte is lost or reordered. Reads go straight to the pipe or pty
+//     master; nothing is buffered in the agent, so a slow reader backpressures
+//     the process through the full pipe (memory use stays bounded).
+//   - A read returns up to MaxReadLen bytes; io.EOF means the stream ended
+//     (the RPC handler answers with empty data, Kata's EOF signal).
+//   - An exited process never stalls readers forever. Kata agent#370 and
+//     kata-containers#4747: a background grandchild that inherited stdout
+//     keeps the pipe open, so EOF never comes. After ProcessExited, readers
+//     keep receiving everything already in the pipe; once ExitGrace has passed
+//     and the pipe is empty, the stream reports EOF even if a grandchild still
+//     holds the write end. Everything the exited process wrote was in the
+//     pipe before it exited, so none of it is lost.
+//   - Writes to stdin never block forever once the process has exited: after
+//     ExitGrace they fail with ErrProcessExited.
+//   - Close releases every descriptor (tests compare /proc/self/fd counts).
+package stdio
