@@ -1,0 +1,48 @@
+package metrics
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRender(t *testing.T) {
+	r := New()
+	r.ObserveRPC("/grpc.Health/Check", 700*time.Microsecond, false)
+	r.ObserveRPC("/grpc.Health/Check", 3*time.Millisecond, true)
+	r.ObserveRPC("/grpc.Health/Check", 20*time.Second, false)
+	containers := 2.0
+	r.Gauge("keel_containers", "Containers.", func() float64 { return containers })
+	out := r.Render()
+	for _, want := range []string{
+		`keel_agent_rpc_duration_seconds_bucket{method="/grpc.Health/Check",le="0.0005"} 0`,
+		`keel_agent_rpc_duration_seconds_bucket{method="/grpc.Health/Check",le="0.001"} 1`,
+		`keel_agent_rpc_duration_seconds_bucket{method="/grpc.Health/Check",le="0.005"} 2`,
+		`keel_agent_rpc_duration_seconds_bucket{method="/grpc.Health/Check",le="10"} 2`,
+		`keel_agent_rpc_duration_seconds_bucket{method="/grpc.Health/Check",le="+Inf"} 3`,
+		`keel_agent_rpc_duration_seconds_count{method="/grpc.Health/Check"} 3`,
+		`keel_agent_rpc_errors_total{method="/grpc.Health/Check"} 1`,
+		"keel_containers 2\n",
+		"# TYPE keel_agent_resident_memory_bytes gauge",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "keel_agent_resident_memory_bytes 0\n") {
+		t.Error("RSS read as 0")
+	}
+}
+
+func TestStatusField(t *testing.T) {
+	s := []byte("Name:\tx\nVmRSS:\t  1234 kB\nThreads:\t7\nBad:\tzz\n")
+	if got := StatusField(s, "VmRSS"); got != 1234*1024 {
+		t.Errorf("VmRSS = %d", got)
+	}
+	if got := StatusField(s, "Threads"); got != 7 {
+		t.Errorf("Threads = %d", got)
+	}
+	if StatusField(s, "Bad") != 0 || StatusField(s, "Missing") != 0 {
+		t.Error("bad or missing field not 0")
+	}
+}

@@ -1,0 +1,81 @@
+// Package service assembles the agent's ttrpc services: grpc.AgentService
+// from the handler structs of the domain packages, and grpc.Health.
+//
+// Each domain package exports a handler struct whose methods have the
+// generated AgentService signatures. Service embeds them one level deep and
+// Unimplemented two levels deep, so Go's method promotion picks a handler's
+// method when one exists and the Unimplemented fallback otherwise. Two
+// handlers claiming the same RPC make the promotion ambiguous, which the
+// compile-time interface check below turns into a build error.
+package service
+
+import (
+	"context"
+	"reflect"
+	"sort"
+
+	"github.com/keelvm/keel/agent/version"
+	pb "github.com/keelvm/keel/protocol/grpc"
+)
+
+// fallback puts Unimplemented one level deeper than the handlers.
+type fallback struct{ Unimplemented }
+
+// Service is the agent's grpc.AgentService.
+type Service struct {
+	fallback
+	*Guest
+}
+
+var _ pb.AgentServiceService = (*Service)(nil)
+
+// Handlers are the domain handler structs Service is built from.
+type Handlers struct {
+	Guest *Guest
+}
+
+// New assembles a Service. A nil handler leaves its RPCs unimplemented.
+func New(h Handlers) *Service {
+	s := &Service{Guest: h.Guest}
+	if s.Guest == nil {
+		s.Guest = &Guest{}
+	}
+	return s
+}
+
+// Implemented lists, sorted, the AgentService RPCs that some handler of
+// Service implements (everything else answers Unimplemented). README's RPC
+// table is checked against it.
+func Implemented() []string {
+	api := reflect.TypeOf((*pb.AgentServiceService)(nil)).Elem()
+	st := reflect.TypeOf(Service{})
+	var out []string
+	for i := 0; i < st.NumField(); i++ {
+		f := st.Field(i)
+		if f.Type == reflect.TypeOf(fallback{}) {
+			continue
+		}
+		for j := 0; j < api.NumMethod(); j++ {
+			if _, ok := f.Type.MethodByName(api.Method(j).Name); ok {
+				out = append(out, api.Method(j).Name)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Health is grpc.Health.
+type Health struct{}
+
+var _ pb.HealthService = Health{}
+
+// Check answers SERVING: the agent answers RPCs as soon as it listens.
+func (Health) Check(context.Context, *pb.CheckRequest) (*pb.HealthCheckResponse, error) {
+	return &pb.HealthCheckResponse{Status: pb.HealthCheckResponse_SERVING}, nil
+}
+
+// Version reports the API and agent versions.
+func (Health) Version(context.Context, *pb.CheckRequest) (*pb.VersionCheckResponse, error) {
+	return &pb.VersionCheckResponse{GrpcVersion: version.APIVersion, AgentVersion: version.Version}, nil
+}
