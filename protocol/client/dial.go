@@ -197,4 +197,3 @@ func permanent(err error) bool {
 	var p permanentError
 	return errors.As(err, &p)
 }
-

@@ -208,9 +208,9 @@ func TestPermanentErrorsReturnAtOnce(t *testing.T) {
 
 func TestReadLineLimits(t *testing.T) {
 	for in, want := range map[string]string{
-		"OK 1\nrest":               "OK 1",
-		"":                         "closed",
-		strings.Repeat("a", 500):   fmt.Sprintf("longer than %d", MaxHandshakeLine),
+		"OK 1\nrest":                "OK 1",
+		"":                          "closed",
+		strings.Repeat("a", 500):    fmt.Sprintf("longer than %d", MaxHandshakeLine),
 		"OK without newline at EOF": "closed",
 	} {
 		got, err := readLine(strings.NewReader(in))
