@@ -106,7 +106,6 @@ func fakeLoader(t *testing.T, loaded map[string]bool, fail map[string]error) (*L
 	return l, &calls
 }
 
-
 func TestLoad(t *testing.T) {
 	l, calls := fakeLoader(t, map[string]bool{"dax": true}, map[string]error{"libnvdimm": unix.EEXIST})
 	l.Log = discard()
