@@ -45,14 +45,15 @@ func (s *IO) receiveConsole() {
 		s.consoleErr = fmt.Errorf("%w: %v", ErrNoConsole, err)
 		return
 	}
+	// Under the exit lock: ProcessExited may run concurrently and reads
+	// the streams under it.
+	s.exit.mu.Lock()
+	defer s.exit.mu.Unlock()
 	s.master = master
 	s.stdout = &outStream{name: "stdout", f: master, exit: &s.exit}
 	s.stdin = &inStream{f: master, exit: &s.exit}
-	if s.exit.hasExited() {
-		// The process exited before the master arrived: apply its deadline.
-		s.exit.mu.Lock()
+	if s.exit.exited {
 		master.SetDeadline(s.exit.graceEnd)
-		s.exit.mu.Unlock()
 	}
 }
 

@@ -278,7 +278,7 @@ func (s *IO) Resize(rows, cols uint32) error {
 // empty stream reports EOF no later than ExitGrace from now, and blocked
 // stdin writes fail after ExitGrace. Calling it again has no effect.
 func (s *IO) ProcessExited() {
-	s.exit.mark(time.Now().Add(ExitGrace), s.files()...)
+	s.exit.mark(time.Now().Add(ExitGrace), s.files)
 }
 
 func (s *IO) files() []*os.File {

@@ -26,14 +26,16 @@ type exitState struct {
 	graceEnd time.Time
 }
 
-func (e *exitState) mark(graceEnd time.Time, files ...*os.File) {
+// mark records the exit; files is called under the lock, so it may read
+// stream fields that the console receiver sets under the same lock.
+func (e *exitState) mark(graceEnd time.Time, files func() []*os.File) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.exited {
 		return
 	}
 	e.exited, e.graceEnd = true, graceEnd
-	for _, f := range files {
+	for _, f := range files() {
 		f.SetReadDeadline(graceEnd)
 		f.SetWriteDeadline(graceEnd)
 	}
@@ -56,12 +58,6 @@ func (e *exitState) graceOver() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.exited && !time.Now().Before(e.graceEnd)
-}
-
-func (e *exitState) hasExited() bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.exited
 }
 
 // outStream is the agent's read end of stdout or stderr (or the pty master).
