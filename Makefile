@@ -1,0 +1,65 @@
+# Keel build, test and demo entry points. Everything builds into build/
+# (git-ignored); slow downloads and kernel builds are cached outside the
+# checkout under $(KEEL_CACHE).
+
+GO         ?= go
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev)
+KEEL_CACHE ?= /var/cache/keel
+export KEEL_CACHE
+
+# The guest agent: static (no libc in a minimal guest), cgo on because
+# libcontainer's nsenter is C, stripped.
+AGENT_TAGS    := netgo,osusergo,seccomp
+AGENT_LDFLAGS := -s -w -X github.com/keelvm/keel/agent/version.Version=$(VERSION) -linkmode external -extldflags -static
+HOST_LDFLAGS  := -s -w -X github.com/keelvm/keel/agent/version.Version=$(VERSION)
+
+TEST_TIMEOUT ?= 18m
+
+.PHONY: demo all agent host proto proto-check lint test test-slow bench vm-demo kernel clean
+
+all: agent host
+
+agent:
+	CGO_ENABLED=1 $(GO) build -trimpath -tags $(AGENT_TAGS) -ldflags '$(AGENT_LDFLAGS)' -o build/keel-agent ./cmd/keel-agent
+
+# Host tools: every cmd/ but the agent (keelctl, keel-rootfs, keel-kernel, ...).
+HOST_CMDS := $(addprefix ./,$(filter-out cmd/keel-agent/,$(dir $(wildcard cmd/*/main.go))))
+host:
+	$(GO) build -trimpath -ldflags '$(HOST_LDFLAGS)' -o build/ $(HOST_CMDS)
+
+proto:
+	./protocol/generate.sh
+
+# CI: the committed generated code must be what `make proto` produces.
+proto-check: proto
+	git diff --exit-code -- protocol/
+	@test -z "$$(git status --porcelain -- protocol/)" || { git status --porcelain -- protocol/; echo "untracked generated files"; exit 1; }
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+# The default test run: unit, host-mode and VM tests (root needed).
+test: all
+	KEEL_AGENT_BIN=$(CURDIR)/build/keel-agent KEELCTL_BIN=$(CURDIR)/build/keelctl \
+		$(GO) test -timeout $(TEST_TIMEOUT) -count=1 ./...
+
+test-slow: all
+	KEEL_SLOW=1 KEEL_AGENT_BIN=$(CURDIR)/build/keel-agent KEELCTL_BIN=$(CURDIR)/build/keelctl \
+		$(GO) test -timeout 60m -count=1 ./...
+
+bench: all
+	./tests/bench/run.sh
+
+demo: all
+	./scripts/host-demo.sh
+
+vm-demo: all
+	$(GO) run ./tests/demo
+
+kernel:
+	$(GO) run ./cmd/keel-kernel build
+
+clean:
+	rm -rf build

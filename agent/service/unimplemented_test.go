@@ -1,0 +1,78 @@
+package service
+
+import (
+	"context"
+	"reflect"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/keelvm/keel/protocol/grpc"
+)
+
+// Every RPC of the fallback answers Unimplemented and names itself.
+func TestUnimplementedCoversEveryRPC(t *testing.T) {
+	api := reflect.TypeOf((*pb.AgentServiceService)(nil)).Elem()
+	u := reflect.ValueOf(Unimplemented{})
+	for i := 0; i < api.NumMethod(); i++ {
+		m := api.Method(i)
+		req := reflect.New(m.Type.In(1).Elem())
+		out := u.MethodByName(m.Name).Call([]reflect.Value{reflect.ValueOf(context.Background()), req})
+		err, _ := out[1].Interface().(error)
+		if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), m.Name) {
+			t.Errorf("%s: %v, want Unimplemented naming the RPC", m.Name, err)
+		}
+	}
+}
+
+// Service routes the RPCs Implemented() lists to real handlers and every
+// other RPC to the fallback.
+func TestServiceRouting(t *testing.T) {
+	impl := map[string]bool{}
+	for _, n := range Implemented() {
+		impl[n] = true
+	}
+	if !impl["GetGuestDetails"] || !impl["GetMetrics"] {
+		t.Fatalf("Implemented() = %v, want at least GetGuestDetails and GetMetrics", Implemented())
+	}
+	s := reflect.ValueOf(New(Handlers{}))
+	api := reflect.TypeOf((*pb.AgentServiceService)(nil)).Elem()
+	for i := 0; i < api.NumMethod(); i++ {
+		m := api.Method(i)
+		if impl[m.Name] {
+			continue
+		}
+		req := reflect.New(m.Type.In(1).Elem())
+		out := s.MethodByName(m.Name).Call([]reflect.Value{reflect.ValueOf(context.Background()), req})
+		if err, _ := out[1].Interface().(error); status.Code(err) != codes.Unimplemented {
+			t.Errorf("%s is not in Implemented() but answered %v", m.Name, err)
+		}
+	}
+}
+
+func TestGuestDetailsFromSysfs(t *testing.T) {
+	root := t.TempDir()
+	mustWrite(t, root+"/devices/system/memory/block_size_bytes", "8000000\n")
+	g := &Guest{SysfsRoot: root, StorageHandlers: []string{"local"}, IsInit: func() bool { return true }}
+	resp, err := g.GetGuestDetails(context.Background(), &pb.GuestDetailsRequest{MemBlockSize: true, MemHotplugProbe: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.MemBlockSizeBytes != 0x8000000 || resp.SupportMemHotplugProbe {
+		t.Errorf("got %v, want 128 MiB blocks and no probe", resp)
+	}
+	if !resp.AgentDetails.InitDaemon || len(resp.AgentDetails.StorageHandlers) != 1 {
+		t.Errorf("agent details %v", resp.AgentDetails)
+	}
+	mustWrite(t, root+"/devices/system/memory/probe", "")
+	resp, _ = g.GetGuestDetails(context.Background(), &pb.GuestDetailsRequest{MemHotplugProbe: true})
+	if !resp.SupportMemHotplugProbe || resp.MemBlockSizeBytes != 0 {
+		t.Errorf("probe present, block size not asked: %v", resp)
+	}
+	mustWrite(t, root+"/devices/system/memory/block_size_bytes", "zz\n")
+	if _, err := g.GetGuestDetails(context.Background(), &pb.GuestDetailsRequest{MemBlockSize: true}); status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "mem_block_size") {
+		t.Errorf("garbage block size: %v", err)
+	}
+}
