@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 var long = flag.Bool("long", false, "run the 1 GiB lossless tests")
@@ -160,3 +162,5 @@ func ctxT(t testing.TB, d time.Duration) context.Context {
 }
 
 func writeFileErr(path string, b []byte) error { return os.WriteFile(path, b, 0o600) }
+
+func dupCloexec(fd int) (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) }
