@@ -3,8 +3,8 @@ package stdio
 import (
 	"context"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
