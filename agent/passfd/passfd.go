@@ -12,7 +12,8 @@
 // as Kata's passfd_io.rs does, and the container code claims them with Take.
 //
 // Unlike Kata, unclaimed connections do not accumulate forever: at most
-// MaxPending wait, each for at most PendingTTL.
+// MaxPending wait, and one older than PendingTTL is closed at the next
+// arrival.
 package passfd
 
 import (
