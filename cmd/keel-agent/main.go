@@ -18,6 +18,9 @@ import (
 	"github.com/keelvm/keel/agent/server"
 	"github.com/keelvm/keel/agent/service"
 	"github.com/keelvm/keel/agent/version"
+	"github.com/keelvm/keel/init/reaper"
+	"github.com/keelvm/keel/init/timeline"
+	"github.com/keelvm/keel/kernel-config/required"
 )
 
 func main() {
@@ -68,9 +71,17 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
+	timeline.Mark("agent_start")
+
+	// The reaper owns wait(2) for the whole process: start it before any
+	// child exists (containers, mkfs, the debug console shell).
+	if err := reaper.Start(); err != nil {
+		return fmt.Errorf("unable to start the reaper: %w", err)
+	}
+
 	reg := metrics.New()
 	svc := service.New(service.Handlers{
-		Guest: &service.Guest{Metrics: reg},
+		Guest: &service.Guest{Metrics: reg, ExtraFeatures: extraFeatures},
 	})
 	srv, err := server.New(svc, service.Health{}, reg, log)
 	if err != nil {
@@ -79,6 +90,11 @@ func run(args []string) error {
 	ln, err := server.Listen(o.addr)
 	if err != nil {
 		return err
+	}
+	timeline.Mark("listener_ready")
+	for _, e := range timeline.Entries() {
+		since := e.Since.Seconds()
+		reg.Gauge("keel_boot_"+e.Name+"_seconds", "Guest uptime (CLOCK_BOOTTIME) at the "+e.Name+" boot milestone.", func() float64 { return since })
 	}
 	log.Info("listening", "addr", o.addr, "version", version.Version, "pid", os.Getpid())
 
@@ -96,4 +112,23 @@ func run(args []string) error {
 		srv.Close()
 	}
 	return nil
+}
+
+// extraFeatures reports, in AgentDetails.extra_features, the boot timeline
+// ("keel.boot.<milestone>=<guest uptime in seconds>") and every option Keel
+// needs that the running kernel lacks ("keel.kernel.missing=<FEATURE>:<OPTION>=<got>"),
+// or "keel.kernel.config=unavailable" without /proc/config.gz.
+func extraFeatures() []string {
+	var out []string
+	for _, e := range timeline.Entries() {
+		out = append(out, fmt.Sprintf("keel.boot.%s=%.6f", e.Name, e.Since.Seconds()))
+	}
+	missing, err := required.CheckRunning()
+	if err != nil {
+		return append(out, "keel.kernel.config=unavailable")
+	}
+	for _, m := range missing {
+		out = append(out, fmt.Sprintf("keel.kernel.missing=%s:%s=%s", m.Feature, m.Option, m.Got))
+	}
+	return out
 }
