@@ -1,0 +1,73 @@
+// Command ratio reads `go test -bench` output and prints each Keel benchmark
+// as a ratio against the baseline it is paired with (runc, a raw socket
+// copy, ...), using the median of the -count runs of each.
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// pair is one comparison. Unit "ns/op": ratio = keel/baseline (lower is
+// better); unit "MB/s": ratio = keel/baseline (higher is better).
+type pair struct {
+	name, keel, baseline, unit, target string
+}
+
+var pairs = []pair{
+	{"P1 create+start+wait+remove /bin/true vs runc run", "BenchmarkLifecycle", "BenchmarkRuncRun", "ns/op", "<= 0.5"},
+	{"P2 exec /bin/true vs runc exec", "BenchmarkExec", "BenchmarkRuncExec", "ns/op", "<= 0.5"},
+	{"P3 stdout fast path vs raw unix copy", "BenchmarkStdoutFastPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.8"},
+	{"P3 stdout RPC path vs raw unix copy", "BenchmarkStdoutRPCPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.3"},
+}
+
+func main() {
+	vals := map[string]map[string][]float64{} // bench name -> unit -> values
+	sc := bufio.NewScanner(os.Stdin)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		name := f[0]
+		if i := strings.LastIndexByte(name, '-'); i > 0 { // strip -GOMAXPROCS
+			if _, err := strconv.Atoi(name[i+1:]); err == nil {
+				name = name[:i]
+			}
+		}
+		for i := 2; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				continue
+			}
+			if vals[name] == nil {
+				vals[name] = map[string][]float64{}
+			}
+			vals[name][f[i+1]] = append(vals[name][f[i+1]], v)
+		}
+	}
+	fmt.Println("\nratio                                                  keel/baseline  target")
+	for _, p := range pairs {
+		k, kok := median(vals[p.keel][p.unit])
+		b, bok := median(vals[p.baseline][p.unit])
+		if !kok || !bok || b == 0 {
+			fmt.Printf("%-54s %-14s %s\n", p.name, "not run", p.target)
+			continue
+		}
+		fmt.Printf("%-54s %-14.3f %s   (%s: %.4g vs %.4g)\n", p.name, k/b, p.target, p.unit, k, b)
+	}
+}
+
+func median(v []float64) (float64, bool) {
+	if len(v) == 0 {
+		return 0, false
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2], true
+}
