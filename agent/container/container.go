@@ -1,0 +1,386 @@
+package container
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keelvm/keel/agent/ociconv"
+	"github.com/keelvm/keel/agent/stdio"
+	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/runc/libcontainer"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// State is a container's lifecycle state. Transitions:
+//
+//	created --Start--> running --Pause--> paused --Resume--> running
+//	created|running|paused --init exits--> stopped
+//	any --Remove--> removed (gone from the sandbox)
+type State int
+
+// Container states.
+const (
+	StateCreated State = iota + 1
+	StateRunning
+	StatePaused
+	StateStopped
+	StateRemoved
+)
+
+func (s State) String() string {
+	switch s {
+	case StateCreated:
+		return "created"
+	case StateRunning:
+		return "running"
+	case StatePaused:
+		return "paused"
+	case StateStopped:
+		return "stopped"
+	case StateRemoved:
+		return "removed"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// Container wraps a libcontainer container and its processes.
+type Container struct {
+	id           string
+	lc           *libcontainer.Container
+	spec         *specs.Spec
+	privatePidns bool
+	init         *Process
+
+	mu    sync.Mutex
+	state State
+	execs map[string]*Process
+}
+
+// ID returns the container id.
+func (c *Container) ID() string { return c.id }
+
+// Spec returns the (agent-adjusted) spec the container was created from.
+func (c *Container) Spec() *specs.Spec { return c.spec }
+
+// State returns the current state.
+func (c *Container) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// InitProcess returns the container's first process.
+func (c *Container) InitProcess() *Process { return c.init }
+
+// Process returns the init process for an empty execID or the container's
+// exec id, else one started by Exec.
+func (c *Container) Process(execID string) (*Process, error) {
+	if execID == "" || execID == c.init.ID {
+		return c.init, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.execs[execID]
+	if !ok {
+		return nil, fmt.Errorf("exec_id %q: no such process in container %q: %w", execID, c.id, ErrNotFound)
+	}
+	return p, nil
+}
+
+// ForgetProcess drops an exited exec'd process after its status was
+// collected (Kata removes it on WaitProcess). Init is kept until Remove.
+func (c *Container) ForgetProcess(p *Process) {
+	if p.Init || p.State() != ProcessExited {
+		return
+	}
+	c.mu.Lock()
+	if c.execs[p.ID] == p {
+		delete(c.execs, p.ID)
+	}
+	c.mu.Unlock()
+	if p.io != nil {
+		p.io.Close()
+	}
+}
+
+// initExited is called by the reaper goroutine of init.
+func (c *Container) initExited(*Process) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != StateRemoved {
+		c.state = StateStopped
+	}
+}
+
+// Start releases the init process created by Sandbox.CreateContainer
+// (runc start: libcontainer Exec opens the exec fifo).
+func (c *Container) Start() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != StateCreated {
+		return fmt.Errorf("container %q is %v, not created: %w", c.id, c.state, ErrState)
+	}
+	if err := c.lc.Exec(); err != nil {
+		return fmt.Errorf("unable to start container %q: %w", c.id, err)
+	}
+	c.state = StateRunning
+	return nil
+}
+
+// Exec starts another process in the running container. A program that
+// does not exist fails here, at once (kata-containers#8026).
+func (c *Container) Exec(execID string, sp *specs.Process, io *stdio.IO) (_ *Process, retErr error) {
+	if err := ValidateID("exec_id", execID); err != nil {
+		return nil, err
+	}
+	if err := ociconv.ValidateProcess(sp, "process"); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != StateRunning {
+		return nil, fmt.Errorf("container %q is %v, not running: %w", c.id, c.state, ErrState)
+	}
+	if _, ok := c.execs[execID]; ok || execID == c.init.ID {
+		return nil, fmt.Errorf("exec_id %q: already exists in container %q: %w", execID, c.id, ErrExists)
+	}
+	lp, err := newLibcontainerProcess(sp, io, false)
+	if err != nil {
+		return nil, err
+	}
+	p, err := startProcess(c.lc, lp, execID, io, nil)
+	if err != nil {
+		return nil, fmt.Errorf("unable to exec %q in container %q: %w", sp.Args[0], c.id, classifyStartErr(err))
+	}
+	c.execs[execID] = p
+	return p, nil
+}
+
+// classifyStartErr marks a missing or non-executable program as invalid
+// input rather than an internal failure.
+func classifyStartErr(err error) error {
+	s := err.Error()
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EACCES) ||
+		strings.Contains(s, "no such file or directory") || strings.Contains(s, "executable file not found") ||
+		strings.Contains(s, "permission denied") {
+		return fmt.Errorf("%v: %w", err, ErrInvalid)
+	}
+	return err
+}
+
+// Signal sends sig to the process execID ("" = init). When the container
+// shares a pid namespace (the sandbox's or the agent's), SIGKILL and SIGTERM
+// to init go to every process of the container: without a private pid
+// namespace the kernel would not take the others down with init.
+func (c *Container) Signal(execID string, sig unix.Signal) error {
+	if sig <= 0 || sig > maxSignal {
+		return fmt.Errorf("signal %d: %w", int(sig), ErrInvalid)
+	}
+	p, err := c.Process(execID)
+	if err != nil {
+		return err
+	}
+	if p.Init && !c.privatePidns && (sig == unix.SIGKILL || sig == unix.SIGTERM) {
+		return c.signalAll(sig)
+	}
+	if p.Init && sig == unix.SIGKILL {
+		// Thaws a paused (cgroup v1) container so the kill takes effect.
+		if err := c.lc.Signal(sig); err != nil && !errors.Is(err, libcontainer.ErrNotRunning) {
+			return fmt.Errorf("unable to kill container %q: %w", c.id, err)
+		}
+		return nil
+	}
+	return p.signal(sig)
+}
+
+func (c *Container) signalAll(sig unix.Signal) error {
+	if sig == unix.SIGKILL {
+		// cgroup.kill when present, else freeze+kill+thaw.
+		if err := c.lc.Signal(sig); err != nil && !errors.Is(err, libcontainer.ErrNotRunning) && !errors.Is(err, libcontainer.ErrCgroupNotExist) {
+			return fmt.Errorf("unable to kill container %q: %w", c.id, err)
+		}
+		return nil
+	}
+	pids, err := c.lc.Processes()
+	if err != nil {
+		return c.init.signal(sig)
+	}
+	for _, pid := range pids {
+		if err := unix.Kill(pid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("unable to signal pid %d of container %q: %w", pid, c.id, err)
+		}
+	}
+	return nil
+}
+
+// Pause freezes every process of the container.
+func (c *Container) Pause() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != StateRunning && c.state != StateCreated {
+		return fmt.Errorf("container %q is %v, cannot pause: %w", c.id, c.state, ErrState)
+	}
+	if err := c.lc.Pause(); err != nil {
+		return fmt.Errorf("unable to pause container %q: %w", c.id, err)
+	}
+	c.state = StatePaused
+	return nil
+}
+
+// Resume thaws a paused container.
+func (c *Container) Resume() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != StatePaused {
+		return fmt.Errorf("container %q is %v, not paused: %w", c.id, c.state, ErrState)
+	}
+	if err := c.lc.Resume(); err != nil {
+		return fmt.Errorf("unable to resume container %q: %w", c.id, err)
+	}
+	c.state = StateRunning
+	return nil
+}
+
+// Update applies new cgroup resources (device rules are kept).
+func (c *Container) Update(r *specs.LinuxResources) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == StateStopped || c.state == StateRemoved {
+		return fmt.Errorf("container %q is %v: %w", c.id, c.state, ErrState)
+	}
+	cfg := c.lc.Config()
+	res, err := ociconv.Resources(cfg.Cgroups.Resources, r)
+	if err != nil {
+		return err
+	}
+	cfg.Cgroups.Resources = res
+	if err := c.lc.Set(cfg); err != nil {
+		return fmt.Errorf("unable to update container %q resources: %w", c.id, err)
+	}
+	return nil
+}
+
+// NetDev is one line of /proc/<pid>/net/dev.
+type NetDev struct {
+	Name                                    string
+	RxBytes, RxPackets, RxErrors, RxDropped uint64
+	TxBytes, TxPackets, TxErrors, TxDropped uint64
+}
+
+// Stats is a container's resource usage.
+type Stats struct {
+	Cgroup  *cgroups.Stats
+	Network []NetDev
+}
+
+// Stats reads the cgroup statistics and the network counters of the
+// container's network namespace (through its init's /proc/<pid>/net/dev).
+func (c *Container) Stats() (*Stats, error) {
+	st, err := c.lc.Stats()
+	if err != nil {
+		return nil, fmt.Errorf("unable to read stats of container %q: %w", c.id, err)
+	}
+	out := &Stats{Cgroup: st.CgroupStats}
+	if c.init.State() == ProcessRunning {
+		out.Network, _ = readNetDev(fmt.Sprintf("/proc/%d/net/dev", c.init.Pid))
+	}
+	return out, nil
+}
+
+func readNetDev(path string) ([]NetDev, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []NetDev
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		name, rest, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		fs := strings.Fields(rest)
+		if len(fs) < 16 {
+			continue
+		}
+		n := make([]uint64, 16)
+		for i := range n {
+			n[i], _ = strconv.ParseUint(fs[i], 10, 64)
+		}
+		out = append(out, NetDev{Name: strings.TrimSpace(name),
+			RxBytes: n[0], RxPackets: n[1], RxErrors: n[2], RxDropped: n[3],
+			TxBytes: n[8], TxPackets: n[9], TxErrors: n[10], TxDropped: n[11]})
+	}
+	return out, sc.Err()
+}
+
+// Pids lists the host pids of the container's processes.
+func (c *Container) Pids() ([]int, error) { return c.lc.Processes() }
+
+// kill SIGKILLs every process and waits until init and every exec'd process
+// are reaped, or until ctx is done.
+func (c *Container) kill(ctx context.Context) error {
+	if c.init.State() == ProcessRunning {
+		if err := c.signalAll(unix.SIGKILL); err != nil {
+			return err
+		}
+	}
+	c.mu.Lock()
+	procs := []*Process{c.init}
+	for _, p := range c.execs {
+		procs = append(procs, p)
+	}
+	c.mu.Unlock()
+	for _, p := range procs {
+		select {
+		case <-p.done:
+		case <-ctx.Done():
+			return fmt.Errorf("container %q: process %q (pid %d) did not die: %w", c.id, p.ID, p.Pid, ErrTimeout)
+		}
+	}
+	return nil
+}
+
+// destroy releases libcontainer's resources (cgroup, state dir) and the
+// stdio of every process; the processes must be gone.
+func (c *Container) destroy() error {
+	err := c.lc.Destroy()
+	c.mu.Lock()
+	c.state = StateRemoved
+	procs := []*Process{c.init}
+	for _, p := range c.execs {
+		procs = append(procs, p)
+	}
+	c.execs = map[string]*Process{}
+	c.mu.Unlock()
+	for _, p := range procs {
+		if p.io != nil {
+			p.io.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("unable to destroy container %q: %w", c.id, err)
+	}
+	return nil
+}
+
+// removeTimeout turns RemoveContainer's timeout (seconds; 0 = no limit)
+// into a context.
+func removeTimeout(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	if timeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, timeout)
+}
+
+// maxSignal is SIGRTMAX on Linux.
+const maxSignal = 64

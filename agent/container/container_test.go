@@ -1,0 +1,307 @@
+package container
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keelvm/keel/agent/stdio"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+var idSeq int
+
+func newSandbox(t testing.TB) *Sandbox {
+	t.Helper()
+	f := false
+	s, err := New(Config{StateRoot: t.TempDir(), CgroupParent: "/keel-test", NoPivotRoot: &f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Destroy(context.Background()); err != nil {
+			t.Errorf("destroy: %v", err)
+		}
+	})
+	return s
+}
+
+func newIO(t testing.TB, stdin bool) *stdio.IO {
+	t.Helper()
+	io, err := stdio.New(stdio.Options{Stdin: stdin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return io
+}
+
+func uniqueID(prefix string) string {
+	idSeq++
+	return fmt.Sprintf("%s-%d-%d", prefix, os.Getpid(), idSeq)
+}
+
+// readAll drains stdout until EOF.
+func readAll(t testing.TB, s *stdio.IO) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var buf bytes.Buffer
+	for {
+		b, err := s.ReadStdout(ctx, 65536)
+		buf.Write(b)
+		if errors.Is(err, io.EOF) {
+			return buf.String()
+		}
+		if err != nil {
+			t.Fatalf("read stdout: %v (so far %q)", err, buf.String())
+		}
+	}
+}
+
+func waitStatus(t testing.TB, p *Process) ExitStatus {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := p.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// run creates and starts a container running args and returns its init's
+// output and status.
+func run(t *testing.T, s *Sandbox, spec *specs.Spec) (string, ExitStatus, *Container) {
+	t.Helper()
+	io := newIO(t, false)
+	c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("c"), Spec: spec, IO: io})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	out := readAll(t, io)
+	return out, waitStatus(t, c.InitProcess()), c
+}
+
+func TestRunInsideNamespaces(t *testing.T) {
+	s := newSandbox(t)
+	spec := testSpec("/bin/sh", "-c", "echo pid=$$; hostname; grep -c ' /proc ' /proc/self/mounts; cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max")
+	limit := int64(64 << 20)
+	spec.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &limit}
+	out, st, c := run(t, s, spec)
+	want := fmt.Sprintf("pid=1\nkeeltest\n1\n%d\n", limit)
+	if out != want || st.Code != 0 {
+		t.Fatalf("output %q status %+v, want %q", out, st, want)
+	}
+	if c.State() != StateStopped {
+		t.Errorf("state %v after init exit", c.State())
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	s := newSandbox(t)
+	for _, tc := range []struct {
+		script string
+		code   int
+	}{{"true", 0}, {"exit 1", 1}, {"exit 255", 255}} {
+		_, st, _ := run(t, s, testSpec("/bin/sh", "-c", tc.script))
+		if st.Code != tc.code {
+			t.Errorf("%q: status %+v, want %d", tc.script, st, tc.code)
+		}
+	}
+}
+
+func TestCreateStartExecSignalRemove(t *testing.T) {
+	s := newSandbox(t)
+	cgBase := "/sys/fs/cgroup/memory/keel-test"
+	io := newIO(t, false)
+	id := uniqueID("life")
+	c, err := s.CreateContainer(ContainerConfig{ID: id, Spec: testSpec("/bin/sleep", "1000"), IO: io})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.State() != StateCreated {
+		t.Fatalf("state %v", c.State())
+	}
+	// Exec before start is refused.
+	if _, err := c.Exec("e0", &specs.Process{Args: []string{"/bin/true"}, Cwd: "/"}, nil); !errors.Is(err, ErrState) {
+		t.Fatalf("exec in created: %v", err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); !errors.Is(err, ErrState) {
+		t.Fatalf("second start: %v", err)
+	}
+	eio := newIO(t, true)
+	p, err := c.Exec("e1", &specs.Process{Args: []string{"/bin/sh", "-c", "read x; echo got $x; cat /proc/1/cmdline | tr '\\0' ' '; exit 3"}, Cwd: "/", Env: []string{"PATH=/bin"}}, eio)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eio.Write(context.Background(), []byte("hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	out := readAll(t, eio)
+	if st := waitStatus(t, p); st.Code != 3 {
+		t.Errorf("exec status %+v", st)
+	}
+	if !strings.HasPrefix(out, "got hello\n") {
+		t.Errorf("exec output %q", out)
+	}
+	// Missing binary fails at once.
+	start := time.Now()
+	_, err = c.Exec("e2", &specs.Process{Args: []string{"/bin/nonexistent"}, Cwd: "/"}, newIO(t, false))
+	if !errors.Is(err, ErrInvalid) || time.Since(start) > 5*time.Second {
+		t.Errorf("exec of a missing binary: %v after %v", err, time.Since(start))
+	}
+	if _, err := c.Exec("e1", &specs.Process{Args: []string{"/bin/true"}, Cwd: "/"}, nil); !errors.Is(err, ErrExists) {
+		t.Errorf("duplicate exec id: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(cgBase, id)); err != nil {
+		t.Errorf("cgroup dir: %v", err)
+	}
+	if err := c.Signal("", unix.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// sleep as pid 1 ignores SIGTERM (no handler): still running.
+	select {
+	case <-c.InitProcess().Done():
+		t.Fatal("pid 1 died of an unhandled SIGTERM")
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := c.Signal("", unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if st := waitStatus(t, c.InitProcess()); st.Code != 137 {
+		t.Errorf("status after SIGKILL %+v", st)
+	}
+	if err := s.RemoveContainer(context.Background(), id, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(cgBase, id)); !os.IsNotExist(err) {
+		t.Errorf("cgroup dir left: %v", err)
+	}
+	if _, err := s.Container(id); !errors.Is(err, ErrNotFound) {
+		t.Errorf("container after remove: %v", err)
+	}
+}
+
+func TestPauseResume(t *testing.T) {
+	s := newSandbox(t)
+	io := newIO(t, false)
+	c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("pause"), Spec: testSpec("/bin/sh", "-c", "i=0; while true; do i=$((i+1)); done"), IO: io})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	read := func() string {
+		// CPU time (utime+stime) of the busy loop.
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.InitProcess().Pid))
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+		return f[11] + "+" + f[12]
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := c.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	a := read()
+	time.Sleep(200 * time.Millisecond)
+	if b := read(); a != b || a == "" {
+		t.Errorf("paused container progressed: %q -> %q", a, b)
+	}
+	if err := c.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if b := read(); a == b {
+		t.Errorf("resumed container did not progress: %q", b)
+	}
+	if err := c.Resume(); !errors.Is(err, ErrState) {
+		t.Errorf("resume running: %v", err)
+	}
+	// Remove of a paused container works too.
+	if err := c.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveContainer(context.Background(), c.ID(), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUpdateAndStats(t *testing.T) {
+	s := newSandbox(t)
+	c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("upd"), Spec: testSpec("/bin/sleep", "1000"), IO: newIO(t, false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	limit := int64(32 << 20)
+	if err := c.Update(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory/keel-test", c.ID(), "memory.limit_in_bytes"))
+	if err != nil || strings.TrimSpace(string(b)) != strconv.FormatInt(limit, 10) {
+		t.Errorf("memory limit after update: %q %v", b, err)
+	}
+	st, err := c.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Cgroup == nil || st.Cgroup.PidsStats.Current < 1 || st.Cgroup.MemoryStats.Usage.Usage == 0 {
+		t.Errorf("cgroup stats %+v", st.Cgroup)
+	}
+	if len(st.Network) == 0 || st.Network[0].Name != "lo" {
+		t.Errorf("network stats %+v", st.Network)
+	}
+}
+
+func TestSandboxDNSAndPidns(t *testing.T) {
+	s := newSandbox(t)
+	if err := s.Create(SandboxConfig{ID: "sb1", Hostname: "sbhost", DNS: []string{"nameserver 10.0.0.53"}, SandboxPidns: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Create(SandboxConfig{ID: "sb1"}); !errors.Is(err, ErrExists) {
+		t.Fatalf("second CreateSandbox: %v", err)
+	}
+	spec := testSpec("/bin/sleep", "1000")
+	spec.Hostname = ""
+	pause, err := s.CreateContainer(ContainerConfig{ID: uniqueID("pause"), Spec: spec, SandboxPidns: true, IO: newIO(t, false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pause.Start(); err != nil {
+		t.Fatal(err)
+	}
+	spec2 := testSpec("/bin/sh", "-c", "cat /etc/resolv.conf; hostname; echo $$; ps -o pid,comm | grep -c sleep")
+	spec2.Hostname = ""
+	io := newIO(t, false)
+	c2, err := s.CreateContainer(ContainerConfig{ID: uniqueID("app"), Spec: spec2, SandboxPidns: true, IO: io})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	out := readAll(t, io)
+	waitStatus(t, c2.InitProcess())
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 4 || lines[0] != "nameserver 10.0.0.53" || lines[1] != "sbhost" || lines[2] == "1" || lines[3] != "1" {
+		t.Errorf("output in shared pidns: %q", out)
+	}
+}

@@ -1,0 +1,26 @@
+package container
+
+import (
+	"errors"
+
+	"github.com/keelvm/keel/agent/ociconv"
+)
+
+// Error classes of this package. Every error it returns wraps one of them
+// with a message naming the field or object; the RPC edge (agent/containers)
+// maps them to gRPC codes.
+var (
+	// ErrInvalid: the request is malformed (InvalidArgument).
+	ErrInvalid = ociconv.ErrInvalid
+	// ErrNotFound: no such sandbox, container or process (NotFound).
+	ErrNotFound = errors.New("not found")
+	// ErrExists: the id is taken (AlreadyExists).
+	ErrExists = errors.New("already exists")
+	// ErrState: the object is in the wrong state for the operation
+	// (FailedPrecondition).
+	ErrState = errors.New("wrong state")
+	// ErrUnimplemented: a feature Keel does not support yet (Unimplemented).
+	ErrUnimplemented = errors.New("not implemented")
+	// ErrTimeout: the operation did not finish in time (DeadlineExceeded).
+	ErrTimeout = errors.New("timed out")
+)

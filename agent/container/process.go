@@ -1,0 +1,210 @@
+package container
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/keelvm/keel/agent/stdio"
+	"github.com/keelvm/keel/init/reaper"
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// ProcessState is the lifecycle of one container process:
+// running → exited (reaped, status kept) → (exec only) collected by Wait.
+type ProcessState int
+
+// Process states.
+const (
+	ProcessRunning ProcessState = iota + 1
+	ProcessExited
+)
+
+func (s ProcessState) String() string {
+	switch s {
+	case ProcessRunning:
+		return "running"
+	case ProcessExited:
+		return "exited"
+	}
+	return fmt.Sprintf("ProcessState(%d)", int(s))
+}
+
+// ExitStatus is re-exported from the reaper: Code is the exit code or
+// 128+signal.
+type ExitStatus = reaper.ExitStatus
+
+// Process is a container's init or exec'd process. Its exit status is kept
+// until the container is removed (init) or Wait collects it (exec).
+type Process struct {
+	ID   string // exec id; the container's exec_id for init
+	Init bool
+	Pid  int
+	io   *stdio.IO
+	lp   *libcontainer.Process
+
+	done   chan struct{} // closed when reaped
+	mu     sync.Mutex
+	state  ProcessState
+	status ExitStatus
+}
+
+// IO returns the process's stdio (nil when it was started without one).
+func (p *Process) IO() *stdio.IO { return p.io }
+
+// State returns the process state.
+func (p *Process) State() ProcessState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.state
+}
+
+// Done is closed when the process has exited and was reaped.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Wait blocks until the process exits or ctx is done.
+func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
+	select {
+	case <-p.done:
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.status, nil
+	case <-ctx.Done():
+		return ExitStatus{}, fmt.Errorf("waiting for process %q: %w", p.ID, ctx.Err())
+	}
+}
+
+// signal sends sig through libcontainer's pidfd-backed handle (no pid reuse
+// race). Signalling an exited process is not an error.
+func (p *Process) signal(sig unix.Signal) error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	err := p.lp.Signal(sig)
+	if err == nil || errors.Is(err, os.ErrProcessDone) || errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	return fmt.Errorf("unable to signal process %q: %w", p.ID, err)
+}
+
+// newLibcontainerProcess builds libcontainer's process from the spec and
+// the stdio; it does not start it.
+func newLibcontainerProcess(sp *specs.Process, io *stdio.IO, init bool) (*libcontainer.Process, error) {
+	lp := &libcontainer.Process{
+		Args:            sp.Args,
+		Env:             sp.Env,
+		Cwd:             sp.Cwd,
+		UID:             int(sp.User.UID),
+		GID:             int(sp.User.GID),
+		AppArmorProfile: sp.ApparmorProfile,
+		Label:           sp.SelinuxLabel,
+		Init:            init,
+	}
+	for _, g := range sp.User.AdditionalGids {
+		lp.AdditionalGroups = append(lp.AdditionalGroups, int(g))
+	}
+	if !init {
+		// For init these come from the container config; an exec
+		// carries its own.
+		nnp := sp.NoNewPrivileges
+		lp.NoNewPrivileges = &nnp
+		if sp.Capabilities != nil {
+			lp.Capabilities = &configs.Capabilities{
+				Bounding:    sp.Capabilities.Bounding,
+				Effective:   sp.Capabilities.Effective,
+				Inheritable: sp.Capabilities.Inheritable,
+				Permitted:   sp.Capabilities.Permitted,
+				Ambient:     sp.Capabilities.Ambient,
+			}
+		}
+		for i, r := range sp.Rlimits {
+			t, ok := rlimits[r.Type]
+			if !ok {
+				return nil, fmt.Errorf("process.rlimits[%d].type %q: unknown rlimit: %w", i, r.Type, ErrInvalid)
+			}
+			lp.Rlimits = append(lp.Rlimits, configs.Rlimit{Type: t, Hard: r.Hard, Soft: r.Soft})
+		}
+	}
+	if sp.Terminal != (io != nil && io.Terminal()) {
+		return nil, fmt.Errorf("process.terminal %v: does not match the stdio: %w", sp.Terminal, ErrInvalid)
+	}
+	if sp.ConsoleSize != nil {
+		lp.ConsoleWidth, lp.ConsoleHeight = uint16(sp.ConsoleSize.Width), uint16(sp.ConsoleSize.Height)
+	}
+	if io != nil {
+		if io.Terminal() {
+			lp.ConsoleSocket = io.ConsoleSocket()
+		} else {
+			// Assign only non-nil files: a nil *os.File in an interface
+			// is not a nil interface.
+			in, out, errf := io.ChildFiles()
+			if in != nil {
+				lp.Stdin = in
+			}
+			if out != nil {
+				lp.Stdout = out
+			}
+			if errf != nil {
+				lp.Stderr = errf
+			}
+		}
+	}
+	return lp, nil
+}
+
+var rlimits = map[string]int{
+	"RLIMIT_CPU": unix.RLIMIT_CPU, "RLIMIT_FSIZE": unix.RLIMIT_FSIZE, "RLIMIT_DATA": unix.RLIMIT_DATA,
+	"RLIMIT_STACK": unix.RLIMIT_STACK, "RLIMIT_CORE": unix.RLIMIT_CORE, "RLIMIT_RSS": unix.RLIMIT_RSS,
+	"RLIMIT_NPROC": unix.RLIMIT_NPROC, "RLIMIT_NOFILE": unix.RLIMIT_NOFILE, "RLIMIT_MEMLOCK": unix.RLIMIT_MEMLOCK,
+	"RLIMIT_AS": unix.RLIMIT_AS, "RLIMIT_LOCKS": unix.RLIMIT_LOCKS, "RLIMIT_SIGPENDING": unix.RLIMIT_SIGPENDING,
+	"RLIMIT_MSGQUEUE": unix.RLIMIT_MSGQUEUE, "RLIMIT_NICE": unix.RLIMIT_NICE, "RLIMIT_RTPRIO": unix.RLIMIT_RTPRIO,
+	"RLIMIT_RTTIME": unix.RLIMIT_RTTIME,
+}
+
+// startProcess starts lp in lc (init when lp.Init) with the reaper locked,
+// so libcontainer can wait its bootstrap children, and registers the final
+// pid before unlocking. The child side of io is closed either way.
+func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id string, io *stdio.IO, onExit func(*Process)) (*Process, error) {
+	reaper.Lock()
+	err := lc.Start(lp)
+	var ch <-chan reaper.ExitStatus
+	pid := 0
+	if err == nil {
+		pid, err = lp.Pid()
+		if err == nil {
+			ch = reaper.Register(pid)
+		}
+	}
+	reaper.Unlock()
+	if io != nil {
+		io.CloseChildSide()
+	}
+	if err != nil {
+		return nil, err
+	}
+	p := &Process{ID: id, Init: lp.Init, Pid: pid, io: io, lp: lp, done: make(chan struct{}), state: ProcessRunning}
+	go func() {
+		st := <-ch
+		// Already reaped: Wait fails with ECHILD but releases what
+		// libcontainer holds for the process.
+		_, _ = lp.Wait()
+		if io != nil {
+			io.ProcessExited()
+		}
+		p.mu.Lock()
+		p.status, p.state = st, ProcessExited
+		p.mu.Unlock()
+		close(p.done)
+		if onExit != nil {
+			onExit(p)
+		}
+	}()
+	return p, nil
+}

@@ -1,0 +1,355 @@
+// Package container is Keel's domain model of a Kata sandbox: the sandbox,
+// its containers and their processes, on runc's libcontainer used
+// in-process (cgroupfs managers, no systemd). It knows nothing of protobuf;
+// agent/containers adapts it to the ttrpc AgentService.
+//
+// Lifecycles are explicit states (State, ProcessState). Every process is
+// reaped by init/reaper, which must be started (New does it); exit statuses
+// are kept until collected. Failures roll back what they created.
+package container
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keelvm/keel/agent/ociconv"
+	"github.com/keelvm/keel/agent/stdio"
+	"github.com/keelvm/keel/init/kmod"
+	"github.com/keelvm/keel/init/reaper"
+	// Registers the cgroup device-rule manager libcontainer needs.
+	_ "github.com/opencontainers/cgroups/devices"
+	"github.com/opencontainers/runc/libcontainer"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults of Config.
+const (
+	DefaultStateRoot    = "/run/keel"
+	DefaultCgroupParent = "/keel"
+	// MaxDNSLines bounds CreateSandbox's dns list.
+	MaxDNSLines = 64
+)
+
+// Config configures the sandbox manager.
+type Config struct {
+	// StateRoot holds libcontainer's state (StateRoot/containers) and the
+	// sandbox files (StateRoot/sandbox/resolv.conf).
+	StateRoot string
+	// CgroupParent is the cgroup of containers without linux.cgroupsPath.
+	CgroupParent string
+	// NoPivotRoot forces libcontainer's chroot mode; nil detects an
+	// initramfs root (RootIsInitramfs).
+	NoPivotRoot *bool
+	// SetHostname applies CreateSandbox's hostname to the agent's UTS
+	// namespace (true in the guest; false in host-mode tests).
+	SetHostname bool
+	// LoadModules loads CreateSandbox's kernel modules; nil uses init/kmod.
+	LoadModules func([]kmod.ModuleSpec) error
+	Log         *slog.Logger
+}
+
+// SandboxConfig is CreateSandbox's request.
+type SandboxConfig struct {
+	ID            string
+	Hostname      string
+	DNS           []string
+	SandboxPidns  bool
+	KernelModules []kmod.ModuleSpec
+}
+
+// ContainerConfig is CreateContainer's request.
+type ContainerConfig struct {
+	ID     string
+	ExecID string // id of the init process (Kata passes one); "" = ID
+	Spec   *specs.Spec
+	// SandboxPidns joins the sandbox's shared pid namespace: the first such
+	// container keeps a private pid namespace and becomes its holder.
+	SandboxPidns bool
+	// IO is the init process's stdio; the container owns it from now on
+	// (closed on failure and on Remove).
+	IO *stdio.IO
+}
+
+// Sandbox owns the containers of one Kata sandbox.
+type Sandbox struct {
+	cfg         Config
+	log         *slog.Logger
+	root        string // libcontainer state root
+	noPivotRoot bool
+
+	mu          sync.Mutex
+	created     bool
+	id          string
+	hostname    string
+	resolvConf  string // "" when no DNS was given
+	pidnsHolder *Container
+	containers  map[string]*Container
+	reserved    map[string]bool // ids being created
+}
+
+// New returns an empty sandbox manager and starts the reaper.
+func New(cfg Config) (*Sandbox, error) {
+	if cfg.StateRoot == "" {
+		cfg.StateRoot = DefaultStateRoot
+	}
+	if cfg.CgroupParent == "" {
+		cfg.CgroupParent = DefaultCgroupParent
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if err := reaper.Start(); err != nil {
+		return nil, err
+	}
+	s := &Sandbox{cfg: cfg, log: cfg.Log, root: filepath.Join(cfg.StateRoot, "containers"),
+		containers: map[string]*Container{}, reserved: map[string]bool{}}
+	if cfg.NoPivotRoot != nil {
+		s.noPivotRoot = *cfg.NoPivotRoot
+	} else {
+		s.noPivotRoot = RootIsInitramfs()
+	}
+	if err := os.MkdirAll(s.root, 0o700); err != nil {
+		return nil, fmt.Errorf("unable to create state root: %w", err)
+	}
+	return s, nil
+}
+
+// Create records the sandbox (Kata CreateSandbox): hostname, DNS, pid
+// namespace sharing, kernel modules. Storages are the caller's business.
+func (s *Sandbox) Create(sc SandboxConfig) (retErr error) {
+	if sc.ID != "" {
+		if err := ValidateID("sandbox_id", sc.ID); err != nil {
+			return err
+		}
+	}
+	if len(sc.Hostname) > 64 || strings.ContainsAny(sc.Hostname, "/\x00 \n") {
+		return fmt.Errorf("hostname %q: must be at most 64 bytes without '/', NUL or spaces: %w", sc.Hostname, ErrInvalid)
+	}
+	if len(sc.DNS) > MaxDNSLines {
+		return fmt.Errorf("dns: %d lines, at most %d: %w", len(sc.DNS), MaxDNSLines, ErrInvalid)
+	}
+	for i, l := range sc.DNS {
+		if strings.ContainsAny(l, "\n\x00") {
+			return fmt.Errorf("dns[%d] %q: must be one line: %w", i, l, ErrInvalid)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.created {
+		return fmt.Errorf("sandbox %q: %w", s.id, ErrExists)
+	}
+	if len(sc.KernelModules) > 0 {
+		load := s.cfg.LoadModules
+		if load == nil {
+			load = func(m []kmod.ModuleSpec) error { return kmod.Load(m, s.log) }
+		}
+		if err := load(sc.KernelModules); err != nil {
+			return fmt.Errorf("kernel_modules: %w", err)
+		}
+	}
+	var resolv string
+	if len(sc.DNS) > 0 {
+		dir := filepath.Join(s.cfg.StateRoot, "sandbox")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("unable to create sandbox dir: %w", err)
+		}
+		resolv = filepath.Join(dir, "resolv.conf")
+		if err := os.WriteFile(resolv, []byte(strings.Join(sc.DNS, "\n")+"\n"), 0o644); err != nil {
+			return fmt.Errorf("unable to write resolv.conf: %w", err)
+		}
+	}
+	if sc.Hostname != "" && s.cfg.SetHostname {
+		if err := unix.Sethostname([]byte(sc.Hostname)); err != nil {
+			if resolv != "" {
+				os.Remove(resolv)
+			}
+			return fmt.Errorf("unable to set hostname %q: %w", sc.Hostname, err)
+		}
+	}
+	s.created, s.id, s.hostname, s.resolvConf = true, sc.ID, sc.Hostname, resolv
+	return nil
+}
+
+// Destroy removes every container (killing them) and forgets the sandbox.
+func (s *Sandbox) Destroy(ctx context.Context) error {
+	var errs []error
+	for _, id := range s.ContainerIDs() {
+		if err := s.RemoveContainer(ctx, id, 0); err != nil && !errors.Is(err, ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.resolvConf != "" {
+		os.Remove(s.resolvConf)
+	}
+	s.created, s.id, s.hostname, s.resolvConf = false, "", "", ""
+	return errors.Join(errs...)
+}
+
+// ContainerIDs lists the containers, sorted.
+func (s *Sandbox) ContainerIDs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]string, 0, len(s.containers))
+	for id := range s.containers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// Container returns a container by id.
+func (s *Sandbox) Container(id string) (*Container, error) {
+	if err := ValidateID("container_id", id); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, fmt.Errorf("container_id %q: no such container: %w", id, ErrNotFound)
+	}
+	return c, nil
+}
+
+// CreateContainer creates the container and its init process, which waits
+// for Start (Kata CreateContainer = runc create). On failure nothing is left
+// behind: no state dir, cgroup, mount or process; cc.IO is closed.
+func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr error) {
+	defer func() {
+		if retErr != nil && cc.IO != nil {
+			cc.IO.Close()
+		}
+	}()
+	if err := ValidateID("container_id", cc.ID); err != nil {
+		return nil, err
+	}
+	execID := cc.ExecID
+	if execID == "" {
+		execID = cc.ID
+	} else if err := ValidateID("exec_id", execID); err != nil {
+		return nil, err
+	}
+	if err := ociconv.Validate(cc.Spec); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Stat(cc.Spec.Root.Path); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("OCI.root.path %q: not a directory: %w", cc.Spec.Root.Path, ErrInvalid)
+	}
+
+	s.mu.Lock()
+	if _, ok := s.containers[cc.ID]; ok || s.reserved[cc.ID] {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("container_id %q: %w", cc.ID, ErrExists)
+	}
+	s.reserved[cc.ID] = true
+	holder, hostname, resolv := s.pidnsHolder, s.hostname, s.resolvConf
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.reserved, cc.ID)
+		s.mu.Unlock()
+	}()
+
+	spec, err := ociconv.Clone(cc.Spec)
+	if err != nil {
+		return nil, err
+	}
+	if spec.Linux == nil {
+		spec.Linux = &specs.Linux{}
+	}
+	becomesHolder := false
+	if cc.SandboxPidns {
+		spec.Linux.Namespaces = slices.DeleteFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.PIDNamespace })
+		if holder != nil && holder.init.State() == ProcessRunning {
+			spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: fmt.Sprintf("/proc/%d/ns/pid", holder.init.Pid)})
+		} else {
+			spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace})
+			becomesHolder = true
+		}
+	}
+	privateUTS, privatePid := false, false
+	for _, n := range spec.Linux.Namespaces {
+		switch n.Type {
+		case specs.UTSNamespace:
+			privateUTS = n.Path == ""
+		case specs.PIDNamespace:
+			privatePid = n.Path == ""
+		}
+	}
+	if spec.Hostname == "" && privateUTS {
+		spec.Hostname = hostname
+	}
+	if resolv != "" && !slices.ContainsFunc(spec.Mounts, func(m specs.Mount) bool { return filepath.Clean(m.Destination) == "/etc/resolv.conf" }) {
+		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: resolv, Options: []string{"rbind", "ro"}})
+	}
+
+	cfg, err := ociconv.ToConfig(spec, ociconv.Options{ID: cc.ID, CgroupParent: s.cfg.CgroupParent, NoPivotRoot: s.noPivotRoot})
+	if err != nil {
+		return nil, err
+	}
+	lp, err := newLibcontainerProcess(spec.Process, cc.IO, true)
+	if err != nil {
+		return nil, err
+	}
+	lc, err := libcontainer.Create(s.root, cc.ID, cfg)
+	if err != nil {
+		if errors.Is(err, libcontainer.ErrExist) {
+			return nil, fmt.Errorf("container_id %q: stale state in %s: %w", cc.ID, s.root, ErrExists)
+		}
+		return nil, fmt.Errorf("OCI: %v: %w", err, ErrInvalid)
+	}
+	c := &Container{id: cc.ID, lc: lc, spec: spec, privatePidns: privatePid, state: StateCreated, execs: map[string]*Process{}}
+	p, err := startProcess(lc, lp, execID, cc.IO, c.initExited)
+	if err != nil {
+		// libcontainer killed and waited its init; remove cgroup and state.
+		if derr := lc.Destroy(); derr != nil {
+			s.log.Warn("rollback of failed create", "container_id", cc.ID, "err", derr)
+		}
+		return nil, fmt.Errorf("unable to create container %q: %w", cc.ID, classifyStartErr(err))
+	}
+	c.init = p
+
+	s.mu.Lock()
+	s.containers[cc.ID] = c
+	if becomesHolder {
+		s.pidnsHolder = c
+	}
+	s.mu.Unlock()
+	return c, nil
+}
+
+// RemoveContainer kills the container's processes, waits for them (timeout
+// 0 = without limit; else ErrTimeout and the container stays for a retry)
+// and removes its cgroup, state and stdio.
+func (s *Sandbox) RemoveContainer(ctx context.Context, id string, timeout time.Duration) error {
+	c, err := s.Container(id)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := removeTimeout(ctx, timeout)
+	defer cancel()
+	if err := c.kill(ctx); err != nil {
+		return err
+	}
+	derr := c.destroy()
+	s.mu.Lock()
+	if s.containers[id] == c {
+		delete(s.containers, id)
+	}
+	if s.pidnsHolder == c {
+		s.pidnsHolder = nil
+	}
+	s.mu.Unlock()
+	return derr
+}
