@@ -10,7 +10,9 @@ import (
 	"os/exec"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/keelvm/keel/init/reaper"
@@ -86,14 +88,43 @@ func session(conn net.Conn, shell string) (reaper.ExitStatus, error) {
 		return reaper.Command(cmd)
 	}
 	defer master.Close()
+	defer slave.Close()
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
-	go func() { _, _ = io.Copy(master, conn); master.Close() }()
-	go func() { _, _ = io.Copy(conn, master); conn.Close() }()
+	go func() { _, _ = io.Copy(master, conn) }()
+	var exited atomic.Bool
+	outDone := make(chan struct{})
+	go func() {
+		// Copy until the shell exited and its output is drained: we hold
+		// the slave open, so the master never reports EIO and no output
+		// still in the tty buffers is lost.
+		defer close(outDone)
+		buf := make([]byte, 4096)
+		for {
+			n, err := master.Read(buf)
+			if n > 0 {
+				if _, werr := conn.Write(buf[:n]); werr != nil {
+					return
+				}
+				if exited.Load() {
+					_ = master.SetReadDeadline(time.Now().Add(drainQuiet))
+				}
+			}
+			if err != nil && !(errors.Is(err, os.ErrDeadlineExceeded) && !exited.Load()) {
+				return
+			}
+		}
+	}()
 	st, err := reaper.Command(cmd)
-	slave.Close()
+	exited.Store(true)
+	_ = master.SetReadDeadline(time.Now().Add(drainQuiet))
+	<-outDone
 	return st, err
 }
+
+// drainQuiet is how long the session waits for more output after the
+// shell exited.
+const drainQuiet = 100 * time.Millisecond
 
 // openPTY opens a pty pair from /dev/ptmx.
 func openPTY() (master, slave *os.File, err error) {
@@ -101,15 +132,25 @@ func openPTY() (master, slave *os.File, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	var unlock int32
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, m.Fd(), unix.TIOCSPTLCK, uintptr(unsafe.Pointer(&unlock))); e != 0 {
-		m.Close()
-		return nil, nil, e
-	}
-	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	// Use the raw conn, not Fd(): Fd() would switch the master to blocking
+	// mode and break read deadlines.
+	rc, err := m.SyscallConn()
 	if err != nil {
 		m.Close()
 		return nil, nil, err
+	}
+	var n int
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		var unlock int32
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, fd, unix.TIOCSPTLCK, uintptr(unsafe.Pointer(&unlock))); e != 0 {
+			ierr = e
+			return
+		}
+		n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCGPTN)
+	}); err != nil || ierr != nil {
+		m.Close()
+		return nil, nil, errors.Join(err, ierr)
 	}
 	s, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
