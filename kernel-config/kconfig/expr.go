@@ -64,6 +64,16 @@ func unquote(v string) string {
 	return v
 }
 
+// operand is the value in a comparison: Kconfig treats an unknown word
+// there as a constant string, so a name with lower-case letters that the
+// config does not have (x86, arm64) stands for itself.
+func (e *exprSym) operand(c Config) string {
+	if _, ok := c[e.name]; !ok && isWordStart(e.name) && strings.ToUpper(e.name) != e.name {
+		return e.name
+	}
+	return e.value(c)
+}
+
 func (e *exprSym) eval(c Config) int { return tristate(e.value(c)) }
 func (e *exprSym) String() string    { return e.name }
 func (e *exprNot) eval(c Config) int { return 2 - e.x.eval(c) }
@@ -72,10 +82,10 @@ func (e *exprAnd) eval(c Config) int { return min(e.l.eval(c), e.r.eval(c)) }
 func (e *exprAnd) String() string    { return paren(e.l) + " && " + paren(e.r) }
 func (e *exprOr) eval(c Config) int  { return max(e.l.eval(c), e.r.eval(c)) }
 func (e *exprOr) String() string     { return paren(e.l) + " || " + paren(e.r) }
-func (e *exprCmp) String() string    { return e.l.name + e.op + e.r.name }
+func (e *exprCmp) String() string    { return e.l.name + " " + e.op + " " + e.r.name }
 
 func (e *exprCmp) eval(c Config) int {
-	a, b := e.l.value(c), e.r.value(c)
+	a, b := e.l.operand(c), e.r.operand(c)
 	var cmp int
 	x, errA := strconv.ParseInt(a, 0, 64)
 	y, errB := strconv.ParseInt(b, 0, 64)
@@ -361,4 +371,8 @@ func dedupe(s []string) []string {
 		}
 	}
 	return out
+}
+
+func isWordStart(s string) bool {
+	return s != "" && (s[0] >= 'A' && s[0] <= 'Z' || s[0] >= 'a' && s[0] <= 'z' || s[0] == '_')
 }

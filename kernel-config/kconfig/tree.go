@@ -339,9 +339,9 @@ func (t *Tree) Explain(name, want string, final Config) string {
 	w := tristate(want)
 	var reasons []string
 	for _, d := range sym.Defs {
-		if d.Depends != nil && d.Depends.eval(final) < max(w, 1) {
+		if d.Depends != nil && d.Depends.eval(final) == 0 {
 			reasons = append(reasons, fmt.Sprintf("depends on %s (%s): unmet %s",
-				d.Depends, d.Pos, strings.Join(unmet(d.Depends, max(w, 1), final), ", ")))
+				d.Depends, d.Pos, strings.Join(unmet(d.Depends, 1, final), ", ")))
 			continue
 		}
 		if d.Depends != nil && d.Depends.eval(final) < w && w > 0 {

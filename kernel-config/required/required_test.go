@@ -1,0 +1,118 @@
+package required
+
+import (
+	"compress/gzip"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func allY() map[string]string {
+	cfg := map[string]string{}
+	for _, f := range Features() {
+		for _, o := range f.Options {
+			cfg[o] = "y"
+		}
+	}
+	return cfg
+}
+
+func TestFeaturesWellFormed(t *testing.T) {
+	seen := map[string]string{}
+	for _, f := range Features() {
+		if f.Name == "" || f.Why == "" || len(f.Options) == 0 {
+			t.Errorf("incomplete feature %+v", f)
+		}
+		for _, o := range f.Options {
+			if strings.HasPrefix(o, "CONFIG_") {
+				t.Errorf("%s: option %s has the CONFIG_ prefix", f.Name, o)
+			}
+			if prev, ok := seen[o]; ok {
+				t.Errorf("%s listed by %s and %s", o, prev, f.Name)
+			}
+			seen[o] = f.Name
+		}
+	}
+	// Features returns a copy.
+	Features()[0].Options[0] = "CHANGED"
+	if Features()[0].Options[0] == "CHANGED" {
+		t.Error("Features shares its slices")
+	}
+}
+
+func TestCheck(t *testing.T) {
+	cfg := allY()
+	if m := Check(cfg); len(m) != 0 {
+		t.Fatalf("all =y: missing %v", m)
+	}
+	delete(cfg, "VIRTIO_VSOCKETS")
+	cfg["FS_DAX"] = "m"
+	cfg["EROFS_FS"] = ""
+	got := Check(cfg)
+	var s []string
+	for _, m := range got {
+		s = append(s, m.String())
+	}
+	want := []string{
+		"agent-transport: CONFIG_VIRTIO_VSOCKETS is not set",
+		"dax-root: CONFIG_FS_DAX =m (must be =y)",
+		"root-filesystems: CONFIG_EROFS_FS is not set",
+	}
+	if strings.Join(s, "\n") != strings.Join(want, "\n") {
+		t.Errorf("Check = %q, want %q", s, want)
+	}
+	// CONFIG_-prefixed keys, as in a raw .config, work too.
+	pref := map[string]string{}
+	for k, v := range allY() {
+		pref["CONFIG_"+k] = v
+	}
+	if m := Check(pref); len(m) != 0 {
+		t.Errorf("prefixed keys: missing %v", m)
+	}
+	if m := Check(nil); len(m) == 0 {
+		t.Error("empty config reported complete")
+	}
+}
+
+func TestCheckFile(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := checkFile(filepath.Join(dir, "config.gz")); !errors.Is(err, ErrNotAvailable) {
+		t.Errorf("missing file: err = %v, want ErrNotAvailable", err)
+	}
+	plain := filepath.Join(dir, "plain")
+	os.WriteFile(plain, []byte("CONFIG_A=y\n"), 0o644)
+	if _, err := checkFile(plain); err == nil || !strings.Contains(err.Error(), plain) {
+		t.Errorf("not gzip: err = %v", err)
+	}
+	gz := filepath.Join(dir, "config.gz")
+	f, _ := os.Create(gz)
+	zw := gzip.NewWriter(f)
+	zw.Write([]byte("# comment\n# CONFIG_VIRTIO_VSOCKETS is not set\n"))
+	for k := range allY() {
+		if k != "VIRTIO_VSOCKETS" {
+			zw.Write([]byte("CONFIG_" + k + "=y\n"))
+		}
+	}
+	zw.Close()
+	f.Close()
+	m, err := checkFile(gz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m) != 1 || m[0].Option != "VIRTIO_VSOCKETS" || m[0].Got != "n" {
+		t.Errorf("missing = %v", m)
+	}
+}
+
+func TestCheckRunning(t *testing.T) {
+	m, err := CheckRunning()
+	if errors.Is(err, ErrNotAvailable) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("running kernel lacks %d required options (expected on a host kernel)", len(m))
+}
