@@ -1,0 +1,217 @@
+// Package kmod copies selected kernel modules and their dependencies (from
+// modules.dep) into a root filesystem tree, decompressing .xz/.zst/.gz
+// modules so a minimal init can load them with finit_module without
+// in-kernel decompression support.
+//
+// Besides the modules it writes a pruned modules.dep (so modprobe works if
+// present) and modules.load: one module path per line in dependency order
+// (dependencies first), which is what a Go /init needs to load them.
+package kmod
+
+import (
+	"bufio"
+	"compress/gzip"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Module is one resolved module.
+type Module struct {
+	Name string // normalised name, e.g. "nd_pmem"
+	Src  string // path relative to the modules dir, as in modules.dep
+	Dst  string // path relative to the modules dir after decompression
+}
+
+var compressedExt = []string{".xz", ".zst", ".gz"}
+
+// NormalizeName maps a module file or name to its canonical name: base
+// name without .ko[.xz|.zst|.gz], "-" replaced by "_".
+func NormalizeName(s string) string {
+	s = path.Base(s)
+	for _, e := range compressedExt {
+		s = strings.TrimSuffix(s, e)
+	}
+	s = strings.TrimSuffix(s, ".ko")
+	return strings.ReplaceAll(s, "-", "_")
+}
+
+func plain(rel string) string {
+	for _, e := range compressedExt {
+		rel = strings.TrimSuffix(rel, e)
+	}
+	return rel
+}
+
+// ParseDep parses modules.dep content into module path -> dependency paths.
+func ParseDep(r io.Reader) (map[string][]string, error) {
+	deps := map[string][]string{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		mod, rest, ok := strings.Cut(line, ":")
+		if !ok {
+			return nil, fmt.Errorf("modules.dep line %d: missing ':'", n)
+		}
+		for _, p := range append([]string{mod}, strings.Fields(rest)...) {
+			if path.IsAbs(p) || strings.Contains("/"+p+"/", "/../") {
+				return nil, fmt.Errorf("modules.dep line %d: unsafe path %q", n, p)
+			}
+		}
+		deps[strings.TrimSpace(mod)] = strings.Fields(rest)
+	}
+	return deps, sc.Err()
+}
+
+// Resolve returns the named modules plus all their dependencies, ordered so
+// that every module comes after the modules it depends on.
+func Resolve(modulesDir string, names []string) ([]Module, error) {
+	f, err := os.Open(filepath.Join(modulesDir, "modules.dep"))
+	if err != nil {
+		return nil, fmt.Errorf("kernel modules: %w (run depmod -b for this tree)", err)
+	}
+	defer f.Close()
+	deps, err := ParseDep(f)
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]string{}
+	for p := range deps {
+		byName[NormalizeName(p)] = p
+	}
+	var order []Module
+	state := map[string]int{} // 1 visiting, 2 done
+	var visit func(p string, chain []string) error
+	visit = func(p string, chain []string) error {
+		switch state[p] {
+		case 2:
+			return nil
+		case 1:
+			return fmt.Errorf("module dependency cycle: %s", strings.Join(append(chain, NormalizeName(p)), " -> "))
+		}
+		if _, ok := deps[p]; !ok {
+			return fmt.Errorf("module %s listed as a dependency but missing from modules.dep", p)
+		}
+		state[p] = 1
+		for _, d := range deps[p] {
+			if err := visit(d, append(chain, NormalizeName(p))); err != nil {
+				return err
+			}
+		}
+		state[p] = 2
+		order = append(order, Module{Name: NormalizeName(p), Src: p, Dst: plain(p)})
+		return nil
+	}
+	sorted := append([]string(nil), names...)
+	sort.Strings(sorted)
+	for _, n := range sorted {
+		p, ok := byName[NormalizeName(n)]
+		if !ok {
+			return nil, fmt.Errorf("kernel module %q not found in %s/modules.dep (built in, or misspelt?)", n, modulesDir)
+		}
+		if err := visit(p, nil); err != nil {
+			return nil, err
+		}
+	}
+	return order, nil
+}
+
+// Install copies mods (from Resolve) into root/lib/modules/<kver>/ where
+// kver is the base name of modulesDir, decompressing them, and writes the
+// pruned modules.dep and modules.load. It returns the kernel version.
+func Install(ctx context.Context, root, modulesDir string, mods []Module) (string, error) {
+	kver := filepath.Base(filepath.Clean(modulesDir))
+	dst := filepath.Join(root, "lib/modules", kver)
+	var dep, load strings.Builder
+	inSet := map[string]bool{}
+	for _, m := range mods {
+		inSet[m.Src] = true
+	}
+	deps := map[string][]string{}
+	if f, err := os.Open(filepath.Join(modulesDir, "modules.dep")); err == nil {
+		deps, _ = ParseDep(f)
+		f.Close()
+	}
+	for _, m := range mods {
+		out := filepath.Join(dst, filepath.FromSlash(m.Dst))
+		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+			return "", err
+		}
+		if err := decompress(ctx, filepath.Join(modulesDir, filepath.FromSlash(m.Src)), out); err != nil {
+			return "", fmt.Errorf("module %s: %w", m.Name, err)
+		}
+		var ds []string
+		for _, d := range deps[m.Src] {
+			if inSet[d] {
+				ds = append(ds, plain(d))
+			}
+		}
+		fmt.Fprintf(&dep, "%s:", m.Dst)
+		for _, d := range ds {
+			fmt.Fprintf(&dep, " %s", d)
+		}
+		dep.WriteString("\n")
+		fmt.Fprintf(&load, "%s\n", m.Dst)
+	}
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dst, "modules.dep"), []byte(dep.String()), 0o644); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dst, "modules.load"), []byte(load.String()), 0o644); err != nil {
+		return "", err
+	}
+	return kver, nil
+}
+
+func decompress(ctx context.Context, src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	var tool string
+	switch {
+	case strings.HasSuffix(src, ".xz"):
+		tool = "xz"
+	case strings.HasSuffix(src, ".zst"):
+		tool = "zstd"
+	case strings.HasSuffix(src, ".gz"):
+		zr, err := gzip.NewReader(in)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(out, zr); err != nil {
+			return err
+		}
+		return out.Close()
+	default:
+		if _, err := io.Copy(out, in); err != nil {
+			return err
+		}
+		return out.Close()
+	}
+	cmd := exec.CommandContext(ctx, tool, "-dc")
+	var stderr strings.Builder
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = in, out, &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s -dc: %v: %s", tool, err, strings.TrimSpace(stderr.String()))
+	}
+	return out.Close()
+}
