@@ -27,7 +27,8 @@ var (
 	VirtioModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "virtio_console"}
 	// VsockModules: AF_VSOCK over virtio (pulls vsock and the common transport).
 	VsockModules = []string{"vmw_vsock_virtio_transport"}
-	// PmemModules: -device nvdimm (ACPI NFIT, nd_pmem, BTT) and virtio-pmem-pci.
+	// PmemModules: -device nvdimm (ACPI NFIT, nd_pmem, BTT) and virtio-pmem-pci
+	// (the latter also needs virtio_pci from VirtioModules).
 	PmemModules = []string{"nfit", "nd_pmem", "nd_btt", "virtio_pmem"}
 	// FSModules: rootfs and container filesystems. ext4 only soft-depends
 	// on crc32c, so the generic implementation is listed explicitly.

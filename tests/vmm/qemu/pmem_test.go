@@ -1,0 +1,88 @@
+package qemu
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keelvm/keel/rootfs-builder/cpio"
+	"github.com/keelvm/keel/tests/vmm/guestkernel"
+)
+
+// pmemFile creates a 16 MiB backing file that starts with a signature line.
+func pmemFile(t *testing.T, sig string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), sig+".img")
+	if err := os.WriteFile(p, []byte(sig+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestPmemDevicesInGuest boots with a read-only nvdimm and a writable
+// virtio-pmem device, loads the pmem modules from the initramfs and checks
+// that each /dev/pmemN shows its backing file's content via its driver.
+func TestPmemDevicesInGuest(t *testing.T) {
+	k, initBin := guest(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	// virtio_pmem needs the PCI transport, which is a module in Debian.
+	mods, err := k.ModulesFor(append([]string{"virtio_pci"}, guestkernel.PmemModules...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	staging := t.TempDir()
+	paths, err := k.InstallModules(ctx, staging, mods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra, err := cpio.TreeEntries(staging)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra = append(extra,
+		cpio.Bytes("etc/keeltest/modules", []byte(strings.Join(paths, "\n")+"\n"), 0o644),
+		cpio.Bytes("etc/keeltest/pmem-count", []byte("2\n"), 0o644))
+
+	vm := launch(t, Config{
+		Kernel: k.VmlinuzPath,
+		Initrd: initramfs(t, initBin, extra...),
+		Append: cmdline + "pmem",
+		Pmem: []PmemDevice{
+			{Path: pmemFile(t, "KEEL-NVDIMM-SIG"), Kind: NVDIMM, ReadOnly: true},
+			{Path: pmemFile(t, "KEEL-VPMEM-SIG"), Kind: VirtioPmem},
+		},
+	})
+	if err := vm.WaitSerial(ctx, "KEEL-TEST-PMEM-DONE"); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	log := vm.SerialLog()
+	if strings.Contains(log, "KEEL-TEST-ERROR") {
+		t.Fatalf("guest reported an error:\n%s", log)
+	}
+	for sig, dev := range map[string]string{"KEEL-NVDIMM-SIG": "/ndbus", "KEEL-VPMEM-SIG": "/virtio"} {
+		re := regexp.MustCompile(`KEEL-TEST-PMEM pmem\d+ content="` + sig + `" device=(\S+)`)
+		m := re.FindStringSubmatch(log)
+		if m == nil {
+			t.Errorf("no pmem device with content %s:\n%s", sig, log)
+			continue
+		}
+		if !strings.Contains(m[1], dev) {
+			t.Errorf("%s is served by %s, want a %s device", sig, m[1], dev)
+		}
+	}
+	if m := regexp.MustCompile(`KEEL-TEST-MODULES .*`).FindString(log); m != "" {
+		t.Logf("%s (%d modules), done %.2fs after QEMU start", m, len(paths), time.Since(vm.Started()).Seconds())
+	}
+}
