@@ -7,7 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,7 +40,42 @@ func TestMain(m *testing.M) {
 	shared.dir = d
 	code := m.Run()
 	os.RemoveAll(d)
+	// Every test must reap its QEMU; a leftover child is a bug in Close.
+	if left := qemuChildren(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: qemu processes left behind: %v\n", left)
+		for _, pid := range left {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		code = 1
+	}
 	os.Exit(code)
+}
+
+// qemuChildren lists child processes of this test binary running QEMU.
+func qemuChildren() []int {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var pids []int
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || end < open {
+			continue
+		}
+		comm := s[open+1 : end]
+		f := strings.Fields(s[end+1:])
+		if len(f) < 2 || !strings.HasPrefix(comm, "qemu") {
+			continue
+		}
+		if ppid, _ := strconv.Atoi(f[1]); ppid == os.Getpid() {
+			pid, _ := strconv.Atoi(strings.TrimSpace(s[:open]))
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // guest returns the Debian kernel and the static test /init, skipping the

@@ -216,3 +216,15 @@ func isZombie(pid int) bool {
 	i := strings.LastIndexByte(s, ')')
 	return i > 0 && len(s) > i+2 && s[i+2] == 'Z'
 }
+
+func TestLaunchWithoutVsockBackendFails(t *testing.T) {
+	k, _ := guest(t)
+	sock := filepath.Join(t.TempDir(), "no-backend.sock")
+	_, err := Launch(context.Background(), Config{Kernel: k.VmlinuzPath, VhostUserVsockSocket: sock})
+	if err == nil {
+		t.Fatal("Launch succeeded without a vhost-user backend listening")
+	}
+	if !strings.Contains(err.Error(), sock) {
+		t.Fatalf("error does not name the socket: %v", err)
+	}
+}
