@@ -84,10 +84,10 @@ func Validate(s *specs.Spec) error {
 		for i, ns := range s.Linux.Namespaces {
 			f := fmt.Sprintf("OCI.linux.namespaces[%d].type", i)
 			if !slices.Contains(known, string(ns.Type)) {
-				return invalid(f, "%q: unknown namespace type (known: %s)", ns.Type, strings.Join(known, ", "))
+				return invalid(fmt.Sprintf("%s %q", f, ns.Type), "unknown namespace type (known: %s)", strings.Join(known, ", "))
 			}
 			if seen[ns.Type] {
-				return invalid(f, "%q: duplicate namespace", ns.Type)
+				return invalid(fmt.Sprintf("%s %q", f, ns.Type), "duplicate namespace")
 			}
 			seen[ns.Type] = true
 			if ns.Path != "" && !path.IsAbs(ns.Path) {
