@@ -1,0 +1,255 @@
+package oom
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/keelvm/keel/protocol/grpc"
+)
+
+// TestMain doubles as the memory hog the v1 test puts in a cgroup.
+func TestMain(m *testing.M) {
+	if os.Getenv("KEEL_OOM_HOG") == "1" {
+		io.ReadFull(os.Stdin, make([]byte, 1)) // wait until moved into the cgroup
+		var keep [][]byte
+		for i := 0; i < 1024; i++ {
+			b := make([]byte, 1<<20)
+			for j := range b {
+				b[j] = byte(j)
+			}
+			keep = append(keep, b)
+		}
+		fmt.Println(len(keep))
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func expectNone(t *testing.T, w *Watcher) {
+	t.Helper()
+	if id, err := w.Next(ctxT(t, 200*time.Millisecond)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("unexpected event %q, %v", id, err)
+	}
+}
+
+func waitUnwatched(t *testing.T, w *Watcher, id string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for w.Watching(id) {
+		if time.Now().After(deadline) {
+			t.Fatalf("watch of %s did not end with its cgroup", id)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestV1RealOOMKill(t *testing.T) {
+	base := "/sys/fs/cgroup/memory"
+	if _, err := os.Stat(base + "/memory.oom_control"); err != nil || os.Geteuid() != 0 {
+		t.Skip("needs root and the cgroup v1 memory controller")
+	}
+	dir := filepath.Join(base, fmt.Sprintf("keel-oom-test-%d", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(dir) })
+	write := func(name, v string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(v), 0); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	write("memory.limit_in_bytes", "16M")
+	if _, err := os.Stat(filepath.Join(dir, "memory.memsw.limit_in_bytes")); err == nil {
+		write("memory.memsw.limit_in_bytes", "16M") // no escape into swap
+	}
+
+	w := New()
+	defer w.Close()
+	if err := w.Watch("c1", dir, false); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "KEEL_OOM_HOG=1")
+	stdin, _ := cmd.StdinPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	write("cgroup.procs", strconv.Itoa(cmd.Process.Pid))
+	stdin.Write([]byte{1})
+	err := cmd.Wait()
+	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGKILL || 128+int(ws.Signal()) != 137 {
+		t.Fatalf("hog ended with %v (%v), want SIGKILL (137)", err, ws)
+	}
+	id, err := w.Next(ctxT(t, 10*time.Second))
+	if err != nil || id != "c1" {
+		t.Fatalf("event %q, %v", id, err)
+	}
+	expectNone(t, w) // one kill, one event
+	// Removing the cgroup ends the watch without a spurious event.
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	waitUnwatched(t, w, "c1")
+	expectNone(t, w)
+}
+
+func TestV2Watch(t *testing.T) {
+	dir := t.TempDir()
+	events := filepath.Join(dir, "memory.events")
+	put := func(oom, kill, low int) {
+		s := fmt.Sprintf("low %d\nhigh 0\nmax 3\noom %d\noom_kill %d\noom_group_kill 0\n", low, oom, kill)
+		if err := os.WriteFile(events, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(2, 2, 0) // kills before the watch started are not reported
+	w := New()
+	defer w.Close()
+	if err := w.Watch("c2", dir, true); err != nil {
+		t.Fatal(err)
+	}
+	put(2, 2, 5) // other counters changed
+	expectNone(t, w)
+	put(3, 3, 5)
+	if id, err := w.Next(ctxT(t, 5*time.Second)); err != nil || id != "c2" {
+		t.Fatalf("event %q, %v", id, err)
+	}
+	os.Remove(events)
+	waitUnwatched(t, w, "c2")
+	expectNone(t, w)
+}
+
+func TestParseMemoryEvents(t *testing.T) {
+	for in, want := range map[string]uint64{
+		"low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n": 0,
+		"oom 7\noom_kill 5\noom_group_kill 1\n":     5,
+		"oom_kill 18446744073709551615":             1<<64 - 1,
+	} {
+		if got, err := ParseMemoryEvents([]byte(in)); err != nil || got != want {
+			t.Errorf("%q: %d, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "oom 1\n", "oom_kill x\n", "oom_kill -1\n", "oom_kill 18446744073709551616\n"} {
+		if _, err := ParseMemoryEvents([]byte(in)); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
+}
+
+func TestWatchErrors(t *testing.T) {
+	w := New()
+	defer w.Close()
+	if err := w.Watch("", t.TempDir(), true); err == nil {
+		t.Fatal("empty ID accepted")
+	}
+	for _, v2 := range []bool{false, true} {
+		if err := w.Watch("x", "/nonexistent/cgroup", v2); !errors.Is(err, ErrNoCgroup) {
+			t.Fatalf("v2=%v missing cgroup: %v", v2, err)
+		}
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "memory.events"), []byte("oom_kill 0\n"), 0o644)
+	if err := w.Watch("a", dir, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Watch("a", dir, true); !errors.Is(err, ErrWatched) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	w.Unwatch("a")
+	w.Unwatch("a") // twice is fine
+	if err := w.Watch("a", dir, true); err != nil {
+		t.Fatalf("re-watch after Unwatch: %v", err)
+	}
+}
+
+func TestQueueLimitAndCoalescing(t *testing.T) {
+	w := New()
+	defer w.Close()
+	w.push("a")
+	w.push("a") // coalesced
+	w.push("b")
+	w.push("a")
+	for _, want := range []string{"a", "b", "a"} {
+		if id, _ := w.Next(ctxT(t, time.Second)); id != want {
+			t.Fatalf("got %q want %q", id, want)
+		}
+	}
+	for i := 0; i < MaxQueued+10; i++ {
+		w.push(strconv.Itoa(i))
+	}
+	if w.Dropped() != 10 {
+		t.Fatalf("dropped %d, want 10", w.Dropped())
+	}
+	if id, _ := w.Next(ctxT(t, time.Second)); id != "10" {
+		t.Fatalf("oldest kept is %q, want 10", id)
+	}
+}
+
+func TestGetOOMEventHandler(t *testing.T) {
+	w := New()
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		w.push("late")
+	}()
+	ev, err := w.GetOOMEvent(ctxT(t, 5*time.Second), &pb.GetOOMEventRequest{})
+	if err != nil || ev.ContainerId != "late" {
+		t.Fatalf("%v, %v", ev, err)
+	}
+	if _, err := w.GetOOMEvent(ctxT(t, 50*time.Millisecond), nil); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("timeout: %v", err)
+	}
+	done := make(chan error)
+	go func() {
+		_, err := w.GetOOMEvent(context.Background(), nil)
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	w.Close()
+	select {
+	case err := <-done:
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("after Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not wake the long poll")
+	}
+	if err := w.Watch("x", t.TempDir(), true); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Watch after Close: %v", err)
+	}
+}
+
+func TestCloseReleasesFds(t *testing.T) {
+	count := func() int { e, _ := os.ReadDir("/proc/self/fd"); return len(e) }
+	base := count()
+	w := New()
+	for i := 0; i < 5; i++ {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "memory.events"), []byte("oom_kill 0\n"), 0o644)
+		if err := w.Watch(strconv.Itoa(i), dir, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Close()
+	if n := count(); n > base {
+		t.Fatalf("%d fds open after Close, baseline %d", n, base)
+	}
+}
