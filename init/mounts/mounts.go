@@ -52,17 +52,47 @@ const (
 	nsn = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
 )
 
-// Plan returns the base mount plan for PID 1: everything up to and
-// including the cgroup root (for cgroup v1 only its tmpfs; CgroupV1 adds
-// the controllers once /proc/cgroups can be read).
+// Plan returns the mount plan for PID 1: Base then CgroupRootPlan (for
+// cgroup v1 only its tmpfs; CgroupV1 adds the controllers once
+// /proc/cgroups can be read).
 func Plan(cfg cmdline.Config) []step.Step {
+	return append(Base(), CgroupRootPlan(cfg)...)
+}
+
+// Base plans the mounts that do not depend on the configuration (the
+// configuration is read from /proc, which Base mounts).
+func Base() []step.Step { return base(false) }
+
+// BaseIsolated is Base with a private tmpfs on /dev holding only the basic
+// character devices, instead of devtmpfs. devtmpfs is one instance per
+// kernel: PID 1 of a pid namespace on a host (tests, sandboxes) must not
+// change the host's /dev (Base replaces /dev/ptmx with a symlink).
+func BaseIsolated() []step.Step { return base(true) }
+
+func base(isolated bool) []step.Step {
+	dev := []step.Step{
+		step.Mount{Source: "devtmpfs", Target: "/dev", FSType: "devtmpfs", Flags: unix.MS_NOSUID, Data: "mode=0755"},
+	}
+	if isolated {
+		dev = []step.Step{
+			step.Mount{Source: "dev", Target: "/dev", FSType: "tmpfs", Flags: unix.MS_NOSUID, Data: "mode=0755"},
+			step.Mknod{Path: "/dev/null", Mode: 0o666, Major: 1, Minor: 3},
+			step.Mknod{Path: "/dev/zero", Mode: 0o666, Major: 1, Minor: 5},
+			step.Mknod{Path: "/dev/full", Mode: 0o666, Major: 1, Minor: 7},
+			step.Mknod{Path: "/dev/random", Mode: 0o666, Major: 1, Minor: 8},
+			step.Mknod{Path: "/dev/urandom", Mode: 0o666, Major: 1, Minor: 9},
+			step.Mknod{Path: "/dev/tty", Mode: 0o666, Major: 5, Minor: 0},
+		}
+	}
 	s := []step.Step{
 		step.Mkdir{Path: "/proc", Mode: 0o555},
 		step.Mount{Source: "proc", Target: "/proc", FSType: "proc", Flags: nsn},
 		step.Mkdir{Path: "/sys", Mode: 0o555},
 		step.Mount{Source: "sysfs", Target: "/sys", FSType: "sysfs", Flags: nsn},
 		step.Mkdir{Path: "/dev", Mode: 0o755},
-		step.Mount{Source: "devtmpfs", Target: "/dev", FSType: "devtmpfs", Flags: unix.MS_NOSUID, Data: "mode=0755"},
+	}
+	s = append(s, dev...)
+	return append(s,
 		step.Mkdir{Path: "/dev/pts", Mode: 0o755},
 		step.Mount{Source: "devpts", Target: "/dev/pts", FSType: "devpts", Flags: unix.MS_NOSUID | unix.MS_NOEXEC,
 			Data: "newinstance,ptmxmode=0666,mode=0620,gid=5"},
@@ -74,8 +104,13 @@ func Plan(cfg cmdline.Config) []step.Step {
 		step.Mount{Source: "tmpfs", Target: "/run", FSType: "tmpfs", Flags: unix.MS_NOSUID | unix.MS_NODEV, Data: "mode=0755"},
 		step.Mkdir{Path: "/tmp", Mode: 0o1777},
 		step.Mount{Source: "tmpfs", Target: "/tmp", FSType: "tmpfs", Flags: unix.MS_NOSUID | unix.MS_NODEV, Data: "mode=1777"},
-		step.Mkdir{Path: CgroupRoot, Mode: 0o755},
-	}
+	)
+}
+
+// CgroupRootPlan mounts the cgroup root: cgroup2 (nsdelegate) for v2, a
+// tmpfs for v1.
+func CgroupRootPlan(cfg cmdline.Config) []step.Step {
+	s := []step.Step{step.Mkdir{Path: CgroupRoot, Mode: 0o755}}
 	if cfg.Cgroup == "v1" {
 		s = append(s, step.Mount{Source: "cgroup_root", Target: CgroupRoot, FSType: "tmpfs", Flags: nsn, Data: "mode=0755"})
 	} else {
@@ -173,7 +208,9 @@ func validController(n string) bool {
 // ProtectAgent plans the agent's self-protection (see the package doc).
 func ProtectAgent(cfg cmdline.Config) []step.Step {
 	s := []step.Step{
-		step.Write{Path: "/proc/self/oom_score_adj", Data: strconv.Itoa(OOMScoreAdj)},
+		// Optional: lowering it needs CAP_SYS_RESOURCE, which a guest's
+		// PID 1 has but a namespaced test run may not.
+		step.Write{Path: "/proc/self/oom_score_adj", Data: strconv.Itoa(OOMScoreAdj), Opt: true},
 	}
 	if cfg.Cgroup == "v1" {
 		return s

@@ -169,3 +169,22 @@ type Func struct {
 func (f Func) String() string { return f.Line }
 func (f Func) Run() error     { return f.Fn() }
 func (f Func) Optional() bool { return f.Opt }
+
+// Mknod is `mknod -m MODE PATH c MAJOR MINOR` (character devices).
+type Mknod struct {
+	Path         string
+	Mode         uint32
+	Major, Minor uint32
+	Opt          bool
+}
+
+func (m Mknod) String() string {
+	return fmt.Sprintf("mknod -m %04o %s c %d %d", m.Mode, m.Path, m.Major, m.Minor)
+}
+func (m Mknod) Run() error {
+	if err := unix.Mknod(m.Path, unix.S_IFCHR|m.Mode, int(unix.Mkdev(m.Major, m.Minor))); err != nil && !errors.Is(err, unix.EEXIST) {
+		return &os.PathError{Op: "mknod", Path: m.Path, Err: err}
+	}
+	return unix.Chmod(m.Path, m.Mode) // not subject to umask
+}
+func (m Mknod) Optional() bool { return m.Opt }

@@ -36,8 +36,9 @@ import (
 const NewRoot = "/newroot"
 
 // Moved are the mounts carried over to the new root (their submounts,
-// e.g. /dev/pts and /sys/fs/cgroup, move with them).
-var Moved = []string{"/dev", "/proc", "/sys", "/run"}
+// e.g. /dev/pts and /sys/fs/cgroup, move with them). The new root needs
+// these directories; a mount that cannot move is detached.
+var Moved = []string{"/dev", "/proc", "/sys", "/run", "/tmp"}
 
 // ProbeOrder is tried when rootfstype= is not given.
 var ProbeOrder = []string{"ext4", "erofs"}
@@ -277,4 +278,3 @@ func removeTree(dir string, dev uint64, skip string) int {
 	}
 	return n
 }
-

@@ -1,0 +1,392 @@
+// Package boot is PID 1's bring-up, in order, as a script of named steps:
+//
+//	reaper.Start                         (before any child exists)
+//	mount /proc /sys /dev /dev/pts /dev/shm /run /tmp   (mounts.Base)
+//	setsid; TIOCSCTTY /dev/console; dup onto 0,1,2
+//	parse /proc/cmdline (+ agent.config_file)
+//	mount the cgroup hierarchy            (mounts.CgroupRootPlan, CgroupV1)
+//	load agent.modules                    (kmod)
+//	switch to agent.rootfs/root= and re-exec (switchroot)   -- stage 2 resumes here
+//	oom_score_adj, agent cgroup           (mounts.ProtectAgent)
+//	PATH, RLIMIT_NOFILE, hostname, ip link set lo up
+//	entropy: agent.entropy seed, /dev/hwrng in the background
+//	log stream on agent.log_vport, debug console on agent.debug_console_vport
+//	SIGTERM/SIGPWR/SIGINT -> power off
+//
+// Each step is logged like the shell line it replaces; a failing required
+// step makes Run return an error (main then powers off). Milestones go to
+// init/timeline: init_start, mounts_done, modules_loaded, root_switched,
+// boot_done; main adds listener_ready.
+//
+// Across the re-exec after switching root, the stage and the timeline
+// travel in the environment (EnvStage, EnvTimeline) so the second Run
+// only does what is left.
+//
+// In host mode (not PID 1) Run touches nothing system-wide: it starts the
+// reaper (as child subreaper) and returns Default() configuration and a
+// stderr logger; the caller applies its flags.
+package boot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/keelvm/keel/init/cmdline"
+	"github.com/keelvm/keel/init/console"
+	"github.com/keelvm/keel/init/entropy"
+	"github.com/keelvm/keel/init/kmod"
+	"github.com/keelvm/keel/init/mounts"
+	"github.com/keelvm/keel/init/reaper"
+	"github.com/keelvm/keel/init/shutdown"
+	"github.com/keelvm/keel/init/step"
+	"github.com/keelvm/keel/init/switchroot"
+	"github.com/keelvm/keel/init/timeline"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Environment variables carried across the re-exec after switching root.
+const (
+	EnvStage    = "KEEL_BOOT_STAGE"
+	EnvTimeline = "KEEL_TIMELINE"
+	stageSwitch = "switched"
+)
+
+// Defaults of the system setup.
+const (
+	Path          = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	MaxNoFile     = 1 << 20
+	HWRNGTimeout  = 200 * time.Millisecond
+	cmdlineSource = "/proc/cmdline"
+)
+
+// Result is what the rest of the agent needs from boot.
+type Result struct {
+	Config   cmdline.Config
+	Warnings []cmdline.Warning
+	Logger   *slog.Logger
+	Level    *slog.LevelVar
+	// LogStream holds the recent log lines and serves agent.log_vport (it
+	// always exists so the ring can be exposed, e.g. in GetDiagnosticData).
+	LogStream *console.Stream
+	PID1      bool
+	// RootIsInitramfs: / is the initramfs, pivot_root fails; containers
+	// must use libcontainer's NoPivotRoot.
+	RootIsInitramfs bool
+	// Closers stop the log and debug-console listeners.
+	Closers []io.Closer
+}
+
+// Options adjust Run for tests and host mode. The zero value is what PID 1
+// in a VM uses.
+type Options struct {
+	// Cmdline replaces /proc/cmdline when non-nil.
+	Cmdline *string
+	// Listen opens the log and debug-console listeners (default vsock).
+	Listen console.Listen
+	// Console receives the log (default: stderr, which boot points at
+	// /dev/console).
+	Console io.Writer
+	// NoConsoleSetup skips setsid/TIOCSCTTY/dup of /dev/console.
+	NoConsoleSetup bool
+	// IsolatedDev mounts a private tmpfs on /dev instead of devtmpfs
+	// (mounts.BaseIsolated), for PID 1 in a namespace on a host.
+	IsolatedDev bool
+}
+
+// Run brings the guest up when this process is PID 1; see the package doc.
+func Run(ctx context.Context) (*Result, error) { return RunWith(ctx, Options{}) }
+
+// RunWith is Run with Options.
+func RunWith(ctx context.Context, o Options) (*Result, error) {
+	stage2 := os.Getenv(EnvStage) == stageSwitch
+	if stage2 {
+		timeline.Decode(os.Getenv(EnvTimeline))
+		os.Unsetenv(EnvStage)
+		os.Unsetenv(EnvTimeline)
+	} else {
+		timeline.Mark("init_start")
+	}
+	if o.Listen == nil {
+		o.Listen = console.VsockListen
+	}
+	if err := reaper.Start(); err != nil {
+		return nil, err
+	}
+	res := &Result{PID1: os.Getpid() == 1, LogStream: console.NewStream()}
+	if !res.PID1 {
+		res.Config = cmdline.Default()
+		res.Logger, res.Level = console.NewLogger(res.Config.LogLevel, os.Stderr, res.LogStream)
+		res.RootIsInitramfs = switchroot.RootIsInitramfs()
+		return res, nil
+	}
+
+	// Until the command line is read, log at info to the console.
+	if o.Console == nil {
+		o.Console = os.Stderr
+	}
+	consoleSink := console.NewSink(o.Console, 0)
+	log, lv := console.NewLogger(slog.LevelInfo, consoleSink, res.LogStream)
+	res.Logger, res.Level = log, lv
+	shutdown.SetLogger(log)
+
+	if !stage2 {
+		base := mounts.Base()
+		if o.IsolatedDev {
+			base = mounts.BaseIsolated()
+		}
+		if err := step.Run(log, base); err != nil {
+			return res, err
+		}
+	}
+	if !o.NoConsoleSetup {
+		if err := setupConsole(); err != nil {
+			log.Warn("console setup", "err", err)
+		}
+		_ = shutdown.CrashOutput(os.Stderr)
+	}
+
+	cfg, warns := readConfig(o.Cmdline, log)
+	res.Config, res.Warnings = cfg, warns
+	lv.Set(cfg.LogLevel)
+	for _, w := range warns {
+		log.Warn("kernel command line", "warning", w.String())
+	}
+	log.Info("keel-agent booting", "stage", stageName(stage2), "config", fmt.Sprintf("%+v", redacted(cfg)), "entropy_seed_bytes", len(cfg.Entropy))
+
+	if !stage2 {
+		if err := step.Run(log, mounts.CgroupRootPlan(cfg)); err != nil {
+			return res, err
+		}
+		if cfg.Cgroup == "v1" {
+			b, err := os.ReadFile("/proc/cgroups")
+			if err != nil {
+				return res, fmt.Errorf("unable to read /proc/cgroups: %w", err)
+			}
+			if err := step.Run(log, mounts.CgroupV1(string(b))); err != nil {
+				return res, err
+			}
+		}
+		timeline.Mark("mounts_done")
+
+		if len(cfg.Modules) > 0 {
+			specs := make([]kmod.ModuleSpec, len(cfg.Modules))
+			for i, m := range cfg.Modules {
+				specs[i] = kmod.ModuleSpec{Name: m.Name, Params: m.Params}
+			}
+			if err := kmod.Load(specs, log); err != nil {
+				return res, err
+			}
+			log.Info("modules loaded", "modules", cmdline.FormatModules(cfg.Modules))
+		}
+		timeline.Mark("modules_loaded")
+
+		if cfg.Root != "" {
+			// Returns only on failure: on success the new init continues
+			// at stage 2.
+			return res, switchRoot(cfg, log)
+		}
+	}
+
+	if err := step.Run(log, mounts.ProtectAgent(cfg)); err != nil {
+		return res, err
+	}
+	if err := step.Run(log, systemSteps(cfg)); err != nil {
+		return res, err
+	}
+	seedEntropy(cfg, log)
+	res.RootIsInitramfs = switchroot.RootIsInitramfs()
+	startServices(ctx, res, o.Listen)
+	shutdown.HandleSignals()
+	timeline.Mark("boot_done")
+	log.Info("boot done", "timeline", timeline.String(), "root_is_initramfs", res.RootIsInitramfs)
+	return res, nil
+}
+
+func stageName(stage2 bool) string {
+	if stage2 {
+		return "after switch_root"
+	}
+	return "initramfs"
+}
+
+// redacted hides the entropy seed from logs.
+func redacted(c cmdline.Config) cmdline.Config {
+	c.Entropy = nil
+	return c
+}
+
+func readConfig(override *string, log *slog.Logger) (cmdline.Config, []cmdline.Warning) {
+	var line string
+	if override != nil {
+		line = *override
+	} else if b, err := os.ReadFile(cmdlineSource); err != nil {
+		log.Error("unable to read kernel command line, using defaults", "err", err)
+	} else {
+		line = string(b)
+	}
+	cfg, warns := cmdline.Parse(line)
+	if cfg.ConfigFile == "" {
+		return cfg, warns
+	}
+	fileCfg, fw, err := cmdline.LoadFile(cfg.ConfigFile, cmdline.Default())
+	if err != nil {
+		log.Warn("agent.config_file ignored", "err", err)
+		return cfg, warns
+	}
+	cfg, cw := cmdline.ParseWith(fileCfg, line) // the command line wins
+	_ = cw                                      // same warnings as the first parse
+	return cfg, append(warns, fw...)
+}
+
+// setupConsole makes /dev/console our controlling terminal and fds 0-2.
+func setupConsole() error {
+	fd, err := unix.Open("/dev/console", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("unable to open /dev/console: %w", err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.Setsid(); err != nil && !errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("setsid: %w", err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TIOCSCTTY, 1); err != nil {
+		return fmt.Errorf("TIOCSCTTY: %w", err)
+	}
+	for i := 0; i < 3; i++ {
+		if err := unix.Dup3(fd, i, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func switchRoot(cfg cmdline.Config, log *slog.Logger) error {
+	self, _ := os.Executable()
+	fstype, data, err := switchroot.MountRoot(switchroot.Options{
+		Device: cfg.Root, FSType: cfg.RootFSType, Flags: cfg.RootFlags, RW: cfg.RootRW,
+		Timeout: cfg.HotplugTimeout, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	initPath, err := switchroot.FindInit(switchroot.NewRoot, []string{self, "/sbin/init", "/usr/bin/keel-agent", "/init"})
+	if err != nil {
+		_ = unix.Unmount(switchroot.NewRoot, 0)
+		return err
+	}
+	log.Info("switch_root", "root", cfg.Root, "fstype", fstype, "data", data, "init", initPath)
+	if err := switchroot.Switch(switchroot.NewRoot, log); err != nil {
+		return err
+	}
+	timeline.Mark("root_switched")
+	env := append(os.Environ(), EnvStage+"="+stageSwitch, EnvTimeline+"="+timeline.Encode())
+	argv := append([]string{initPath}, os.Args[1:]...)
+	err = syscall.Exec(initPath, argv, env)
+	return fmt.Errorf("unable to exec %s in the new root: %w", initPath, err)
+}
+
+func systemSteps(cfg cmdline.Config) []step.Step {
+	s := []step.Step{
+		step.Func{Line: "export PATH=" + Path, Fn: func() error { return os.Setenv("PATH", Path) }},
+		step.Func{Line: "ulimit -n " + strconv.Itoa(MaxNoFile), Fn: raiseNoFile, Opt: true},
+		step.Func{Line: "ip link set lo up", Fn: loUp},
+	}
+	if cfg.Hostname != "" {
+		s = append(s, step.Func{Line: "hostname " + cfg.Hostname, Fn: func() error { return unix.Sethostname([]byte(cfg.Hostname)) }})
+	}
+	return s
+}
+
+func raiseNoFile() error {
+	n := uint64(MaxNoFile)
+	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && v < n {
+			n = v
+		}
+	}
+	return unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: n, Max: n})
+}
+
+// loUp is `ip link set lo up` on an explicit handle for this netns.
+func loUp() error {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	return h.LinkSetUp(lo)
+}
+
+// seedEntropy never blocks boot: the command-line seed is a single ioctl,
+// the hwrng read runs in the background with a deadline.
+func seedEntropy(cfg cmdline.Config, log *slog.Logger) {
+	if len(cfg.Entropy) > 0 {
+		if err := entropy.Seed(cfg.Entropy); err != nil {
+			log.Warn("agent.entropy", "err", err)
+		} else {
+			log.Info("entropy seeded from the command line", "bytes", len(cfg.Entropy), "entropy_avail", entropy.Available())
+		}
+	}
+	go func() {
+		n, err := entropy.FromHWRNG("/dev/hwrng", HWRNGTimeout)
+		switch {
+		case err != nil:
+			log.Warn("hwrng", "err", err)
+		case n > 0:
+			log.Info("entropy seeded from /dev/hwrng", "bytes", n, "entropy_avail", entropy.Available())
+		}
+	}()
+}
+
+// startServices opens the log stream and debug console listeners. They
+// are optional: a failure is logged and boot goes on.
+func startServices(ctx context.Context, res *Result, listen console.Listen) {
+	cfg, log := res.Config, res.Logger
+	if cfg.LogVPort != 0 {
+		if ln, err := listen(cfg.LogVPort); err != nil {
+			log.Warn("log stream listener", "port", cfg.LogVPort, "err", err)
+		} else {
+			res.Closers = append(res.Closers, ln)
+			go func() { _ = res.LogStream.Serve(ln) }()
+			log.Info("log stream listening", "port", cfg.LogVPort)
+		}
+	}
+	if cfg.DebugConsoleVPort != 0 {
+		if ln, err := listen(cfg.DebugConsoleVPort); err != nil {
+			log.Warn("debug console listener", "port", cfg.DebugConsoleVPort, "err", err)
+		} else {
+			res.Closers = append(res.Closers, ln)
+			go func() {
+				if err := console.DebugConsole(ln, "", log); err != nil {
+					log.Warn("debug console", "err", err)
+				}
+			}()
+			log.Warn("debug console listening: anyone with vsock access gets a root shell", "port", cfg.DebugConsoleVPort)
+		}
+	}
+	go func() {
+		<-ctx.Done()
+		for _, c := range res.Closers {
+			c.Close()
+		}
+	}()
+}
+
+// Close stops the listeners started by Run.
+func (r *Result) Close() {
+	for _, c := range r.Closers {
+		c.Close()
+	}
+}
