@@ -76,17 +76,12 @@ func (s *IO) AttachStdin(conn net.Conn) error {
 		return err
 	}
 	st := s.stdin
-	st.mu.Lock()
-	switch {
-	case st.closed.Load():
-		st.mu.Unlock()
+	if st.closed.Load() {
 		return ErrStdinClosed
-	case st.attached:
-		st.mu.Unlock()
+	}
+	if st.attached.Swap(true) {
 		return ErrAttached
 	}
-	st.attached = true
-	st.mu.Unlock()
 	if !s.track(conn) {
 		return ErrClosed
 	}

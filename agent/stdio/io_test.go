@@ -293,3 +293,20 @@ func writeFile(t testing.TB, path string, b []byte) {
 		t.Fatal(err)
 	}
 }
+
+// A second reader queued behind a blocked one still honours its context.
+func TestQueuedReaderHonoursContext(t *testing.T) {
+	s := newIO(t, Options{})
+	start(t, s, "sleep", "30")
+	go s.ReadStdout(context.Background(), 10) // blocks until Close
+	time.Sleep(50 * time.Millisecond)
+	t0 := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := s.ReadStdout(ctx, 10); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued reader: %v", err)
+	}
+	if time.Since(t0) > time.Second {
+		t.Fatal("queued reader ignored its deadline")
+	}
+}

@@ -65,12 +65,31 @@ type outStream struct {
 	name string
 	exit *exitState
 
-	mu       sync.Mutex // one reader at a time, so chunks keep their order
+	turn     turn // one reader at a time, so chunks keep their order
 	f        *os.File
-	eof      bool
-	attached bool
-	closed   bool
+	eof      bool // under turn
+	attached atomic.Bool
+	closed   atomic.Bool
 }
+
+// turn serialises callers like a mutex, but a caller waiting for its turn
+// gives up when its context ends.
+type turn struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (t *turn) acquire(ctx context.Context) error {
+	t.once.Do(func() { t.ch = make(chan struct{}, 1) })
+	select {
+	case t.ch <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (t *turn) release() { <-t.ch }
 
 func (s *outStream) file() *os.File {
 	if s == nil {
@@ -99,13 +118,19 @@ func (s *outStream) readRPC(ctx context.Context, max int) ([]byte, error) {
 // read fills p with what is available (at least one byte) or returns io.EOF.
 // fromAttach is true for the passfd copier that owns an attached stream.
 func (s *outStream) read(ctx context.Context, p []byte, fromAttach bool) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	switch {
-	case s.closed:
+	case s.closed.Load():
 		return 0, ErrClosed
-	case s.attached && !fromAttach:
+	case s.attached.Load() && !fromAttach:
 		return 0, ErrAttached
+	}
+	if err := s.turn.acquire(ctx); err != nil {
+		return 0, err
+	}
+	defer s.turn.release()
+	switch {
+	case s.closed.Load():
+		return 0, ErrClosed
 	case s.eof:
 		return 0, io.EOF
 	}
@@ -177,31 +202,26 @@ func (s *outStream) attach() error {
 	if s == nil {
 		return ErrNoStream
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.attached {
+	if s.attached.Swap(true) {
 		return ErrAttached
 	}
-	s.attached = true
 	return nil
 }
 
 // shut closes the file; a blocked read returns ErrClosed.
 func (s *outStream) shut() {
-	s.f.Close() // before taking mu: it wakes a blocked reader holding mu
-	s.mu.Lock()
-	s.closed = true
-	s.mu.Unlock()
+	s.closed.Store(true)
+	s.f.Close() // wakes a blocked reader with os.ErrClosed
 }
 
 // inStream is the agent's write end of stdin (or the pty master).
 type inStream struct {
 	exit *exitState
 
-	mu       sync.Mutex // one writer at a time, so chunks keep their order
+	turn     turn // one writer at a time, so chunks keep their order
 	f        *os.File
 	closed   atomic.Bool // set by close/shut without waiting for a blocked writer
-	attached bool
+	attached atomic.Bool
 }
 
 func (s *inStream) file() *os.File {
@@ -214,13 +234,15 @@ func (s *inStream) file() *os.File {
 // write writes all of p unless ctx, the exit grace or an error stops it.
 // internal is true for the attached copier and the terminal's ^D.
 func (s *inStream) write(ctx context.Context, p []byte, internal bool) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch {
-	case s.closed.Load() || s.f == nil:
-		return 0, ErrStdinClosed
-	case s.attached && !internal:
+	if s.attached.Load() && !internal {
 		return 0, ErrAttached
+	}
+	if err := s.turn.acquire(ctx); err != nil {
+		return 0, err
+	}
+	defer s.turn.release()
+	if s.closed.Load() || s.f == nil {
+		return 0, ErrStdinClosed
 	}
 	stop := context.AfterFunc(ctx, func() { s.f.SetWriteDeadline(past) })
 	defer stop()
