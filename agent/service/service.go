@@ -14,6 +14,9 @@ import (
 	"reflect"
 	"sort"
 
+	"github.com/keelvm/keel/agent/copyfile"
+	"github.com/keelvm/keel/agent/guestops"
+	"github.com/keelvm/keel/agent/oom"
 	"github.com/keelvm/keel/agent/version"
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
@@ -25,20 +28,44 @@ type fallback struct{ Unimplemented }
 type Service struct {
 	fallback
 	*Guest
+	*GuestOps   // SetGuestDateTime, ReseedRandomDev
+	*FileCopier // CopyFile
+	*OOM        // GetOOMEvent
 }
+
+// Aliases name the embedded handlers (two packages call theirs Handler).
+type (
+	GuestOps   = guestops.Handler
+	FileCopier = copyfile.Handler
+	OOM        = oom.Watcher
+)
 
 var _ pb.AgentServiceService = (*Service)(nil)
 
 // Handlers are the domain handler structs Service is built from.
 type Handlers struct {
-	Guest *Guest
+	Guest    *Guest
+	GuestOps *guestops.Handler
+	CopyFile *copyfile.Handler
+	OOM      *oom.Watcher
 }
 
-// New assembles a Service. A nil handler leaves its RPCs unimplemented.
+// New assembles a Service. A handler left nil gets its zero value, which
+// every handler package documents as the production default (the OOM
+// watcher gets a fresh oom.New()).
 func New(h Handlers) *Service {
-	s := &Service{Guest: h.Guest}
+	s := &Service{Guest: h.Guest, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM}
 	if s.Guest == nil {
 		s.Guest = &Guest{}
+	}
+	if s.GuestOps == nil {
+		s.GuestOps = &guestops.Handler{}
+	}
+	if s.FileCopier == nil {
+		s.FileCopier = &copyfile.Handler{}
+	}
+	if s.OOM == nil {
+		s.OOM = oom.New()
 	}
 	return s
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keelvm/keel/agent/metrics"
+	"github.com/keelvm/keel/agent/oom"
 	"github.com/keelvm/keel/agent/server"
 	"github.com/keelvm/keel/agent/service"
 	"github.com/keelvm/keel/agent/version"
@@ -80,8 +81,11 @@ func run(args []string) error {
 	}
 
 	reg := metrics.New()
+	oomWatcher := oom.New()
+	defer oomWatcher.Close()
 	svc := service.New(service.Handlers{
 		Guest: &service.Guest{Metrics: reg, ExtraFeatures: extraFeatures},
+		OOM:   oomWatcher,
 	})
 	srv, err := server.New(svc, service.Health{}, reg, log)
 	if err != nil {

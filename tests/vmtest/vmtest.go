@@ -1,0 +1,275 @@
+// Package vmtest boots a real Keel guest under QEMU TCG for the VM tests and
+// the demo: Debian's kernel (cached by tests/vmm/guestkernel), an initramfs
+// holding keel-agent as /init plus the modules it loads, and the userspace
+// vhost-user-vsock device (tests/vmm/vsockdev) whose hybrid-vsock Unix
+// socket gives the host a real AF_VSOCK path to the agent.
+package vmtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keelvm/keel/protocol/client"
+	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/vmm/guestkernel"
+	"github.com/keelvm/keel/tests/vmm/qemu"
+	"github.com/keelvm/keel/tests/vmm/vsockdev"
+)
+
+// GuestCID is the CID the test device gives every guest.
+const GuestCID = 3
+
+// AgentPort is the agent's ttrpc vsock port.
+const AgentPort = 1024
+
+// DefaultModules are what the agent loads at boot in a test guest: the vsock
+// transport (with its dependencies) is all the agent needs to serve.
+var DefaultModules = []string{"vmw_vsock_virtio_transport"}
+
+// Config describes one test guest.
+type Config struct {
+	// Agent is the static keel-agent binary; default $KEEL_AGENT_BIN, else
+	// build/keel-agent under the module root.
+	Agent string
+	// Modules the guest loads at boot (agent.modules=); default DefaultModules.
+	Modules []string
+	// ExtraModules are put into the initramfs (and loaded) on top of Modules.
+	ExtraModules []string
+	// Append is added to the kernel command line.
+	Append []string
+	// Busybox adds a busybox container rootfs at ContainerRootfs.
+	Busybox bool
+	// MemoryMiB and CPUs size the VM (defaults: 512, 1).
+	MemoryMiB int
+	CPUs      int
+	// Pmem devices, e.g. a DAX rootfs image.
+	Pmem []qemu.PmemDevice
+	// Dir holds every file of the guest; default a new temp dir removed by Close.
+	Dir string
+	// Log receives progress lines; nil discards them.
+	Log io.Writer
+	// DeferStart leaves the agent unreached: Boot returns as soon as QEMU
+	// runs (for late-listener tests).
+	DeferStart bool
+}
+
+// Guest is a running test VM.
+type Guest struct {
+	VM      *qemu.VM
+	Device  *vsockdev.Device
+	Kernel  *guestkernel.Kernel
+	Dir     string
+	UDS     string // hybrid vsock socket
+	Booted  time.Time
+	ownsDir bool
+	once    sync.Once
+}
+
+// AgentAddr is the agent's hybrid-vsock address.
+func (g *Guest) AgentAddr() string { return fmt.Sprintf("hvsock://%s:%d", g.UDS, AgentPort) }
+
+// PortAddr is the hybrid-vsock address of any guest port.
+func (g *Guest) PortAddr(port uint32) string { return fmt.Sprintf("hvsock://%s:%d", g.UDS, port) }
+
+// Dial connects to the agent, retrying until ctx ends.
+func (g *Guest) Dial(ctx context.Context) (*client.Client, error) {
+	return client.Dial(ctx, g.AgentAddr())
+}
+
+// Available says why VM tests cannot run here, or "" when they can.
+func Available() string {
+	if !qemu.Available() {
+		return "qemu-system-x86_64 is not installed"
+	}
+	if _, err := os.Stat(BusyboxPath); err != nil {
+		return "busybox-static is not installed"
+	}
+	return ""
+}
+
+// AgentBinary finds the static agent: $KEEL_AGENT_BIN, else build/keel-agent
+// relative to the module root, else it is built with `make agent`.
+func AgentBinary(ctx context.Context) (string, error) {
+	if p := os.Getenv("KEEL_AGENT_BIN"); p != "" {
+		return p, nil
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(root, "build", "keel-agent")
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	cmd := exec.CommandContext(ctx, "make", "-C", root, "agent")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("unable to build the agent: %v\n%s", err, out)
+	}
+	return p, nil
+}
+
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("unable to find the module root (go.mod)")
+		}
+		dir = parent
+	}
+}
+
+// Boot builds the initramfs, starts the vsock device and QEMU, and (unless
+// DeferStart) waits until the agent answers Health.Check. On error nothing
+// is left running.
+func Boot(ctx context.Context, cfg Config) (g *Guest, err error) {
+	logf := func(format string, a ...any) {
+		if cfg.Log != nil {
+			fmt.Fprintf(cfg.Log, format+"\n", a...)
+		}
+	}
+	g = &Guest{Dir: cfg.Dir}
+	if g.Dir == "" {
+		if g.Dir, err = os.MkdirTemp("", "keel-vm-"); err != nil {
+			return nil, err
+		}
+		g.ownsDir = true
+	}
+	defer func() {
+		if err != nil {
+			g.Close()
+		}
+	}()
+	if cfg.Agent == "" {
+		if cfg.Agent, err = AgentBinary(ctx); err != nil {
+			return nil, err
+		}
+	}
+	logf("kernel: fetching/using Debian's kernel from %s", guestkernel.CacheRoot())
+	if g.Kernel, err = guestkernel.Ensure(ctx); err != nil {
+		return nil, fmt.Errorf("unable to get the guest kernel: %w", err)
+	}
+	mods := cfg.Modules
+	if mods == nil {
+		mods = DefaultModules
+	}
+	mods = append(append([]string{}, mods...), cfg.ExtraModules...)
+	initrd := filepath.Join(g.Dir, "initrd.img")
+	if err := BuildInitrd(ctx, InitrdSpec{Agent: cfg.Agent, Kernel: g.Kernel, Modules: mods, Busybox: cfg.Busybox}, initrd); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Stat(initrd); err == nil {
+		logf("initrd: %s (%d KiB: keel-agent + %d module(s)%s)", initrd, fi.Size()>>10, len(mods), map[bool]string{true: " + busybox rootfs"}[cfg.Busybox])
+	}
+
+	g.UDS = filepath.Join(g.Dir, "vsock.sock")
+	vhostSock := filepath.Join(g.Dir, "vhost-user-vsock.sock")
+	g.Device, err = vsockdev.Start(ctx, vsockdev.Config{
+		VhostUserSocket: vhostSock,
+		UDSPath:         g.UDS,
+		GuestCID:        GuestCID,
+		Log:             slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("unable to start the vsock device: %w", err)
+	}
+
+	cmdline := []string{"console=ttyS0", "panic=-1", "quiet", "agent.log=debug"}
+	if len(mods) > 0 {
+		cmdline = append(cmdline, "agent.modules="+strings.Join(mods, ","))
+	}
+	cmdline = append(cmdline, cfg.Append...)
+	g.VM, err = qemu.Launch(ctx, qemu.Config{
+		Kernel:               g.Kernel.VmlinuzPath,
+		Initrd:               initrd,
+		Append:               strings.Join(cmdline, " "),
+		MemoryMiB:            cfg.MemoryMiB,
+		CPUs:                 cfg.CPUs,
+		VhostUserVsockSocket: vhostSock,
+		Pmem:                 cfg.Pmem,
+		Dir:                  g.Dir,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("unable to launch QEMU: %w", err)
+	}
+	g.Booted = g.VM.Started()
+	logf("qemu: pid %d, kernel %s, cmdline %q", g.VM.Pid(), g.Kernel.Version, strings.Join(cmdline, " "))
+	if cfg.DeferStart {
+		return g, nil
+	}
+	c, err := g.WaitAgent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.Close()
+	logf("agent: answered Health.Check over AF_VSOCK %.2fs after QEMU started", time.Since(g.Booted).Seconds())
+	return g, nil
+}
+
+// WaitAgent dials the agent and waits for Health.Check to answer; if QEMU
+// exits first, the error carries the tail of the serial console.
+func (g *Guest) WaitAgent(ctx context.Context) (*client.Client, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-g.VM.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	c, err := g.Dial(ctx)
+	if err == nil {
+		_, err = c.Health.Check(ctx, &pb.CheckRequest{})
+		if err != nil {
+			c.Close()
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("agent did not answer at %s: %w\nserial console (tail):\n%s", g.AgentAddr(), err, tail(g.VM.SerialLog(), 40))
+	}
+	return c, nil
+}
+
+// Close stops QEMU and the device and removes the guest's files (when
+// Boot created the directory). It is idempotent.
+func (g *Guest) Close() error {
+	var err error
+	g.once.Do(func() {
+		if g.VM != nil {
+			err = g.VM.Close()
+		}
+		if g.Device != nil {
+			if e := g.Device.Close(); err == nil {
+				err = e
+			}
+		}
+		if g.ownsDir {
+			os.RemoveAll(g.Dir)
+		}
+	})
+	return err
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
