@@ -59,9 +59,10 @@ type Container struct {
 	privatePidns bool
 	init         *Process
 
-	mu    sync.Mutex
-	state State
-	execs map[string]*Process
+	mu      sync.Mutex
+	state   State
+	execs   map[string]*Process
+	retired map[string]*Process // collected execs whose stdio lingers
 }
 
 // ID returns the container id.
@@ -96,19 +97,56 @@ func (c *Container) Process(execID string) (*Process, error) {
 }
 
 // ForgetProcess drops an exited exec'd process after its status was
-// collected (Kata removes it on WaitProcess). Init is kept until Remove.
-func (c *Container) ForgetProcess(p *Process) {
+// collected (Kata removes it on WaitProcess) and closes its stdio at once.
+// Init is kept until Remove.
+func (c *Container) ForgetProcess(p *Process) { c.RetireProcess(p, 0) }
+
+// RetireProcess is ForgetProcess for the RPC path: the exec id is free at
+// once, but the stdio stays reachable through StdioProcess for linger, so
+// a host still draining ReadStdout after WaitProcess loses nothing.
+func (c *Container) RetireProcess(p *Process, linger time.Duration) {
 	if p.Init || p.State() != ProcessExited {
 		return
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.execs[p.ID] == p {
 		delete(c.execs, p.ID)
 	}
-	c.mu.Unlock()
-	if p.io != nil {
-		p.io.Close()
+	if p.io == nil {
+		return
 	}
+	if linger <= 0 || c.state == StateRemoved {
+		p.io.Close()
+		return
+	}
+	if old := c.retired[p.ID]; old != nil && old != p {
+		old.io.Close()
+	}
+	c.retired[p.ID] = p
+	time.AfterFunc(linger, func() {
+		c.mu.Lock()
+		if c.retired[p.ID] == p {
+			delete(c.retired, p.ID)
+		}
+		c.mu.Unlock()
+		p.io.Close()
+	})
+}
+
+// StdioProcess is Process, also finding exec'd processes retired within
+// their linger time (for the stdio RPCs).
+func (c *Container) StdioProcess(execID string) (*Process, error) {
+	p, err := c.Process(execID)
+	if err == nil {
+		return p, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r, ok := c.retired[execID]; ok {
+		return r, nil
+	}
+	return nil, err
 }
 
 // initExited is called by the reaper goroutine of init.
@@ -360,7 +398,10 @@ func (c *Container) destroy() error {
 	for _, p := range c.execs {
 		procs = append(procs, p)
 	}
-	c.execs = map[string]*Process{}
+	for _, p := range c.retired {
+		procs = append(procs, p)
+	}
+	c.execs, c.retired = map[string]*Process{}, map[string]*Process{}
 	c.mu.Unlock()
 	for _, p := range procs {
 		if p.io != nil {

@@ -309,7 +309,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		}
 		return nil, fmt.Errorf("OCI: %v: %w", err, ErrInvalid)
 	}
-	c := &Container{id: cc.ID, lc: lc, spec: spec, privatePidns: privatePid, state: StateCreated, execs: map[string]*Process{}}
+	c := &Container{id: cc.ID, lc: lc, spec: spec, privatePidns: privatePid, state: StateCreated, execs: map[string]*Process{}, retired: map[string]*Process{}}
 	p, err := startProcess(lc, lp, execID, cc.IO, c.initExited)
 	if err != nil {
 		// libcontainer killed and waited its init; remove cgroup and state.

@@ -1,0 +1,433 @@
+// Package containers adapts the container domain (agent/container) to Kata's
+// grpc.AgentService: sandbox, container, process and stdio RPCs. Handlers
+// are thin: validate, convert (agent/ociconv), call the domain, and map its
+// error classes to gRPC status codes with a message naming the field.
+package containers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/keelvm/keel/agent/container"
+	"github.com/keelvm/keel/agent/ociconv"
+	"github.com/keelvm/keel/agent/stdio"
+	"github.com/keelvm/keel/init/kmod"
+	pb "github.com/keelvm/keel/protocol/grpc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// Defaults of Options.
+const (
+	// DefaultPassFDTimeout is how long CreateContainer/ExecProcess wait for
+	// a passfd stdio connection named by a *_port field.
+	DefaultPassFDTimeout = 10 * time.Second
+	// DefaultExecIOLinger keeps an exec's stdio readable after WaitProcess
+	// collected its status (the host may still be draining it).
+	DefaultExecIOLinger = 10 * time.Second
+)
+
+// PassFD hands out the passthrough stdio connections the host opened
+// (agent/passfd.Listener implements it).
+type PassFD interface {
+	Take(port uint32, timeout time.Duration) (net.Conn, error)
+}
+
+// Options configures New.
+type Options struct {
+	Sandbox *container.Sandbox
+	// PassFD serves stdin_port/stdout_port/stderr_port; nil refuses
+	// non-zero ports with Unimplemented.
+	PassFD        PassFD
+	PassFDTimeout time.Duration
+	// PipeSize is agent.container_pipe_size (0 = kernel default).
+	PipeSize int
+	// ExecIOLinger: see DefaultExecIOLinger.
+	ExecIOLinger time.Duration
+	// OnDestroySandbox runs after DestroySandbox removed every container
+	// (the agent powers the guest off when it is PID 1).
+	OnDestroySandbox func()
+	Log              *slog.Logger
+}
+
+// RPC implements the container, process and stdio RPCs of
+// pb.AgentServiceService.
+type RPC struct {
+	o Options
+}
+
+// New returns the handlers. o.Sandbox is required.
+func New(o Options) *RPC {
+	if o.PassFDTimeout == 0 {
+		o.PassFDTimeout = DefaultPassFDTimeout
+	}
+	if o.ExecIOLinger == 0 {
+		o.ExecIOLinger = DefaultExecIOLinger
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	return &RPC{o: o}
+}
+
+// toStatus maps domain and stdio errors to gRPC statuses at the edge.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	code := codes.Internal
+	switch {
+	case errors.Is(err, container.ErrInvalid):
+		code = codes.InvalidArgument
+	case errors.Is(err, container.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, container.ErrExists):
+		code = codes.AlreadyExists
+	case errors.Is(err, container.ErrState), errors.Is(err, stdio.ErrProcessExited),
+		errors.Is(err, stdio.ErrStdinClosed), errors.Is(err, stdio.ErrAttached), errors.Is(err, stdio.ErrClosed):
+		code = codes.FailedPrecondition
+	case errors.Is(err, stdio.ErrNoStream):
+		code = codes.InvalidArgument
+	case errors.Is(err, container.ErrUnimplemented):
+		code = codes.Unimplemented
+	case errors.Is(err, container.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	}
+	return status.Error(code, err.Error())
+}
+
+func invalidf(format string, args ...any) error {
+	return status.Errorf(codes.InvalidArgument, format, args...)
+}
+
+func unimplementedf(format string, args ...any) error {
+	return status.Errorf(codes.Unimplemented, format, args...)
+}
+
+var empty = &emptypb.Empty{}
+
+// CreateSandbox records hostname, DNS, pid namespace sharing and loads
+// kernel modules. Storages are not supported yet.
+func (r *RPC) CreateSandbox(ctx context.Context, req *pb.CreateSandboxRequest) (*emptypb.Empty, error) {
+	if len(req.Storages) > 0 {
+		return nil, unimplementedf("storages: %d sandbox storages given; Keel does not mount sandbox storages yet", len(req.Storages))
+	}
+	if req.GuestHookPath != "" {
+		return nil, unimplementedf("guest_hook_path %q: guest hooks are not supported", req.GuestHookPath)
+	}
+	sc := container.SandboxConfig{ID: req.SandboxId, Hostname: req.Hostname, DNS: req.Dns, SandboxPidns: req.SandboxPidns}
+	for i, m := range req.KernelModules {
+		if m == nil || m.Name == "" || strings.ContainsAny(m.Name, "/\x00 ") {
+			return nil, invalidf("kernel_modules[%d].name: must be a module name", i)
+		}
+		sc.KernelModules = append(sc.KernelModules, kmod.ModuleSpec{Name: m.Name, Params: strings.Join(m.Parameters, " ")})
+	}
+	return empty, toStatus(r.o.Sandbox.Create(sc))
+}
+
+// DestroySandbox removes every container, then runs OnDestroySandbox.
+func (r *RPC) DestroySandbox(ctx context.Context, _ *pb.DestroySandboxRequest) (*emptypb.Empty, error) {
+	err := r.o.Sandbox.Destroy(ctx)
+	if r.o.OnDestroySandbox != nil {
+		r.o.OnDestroySandbox()
+	}
+	return empty, toStatus(err)
+}
+
+// newIO creates a process's stdio and attaches the passfd streams.
+func (r *RPC) newIO(terminal bool, in, out, errp uint32) (_ *stdio.IO, retErr error) {
+	if (in|out|errp) != 0 && r.o.PassFD == nil {
+		return nil, unimplementedf("stdin_port/stdout_port/stderr_port: the passfd listener is not enabled")
+	}
+	s, err := stdio.New(stdio.Options{Terminal: terminal, Stdin: true, PipeSize: r.o.PipeSize})
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "unable to create stdio: %v", err)
+	}
+	defer func() {
+		if retErr != nil {
+			s.Close()
+		}
+	}()
+	for _, a := range []struct {
+		field  string
+		port   uint32
+		attach func(net.Conn) error
+	}{{"stdin_port", in, s.AttachStdin}, {"stdout_port", out, s.AttachStdout}, {"stderr_port", errp, s.AttachStderr}} {
+		if a.port == 0 {
+			continue
+		}
+		conn, err := r.o.PassFD.Take(a.port, r.o.PassFDTimeout)
+		if err != nil {
+			return nil, invalidf("%s %d: %v", a.field, a.port, err)
+		}
+		if err := a.attach(conn); err != nil {
+			conn.Close()
+			return nil, invalidf("%s %d: %v", a.field, a.port, err)
+		}
+	}
+	return s, nil
+}
+
+// CreateContainer creates the container and its (not yet started) init.
+func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerRequest) (*emptypb.Empty, error) {
+	if err := container.ValidateID("container_id", req.ContainerId); err != nil {
+		return nil, toStatus(err)
+	}
+	if req.ExecId != "" {
+		if err := container.ValidateID("exec_id", req.ExecId); err != nil {
+			return nil, toStatus(err)
+		}
+	}
+	if len(req.Storages) > 0 {
+		return nil, unimplementedf("storages: %d container storages given; Keel does not mount storages yet", len(req.Storages))
+	}
+	if len(req.Devices) > 0 {
+		return nil, unimplementedf("devices: %d devices given; Keel does not handle hotplugged devices yet", len(req.Devices))
+	}
+	if len(req.SharedMounts) > 0 {
+		return nil, unimplementedf("shared_mounts: not supported")
+	}
+	// string_user is for Windows guests; Linux uses OCI.process.user.
+	spec, err := ociconv.FromPB(req.OCI)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := ociconv.Validate(spec); err != nil {
+		return nil, toStatus(err)
+	}
+	if _, err := r.o.Sandbox.Container(req.ContainerId); err == nil {
+		return nil, status.Errorf(codes.AlreadyExists, "container_id %q: already exists", req.ContainerId)
+	}
+	s, err := r.newIO(spec.Process.Terminal, req.StdinPort, req.StdoutPort, req.StderrPort)
+	if err != nil {
+		return nil, err
+	}
+	_, err = r.o.Sandbox.CreateContainer(container.ContainerConfig{
+		ID: req.ContainerId, ExecID: req.ExecId, Spec: spec, SandboxPidns: req.SandboxPidns, IO: s,
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return empty, nil
+}
+
+func (r *RPC) container(id string) (*container.Container, error) {
+	c, err := r.o.Sandbox.Container(id)
+	return c, toStatus(err)
+}
+
+// StartContainer releases the init process.
+func (r *RPC) StartContainer(ctx context.Context, req *pb.StartContainerRequest) (*emptypb.Empty, error) {
+	c, err := r.container(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	return empty, toStatus(c.Start())
+}
+
+// RemoveContainer kills and removes the container; timeout is in seconds,
+// 0 waits without limit.
+func (r *RPC) RemoveContainer(ctx context.Context, req *pb.RemoveContainerRequest) (*emptypb.Empty, error) {
+	return empty, toStatus(r.o.Sandbox.RemoveContainer(ctx, req.ContainerId, time.Duration(req.Timeout)*time.Second))
+}
+
+// ExecProcess starts a process in a running container; a missing program
+// fails at once with InvalidArgument.
+func (r *RPC) ExecProcess(ctx context.Context, req *pb.ExecProcessRequest) (*emptypb.Empty, error) {
+	c, err := r.container(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if err := container.ValidateID("exec_id", req.ExecId); err != nil {
+		return nil, toStatus(err)
+	}
+	sp, err := ociconv.ProcessFromPB(req.Process, "process")
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := ociconv.ValidateProcess(sp, "process"); err != nil {
+		return nil, toStatus(err)
+	}
+	if _, err := c.Process(req.ExecId); err == nil {
+		return nil, status.Errorf(codes.AlreadyExists, "exec_id %q: already exists in container %q", req.ExecId, req.ContainerId)
+	}
+	s, err := r.newIO(sp.Terminal, req.StdinPort, req.StdoutPort, req.StderrPort)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Exec(req.ExecId, sp, s); err != nil {
+		s.Close()
+		return nil, toStatus(err)
+	}
+	return empty, nil
+}
+
+// SignalProcess signals a process (empty exec_id = the container's init;
+// SIGKILL/SIGTERM to init reach every process of a container without its
+// own pid namespace).
+func (r *RPC) SignalProcess(ctx context.Context, req *pb.SignalProcessRequest) (*emptypb.Empty, error) {
+	c, err := r.container(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if req.Signal == 0 || req.Signal > 64 {
+		return nil, invalidf("signal %d: must be in [1, 64]", req.Signal)
+	}
+	return empty, toStatus(c.Signal(req.ExecId, unix.Signal(req.Signal)))
+}
+
+// WaitProcess waits for a process and returns its status (exit code or
+// 128+signal). An exec'd process is forgotten afterwards.
+func (r *RPC) WaitProcess(ctx context.Context, req *pb.WaitProcessRequest) (*pb.WaitProcessResponse, error) {
+	c, err := r.container(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.Process(req.ExecId)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	st, err := p.Wait(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	c.RetireProcess(p, r.o.ExecIOLinger)
+	return &pb.WaitProcessResponse{Status: int32(st.Code)}, nil
+}
+
+// PauseContainer freezes the container.
+func (r *RPC) PauseContainer(ctx context.Context, req *pb.PauseContainerRequest) (*emptypb.Empty, error) {
+	c, err := r.container(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	return empty, toStatus(c.Pause())
+}
+
+// ResumeContainer thaws the container.
+func (r *RPC) ResumeContainer(ctx context.Context, req *pb.ResumeContainerRequest) (*emptypb.Empty, error) {
+	c, err := r.container(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	return empty, toStatus(c.Resume())
+}
+
+// UpdateContainer applies new cgroup resources.
+func (r *RPC) UpdateContainer(ctx context.Context, req *pb.UpdateContainerRequest) (*emptypb.Empty, error) {
+	c, err := r.container(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	res, err := ociconv.ResourcesFromPB(req.Resources, "resources")
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return empty, toStatus(c.Update(res))
+}
+
+// StatsContainer returns cgroup and network statistics.
+func (r *RPC) StatsContainer(ctx context.Context, req *pb.StatsContainerRequest) (*pb.StatsContainerResponse, error) {
+	c, err := r.container(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.Stats()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return statsToPB(st), nil
+}
+
+func (r *RPC) stdio(cid, eid string) (*stdio.IO, error) {
+	c, err := r.container(cid)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.StdioProcess(eid)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if p.IO() == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "exec_id %q: process has no stdio", eid)
+	}
+	return p.IO(), nil
+}
+
+// WriteStdin writes to the process's stdin; empty data closes it.
+func (r *RPC) WriteStdin(ctx context.Context, req *pb.WriteStreamRequest) (*pb.WriteStreamResponse, error) {
+	s, err := r.stdio(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	n, err := s.Write(ctx, req.Data)
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("stdin: %w", err))
+	}
+	return &pb.WriteStreamResponse{Len: uint32(n)}, nil
+}
+
+func (r *RPC) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool) (*pb.ReadStreamResponse, error) {
+	s, err := r.stdio(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	if req.Len == 0 {
+		return nil, invalidf("len: must be > 0")
+	}
+	var b []byte
+	if stderr {
+		b, err = s.ReadStderr(ctx, int(req.Len))
+	} else {
+		b, err = s.ReadStdout(ctx, int(req.Len))
+	}
+	if errors.Is(err, io.EOF) {
+		// Empty data is Kata's end-of-stream.
+		return &pb.ReadStreamResponse{Data: b}, nil
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.ReadStreamResponse{Data: b}, nil
+}
+
+// ReadStdout reads the process's stdout (or pty); empty data = EOF.
+func (r *RPC) ReadStdout(ctx context.Context, req *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error) {
+	return r.read(ctx, req, false)
+}
+
+// ReadStderr reads the process's stderr; empty data = EOF.
+func (r *RPC) ReadStderr(ctx context.Context, req *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error) {
+	return r.read(ctx, req, true)
+}
+
+// CloseStdin closes the process's stdin.
+func (r *RPC) CloseStdin(ctx context.Context, req *pb.CloseStdinRequest) (*emptypb.Empty, error) {
+	s, err := r.stdio(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	return empty, toStatus(s.CloseStdin())
+}
+
+// TtyWinResize resizes the process's pty.
+func (r *RPC) TtyWinResize(ctx context.Context, req *pb.TtyWinResizeRequest) (*emptypb.Empty, error) {
+	s, err := r.stdio(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	return empty, toStatus(s.Resize(req.Row, req.Column))
+}
