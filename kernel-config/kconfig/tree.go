@@ -341,7 +341,7 @@ func (t *Tree) Explain(name, want string, final Config) string {
 	for _, d := range sym.Defs {
 		if d.Depends != nil && d.Depends.eval(final) == 0 {
 			reasons = append(reasons, fmt.Sprintf("depends on %s (%s): unmet %s",
-				d.Depends, d.Pos, strings.Join(unmet(d.Depends, 1, final), ", ")))
+				d.Depends, d.Pos, strings.Join(t.hint(unmet(d.Depends, 1, final)), ", ")))
 			continue
 		}
 		if d.Depends != nil && d.Depends.eval(final) < w && w > 0 {
@@ -351,7 +351,7 @@ func (t *Tree) Explain(name, want string, final Config) string {
 		}
 		if d.Visible != nil && d.Visible.eval(final) == 0 {
 			reasons = append(reasons, fmt.Sprintf("its prompt (%s) is only shown if %s: unmet %s",
-				d.Pos, d.Visible, strings.Join(unmet(d.Visible, 1, final), ", ")))
+				d.Pos, d.Visible, strings.Join(t.hint(unmet(d.Visible, 1, final)), ", ")))
 			continue
 		}
 		if d.Choice != nil {
@@ -405,4 +405,26 @@ func clipList(s []string, n int) []string {
 		return s
 	}
 	return append(s[:n:n], fmt.Sprintf("and %d more", len(s)-n))
+}
+
+// hint annotates unmet terms "NAME=n" whose symbol has no prompt with the
+// symbols that select it, since those are what a fragment must enable.
+func (t *Tree) hint(terms []string) []string {
+	for i, term := range terms {
+		name, ok := strings.CutSuffix(term, "=n")
+		if !ok {
+			continue
+		}
+		sym := t.syms[name]
+		if sym == nil || anyPrompt(sym) || len(sym.SelectedBy) == 0 {
+			continue
+		}
+		var by []string
+		for _, s := range sym.SelectedBy {
+			by = append(by, s.By)
+		}
+		sort.Strings(by)
+		terms[i] = term + " (no prompt; selected by " + strings.Join(clipList(compact(by), 4), ", ") + ")"
+	}
+	return terms
 }

@@ -122,6 +122,13 @@ config MODONLY
 	tristate "nvdimm"
 	depends on PHYS_ADDR_T_64BIT
 	depends on HAS_IOMEM
+
+config HAS_IOMEM
+	bool
+
+config PROVIDES_IOMEM
+	bool "provides iomem"
+	select HAS_IOMEM
 `,
 	})
 	tree, err := LoadTree(dir, "x86_64")
@@ -141,7 +148,7 @@ config MODONLY
 	for _, tc := range []struct{ name, want, final, reason string }{
 		{"NO_SUCH", "y", "", "no `config NO_SUCH`"},
 		{"ARM_ONLY", "y", "", "another arch's option"},
-		{"LIBNVDIMM", "y", "", "depends on (BLK_DEV && PHYS_ADDR_T_64BIT) && HAS_IOMEM (drivers/nvdimm/Kconfig:1): unmet HAS_IOMEM=n"},
+		{"LIBNVDIMM", "y", "", "depends on (BLK_DEV && PHYS_ADDR_T_64BIT) && HAS_IOMEM (drivers/nvdimm/Kconfig:1): unmet HAS_IOMEM=n (no prompt; selected by PROVIDES_IOMEM)"},
 		{"IN_MENU", "y", "", "depends on MISC && (A || B) (drivers/Kconfig:11): unmet MISC=n, (A=n || B=n)"},
 		{"PICK_B", "y", "", "member of the choice at drivers/Kconfig:20"},
 		{"HIDDEN", "y", "", "has no prompt"},
