@@ -21,6 +21,13 @@ const (
 	hotplugHeadroomMiB = 1024
 )
 
+// maxRootPorts bounds PCIeRootPorts: the q35 root bus has 32 slots, a few
+// of which the machine itself uses.
+const maxRootPorts = 24
+
+// PCIeRootPortID is the qdev id of the i-th port added by PCIeRootPorts.
+func PCIeRootPortID(i int) string { return fmt.Sprintf("rp%d", i) }
+
 // PmemKind selects how a PmemDevice is presented to the guest.
 type PmemKind string
 
@@ -73,6 +80,11 @@ type Config struct {
 	Pmem   []PmemDevice
 	Drives []Drive
 
+	// PCIeRootPorts adds that many empty pcie-root-port devices, with ids
+	// PCIeRootPortID(0..n-1): on q35 only devices behind a root port can be
+	// hot-plugged (QMP device_add with "bus": PCIeRootPortID(i)).
+	PCIeRootPorts int
+
 	// ExtraArgs are appended to the QEMU command line.
 	ExtraArgs []string
 
@@ -121,6 +133,9 @@ func (cfg Config) withDefaults() (Config, []int64, error) {
 	}
 	if cfg.CPUs < 1 || cfg.CPUs > 64 {
 		errs = append(errs, fmt.Errorf("CPUs %d out of range 1..64", cfg.CPUs))
+	}
+	if cfg.PCIeRootPorts < 0 || cfg.PCIeRootPorts > maxRootPorts {
+		errs = append(errs, fmt.Errorf("PCIeRootPorts %d out of range 0..%d", cfg.PCIeRootPorts, maxRootPorts))
 	}
 	if cfg.HotplugSlots < 0 || cfg.MaxMemMiB < 0 {
 		errs = append(errs, errors.New("negative HotplugSlots or MaxMemMiB"))
@@ -241,6 +256,10 @@ func (cfg Config) args(sizes []int64, serialPath, qmpPath string) []string {
 		case VirtioPmem:
 			a = append(a, "-device", fmt.Sprintf("virtio-pmem-pci,id=vpmem%d,memdev=pmem%d", i, i))
 		}
+	}
+	for i := 0; i < cfg.PCIeRootPorts; i++ {
+		// Chassis/slot numbers must be unique per port; start at 1.
+		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,bus=pcie.0,chassis=%d,slot=%d", PCIeRootPortID(i), i+1, i+1))
 	}
 	for i, d := range cfg.Drives {
 		dr := fmt.Sprintf("file=%s,if=none,id=drive%d,format=%s", optValue(d.Path), i, optValue(d.Format))

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keelvm/keel/tests/vmm/qmp"
 )
 
 func TestBootMarkerAndPowerOff(t *testing.T) {
@@ -226,5 +228,46 @@ func TestLaunchWithoutVsockBackendFails(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), sock) {
 		t.Fatalf("error does not name the socket: %v", err)
+	}
+}
+
+func TestHotplugOnRootPort(t *testing.T) {
+	k, initBin := guest(t)
+	vm := launch(t, Config{
+		Kernel:        k.VmlinuzPath,
+		Initrd:        initramfs(t, initBin),
+		Append:        cmdline + "sleep",
+		PCIeRootPorts: 2,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := vm.QMP()
+	if err := c.DeviceAdd(ctx, "virtio-rng-pci", "rng-hot", map[string]any{"bus": PCIeRootPortID(1)}); err != nil {
+		t.Fatal(err)
+	}
+	// query-pci lists devices behind a bridge only once firmware has given
+	// the bridge a bus number, so poll.
+	var d qmp.PCIDevice
+	for {
+		buses, err := c.QueryPCI(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ok bool
+		if d, ok = qmp.FindPCIDevice(buses, "rng-hot"); ok {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("hot-plugged device never showed in query-pci: %+v", buses)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if d.ID.Vendor != 0x1af4 || d.Bus == 0 {
+		t.Fatalf("device %+v: want a virtio (0x1af4) function behind a root port", d)
+	}
+	// The same id twice must be refused with QEMU's error, not hang.
+	if err := c.DeviceAdd(ctx, "virtio-rng-pci", "rng-hot", map[string]any{"bus": PCIeRootPortID(0)}); err == nil {
+		t.Fatal("duplicate device id accepted")
 	}
 }
