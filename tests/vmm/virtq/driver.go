@@ -68,7 +68,6 @@ type DriverRing struct {
 	DescGPA, AvailGPA      uint64
 	UsedGPA                uint64
 	desc, avail, used      []byte
-	freeHead               uint16
 	availIdx, lastUsedSeen uint16
 }
 
@@ -89,9 +88,10 @@ func NewDriverRing(mem *DriverMem, n uint16) (*DriverRing, error) {
 	return r, nil
 }
 
-// DeviceQueue returns the device-side Queue for this ring.
+// DeviceQueue returns a device-side Queue for this ring starting at
+// available index 0, as a freshly started device does.
 func (r *DriverRing) DeviceQueue() (*Queue, error) {
-	return New(r.mem.Mem, r.size, Addrs{Desc: r.desc, Avail: r.avail, Used: r.used}, r.availIdx)
+	return New(r.mem.Mem, r.size, Addrs{Desc: r.desc, Avail: r.avail, Used: r.used}, 0)
 }
 
 // SetDesc writes descriptor i verbatim (for malformed-input tests).

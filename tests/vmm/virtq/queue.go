@@ -135,7 +135,13 @@ func (q *Queue) Pending() bool { return q.availIdx() != q.lastAvail }
 // NeedsNotify reports whether the driver wants a used-buffer notification
 // (it did not set VRING_AVAIL_F_NO_INTERRUPT).
 func (q *Queue) NeedsNotify() bool {
-	flags := binary.LittleEndian.Uint16(q.avail[0:2])
+	var flags uint16
+	if addrOf(q.avail)%4 == 0 {
+		// The driver writes flags concurrently; read them atomically.
+		flags = uint16(atomic.LoadUint32((*uint32)(ptrTo(q.avail))))
+	} else {
+		flags = binary.LittleEndian.Uint16(q.avail[0:2])
+	}
 	return flags&availFNoInterrupt == 0
 }
 
