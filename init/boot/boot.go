@@ -129,12 +129,13 @@ func RunWith(ctx context.Context, o Options) (*Result, error) {
 		return res, nil
 	}
 
-	// Until the command line is read, log at info to the console.
+	// Until the command line is read, log everything (the early mount
+	// steps are the only record of how the guest came up).
 	if o.Console == nil {
 		o.Console = os.Stderr
 	}
 	consoleSink := console.NewSink(o.Console, 0)
-	log, lv := console.NewLogger(slog.LevelInfo, consoleSink, res.LogStream)
+	log, lv := console.NewLogger(slog.LevelDebug, consoleSink, res.LogStream)
 	res.Logger, res.Level = log, lv
 	shutdown.SetLogger(log)
 
