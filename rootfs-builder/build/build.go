@@ -56,6 +56,12 @@ func (c *Config) progress(format string, args ...any) {
 // ErrUsage marks configuration errors (the CLI exits 2 for them).
 var ErrUsage = errors.New("usage")
 
+// IsUsage reports whether err is a configuration (usage) error.
+func IsUsage(err error) bool { return errors.Is(err, ErrUsage) }
+
+// recipeOptions is recipe.Options, named for tests in this package.
+type recipeOptions = recipe.Options
+
 func usagef(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrUsage, fmt.Sprintf(format, args...))
 }

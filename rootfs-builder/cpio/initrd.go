@@ -64,7 +64,8 @@ func Compress(w io.Writer, c Compression) (io.WriteCloser, error) {
 		return nopCloser{w}, nil
 	case Gzip, "":
 		// NewWriterLevel only fails for an invalid level.
-		zw, _ := gzip.NewWriterLevel(w, gzip.BestCompression)
+		// Level 6: BestCompression is ~3x slower for ~2% smaller output.
+		zw, _ := gzip.NewWriterLevel(w, gzip.DefaultCompression)
 		return zw, nil
 	case Zstd:
 		path, err := exec.LookPath("zstd")

@@ -101,7 +101,14 @@ type ApplyOptions struct {
 	// AllowDevices permits character/block device entries. They are only
 	// ever created when the process is root; otherwise the layer is refused.
 	AllowDevices bool
+	// MaxFileSize bounds one file's (logical) size; 0 means
+	// DefaultMaxFileSize. A sparse tar entry can claim exabytes in a few
+	// bytes of input, so a bound is needed to fail instead of filling the disk.
+	MaxFileSize int64
 }
+
+// DefaultMaxFileSize is the largest file a layer may contain by default.
+const DefaultMaxFileSize = 16 << 30
 
 // applier applies one layer to root.
 type applier struct {
@@ -184,11 +191,18 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 			}
 		}
 	case tar.TypeReg:
+		limit := a.opts.MaxFileSize
+		if limit <= 0 {
+			limit = DefaultMaxFileSize
+		}
+		if hdr.Size < 0 || hdr.Size > limit {
+			return fmt.Errorf("file size %d exceeds the %d-byte limit", hdr.Size, limit)
+		}
 		f, err := a.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 		if err != nil {
 			return err
 		}
-		n, err := io.Copy(f, r)
+		n, err := io.CopyN(f, r, hdr.Size)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}

@@ -1,0 +1,317 @@
+package oci
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+)
+
+type ent struct {
+	name, link string
+	typ        byte
+	body       string
+	mode       int64
+}
+
+func layerTar(t testing.TB, ents ...ent) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range ents {
+		h := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode, Size: int64(len(e.body))}
+		if h.Mode == 0 {
+			h.Mode = 0o644
+		}
+		if e.typ != tar.TypeReg {
+			h.Size = 0
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if e.typ == tar.TypeReg {
+			tw.Write([]byte(e.body))
+		}
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+func file(name, body string) ent { return ent{name: name, typ: tar.TypeReg, body: body} }
+func dir(name string) ent        { return ent{name: name, typ: tar.TypeDir, mode: 0o755} }
+
+// listTree returns "path" for dirs/files and "path -> target" for links.
+func listTree(t *testing.T, root string) []string {
+	t.Helper()
+	var out []string
+	filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
+		if err != nil || p == root {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		switch {
+		case info.Mode()&os.ModeSymlink != 0:
+			l, _ := os.Readlink(p)
+			rel += " -> " + l
+		case info.Mode().IsRegular():
+			b, _ := os.ReadFile(p)
+			rel += "=" + string(b)
+		}
+		out = append(out, rel)
+		return nil
+	})
+	sort.Strings(out)
+	return out
+}
+
+func gz(b []byte) []byte {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(b)
+	zw.Close()
+	return buf.Bytes()
+}
+
+func digest(b []byte) string {
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
+}
+
+// writeLayout creates an OCI image layout with the given layer blobs.
+func writeLayout(t *testing.T, layers ...[]byte) string {
+	t.Helper()
+	d := t.TempDir()
+	os.MkdirAll(filepath.Join(d, "blobs/sha256"), 0o755)
+	put := func(b []byte) string {
+		dg := digest(b)
+		os.WriteFile(filepath.Join(d, "blobs/sha256", strings.TrimPrefix(dg, "sha256:")), b, 0o644)
+		return dg
+	}
+	var ls []map[string]any
+	for _, l := range layers {
+		ls = append(ls, map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(l), "size": len(l)})
+	}
+	cfg := put([]byte(`{"architecture":"amd64","os":"linux"}`))
+	man, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+		"config": map[string]any{"digest": cfg, "size": 10}, "layers": ls})
+	idx, _ := json.Marshal(map[string]any{"schemaVersion": 2, "manifests": []any{map[string]any{
+		"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": put(man), "size": len(man),
+		"platform": map[string]any{"architecture": "amd64", "os": "linux"}}}})
+	os.WriteFile(filepath.Join(d, "index.json"), idx, 0o644)
+	os.WriteFile(filepath.Join(d, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644)
+	return d
+}
+
+func baseLayers(t *testing.T) [][]byte {
+	l1 := layerTar(t,
+		dir("etc/"), file("etc/keep", "1"), file("etc/gone", "x"),
+		dir("var/lib/"), file("var/lib/old", "lower"), dir("var/lib/sub/"), file("var/lib/sub/deep", "lower"),
+		ent{name: "usr/bin/sh", typ: tar.TypeSymlink, link: "/bin/busybox"},
+		ent{name: "usr/lib/rel", typ: tar.TypeSymlink, link: "../bin/sh"},
+		file("usr/bin/busybox", "bb"),
+		ent{name: "usr/bin/hard", typ: tar.TypeLink, link: "usr/bin/busybox"},
+	)
+	l2 := layerTar(t,
+		file("etc/.wh.gone", ""),
+		file("var/lib/new", "upper"),
+		file("var/lib/.wh..wh..opq", ""),
+		dir("var/lib/sub/"), file("var/lib/sub/fresh", "upper"),
+		file("etc/keep", "2"),
+	)
+	return [][]byte{l1, gz(l2)}
+}
+
+func TestUnpackLayoutWhiteoutsAndOpaque(t *testing.T) {
+	layout := writeLayout(t, baseLayers(t)...)
+	img, err := Open(layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Format != "oci-layout" || len(img.Layers) != 2 {
+		t.Fatalf("format %s layers %d", img.Format, len(img.Layers))
+	}
+	out := t.TempDir()
+	if err := img.Unpack(out, ApplyOptions{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"etc", "etc/keep=2",
+		"usr", "usr/bin", "usr/bin/busybox=bb", "usr/bin/hard=bb", "usr/bin/sh -> /bin/busybox",
+		"usr/lib", "usr/lib/rel -> ../bin/sh",
+		"var", "var/lib", "var/lib/new=upper", "var/lib/sub", "var/lib/sub/fresh=upper",
+	}
+	if got := listTree(t, out); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("tree:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	a, _ := os.Stat(filepath.Join(out, "usr/bin/busybox"))
+	b, _ := os.Stat(filepath.Join(out, "usr/bin/hard"))
+	if !os.SameFile(a, b) {
+		t.Error("hard link not preserved")
+	}
+}
+
+func TestDockerSaveTarball(t *testing.T) {
+	ls := baseLayers(t)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(name string, b []byte) {
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg})
+		tw.Write(b)
+	}
+	add("aaa/layer.tar", ls[0])
+	add("bbb/layer.tar", ls[1])
+	add("manifest.json", []byte(`[{"Config":"c.json","RepoTags":["t:1"],"Layers":["aaa/layer.tar","bbb/layer.tar"]}]`))
+	tw.Close()
+	p := filepath.Join(t.TempDir(), "img.tar")
+	os.WriteFile(p, buf.Bytes(), 0o644)
+	img, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	if err := img.Unpack(out, ApplyOptions{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if img.Format != "docker-save" {
+		t.Fatalf("format %s", img.Format)
+	}
+	if b, err := os.ReadFile(filepath.Join(out, "var/lib/sub/fresh")); err != nil || string(b) != "upper" {
+		t.Fatalf("fresh: %q %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(out, "var/lib/old")); !os.IsNotExist(err) {
+		t.Fatal("opaque dir kept a lower-layer file")
+	}
+}
+
+func TestDigestMismatch(t *testing.T) {
+	layout := writeLayout(t, layerTar(t, file("a", "b")))
+	img, err := Open(layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := filepath.Join(layout, img.Layers[0].Name)
+	os.WriteFile(blob, layerTar(t, file("a", "c")), 0o644)
+	if err := img.Unpack(t.TempDir(), ApplyOptions{}, nil); err == nil || !strings.Contains(err.Error(), "digest mismatch") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestEscapes checks that hostile layers fail and write nothing outside.
+func TestEscapes(t *testing.T) {
+	cases := []struct {
+		name string
+		ents []ent
+		want string
+	}{
+		{"dotdot file", []ent{file("../evil", "x")}, `contains ".."`},
+		{"nested dotdot", []ent{file("a/../../evil", "x")}, `contains ".."`},
+		{"escaping symlink", []ent{{name: "a/l", typ: tar.TypeSymlink, link: "../../evil"}}, "escapes the root"},
+		{"write through absolute symlink", []ent{{name: "l", typ: tar.TypeSymlink, link: "/tmp"}, file("l/evil", "x")}, "escapes"},
+		{"write through escaping dir symlink", []ent{{name: "d", typ: tar.TypeSymlink, link: "."}, {name: "d/x", typ: tar.TypeSymlink, link: "/"}, file("d/x/evil", "x")}, "escapes"},
+		{"absolute hardlink", []ent{{name: "h", typ: tar.TypeLink, link: "/etc/passwd"}}, "is absolute"},
+		{"escaping hardlink", []ent{{name: "h", typ: tar.TypeLink, link: "../etc/passwd"}}, "escapes the root"},
+		{"hardlink via symlink", []ent{{name: "l", typ: tar.TypeSymlink, link: "/etc"}, {name: "h", typ: tar.TypeLink, link: "l/passwd"}}, "escapes"},
+		{"device as non-root", []ent{{name: "dev/sda", typ: tar.TypeBlock}}, "device node"},
+		{"whiteout dotdot", []ent{file("a/.wh...", "")}, `..`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			parent := t.TempDir()
+			root := filepath.Join(parent, "root")
+			os.Mkdir(root, 0o755)
+			err := ApplyLayer(root, bytes.NewReader(layerTar(t, c.ents...)), ApplyOptions{AllowDevices: false})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want %q", err, c.want)
+			}
+			ents, _ := os.ReadDir(parent)
+			if len(ents) != 1 {
+				t.Fatalf("something was written next to the root: %v", ents)
+			}
+		})
+	}
+}
+
+func TestCheckSymlink(t *testing.T) {
+	for _, c := range []struct {
+		link, target string
+		ok           bool
+	}{
+		{"a", "b", true}, {"a/b", "../c", true}, {"a/b", "../../c", false}, {"a", "/abs", true},
+		{"a/b/c", "../../x/../y", true}, {"a", "..", false}, {"a", "", false}, {"a/b", "./../..", false},
+	} {
+		err := CheckSymlink(c.link, c.target)
+		if (err == nil) != c.ok {
+			t.Errorf("CheckSymlink(%q, %q) = %v, want ok=%v", c.link, c.target, err, c.ok)
+		}
+		if err != nil && !errors.Is(err, ErrUnsafePath) {
+			t.Errorf("error %v is not ErrUnsafePath", err)
+		}
+	}
+}
+
+func TestOpenRejects(t *testing.T) {
+	d := t.TempDir()
+	if _, err := Open(d); err == nil || !strings.Contains(err.Error(), "neither an OCI layout") {
+		t.Fatalf("empty dir: %v", err)
+	}
+	os.WriteFile(filepath.Join(d, "index.json"), []byte(`{"manifests":[{"digest":"sha256:../../etc"}]}`), 0o644)
+	if _, err := Open(d); err == nil || !strings.Contains(err.Error(), "malformed digest") {
+		t.Fatalf("bad digest: %v", err)
+	}
+	if _, err := Open(filepath.Join(d, "missing")); err == nil {
+		t.Fatal("missing path accepted")
+	}
+}
+
+// FuzzApplyLayer feeds arbitrary tar streams (seeded with hostile ones) to
+// ApplyLayer and checks nothing appears outside the destination.
+func FuzzApplyLayer(f *testing.F) {
+	f.Add(layerTar(f, file("a/b", "x"), ent{name: "l", typ: tar.TypeSymlink, link: "../x"}))
+	f.Add(layerTar(f, ent{name: "l", typ: tar.TypeSymlink, link: "/"}, file("l/x", "y")))
+	f.Add(layerTar(f, ent{name: "d", typ: tar.TypeSymlink, link: "a"}, dir("a"), file("d/.wh..wh..opq", "")))
+	f.Add(layerTar(f, file("x", "1"), ent{name: "h", typ: tar.TypeLink, link: "x"}, file(".wh.x", "")))
+	base := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		parent, err := os.MkdirTemp(base, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(parent)
+		root := filepath.Join(parent, "root")
+		os.Mkdir(root, 0o755)
+		ApplyLayer(root, bytes.NewReader(data), ApplyOptions{MaxFileSize: 1 << 20})
+		ents, _ := os.ReadDir(parent)
+		if len(ents) != 1 {
+			t.Fatalf("wrote outside root: %v", ents)
+		}
+	})
+}
+
+// FuzzCleanName checks accepted names stay relative and inside the root.
+func FuzzCleanName(f *testing.F) {
+	for _, s := range []string{"a", "/a/b", "./a/../b", "..", "a/..", "", "a\x00b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		c, err := CleanName(name)
+		if err != nil {
+			return
+		}
+		if strings.HasPrefix(c, "/") || c == ".." || strings.HasPrefix(c, "../") || strings.Contains(c, "/../") {
+			t.Fatalf("CleanName(%q) = %q", name, c)
+		}
+		if p := filepath.Join("/root", c); p != "/root" && !strings.HasPrefix(p, "/root/") {
+			t.Fatalf("CleanName(%q) = %q leaves the root", name, c)
+		}
+		_ = fmt.Sprint(c)
+	})
+}
