@@ -38,6 +38,9 @@ const (
 	// names its port follows within milliseconds, so a connection still
 	// unclaimed after a minute belongs to a request that failed.
 	PendingTTL = time.Minute
+	// TakeTimeout is the wait a caller should give Take: the host connects
+	// before it sends the RPC, so a connection later than this is lost.
+	TakeTimeout = 5 * time.Second
 )
 
 // Errors from Take.

@@ -3,6 +3,24 @@
 // operations behind Kata's WriteStdin, ReadStdout, ReadStderr, CloseStdin and
 // TtyWinResize RPCs, plus the passthrough-fd fast path (Attach*).
 //
+// Lifecycle, as the container code drives it with libcontainer:
+//
+//	s, err := stdio.New(stdio.Options{Terminal: tty, Stdin: wantStdin, PipeSize: pipeSize})
+//	if tty {
+//		process.ConsoleSocket = s.ConsoleSocket()
+//	} else {
+//		in, out, errf := s.ChildFiles()
+//		// Assign the *os.File values themselves: a nil *os.File stored in
+//		// an io.Reader is not a nil interface.
+//		process.Stdin, process.Stdout, process.Stderr = in, out, errf
+//	}
+//	err = container.Run(process)
+//	s.CloseChildSide() // on success and on failure
+//	// optional passfd: conn, err := listener.Take(port, passfd.TakeTimeout); s.AttachStdout(conn)
+//	// RPCs: s.Write, s.CloseStdin, s.ReadStdout, s.ReadStderr, s.Resize
+//	// after the process is reaped: s.ProcessExited()
+//	// when the process is removed: s.Close()
+//
 // Guarantees, each enforced by a test in this package:
 //
 //   - No byte is lost or reordered. Reads go straight to the pipe or pty

@@ -63,16 +63,26 @@ func Dial(ctx context.Context, address string) (net.Conn, uint32, error) {
 		if err != nil {
 			return nil, 0, err
 		}
-		la, ok := c.LocalAddr().(*vsock.Addr)
-		if !ok {
+		port, err := LocalPort(c)
+		if err != nil {
 			c.Close()
-			return nil, 0, fmt.Errorf("passfd: local address %v is not vsock", c.LocalAddr())
+			return nil, 0, err
 		}
-		return c, la.Port, nil
+		return c, port, nil
 	case addr.HVSock:
 		return dialHybrid(ctx, a.Path, a.Port)
 	}
 	return nil, 0, fmt.Errorf("passfd: address %q: scheme %q cannot carry passfd streams (want vsock or hvsock)", address, a.Scheme)
+}
+
+// LocalPort returns the port of the host end of a vsock connection dialled
+// by other means (e.g. a caller's own dialer): the value for *_port.
+func LocalPort(c net.Conn) (uint32, error) {
+	la, ok := c.LocalAddr().(*vsock.Addr)
+	if !ok {
+		return 0, fmt.Errorf("passfd: local address %v is not vsock", c.LocalAddr())
+	}
+	return la.Port, nil
 }
 
 func dialHybrid(ctx context.Context, path string, port uint32) (net.Conn, uint32, error) {

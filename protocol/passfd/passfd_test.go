@@ -166,3 +166,12 @@ func FuzzParseReply(f *testing.F) {
 		}
 	})
 }
+
+func TestLocalPortRejectsNonVsock(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if _, err := LocalPort(a); err == nil {
+		t.Fatal("pipe accepted as vsock")
+	}
+}
