@@ -26,6 +26,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 )
 
 // DefaultCacheRoot is where unpacked kernels are kept unless
@@ -95,8 +96,16 @@ func EnsureIn(ctx context.Context, root string) (*Kernel, error) {
 	}
 	defer unlock()
 
+	// apt-cache rebuilds its cache on every run here (seconds under load),
+	// so a recent resolution is trusted for ResolveTTL.
+	if k, err := recentResolution(root); err == nil {
+		return k, nil
+	}
 	k, err := ensureLocked(ctx, root)
 	if err == nil {
+		if err := saveResolution(root, k); err != nil {
+			return nil, err
+		}
 		return k, nil
 	}
 	if ctx.Err() != nil {
@@ -261,6 +270,41 @@ func newestCached(root string) (*Kernel, error) {
 	}
 	sort.Slice(cs, func(i, j int) bool { return cs[i].mtime > cs[j].mtime })
 	return cs[0].k, nil
+}
+
+// ResolveTTL is how long the candidate version found through apt is reused
+// without asking apt again. Newer kernel updates are picked up after that.
+const ResolveTTL = 24 * time.Hour
+
+// resolvedName records the last resolution: the version directory name.
+const resolvedName = ".resolved"
+
+func recentResolution(root string) (*Kernel, error) {
+	p := filepath.Join(root, resolvedName)
+	st, err := os.Stat(p)
+	if err != nil {
+		return nil, err
+	}
+	if age := time.Since(st.ModTime()); age < 0 || age > ResolveTTL {
+		return nil, fmt.Errorf("resolution is %v old", age)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, err
+	}
+	name := strings.TrimSpace(string(b))
+	if name == "" || name != filepath.Base(name) || strings.HasPrefix(name, ".") {
+		return nil, fmt.Errorf("bad %s", p)
+	}
+	return Load(filepath.Join(root, name))
+}
+
+func saveResolution(root string, k *Kernel) error {
+	tmp := filepath.Join(root, resolvedName+".tmp")
+	if err := os.WriteFile(tmp, []byte(k.PackageVersion+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(root, resolvedName))
 }
 
 // dependsRE matches the metapackage's dependency on the versioned image

@@ -247,17 +247,21 @@ func (vm *VM) close() error {
 		select {
 		case <-vm.done:
 		default:
+			// Without QMP (Launch failed to connect) there is nobody to ask.
+			quitErr := errors.New("no QMP connection")
 			if vm.qmp != nil {
 				ctx, cancel := context.WithTimeout(context.Background(), QuitTimeout)
-				_ = vm.qmp.Quit(ctx)
+				quitErr = vm.qmp.Quit(ctx)
 				cancel()
 			}
-			select {
-			case <-vm.done:
-			case <-time.After(QuitTimeout):
-				_ = vm.Kill()
-				<-vm.done
+			if quitErr == nil {
+				select {
+				case <-vm.done:
+				case <-time.After(QuitTimeout):
+				}
 			}
+			_ = vm.Kill()
+			<-vm.done
 		}
 	}
 	if vm.qmp != nil {
