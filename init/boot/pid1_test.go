@@ -54,6 +54,7 @@ func startAgent(t *testing.T, bin, cmdline string, env ...string) *agent {
 		os.WriteFile(filepath.Join(root, "bin/busybox"), b, 0o755)
 		os.Symlink("busybox", filepath.Join(root, "bin/sh"))
 	}
+	removeAgentCgroups() // left by an earlier, killed run (rmdir only empties)
 	a := &agent{t: t, root: root, ready: make(chan string, 1), exited: make(chan struct{})}
 	a.cmd = exec.Command(bin)
 	a.cmd.Env = append([]string{"KEEL_TEST_ROOT=" + root, "KEEL_TEST_CMDLINE=" + cmdline}, env...)
@@ -139,8 +140,20 @@ func (a *agent) cleanup() {
 			os.Remove(filepath.Join(mnt, a.cgroup))
 		}
 	}
+	removeAgentCgroups()
 	if a.t.Failed() {
 		a.t.Logf("agent log:\n%s", a.log())
+	}
+}
+
+func removeAgentCgroups() {
+	b, _ := os.ReadFile("/proc/self/cgroup")
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			for _, mnt := range cgroup2Mounts() {
+				os.Remove(filepath.Join(mnt, p, "keel-agent"))
+			}
+		}
 	}
 }
 
@@ -297,30 +310,38 @@ func TestPID1PanicPowersOff(t *testing.T) {
 	if l := a.log(); !strings.Contains(l, `"msg":"panic"`) || !strings.Contains(l, "test panic") || !strings.Contains(l, "goroutine") {
 		t.Errorf("panic not logged with its stack:\n%s", l)
 	}
-	if a.cgroup == "" {
-		// not ready-waited: find and remove the cgroup through the log-free path
-		for _, mnt := range cgroup2Mounts() {
-			os.Remove(filepath.Join(mnt, "keel-agent"))
-		}
+	removeAgentCgroups()
+}
+
+// TestHostModeTouchesNothing runs Run in a child process: host-mode Run
+// starts the reaper, which would reap this test process's other children.
+func TestHostModeTouchesNothing(t *testing.T) {
+	if os.Getenv("KEEL_TEST_HOSTMODE") == "1" {
+		hostModeChild(t)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHostModeTouchesNothing$", "-test.v")
+	cmd.Env = append(os.Environ(), "KEEL_TEST_HOSTMODE=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "HOSTMODE OK") {
+		t.Fatalf("child: %v\n%s", err, out)
 	}
 }
 
-func TestHostModeTouchesNothing(t *testing.T) {
-	if os.Getpid() == 1 {
-		t.Skip("running as PID 1")
-	}
+func hostModeChild(t *testing.T) {
 	before, _ := os.ReadFile("/proc/self/mountinfo")
 	res, err := RunWith(context.Background(), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.PID1 || res.Logger == nil || res.Config.ServerAddr != "vsock://-1:1024" {
-		t.Errorf("host mode result %+v", res)
+		t.Fatalf("host mode result %+v", res)
 	}
 	after, _ := os.ReadFile("/proc/self/mountinfo")
 	if string(before) != string(after) {
-		t.Error("host mode changed the mount table")
+		t.Fatal("host mode changed the mount table")
 	}
+	fmt.Println("HOSTMODE OK")
 }
 
 func flagsUp(flags string) bool {
