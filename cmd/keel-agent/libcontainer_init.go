@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"runtime"
 
 	"github.com/opencontainers/runc/libcontainer"
 	// nsenter's cgo constructor runs nsexec() before the Go runtime starts
@@ -14,8 +15,18 @@ import (
 // process must become the container's init (or the exec'd process) before
 // main parses any flag or touches the guest, so it is dispatched here, in an
 // init func. libcontainer.Init does not return.
+//
+// Otherwise the main goroutine is locked to the main thread. libcontainer
+// (process_linux.go goCreateMountSources) joins each new container's mount
+// namespace on a locked thread and lets the goroutine exit so the thread
+// dies; but Go never kills the main thread, it parks it, and that thread
+// would stay in the container's mount namespace for good, pinning its
+// mounts (the rootfs stays busy after RemoveContainer) and making
+// /proc/self/mountinfo show the container's view. Locking main here keeps
+// every other goroutine off the main thread.
 func init() {
 	if len(os.Args) > 1 && os.Args[1] == "init" {
 		libcontainer.Init()
 	}
+	runtime.LockOSThread()
 }

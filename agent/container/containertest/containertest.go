@@ -1,0 +1,139 @@
+// Package containertest builds what host-mode container tests need: a
+// busybox-static rootfs, specs for it, and leftover checks (mounts, cgroups,
+// child processes, fds). Tests that create containers in-process must also
+// dispatch libcontainer's init re-exec in their test binary (see
+// agent/container's main_test.go).
+package containertest
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Applets are the busybox applets linked in the rootfs.
+var Applets = []string{"sh", "echo", "cat", "sleep", "hostname", "true", "false", "ls", "grep", "mount",
+	"ps", "kill", "id", "env", "wc", "head", "dd", "yes", "date", "test", "pwd", "tr"}
+
+// MakeRootfs builds a minimal busybox-static tree in dir.
+func MakeRootfs(dir string) error {
+	for _, d := range []string{"bin", "proc", "sys", "dev", "etc", "tmp", "root"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	b, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		return fmt.Errorf("busybox-static is needed: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin/busybox"), b, 0o755); err != nil {
+		return err
+	}
+	for _, a := range Applets {
+		if err := os.Symlink("busybox", filepath.Join(dir, "bin", a)); err != nil {
+			return err
+		}
+	}
+	for name, content := range map[string]string{"etc/hostname": "rootfs\n", "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
+		"etc/group": "root:x:0:\n", "etc/resolv.conf": ""} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Spec is runc's example spec on rootfs (read-only, tmpfs /tmp), running
+// args without a terminal.
+func Spec(rootfs string, args ...string) *specs.Spec {
+	s := specconv.Example()
+	s.Root.Path = rootfs
+	s.Root.Readonly = true
+	s.Process.Terminal = false
+	s.Process.Args = args
+	s.Hostname = "keeltest"
+	s.Mounts = append(s.Mounts, specs.Mount{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "size=1m"}})
+	return s
+}
+
+// Snapshot is what a test must leave as it found it.
+type Snapshot struct {
+	Mounts   int
+	FDs      int
+	Children []string
+	Cgroups  []string
+}
+
+// Take records the current mounts, fds, child processes and the cgroup
+// dirs under /sys/fs/cgroup/*/<cgroupParent> (or the unified tree).
+func Take(cgroupParent string) Snapshot {
+	var s Snapshot
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		s.Mounts = bytes.Count(b, []byte("\n"))
+	}
+	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
+		s.FDs = len(ents)
+	}
+	s.Children = Children()
+	for _, root := range []string{"/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		ents, err := os.ReadDir(filepath.Join(root, cgroupParent))
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if e.IsDir() {
+				s.Cgroups = append(s.Cgroups, filepath.Join(root, cgroupParent, e.Name()))
+			}
+		}
+	}
+	return s
+}
+
+// Diff describes how now differs from s ("" when equal).
+func (s Snapshot) Diff(now Snapshot) string {
+	var d []string
+	if s.Mounts != now.Mounts {
+		d = append(d, fmt.Sprintf("mounts %d -> %d", s.Mounts, now.Mounts))
+	}
+	if s.FDs != now.FDs {
+		d = append(d, fmt.Sprintf("fds %d -> %d", s.FDs, now.FDs))
+	}
+	if len(now.Children) > len(s.Children) {
+		d = append(d, fmt.Sprintf("children %v -> %v", s.Children, now.Children))
+	}
+	if len(now.Cgroups) > len(s.Cgroups) {
+		d = append(d, fmt.Sprintf("cgroups %v -> %v", s.Cgroups, now.Cgroups))
+	}
+	return strings.Join(d, "; ")
+}
+
+// Children lists this process's children as "pid:state".
+func Children() []string {
+	self := strconv.Itoa(os.Getpid())
+	ents, _ := os.ReadDir("/proc")
+	var out []string
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) {
+			continue
+		}
+		f := strings.Fields(string(b[i+2:]))
+		if len(f) > 1 && f[1] == self {
+			out = append(out, e.Name()+":"+f[0])
+		}
+	}
+	return out
+}

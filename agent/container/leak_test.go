@@ -1,0 +1,179 @@
+package container
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/keelvm/keel/agent/container/containertest"
+	"github.com/keelvm/keel/init/reaper"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// TestExecLeak runs exec cycles in one container: fds, goroutines and
+// children must stay flat. 200 cycles by default, 2000 with -long.
+func TestExecLeak(t *testing.T) {
+	n := 200
+	if *long {
+		n = 2000
+	}
+	if testing.Short() {
+		n = 20
+	}
+	s := newSandbox(t)
+	c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("leak"), Spec: testSpec("/bin/sleep", "1000"), IO: newIO(t, false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cycle := func(i int) {
+		io := newIO(t, true)
+		p, err := c.Exec(fmt.Sprintf("x%d", i), &specs.Process{Args: []string{"/bin/echo", "hi"}, Cwd: "/"}, io)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out := readAll(t, io); out != "hi\n" {
+			t.Fatalf("cycle %d: output %q", i, out)
+		}
+		if st := waitStatus(t, p); st.Code != 0 {
+			t.Fatalf("cycle %d: %+v", i, st)
+		}
+		c.ForgetProcess(p)
+	}
+	// Warm up (runtime threads, pools), then measure.
+	for i := range 5 {
+		cycle(-1 - i)
+	}
+	settle := func() (int, int, []string) {
+		runtime.GC() // os.Process handles are released by GC cleanups
+		time.Sleep(50 * time.Millisecond)
+		snap := containertest.Take("keel-test")
+		return snap.FDs, runtime.NumGoroutine(), snap.Children
+	}
+	fd0, g0, ch0 := settle()
+	start := time.Now()
+	for i := range n {
+		cycle(i)
+	}
+	el := time.Since(start)
+	fd1, g1, ch1 := settle()
+	t.Logf("%d exec cycles in %v (%v/cycle); fds %d->%d goroutines %d->%d children %d->%d", n, el, el/time.Duration(n), fd0, fd1, g0, g1, len(ch0), len(ch1))
+	if fd1 > fd0+2 || g1 > g0+5 || len(ch1) > len(ch0) {
+		t.Errorf("leak after %d cycles: fds %d->%d goroutines %d->%d children %v->%v", n, fd0, fd1, g0, g1, ch0, ch1)
+	}
+}
+
+// TestNoLeftovers: created, failed and removed containers leave no mount,
+// cgroup dir, child process or fd behind.
+func TestNoLeftovers(t *testing.T) {
+	s := newSandbox(t)
+	// Warm up the process-wide caches libcontainer keeps open (the cgroupfs
+	// root fd, the securejoin root handle, /dev/null).
+	run(t, s, testSpec("/bin/true"))
+	if err := s.Destroy(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	time.Sleep(50 * time.Millisecond)
+	before := containertest.Take("keel-test")
+	for i := range 3 {
+		c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("left"), Spec: testSpec("/bin/sleep", "100"), IO: newIO(t, true)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 {
+			if err := c.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i == 2 {
+			if err := c.Pause(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A create that fails late (program missing) rolls back.
+	if _, err := s.CreateContainer(ContainerConfig{ID: uniqueID("bad"), Spec: testSpec("/bin/missing"), IO: newIO(t, false)}); err == nil {
+		t.Fatal("create with a missing program succeeded")
+	}
+	if err := s.Destroy(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	time.Sleep(100 * time.Millisecond)
+	if d := before.Diff(containertest.Take("keel-test")); d != "" {
+		t.Errorf("leftovers: %s", d)
+	}
+}
+
+func median(d []time.Duration) time.Duration {
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return d[len(d)/2]
+}
+
+// BenchmarkLifecycle: in-process create+start+wait+destroy of /bin/true.
+func BenchmarkLifecycle(b *testing.B) {
+	s := newSandbox(b)
+	var lat []time.Duration
+	for i := 0; b.Loop(); i++ {
+		t0 := time.Now()
+		c, err := s.CreateContainer(ContainerConfig{ID: fmt.Sprintf("bench-%d-%d", os.Getpid(), i), Spec: testSpec("/bin/true"), IO: newIO(b, false)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := c.Start(); err != nil {
+			b.Fatal(err)
+		}
+		if st := waitStatus(b, c.InitProcess()); st.Code != 0 {
+			b.Fatal(st)
+		}
+		if err := s.RemoveContainer(context.Background(), c.ID(), 0); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.ReportMetric(float64(median(lat).Microseconds())/1000, "median-ms")
+}
+
+// BenchmarkRuncRun: `runc run` (Debian's runc binary) of the same bundle.
+func BenchmarkRuncRun(b *testing.B) {
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		b.Skip("runc not installed")
+	}
+	if err := reaper.Start(); err != nil {
+		b.Fatal(err)
+	}
+	bundle := b.TempDir()
+	spec := testSpec("/bin/true")
+	spec.Linux.CgroupsPath = ""
+	js, _ := json.Marshal(spec)
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), js, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	root := b.TempDir()
+	var lat []time.Duration
+	for i := 0; b.Loop(); i++ {
+		t0 := time.Now()
+		id := fmt.Sprintf("runc-bench-%d-%d", os.Getpid(), i)
+		cmd := exec.Command(runc, "--root", root, "run", "--bundle", bundle, id)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		st, err := reaper.Command(cmd)
+		if err != nil || st.Code != 0 {
+			b.Fatalf("runc run: %v %+v %s", err, st, out.String())
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.ReportMetric(float64(median(lat).Microseconds())/1000, "median-ms")
+}
