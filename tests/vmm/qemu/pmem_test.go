@@ -26,16 +26,17 @@ func pmemFile(t *testing.T, sig string) string {
 	return p
 }
 
-// TestPmemDevicesInGuest boots with a read-only nvdimm and a writable
-// virtio-pmem device, loads the pmem modules from the initramfs and checks
-// that each /dev/pmemN shows its backing file's content via its driver.
-func TestPmemDevicesInGuest(t *testing.T) {
+// TestPmemAndDiskInGuest boots with a read-only nvdimm, a writable
+// virtio-pmem device and a read-only virtio-blk disk, loads the modules from
+// the initramfs and checks that each guest device shows its backing file's
+// content through the expected driver.
+func TestPmemAndDiskInGuest(t *testing.T) {
 	k, initBin := guest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
 	// virtio_pmem needs the PCI transport, which is a module in Debian.
-	mods, err := k.ModulesFor(append([]string{"virtio_pci"}, guestkernel.PmemModules...)...)
+	mods, err := k.ModulesFor(append([]string{"virtio_pci", "virtio_blk"}, guestkernel.PmemModules...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,18 +51,19 @@ func TestPmemDevicesInGuest(t *testing.T) {
 	}
 	extra = append(extra,
 		cpio.Bytes("etc/keeltest/modules", []byte(strings.Join(paths, "\n")+"\n"), 0o644),
-		cpio.Bytes("etc/keeltest/pmem-count", []byte("2\n"), 0o644))
+		cpio.Bytes("etc/keeltest/dev-count", []byte("3\n"), 0o644))
 
 	vm := launch(t, Config{
 		Kernel: k.VmlinuzPath,
 		Initrd: initramfs(t, initBin, extra...),
-		Append: cmdline + "pmem",
+		Append: cmdline + "devices",
 		Pmem: []PmemDevice{
 			{Path: pmemFile(t, "KEEL-NVDIMM-SIG"), Kind: NVDIMM, ReadOnly: true},
 			{Path: pmemFile(t, "KEEL-VPMEM-SIG"), Kind: VirtioPmem},
 		},
+		Drives: []Drive{{Path: pmemFile(t, "KEEL-BLK-SIG"), ReadOnly: true}},
 	})
-	if err := vm.WaitSerial(ctx, "KEEL-TEST-PMEM-DONE"); err != nil {
+	if err := vm.WaitSerial(ctx, "KEEL-TEST-DEVS-DONE"); err != nil {
 		t.Fatal(err)
 	}
 	if err := vm.Wait(); err != nil {
@@ -71,11 +73,16 @@ func TestPmemDevicesInGuest(t *testing.T) {
 	if strings.Contains(log, "KEEL-TEST-ERROR") {
 		t.Fatalf("guest reported an error:\n%s", log)
 	}
-	for sig, dev := range map[string]string{"KEEL-NVDIMM-SIG": "/ndbus", "KEEL-VPMEM-SIG": "/virtio"} {
-		re := regexp.MustCompile(`KEEL-TEST-PMEM pmem\d+ content="` + sig + `" device=(\S+)`)
+	for sig, want := range map[string][2]string{
+		"KEEL-NVDIMM-SIG": {"pmem", "/ndbus"},
+		"KEEL-VPMEM-SIG":  {"pmem", "/virtio"},
+		"KEEL-BLK-SIG":    {"vd", "/virtio"},
+	} {
+		dev := want[1]
+		re := regexp.MustCompile(`KEEL-TEST-DEV ` + want[0] + `[a-z0-9]+ content="` + sig + `" device=(\S+)`)
 		m := re.FindStringSubmatch(log)
 		if m == nil {
-			t.Errorf("no pmem device with content %s:\n%s", sig, log)
+			t.Errorf("no %s device with content %s:\n%s", want[0], sig, log)
 			continue
 		}
 		if !strings.Contains(m[1], dev) {

@@ -4,8 +4,9 @@
 // serial console, then power off (so QEMU exits 0 thanks to -no-reboot).
 //
 // Modes: "poweroff" (marker, power off), "sleep" (marker, stay up until the
-// host stops the VM), "pmem" (load the modules listed in /etc/keeltest/
-// modules, wait for /dev/pmem*, print each device's first line and driver).
+// host stops the VM), "devices" (load the modules listed in /etc/keeltest/
+// modules, wait for /dev/pmem*, print the first line and the sysfs device
+// of each pmem and virtio-blk disk).
 package main
 
 import (
@@ -63,8 +64,8 @@ func run() error {
 		for {
 			time.Sleep(time.Hour)
 		}
-	case "pmem":
-		return pmem()
+	case "devices":
+		return devices()
 	}
 	return fmt.Errorf("unknown keeltest.mode %q", mode)
 }
@@ -77,7 +78,7 @@ func uptime() string {
 	return strings.Fields(string(b))[0]
 }
 
-func pmem() error {
+func devices() error {
 	start := time.Now()
 	list, err := os.ReadFile("/etc/keeltest/modules")
 	if err != nil {
@@ -92,12 +93,16 @@ func pmem() error {
 	}
 	fmt.Printf("KEEL-TEST-MODULES loaded=%d in %v\n", n, time.Since(start).Round(time.Millisecond))
 	want := 0
-	if b, err := os.ReadFile("/etc/keeltest/pmem-count"); err == nil {
+	if b, err := os.ReadFile("/etc/keeltest/dev-count"); err == nil {
 		fmt.Sscan(string(b), &want)
 	}
+	// Probing is asynchronous for some drivers: wait for the expected
+	// number of pmem and virtio-blk disks (or give up and report).
 	var devs []string
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		devs, _ = filepath.Glob("/sys/block/pmem*")
+		pmems, _ := filepath.Glob("/sys/block/pmem*")
+		disks, _ := filepath.Glob("/sys/block/vd*")
+		devs = append(pmems, disks...)
 		if len(devs) >= want || time.Now().After(deadline) {
 			break
 		}
@@ -109,9 +114,9 @@ func pmem() error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("KEEL-TEST-PMEM %s content=%q device=%s\n", name, line, driver)
+		fmt.Printf("KEEL-TEST-DEV %s content=%q device=%s\n", name, line, driver)
 	}
-	fmt.Printf("KEEL-TEST-PMEM-DONE count=%d\n", len(devs))
+	fmt.Printf("KEEL-TEST-DEVS-DONE count=%d\n", len(devs))
 	return nil
 }
 
