@@ -100,6 +100,9 @@ type Options struct {
 	// IsolatedDev mounts a private tmpfs on /dev instead of devtmpfs
 	// (mounts.BaseIsolated), for PID 1 in a namespace on a host.
 	IsolatedDev bool
+	// ExtraSteps run right after the base mounts (tests: device nodes
+	// for an isolated /dev).
+	ExtraSteps []step.Step
 }
 
 // Run brings the guest up when this process is PID 1; see the package doc.
@@ -144,7 +147,7 @@ func RunWith(ctx context.Context, o Options) (*Result, error) {
 		if o.IsolatedDev {
 			base = mounts.BaseIsolated()
 		}
-		if err := step.Run(log, base); err != nil {
+		if err := step.Run(log, append(base, o.ExtraSteps...)); err != nil {
 			return res, err
 		}
 	}

@@ -39,7 +39,9 @@ type agent struct {
 func buildPID1(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "pid1")
-	out, err := exec.Command("go", "build", "-o", bin, "./testdata/pid1").CombinedOutput()
+	cmd := exec.Command("go", "build", "-o", bin, "./testdata/pid1")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static: it re-execs inside a new root
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
@@ -171,7 +173,12 @@ func cgroup2Mounts() []string {
 // shell runs script in the agent's debug console and returns its output.
 func (a *agent) shell(script string) string {
 	a.t.Helper()
-	c, err := net.Dial("unix", filepath.Join(a.root, "sockets/1026.sock"))
+	return a.shellAt(filepath.Join(a.root, "sockets/1026.sock"), script)
+}
+
+func (a *agent) shellAt(sock, script string) string {
+	a.t.Helper()
+	c, err := net.Dial("unix", sock)
 	if err != nil {
 		a.t.Fatal(err)
 	}
@@ -296,6 +303,85 @@ func TestPID1InNamespace(t *testing.T) {
 	// Nothing of the namespace remains.
 	if err := syscall.Kill(long, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("orphan %d survived the power-off: %v", long, err)
+	}
+}
+
+// TestPID1SwitchRoot boots from a tmpfs "initramfs" onto an ext4 image on
+// a loop device: mount, move, delete, chroot, re-exec, stage 2.
+func TestPID1SwitchRoot(t *testing.T) {
+	requireNamespaces(t)
+	for _, tool := range []string{"mkfs.ext4", "losetup"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skip(err)
+		}
+	}
+	bin := buildPID1(t)
+	tmp := t.TempDir()
+	img := filepath.Join(tmp, "img")
+	for _, d := range []string{"sbin", "bin", "dev", "proc", "sys", "run", "tmp"} {
+		os.MkdirAll(filepath.Join(img, d), 0o755)
+	}
+	copyFile(t, bin, filepath.Join(img, "sbin/init"))
+	copyFile(t, "/bin/busybox", filepath.Join(img, "bin/busybox"))
+	os.Symlink("busybox", filepath.Join(img, "bin/sh"))
+	file := filepath.Join(tmp, "root.img")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-b", "4096", "-d", img, file, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", file).Output()
+	if err != nil {
+		t.Skipf("no loop device: %v", err)
+	}
+	loop := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
+
+	a := startAgent(t, bin, "agent.log=debug agent.debug_console agent.rootfs=/dev/"+filepath.Base(loop)+" rootfstype=ext4 rw",
+		"KEEL_TEST_TMPFS_ROOT=1", "KEEL_TEST_BLOCKDEV="+loop)
+	ready := a.waitReady()
+	if !strings.Contains(ready, "root_switched=") || !strings.Contains(ready, "initramfs=false") || !strings.Contains(ready, "init_start=") {
+		t.Errorf("ready line: %s", ready)
+	}
+	mi, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", a.pid))
+	var rootLine string
+	mps := map[string]bool{}
+	for _, line := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(line); len(f) > 4 {
+			mps[f[4]] = true
+			if f[4] == "/" {
+				rootLine = line
+			}
+		}
+	}
+	if !strings.Contains(rootLine, " - ext4 ") {
+		t.Errorf("root mount: %q", rootLine)
+	}
+	for _, mp := range []string{"/dev", "/dev/pts", "/proc", "/sys", "/sys/fs/cgroup", "/run", "/tmp"} {
+		if !mps[mp] {
+			t.Errorf("%s not carried over to the new root:\n%s", mp, mi)
+		}
+	}
+	l := a.log()
+	if !strings.Contains(l, `"stage":"after switch_root"`) || !strings.Contains(l, "initramfs contents removed") {
+		t.Errorf("stage 2 not logged")
+	}
+	sh := a.shellAt(fmt.Sprintf("/proc/%d/root/sockets/1026.sock", a.pid), "cat /marker; echo PID=$PPID; ls /")
+	if !strings.Contains(sh, "No such file") || !strings.Contains(sh, "sbin") {
+		t.Errorf("shell in the new root:\n%s", sh)
+	}
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	if ws := a.waitExit(); !ws.Signaled() || ws.Signal() != syscall.SIGINT {
+		t.Errorf("exit status %v", ws)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o755); err != nil {
+		t.Fatal(err)
 	}
 }
 

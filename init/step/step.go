@@ -170,19 +170,28 @@ func (f Func) String() string { return f.Line }
 func (f Func) Run() error     { return f.Fn() }
 func (f Func) Optional() bool { return f.Opt }
 
-// Mknod is `mknod -m MODE PATH c MAJOR MINOR` (character devices).
+// Mknod is `mknod -m MODE PATH c|b MAJOR MINOR`.
 type Mknod struct {
 	Path         string
 	Mode         uint32
+	Block        bool // block device (default: character device)
 	Major, Minor uint32
 	Opt          bool
 }
 
 func (m Mknod) String() string {
-	return fmt.Sprintf("mknod -m %04o %s c %d %d", m.Mode, m.Path, m.Major, m.Minor)
+	kind := "c"
+	if m.Block {
+		kind = "b"
+	}
+	return fmt.Sprintf("mknod -m %04o %s %s %d %d", m.Mode, m.Path, kind, m.Major, m.Minor)
 }
 func (m Mknod) Run() error {
-	if err := unix.Mknod(m.Path, unix.S_IFCHR|m.Mode, int(unix.Mkdev(m.Major, m.Minor))); err != nil && !errors.Is(err, unix.EEXIST) {
+	typ := uint32(unix.S_IFCHR)
+	if m.Block {
+		typ = unix.S_IFBLK
+	}
+	if err := unix.Mknod(m.Path, typ|m.Mode, int(unix.Mkdev(m.Major, m.Minor))); err != nil && !errors.Is(err, unix.EEXIST) {
 		return &os.PathError{Op: "mknod", Path: m.Path, Err: err}
 	}
 	return unix.Chmod(m.Path, m.Mode) // not subject to umask
