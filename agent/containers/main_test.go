@@ -1,0 +1,53 @@
+package containers_test
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"testing"
+
+	"github.com/keelvm/keel/agent/container/containertest"
+	"github.com/keelvm/keel/agent/containers"
+	"github.com/keelvm/keel/agent/service"
+	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/opencontainers/runc/libcontainer"
+	_ "github.com/opencontainers/runc/libcontainer/nsenter"
+)
+
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "init" {
+		libcontainer.Init()
+	}
+	runtime.LockOSThread()
+}
+
+// The handlers slot into service.Service the way the lead wires them: one
+// level deep, over Unimplemented two levels deep.
+type fallback struct{ service.Unimplemented }
+type assembled struct {
+	fallback
+	*containers.RPC
+}
+
+var _ pb.AgentServiceService = assembled{}
+
+var rootfs string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("skipping: container tests need root")
+		os.Exit(0)
+	}
+	dir, err := os.MkdirTemp("", "keel-rpc-rootfs-")
+	if err != nil {
+		panic(err)
+	}
+	if err := containertest.MakeRootfs(dir); err != nil {
+		os.RemoveAll(dir)
+		panic(err)
+	}
+	rootfs = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
