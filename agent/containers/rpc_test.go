@@ -368,4 +368,3 @@ func TestRPCSharedPidnsSignalAll(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
