@@ -203,6 +203,7 @@ func TestPID1InNamespace(t *testing.T) {
 	bin := buildPID1(t)
 	a := startAgent(t, bin, "agent.log=debug agent.debug_console agent.log_vport=1025 agent.hostname=keel-test agent.entropy=00112233445566778899 agent.bogus=1")
 	ready := a.waitReady()
+	t.Log(ready)
 	if !strings.Contains(ready, "listener_ready=") || !strings.Contains(ready, "init_start=") {
 		t.Errorf("timeline: %s", ready)
 	}
@@ -338,6 +339,7 @@ func TestPID1SwitchRoot(t *testing.T) {
 	a := startAgent(t, bin, "agent.log=debug agent.debug_console agent.rootfs=/dev/"+filepath.Base(loop)+" rootfstype=ext4 rw",
 		"KEEL_TEST_TMPFS_ROOT=1", "KEEL_TEST_BLOCKDEV="+loop)
 	ready := a.waitReady()
+	t.Log(ready)
 	if !strings.Contains(ready, "root_switched=") || !strings.Contains(ready, "initramfs=false") || !strings.Contains(ready, "init_start=") {
 		t.Errorf("ready line: %s", ready)
 	}
