@@ -109,6 +109,7 @@ func TestTTYResize(t *testing.T) {
 }
 
 func TestTTYCloseStdinSendsEOFAndOutputEnds(t *testing.T) {
+	base := fdCount(t)
 	s := newIO(t, Options{Terminal: true})
 	p := startTTY(t, s, "cat")
 	ctx := ctxT(t, 10*time.Second)
@@ -127,6 +128,8 @@ func TestTTYCloseStdinSendsEOFAndOutputEnds(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "abc") {
 		t.Fatalf("output %q, %v", out, err)
 	}
+	s.Close()
+	checkFds(t, base)
 }
 
 func TestTTYConsoleNeverSent(t *testing.T) {
