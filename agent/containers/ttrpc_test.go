@@ -1,0 +1,91 @@
+package containers_test
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	pb "github.com/keelvm/keel/protocol/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// TestTTRPCWire drives the handlers through a real ttrpc server and client
+// over a unix socket: requests, replies and gRPC status codes survive the
+// wire.
+func TestTTRPCWire(t *testing.T) {
+	r := newRPC(t)
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb.RegisterAgentServiceService(srv, assembled{RPC: r})
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "agent.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(context.Background(), l)
+	defer srv.Close()
+	conn, err := net.Dial("unix", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := ttrpc.NewClient(conn)
+	defer tc.Close()
+	c := pb.NewAgentServiceClient(tc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	if _, err := c.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "w", OCI: spec("/bin/sh", "-c", "echo over-the-wire; exit 4")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	for {
+		resp, err := c.ReadStdout(ctx, &pb.ReadStreamRequest{ContainerId: "w", Len: 1024})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Data) == 0 {
+			break
+		}
+		out.Write(resp.Data)
+	}
+	w, err := c.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: "w"})
+	if err != nil || w.Status != 4 || out.String() != "over-the-wire\n" {
+		t.Fatalf("wait %v %v, stdout %q", w, err, out.String())
+	}
+	_, err = c.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "a/b", OCI: spec("/bin/true")})
+	if st, _ := status.FromError(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), `container_id "a/b"`) {
+		t.Fatalf("bad id over the wire: %v", err)
+	}
+	if _, err := c.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: "w"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTerminalExec: an exec with a pty gets a tty, honours TtyWinResize.
+func TestTerminalExec(t *testing.T) {
+	r := newRPC(t)
+	ctx := context.Background()
+	must := noErr(t)
+	must(r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "t", OCI: spec("/bin/sleep", "1000")}))
+	must(r.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "t"}))
+	p := &pb.Process{Terminal: true, Args: []string{"/bin/sh", "-c", "read x; test -t 0 && echo tty:$x"}, Cwd: "/", Env: []string{"PATH=/bin"}, User: &pb.User{}}
+	must(r.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: "t", ExecId: "tty", Process: p}))
+	must(r.TtyWinResize(ctx, &pb.TtyWinResizeRequest{ContainerId: "t", ExecId: "tty", Row: 40, Column: 100}))
+	must(r.WriteStdin(ctx, &pb.WriteStreamRequest{ContainerId: "t", ExecId: "tty", Data: []byte("yes\n")}))
+	out := readAll(t, r, "t", "tty")
+	if !strings.Contains(out, "tty:yes") {
+		t.Errorf("tty output %q", out)
+	}
+	if st := wait(t, r, "t", "tty"); st != 0 {
+		t.Errorf("status %d", st)
+	}
+}
