@@ -1,6 +1,9 @@
 // Command keel-agent is Keel's in-guest agent. Started as PID 1 it first
-// brings the guest up (init/...); either way it then serves the Kata-
-// compatible ttrpc API on agent.server_addr (vsock://-1:1024 by default).
+// brings the guest up (init/boot: mounts, cgroups, modules, root switch,
+// console and log port), configured by the kernel command line; started as
+// an ordinary process ("host mode", for tests and development) it takes its
+// configuration from flags. Either way it then serves the Kata-compatible
+// ttrpc API on agent.server_addr (vsock://-1:1024 by default).
 package main
 
 import (
@@ -19,16 +22,31 @@ import (
 	"github.com/keelvm/keel/agent/server"
 	"github.com/keelvm/keel/agent/service"
 	"github.com/keelvm/keel/agent/version"
-	"github.com/keelvm/keel/init/reaper"
+	"github.com/keelvm/keel/init/boot"
+	"github.com/keelvm/keel/init/cmdline"
+	"github.com/keelvm/keel/init/shutdown"
 	"github.com/keelvm/keel/init/timeline"
 	"github.com/keelvm/keel/kernel-config/required"
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "keel-agent:", err)
-		os.Exit(1)
+	if os.Getpid() != 1 {
+		if err := run(os.Args[1:]); err != nil {
+			fmt.Fprintln(os.Stderr, "keel-agent:", err)
+			os.Exit(1)
+		}
+		return
 	}
+	// PID 1 must never return or panic out of main: the kernel would panic.
+	// Whatever ends the agent, the guest powers off cleanly instead.
+	defer shutdown.Guard()
+	reason := "agent stopped"
+	if err := run(nil); err != nil {
+		reason = err.Error()
+		slog.Error("keel-agent failed", "err", err)
+	}
+	_ = shutdown.PowerOff(reason)
+	select {} // PowerOff does not return as PID 1; never fall off main
 }
 
 type options struct {
@@ -36,11 +54,12 @@ type options struct {
 	logLevel slog.Level
 }
 
-func parseFlags(args []string) (options, error) {
+// parseFlags reads host-mode flags on top of the cmdline defaults.
+func parseFlags(args []string, def cmdline.Config) (options, error) {
 	fs := flag.NewFlagSet("keel-agent", flag.ContinueOnError)
 	o := options{}
-	fs.StringVar(&o.addr, "addr", server.DefaultAddr, "listen address: vsock://CID:PORT (CID -1 = any) or unix:///path (kernel cmdline: agent.server_addr)")
-	level := fs.String("log-level", "info", "debug, info, warn or error (kernel cmdline: agent.log)")
+	fs.StringVar(&o.addr, "addr", def.ServerAddr, "listen address: vsock://CID:PORT (CID -1 = any) or unix:///path (kernel cmdline: agent.server_addr)")
+	level := fs.String("log-level", def.LogLevel.String(), "debug, info, warn or error (kernel cmdline: agent.log)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -59,26 +78,36 @@ func parseFlags(args []string) (options, error) {
 }
 
 func run(args []string) error {
-	o, err := parseFlags(args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel}))
-	slog.SetDefault(log)
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	timeline.Mark("agent_start")
-
-	// The reaper owns wait(2) for the whole process: start it before any
-	// child exists (containers, mkfs, the debug console shell).
-	if err := reaper.Start(); err != nil {
-		return fmt.Errorf("unable to start the reaper: %w", err)
+	// boot.Run starts the reaper (it owns wait(2) from here on) and, as
+	// PID 1, brings the guest up; in host mode it only returns defaults.
+	res, err := boot.Run(ctx)
+	if err != nil {
+		return fmt.Errorf("boot: %w", err)
 	}
+	defer res.Close()
+	cfg := res.Config
+	log := res.Logger
+	if res.PID1 {
+		// In the guest the kernel command line is the configuration, and
+		// SIGTERM/SIGPWR mean power off (boot installed that handler).
+		stop()
+		ctx = context.Background()
+	} else {
+		timeline.Mark("agent_start")
+		o, err := parseFlags(args, cfg)
+		if err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			return err
+		}
+		cfg.ServerAddr = o.addr
+		res.Level.Set(o.logLevel)
+	}
+	slog.SetDefault(log)
 
 	reg := metrics.New()
 	oomWatcher := oom.New()
@@ -91,7 +120,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	ln, err := server.Listen(o.addr)
+	ln, err := server.Listen(cfg.ServerAddr)
 	if err != nil {
 		return err
 	}
@@ -100,13 +129,16 @@ func run(args []string) error {
 		since := e.Since.Seconds()
 		reg.Gauge("keel_boot_"+e.Name+"_seconds", "Guest uptime (CLOCK_BOOTTIME) at the "+e.Name+" boot milestone.", func() float64 { return since })
 	}
-	log.Info("listening", "addr", o.addr, "version", version.Version, "pid", os.Getpid())
+	log.Info("listening", "addr", cfg.ServerAddr, "version", version.Version, "pid", os.Getpid(), "timeline", timeline.String())
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ctx, ln) }()
 	select {
 	case err := <-errc:
-		return err
+		if err != nil {
+			return fmt.Errorf("serving %s: %w", cfg.ServerAddr, err)
+		}
+		return nil
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")

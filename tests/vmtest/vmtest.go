@@ -137,13 +137,13 @@ func moduleRoot() (string, error) {
 // Boot builds the initramfs, starts the vsock device and QEMU, and (unless
 // DeferStart) waits until the agent answers Health.Check. On error nothing
 // is left running.
-func Boot(ctx context.Context, cfg Config) (g *Guest, err error) {
+func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 	logf := func(format string, a ...any) {
 		if cfg.Log != nil {
 			fmt.Fprintf(cfg.Log, format+"\n", a...)
 		}
 	}
-	g = &Guest{Dir: cfg.Dir}
+	g := &Guest{Dir: cfg.Dir}
 	if g.Dir == "" {
 		if g.Dir, err = os.MkdirTemp("", "keel-vm-"); err != nil {
 			return nil, err
