@@ -92,6 +92,7 @@ func (s *IO) AttachStdin(conn net.Conn) error {
 		for {
 			n, err := conn.Read(buf)
 			if n > 0 {
+				// write returns an error whenever it stops short.
 				if _, werr := st.write(s.ctx, buf[:n], true); werr != nil {
 					conn.Close()
 					return

@@ -202,6 +202,11 @@ func (s *IO) Terminal() bool { return s.terminal }
 // Write writes p to the process's stdin (Kata WriteStdin) and returns how
 // many bytes were accepted. It blocks while the pipe is full (backpressure),
 // until ctx is done, or, once the process exited, at most ExitGrace.
+//
+// When some bytes were accepted before ctx ended or the process went away,
+// Write returns that count with a nil error: a short write, which the RPC
+// reports in WriteStreamResponse.len, so the host never resends bytes the
+// process already received. The next call reports the error.
 // An empty p closes stdin, as Kata's WriteStdin with empty data does.
 func (s *IO) Write(ctx context.Context, p []byte) (int, error) {
 	if len(p) == 0 {
@@ -210,7 +215,11 @@ func (s *IO) Write(ctx context.Context, p []byte) (int, error) {
 	if err := s.waitConsole(ctx); err != nil {
 		return 0, err
 	}
-	return s.stdin.write(ctx, p, false)
+	n, err := s.stdin.write(ctx, p, false)
+	if n > 0 {
+		return n, nil
+	}
+	return 0, err
 }
 
 // CloseStdin closes the process's stdin (Kata CloseStdin). For a terminal

@@ -174,8 +174,11 @@ func TestWriteAfterExitFails(t *testing.T) {
 		t0 := time.Now()
 		big := make([]byte, 4<<20) // more than the pipe holds
 		n, err := s.Write(ctxT(t, 20*time.Second), big)
-		if !errors.Is(err, ErrProcessExited) || n >= len(big) {
-			t.Fatalf("wrote %d, err %v; want ErrProcessExited", n, err)
+		if err != nil || n >= len(big) {
+			t.Fatalf("wrote %d, err %v; want a short write", n, err)
+		}
+		if n, err := s.Write(ctxT(t, 20*time.Second), big); n != 0 || !errors.Is(err, ErrProcessExited) {
+			t.Fatalf("next write: %d, %v; want ErrProcessExited", n, err)
 		}
 		if d := time.Since(t0); d > ExitGrace+time.Second || d < ExitGrace/2 {
 			t.Fatalf("write failed after %v, want about ExitGrace (%v)", d, ExitGrace)
@@ -309,5 +312,23 @@ func TestQueuedReaderHonoursContext(t *testing.T) {
 	}
 	if time.Since(t0) > time.Second {
 		t.Fatal("queued reader ignored its deadline")
+	}
+}
+
+// A write cut short by its context reports what the process received, so
+// the host never resends it; the next write reports the error.
+func TestShortWriteOnContext(t *testing.T) {
+	s := newIO(t, Options{Stdin: true})
+	start(t, s, "sleep", "30") // never reads: the pipe fills
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	n, err := s.Write(ctx, make([]byte, 1<<20))
+	if err != nil || n <= 0 || n >= 1<<20 {
+		t.Fatalf("first write: %d, %v; want a short write", n, err)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel2()
+	if n, err := s.Write(ctx2, []byte("x")); n != 0 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("second write: %d, %v", n, err)
 	}
 }
