@@ -59,8 +59,11 @@ var ErrUsage = errors.New("usage")
 // IsUsage reports whether err is a configuration (usage) error.
 func IsUsage(err error) bool { return errors.Is(err, ErrUsage) }
 
-// recipeOptions is recipe.Options, named for tests in this package.
-type recipeOptions = recipe.Options
+// RecipeOptions is recipe.Options, re-exported so callers of Run need
+// only this package.
+type RecipeOptions = recipe.Options
+
+type recipeOptions = RecipeOptions
 
 func usagef(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrUsage, fmt.Sprintf(format, args...))
