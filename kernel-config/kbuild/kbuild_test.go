@@ -78,25 +78,38 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // The shipped fragments survive Kconfig on the real tree: every requested
-// option is in the final .config.
+// option is in the final .config, for each architecture and with the
+// opt-in sets.
 func TestConfigureRealTreeProvesFragments(t *testing.T) {
 	tree := kernelSource(t)
-	frags, err := fragments.Select("common,x86_64")
-	if err != nil {
-		t.Fatal(err)
+	obj := t.TempDir() // shared, so scripts/kconfig/conf is compiled once
+	for _, tc := range []struct{ arch, spec string }{
+		{"x86_64", "common,x86_64"},
+		{"x86_64", "common,x86_64,+debug,+confidential"},
+		{"arm64", "common,arm64"},
+	} {
+		t.Run(tc.arch+"/"+tc.spec, func(t *testing.T) {
+			frags, err := fragments.Select(tc.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			cfg, err := Configure(context.Background(), Options{Source: tree, Arch: tc.arch, Fragments: frags}, obj)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Final.Get("64BIT") != "y" {
+				t.Error("not a 64-bit config: ARCH not honoured")
+			}
+			if tc.arch == "x86_64" && cfg.Final.Get("X86_64") != "y" {
+				t.Error("x86_64 requested but X86_64 is not set")
+			}
+			if cfg.Final.Get("MODULES") != "n" {
+				t.Error("MODULES enabled: the guest must not need modules")
+			}
+			t.Logf("%d options proven in %s", len(cfg.Requested), time.Since(start).Round(time.Millisecond))
+		})
 	}
-	start := time.Now()
-	cfg, err := Configure(context.Background(), Options{Source: tree, Arch: "x86_64", Fragments: frags}, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg.Final.Get("64BIT") != "y" || cfg.Final.Get("X86_64") != "y" {
-		t.Error("not a 64-bit config: ARCH=x86_64 not honoured")
-	}
-	if cfg.Final.Get("MODULES") != "n" {
-		t.Error("MODULES enabled: the guest must not need modules")
-	}
-	t.Logf("%d options proven in %s", len(cfg.Requested), time.Since(start).Round(time.Millisecond))
 }
 
 // A fragment whose options cannot survive fails with every dropped option
