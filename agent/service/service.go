@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"sort"
 
+	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/copyfile"
 	"github.com/keelvm/keel/agent/guestops"
 	"github.com/keelvm/keel/agent/oom"
@@ -28,6 +29,7 @@ type fallback struct{ Unimplemented }
 type Service struct {
 	fallback
 	*Guest
+	*Containers // sandbox, container, process and stdio RPCs
 	*GuestOps   // SetGuestDateTime, ReseedRandomDev
 	*FileCopier // CopyFile
 	*OOM        // GetOOMEvent
@@ -35,6 +37,7 @@ type Service struct {
 
 // Aliases name the embedded handlers (two packages call theirs Handler).
 type (
+	Containers = containers.RPC
 	GuestOps   = guestops.Handler
 	FileCopier = copyfile.Handler
 	OOM        = oom.Watcher
@@ -44,17 +47,23 @@ var _ pb.AgentServiceService = (*Service)(nil)
 
 // Handlers are the domain handler structs Service is built from.
 type Handlers struct {
-	Guest    *Guest
-	GuestOps *guestops.Handler
-	CopyFile *copyfile.Handler
-	OOM      *oom.Watcher
+	Guest      *Guest
+	Containers *containers.RPC // required
+	GuestOps   *guestops.Handler
+	CopyFile   *copyfile.Handler
+	OOM        *oom.Watcher
 }
 
-// New assembles a Service. A handler left nil gets its zero value, which
-// every handler package documents as the production default (the OOM
-// watcher gets a fresh oom.New()).
+// New assembles a Service. Containers is required; any other handler left
+// nil gets its zero value, which every handler package documents as the
+// production default (the OOM watcher gets a fresh oom.New()).
 func New(h Handlers) *Service {
-	s := &Service{Guest: h.Guest, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM}
+	if h.Containers == nil {
+		// An embedded nil handler would turn its RPCs into nil-pointer
+		// panics instead of answers: refuse to build such a service.
+		panic("service.New: Handlers.Containers is required")
+	}
+	s := &Service{Guest: h.Guest, Containers: h.Containers, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM}
 	if s.Guest == nil {
 		s.Guest = &Guest{}
 	}

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/keelvm/keel/agent/containers"
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
 
@@ -37,7 +38,7 @@ func TestServiceRouting(t *testing.T) {
 	if !impl["GetGuestDetails"] || !impl["GetMetrics"] {
 		t.Fatalf("Implemented() = %v, want at least GetGuestDetails and GetMetrics", Implemented())
 	}
-	s := reflect.ValueOf(New(Handlers{}))
+	s := reflect.ValueOf(New(Handlers{Containers: containers.New(containers.Options{})}))
 	api := reflect.TypeOf((*pb.AgentServiceService)(nil)).Elem()
 	for i := 0; i < api.NumMethod(); i++ {
 		m := api.Method(i)

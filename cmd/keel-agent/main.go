@@ -14,11 +14,15 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/keelvm/keel/agent/container"
+	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/metrics"
 	"github.com/keelvm/keel/agent/oom"
+	"github.com/keelvm/keel/agent/passfd"
 	"github.com/keelvm/keel/agent/server"
 	"github.com/keelvm/keel/agent/service"
 	"github.com/keelvm/keel/agent/version"
@@ -50,16 +54,18 @@ func main() {
 }
 
 type options struct {
-	addr     string
-	logLevel slog.Level
+	addr      string
+	logLevel  slog.Level
+	stateRoot string
 }
 
 // parseFlags reads host-mode flags on top of the cmdline defaults.
 func parseFlags(args []string, def cmdline.Config) (options, error) {
 	fs := flag.NewFlagSet("keel-agent", flag.ContinueOnError)
-	o := options{}
+	o := options{stateRoot: defaultStateRoot}
 	fs.StringVar(&o.addr, "addr", def.ServerAddr, "listen address: vsock://CID:PORT (CID -1 = any) or unix:///path (kernel cmdline: agent.server_addr)")
 	level := fs.String("log-level", def.LogLevel.String(), "debug, info, warn or error (kernel cmdline: agent.log)")
+	fs.StringVar(&o.stateRoot, "state-root", defaultStateRoot, "directory for container state and sandbox files")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -77,7 +83,11 @@ func parseFlags(args []string, def cmdline.Config) (options, error) {
 	return o, nil
 }
 
+// defaultStateRoot holds libcontainer state and sandbox files (tmpfs /run).
+const defaultStateRoot = "/run/keel"
+
 func run(args []string) error {
+	o := options{stateRoot: defaultStateRoot}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
@@ -97,7 +107,8 @@ func run(args []string) error {
 		ctx = context.Background()
 	} else {
 		timeline.Mark("agent_start")
-		o, err := parseFlags(args, cfg)
+		var err error
+		o, err = parseFlags(args, cfg)
 		if err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil
@@ -112,9 +123,50 @@ func run(args []string) error {
 	reg := metrics.New()
 	oomWatcher := oom.New()
 	defer oomWatcher.Close()
+
+	sandbox, err := container.New(container.Config{
+		StateRoot:   o.stateRoot,
+		SetHostname: res.PID1,
+		Log:         log,
+	})
+	if err != nil {
+		return fmt.Errorf("unable to set up the container manager: %w", err)
+	}
+	// Stopping the guest (SIGTERM/SIGPWR, a fatal error) kills and removes
+	// every container first.
+	shutdown.OnStop("remove all containers", sandbox.Destroy)
+	reg.Gauge("keel_containers", "Containers in the sandbox.", func() float64 { return float64(len(sandbox.ContainerIDs())) })
+
+	var pfd containers.PassFD
+	if cfg.PassfdListenerPort != 0 {
+		pl, err := server.Listen(fmt.Sprintf("vsock://-1:%d", cfg.PassfdListenerPort))
+		if err != nil {
+			return fmt.Errorf("agent.passfd_listener_port: %w", err)
+		}
+		l := passfd.NewListener(pl, passfd.PeerPort)
+		go l.Serve(ctx)
+		pfd = l
+	}
+
+	// DestroySandbox asks for the guest to end: the serving loop below
+	// finishes the in-flight RPCs (so the host gets its answer) and then,
+	// as PID 1, main powers off.
+	destroyed := make(chan struct{})
+	var destroyOnce sync.Once
 	svc := service.New(service.Handlers{
 		Guest: &service.Guest{Metrics: reg, ExtraFeatures: extraFeatures},
-		OOM:   oomWatcher,
+		Containers: containers.New(containers.Options{
+			Sandbox:  sandbox,
+			PassFD:   pfd,
+			PipeSize: cfg.ContainerPipeSize,
+			Log:      log,
+			OnDestroySandbox: func() {
+				if res.PID1 {
+					destroyOnce.Do(func() { close(destroyed) })
+				}
+			},
+		}),
+		OOM: oomWatcher,
 	})
 	srv, err := server.New(svc, service.Health{}, reg, log)
 	if err != nil {
@@ -140,6 +192,8 @@ func run(args []string) error {
 		}
 		return nil
 	case <-ctx.Done():
+	case <-destroyed:
+		log.Info("sandbox destroyed: powering off")
 	}
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -73,7 +73,7 @@ func startAgent(t *testing.T) *agent {
 	dir := t.TempDir()
 	a := &agent{sock: filepath.Join(dir, "agent.sock"), log: &bytes.Buffer{}}
 	a.addr = "unix://" + a.sock
-	a.cmd = exec.Command(agentBin, "--addr", a.addr, "--log-level", "debug")
+	a.cmd = exec.Command(agentBin, "--addr", a.addr, "--log-level", "debug", "--state-root", filepath.Join(dir, "state"))
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
