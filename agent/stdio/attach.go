@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"syscall"
 )
 
 // attachBufLen is the copy buffer of one attached stream: larger than the
@@ -43,6 +44,18 @@ func (s *IO) attachOut(st *outStream, conn net.Conn) error {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		if sc, ok := conn.(syscall.Conn); ok && !s.terminal {
+			_, err := st.spliceTo(s.ctx, sc)
+			switch {
+			case errors.Is(err, io.EOF):
+				halfClose(conn)
+				return
+			case !errors.Is(err, errNoSplice):
+				conn.Close()
+				return
+			}
+			// No byte moved: copy through user space below.
+		}
 		buf := make([]byte, attachBufLen)
 		for {
 			n, err := st.read(s.ctx, buf, true)
@@ -53,10 +66,7 @@ func (s *IO) attachOut(st *outStream, conn net.Conn) error {
 				}
 			}
 			if errors.Is(err, io.EOF) {
-				if cw, ok := conn.(closeWriter); ok && cw.CloseWrite() == nil {
-					return
-				}
-				conn.Close()
+				halfClose(conn)
 				return
 			}
 			if err != nil {
@@ -66,6 +76,14 @@ func (s *IO) attachOut(st *outStream, conn net.Conn) error {
 		}
 	}()
 	return nil
+}
+
+// halfClose signals EOF on conn: CloseWrite when it can, else Close.
+func halfClose(conn net.Conn) {
+	if cw, ok := conn.(closeWriter); ok && cw.CloseWrite() == nil {
+		return
+	}
+	conn.Close()
 }
 
 // AttachStdin copies conn into the process's stdin; EOF on conn closes

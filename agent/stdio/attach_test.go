@@ -154,3 +154,70 @@ func TestCloseStopsAttachedCopies(t *testing.T) {
 	p.cmd.Process.Kill()
 	<-p.exited
 }
+
+// plainConn hides SyscallConn and CloseWrite: the attach copies through
+// user space and closes at EOF.
+type plainConn struct{ net.Conn }
+
+func TestAttachCopyFallbackLossless(t *testing.T) {
+	path, want := payloadFile(t, 16<<20)
+	s := newIO(t, Options{})
+	agent, host := unixPair(t)
+	start(t, s, "cat", path)
+	if err := s.AttachStdout(plainConn{agent}); err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, &slowReader{r: host, pause: time.Millisecond})
+	if err != nil || [32]byte(h.Sum(nil)) != want {
+		t.Fatalf("host got %d bytes (%v), sha differs", n, err)
+	}
+}
+
+// Output of a process that exited long before the attach is all spliced,
+// then EOF; both attach paths.
+func TestAttachAfterGraceKeepsOutput(t *testing.T) {
+	for _, wrap := range []bool{false, true} {
+		data, want := payload(60 << 10)
+		path := filepath.Join(t.TempDir(), "p")
+		writeFile(t, path, data)
+		s := newIO(t, Options{})
+		p := start(t, s, "sh", "-c", "sleep 30 & cat "+path)
+		<-p.exited
+		time.Sleep(2 * ExitGrace)
+		agent, host := unixPair(t)
+		var c net.Conn = agent
+		if wrap {
+			c = plainConn{agent}
+		}
+		if err := s.AttachStdout(c); err != nil {
+			t.Fatal(err)
+		}
+		host.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(host)
+		if err != nil || sha256.Sum256(got) != want {
+			t.Fatalf("wrap=%v: got %d bytes, %v", wrap, len(got), err)
+		}
+	}
+}
+
+// The fast path really splices for a socket: no fallback, every byte moved.
+func TestSpliceUsedForSockets(t *testing.T) {
+	s := newIO(t, Options{})
+	_, w, _ := s.ChildFiles()
+	wdup, err := dupFile(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.CloseChildSide()
+	agent, host := unixPair(t)
+	go io.Copy(io.Discard, host)
+	go func() {
+		wdup.Write(make([]byte, 1<<20))
+		wdup.Close()
+	}()
+	moved, err := s.stdout.spliceTo(ctxT(t, 10*time.Second), agent)
+	if !errors.Is(err, io.EOF) || moved != 1<<20 {
+		t.Fatalf("spliceTo moved %d, %v; want 1 MiB and EOF", moved, err)
+	}
+}
