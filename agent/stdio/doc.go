@@ -37,5 +37,8 @@
 //     pipe before it exited, so none of it is lost.
 //   - Writes to stdin never block forever once the process has exited: after
 //     ExitGrace they fail with ErrProcessExited.
+//   - The passfd fast path moves stdout/stderr with splice(2) from the pipe
+//     straight into the socket (no copy through the agent), falling back to
+//     a user-space copy for ptys and connections that cannot splice.
 //   - Close releases every descriptor (tests compare /proc/self/fd counts).
 package stdio
