@@ -42,7 +42,7 @@ func (e *exprSym) value(c Config) string {
 		return e.name
 	case strings.HasPrefix(e.name, "$("):
 		return "y"
-	case strings.HasPrefix(e.name, `"`):
+	case strings.HasPrefix(e.name, `"`) || strings.HasPrefix(e.name, "'"):
 		return unquote(e.name)
 	case e.name != "" && (isDigit(e.name[0]) || e.name[0] == '-'):
 		return e.name
@@ -55,8 +55,8 @@ func (e *exprSym) value(c Config) string {
 }
 
 func unquote(v string) string {
-	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
-		if s, err := strconv.Unquote(v); err == nil {
+	if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+		if s, err := strconv.Unquote(v); err == nil && v[0] == '"' {
 			return s
 		}
 		return v[1 : len(v)-1]
@@ -237,7 +237,7 @@ func tokenize(s string) ([]string, error) {
 			if j >= len(s) {
 				return nil, fmt.Errorf("unterminated string in %q", s)
 			}
-			toks = append(toks, `"`+s[i+1:j]+`"`)
+			toks = append(toks, s[i:j+1]) // kept as written, so it renders back
 			i = j + 1
 		case c == '$' && i+1 < len(s) && s[i+1] == '(':
 			depth, j := 0, i+1

@@ -15,7 +15,7 @@ func TestParseExprEval(t *testing.T) {
 	}{
 		{"A", 2}, {"B", 1}, {"C", 0}, {"!A", 0}, {"!B", 1}, {"!C", 2},
 		{"A && B", 1}, {"A || C", 2}, {"(A || C) && !C", 2}, {"C || B", 1},
-		{"S = \"x86\"", 2}, {"S != x86", 0}, {"N > 8", 2}, {"N <= 15", 0}, {"H >= 32", 2},
+		{"S = \"x86\"", 2}, {"S = 'x86'", 2}, {"S != x86", 0}, {"N > 8", 2}, {"N <= 15", 0}, {"H >= 32", 2},
 		{"B = m", 2}, {"A && $(cc-option,-mfoo)", 2}, {"y", 2}, {"n", 0},
 		{"A = y # trailing comment", 2},
 	} {
@@ -170,4 +170,27 @@ func TestLoadTreeMissing(t *testing.T) {
 	if _, err := LoadTree(t.TempDir(), "x86_64"); err == nil || !strings.Contains(err.Error(), "no top-level Kconfig") {
 		t.Errorf("err = %v", err)
 	}
+}
+
+func FuzzParseExpr(f *testing.F) {
+	for _, s := range []string{"A && (B || !C)", `S = "x"`, "N >= 0x10", "$(cc-option,-m64) && A", "!(A)", "A = y # c", `A = 'a"b'`, `S = 'x'`} {
+		f.Add(s)
+	}
+	c := Config{"A": "y", "B": "m"}
+	f.Fuzz(func(t *testing.T, s string) {
+		e, err := ParseExpr(s)
+		if err != nil {
+			return
+		}
+		v := e.eval(c)
+		// The rendered form parses back to an expression of equal value.
+		e2, err := ParseExpr(e.String())
+		if err != nil {
+			t.Fatalf("%q renders as %q which does not parse: %v", s, e.String(), err)
+		}
+		if e2.eval(c) != v {
+			t.Fatalf("%q and its rendering %q differ", s, e.String())
+		}
+		_ = unmet(e, 2, c)
+	})
 }
