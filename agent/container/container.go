@@ -266,7 +266,15 @@ func (c *Container) Pause() error {
 	if c.state != StateRunning && c.state != StateCreated {
 		return fmt.Errorf("container %q is %v, cannot pause: %w", c.id, c.state, ErrState)
 	}
-	if err := c.lc.Pause(); err != nil {
+	// The cgroup v1 freezer gives up after a bounded number of polls when
+	// the machine is busy; libcontainer thaws again on failure, so retry.
+	var err error
+	for range pauseAttempts {
+		if err = c.lc.Pause(); err == nil {
+			break
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("unable to pause container %q: %w", c.id, err)
 	}
 	c.state = StatePaused
@@ -422,6 +430,9 @@ func removeTimeout(ctx context.Context, timeout time.Duration) (context.Context,
 	}
 	return context.WithTimeout(ctx, timeout)
 }
+
+// pauseAttempts bounds Pause's retries of a freeze that did not settle.
+const pauseAttempts = 3
 
 // maxSignal is SIGRTMAX on Linux.
 const maxSignal = 64

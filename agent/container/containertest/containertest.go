@@ -95,13 +95,13 @@ func Take(cgroupParent string) Snapshot {
 	return s
 }
 
-// Diff describes how now differs from s ("" when equal).
+// Diff describes what now holds more than s ("" when nothing).
 func (s Snapshot) Diff(now Snapshot) string {
 	var d []string
-	if s.Mounts != now.Mounts {
+	if now.Mounts > s.Mounts {
 		d = append(d, fmt.Sprintf("mounts %d -> %d", s.Mounts, now.Mounts))
 	}
-	if s.FDs != now.FDs {
+	if now.FDs > s.FDs {
 		d = append(d, fmt.Sprintf("fds %d -> %d", s.FDs, now.FDs))
 	}
 	if len(now.Children) > len(s.Children) {
