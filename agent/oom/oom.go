@@ -85,6 +85,20 @@ func (w *Watcher) Watch(containerID, cgroupPath string, v2 bool) error {
 	return nil
 }
 
+// WatchPaths starts a watch from the map a libcontainer cgroup manager's
+// GetPaths returns (container.Config().Cgroups / (*Container).State()
+// CgroupPaths): the v1 "memory" entry when present, else the v2 unified ""
+// entry.
+func (w *Watcher) WatchPaths(containerID string, paths map[string]string) error {
+	if p := paths["memory"]; p != "" {
+		return w.Watch(containerID, p, false)
+	}
+	if p := paths[""]; p != "" {
+		return w.Watch(containerID, p, true)
+	}
+	return fmt.Errorf("oom watch %s: %w: no memory or unified entry among %d cgroup paths", containerID, ErrNoCgroup, len(paths))
+}
+
 // Unwatch stops watching containerID; events already queued stay queued.
 func (w *Watcher) Unwatch(containerID string) {
 	w.mu.Lock()

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -251,5 +252,23 @@ func TestCloseReleasesFds(t *testing.T) {
 	w.Close()
 	if n := count(); n > base {
 		t.Fatalf("%d fds open after Close, baseline %d", n, base)
+	}
+}
+
+func TestWatchPathsPicksController(t *testing.T) {
+	w := New()
+	defer w.Close()
+	v2dir := t.TempDir()
+	os.WriteFile(filepath.Join(v2dir, "memory.events"), []byte("oom_kill 0\n"), 0o644)
+	if err := w.WatchPaths("u", map[string]string{"": v2dir, "pids": "/x"}); err != nil {
+		t.Fatalf("unified: %v", err)
+	}
+	// A v1 "memory" entry wins over "" (hybrid hosts list both); this one
+	// has no memory.oom_control, which proves the v1 watcher was chosen.
+	if err := w.WatchPaths("m", map[string]string{"memory": v2dir, "": v2dir}); !errors.Is(err, ErrNoCgroup) || !strings.Contains(err.Error(), "memory.oom_control") {
+		t.Fatalf("v1 preference: %v", err)
+	}
+	if err := w.WatchPaths("none", map[string]string{"cpu": "/x"}); !errors.Is(err, ErrNoCgroup) {
+		t.Fatalf("no memory path: %v", err)
 	}
 }
