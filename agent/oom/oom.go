@@ -85,9 +85,9 @@ func (w *Watcher) Watch(containerID, cgroupPath string, v2 bool) error {
 	return nil
 }
 
-// WatchPaths starts a watch from the map a libcontainer cgroup manager's
-// GetPaths returns (container.Config().Cgroups / (*Container).State()
-// CgroupPaths): the v1 "memory" entry when present, else the v2 unified ""
+// WatchPaths starts a watch from libcontainer's cgroup path map
+// ((*libcontainer.Container).State().CgroupPaths, or a cgroup manager's
+// GetPaths()): the v1 "memory" entry when present, else the v2 unified ""
 // entry.
 func (w *Watcher) WatchPaths(containerID string, paths map[string]string) error {
 	if p := paths["memory"]; p != "" {
