@@ -141,6 +141,7 @@ func RunWith(ctx context.Context, o Options) (*Result, error) {
 	log, lv := console.NewLogger(slog.LevelDebug, consoleSink, res.LogStream)
 	res.Logger, res.Level = log, lv
 	shutdown.SetLogger(log)
+	shutdown.OnFinal(func() { consoleSink.Flush(time.Second) })
 
 	if !stage2 {
 		base := mounts.Base()

@@ -212,3 +212,16 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("condition not reached")
 }
+
+func TestSinkFlush(t *testing.T) {
+	g := &gate{open: make(chan struct{})}
+	s := NewSink(g, 0)
+	s.Write([]byte("a\n"))
+	if s.Flush(50 * time.Millisecond) {
+		t.Fatal("flush reported done while the writer is blocked")
+	}
+	close(g.open)
+	if !s.Flush(time.Second) || g.String() != "a\n" {
+		t.Fatalf("flush: %q", g.String())
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // DefaultSinkBytes bounds a Sink's queue.
@@ -38,6 +39,7 @@ type Sink struct {
 	dropped uint64 // total
 	unseen  uint64 // dropped since the last notice to the reader
 	closed  bool
+	busy    bool // the loop is writing a batch
 	err     error
 	done    chan struct{}
 }
@@ -112,7 +114,7 @@ func (s *Sink) loop() {
 			return
 		}
 		batch := s.queue
-		s.queue, s.bytes = nil, 0
+		s.queue, s.bytes, s.busy = nil, 0, true
 		unseen := s.unseen
 		s.unseen = 0
 		s.mu.Unlock()
@@ -122,10 +124,31 @@ func (s *Sink) loop() {
 		for _, b := range batch {
 			if _, err := s.w.Write(b); err != nil {
 				s.mu.Lock()
-				s.closed, s.err, s.queue, s.bytes = true, err, nil, 0
+				s.closed, s.err, s.queue, s.bytes, s.busy = true, err, nil, 0, false
 				s.mu.Unlock()
 				return
 			}
 		}
+		s.mu.Lock()
+		s.busy = false
+		s.mu.Unlock()
+	}
+}
+
+// Flush waits until everything queued so far was written, at most timeout
+// (the power-off path uses it so the last lines reach the console).
+func (s *Sink) Flush(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		s.mu.Lock()
+		idle := (len(s.queue) == 0 && !s.busy) || s.closed
+		s.mu.Unlock()
+		if idle {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

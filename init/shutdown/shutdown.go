@@ -41,6 +41,17 @@ const (
 // ErrNotPID1 is returned by PowerOff and Reboot outside PID 1.
 var ErrNotPID1 = errors.New("not PID 1: refusing to power off the machine")
 
+// finals run just before reboot(2), after the last log line.
+var finals []func()
+
+// OnFinal registers fn to run right before reboot(2) (e.g. flushing the
+// console log). It must not block for long.
+func OnFinal(fn func()) {
+	mu.Lock()
+	finals = append(finals, fn)
+	mu.Unlock()
+}
+
 type hook struct {
 	name string
 	fn   func(context.Context) error
@@ -82,7 +93,7 @@ func Reboot(reason string) error { return down(reason, unix.LINUX_REBOOT_CMD_RES
 
 func down(reason string, cmd int) error {
 	mu.Lock()
-	log, hs := logger, append([]hook(nil), hooks...)
+	log, hs, fs := logger, append([]hook(nil), hooks...), append([]func(){}, finals...)
 	mu.Unlock()
 	isInit := pid() == 1
 	var err error = ErrNotPID1
@@ -97,6 +108,9 @@ func down(reason string, cmd int) error {
 		unmountAll(log, "/proc/self/mountinfo")
 		unix.Sync()
 		log.Info("reboot(2)", "cmd", fmt.Sprintf("%#x", cmd))
+		for _, f := range fs {
+			f()
+		}
 		err = rebootFn(cmd)
 	})
 	if isInit && err == ErrNotPID1 {

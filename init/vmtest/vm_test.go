@@ -164,7 +164,7 @@ func TestSwitchRootToPmemDAX(t *testing.T) {
 	if m == nil || m[1] != "false" {
 		t.Fatalf("no READY line with initramfs=false:\n%s", log)
 	}
-	root := regexp.MustCompile(`KEEL ROOT .* / / (\S+) .* - (\S+) (\S+) (\S+)`).FindAllStringSubmatch(log, -1)
+	root := regexp.MustCompile(`KEEL ROOT \S+ \S+ \S+ \S+ / (\S+)[^-]* - (\S+) (\S+) (\S+)`).FindAllStringSubmatch(log, -1)
 	if len(root) == 0 {
 		t.Fatalf("no root line:\n%s", log)
 	}
