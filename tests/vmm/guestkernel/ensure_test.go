@@ -73,6 +73,16 @@ func TestEnsureDebianKernel(t *testing.T) {
 		t.Logf("modules are uncompressed .ko")
 	}
 
+	start = time.Now()
+	vmlinux, err := k.VmlinuxPath(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hasPVHNote(vmlinux); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("PVH vmlinux %s ready in %v", vmlinux, time.Since(start))
+
 	root := t.TempDir()
 	paths, err := k.InstallModules(ctx, root, mods)
 	if err != nil {

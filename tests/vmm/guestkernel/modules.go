@@ -315,12 +315,11 @@ func openModule(ctx context.Context, p string) (io.ReadCloser, error) {
 	case strings.HasSuffix(p, ".ko"):
 		return f, nil
 	case strings.HasSuffix(p, ".ko.gz"):
-		zr, err := gzip.NewReader(f)
+		r, err := gzipReader(f)
 		if err != nil {
-			f.Close()
 			return nil, fmt.Errorf("module %s: %w", p, err)
 		}
-		return &gzipModule{zr, f}, nil
+		return r, nil
 	case strings.HasSuffix(p, ".ko.xz"):
 		return toolReader(ctx, f, "xz", "-dc")
 	case strings.HasSuffix(p, ".ko.zst"):
@@ -328,6 +327,16 @@ func openModule(ctx context.Context, p string) (io.ReadCloser, error) {
 	}
 	f.Close()
 	return nil, fmt.Errorf("module %s: not a .ko, .ko.gz, .ko.xz or .ko.zst file", p)
+}
+
+// gzipReader decompresses f; closing it closes f.
+func gzipReader(f *os.File) (io.ReadCloser, error) {
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &gzipModule{zr, f}, nil
 }
 
 type gzipModule struct {

@@ -18,10 +18,16 @@ import (
 // content is a .modinfo section holding the given key=value strings.
 func fakeModule(t *testing.T, kv ...string) []byte {
 	t.Helper()
-	shstr := []byte("\x00.shstrtab\x00.modinfo\x00")
-	info := []byte(strings.Join(kv, "\x00") + "\x00")
+	return fakeELF(t, 1, ".modinfo", 1, []byte(strings.Join(kv, "\x00")+"\x00"))
+}
+
+// fakeELF returns an x86-64 ELF64 file of the given e_type with one section
+// (name, sh_type, data) besides the section name table.
+func fakeELF(t *testing.T, etype uint16, name string, stype uint32, data []byte) []byte {
+	t.Helper()
+	shstr := []byte("\x00.shstrtab\x00" + name + "\x00")
 	const ehsize, shentsize = 64, 64
-	shoff := ehsize + len(shstr) + len(info)
+	shoff := ehsize + len(shstr) + len(data)
 	var b bytes.Buffer
 	b.Write([]byte{0x7f, 'E', 'L', 'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 	hdr := struct {
@@ -31,10 +37,10 @@ func fakeModule(t *testing.T, kv ...string) []byte {
 		Flags                      uint32
 		Ehsize, Phentsize, Phnum   uint16
 		Shentsize, Shnum, Shstrndx uint16
-	}{1, 62, 1, 0, 0, uint64(shoff), 0, ehsize, 0, 0, shentsize, 3, 1}
+	}{etype, 62, 1, 0, 0, uint64(shoff), 0, ehsize, 0, 0, shentsize, 3, 1}
 	must(t, binary.Write(&b, binary.LittleEndian, hdr))
 	b.Write(shstr)
-	b.Write(info)
+	b.Write(data)
 	type shdr struct {
 		Name, Type             uint32
 		Flags, Addr, Off, Size uint64
@@ -44,7 +50,7 @@ func fakeModule(t *testing.T, kv ...string) []byte {
 	for _, s := range []shdr{
 		{},
 		{Name: 1, Type: 3, Off: ehsize, Size: uint64(len(shstr)), Addralign: 1},
-		{Name: 11, Type: 1, Flags: 2, Off: uint64(ehsize + len(shstr)), Size: uint64(len(info)), Addralign: 1},
+		{Name: 11, Type: stype, Flags: 2, Off: uint64(ehsize + len(shstr)), Size: uint64(len(data)), Addralign: 1},
 	} {
 		must(t, binary.Write(&b, binary.LittleEndian, s))
 	}

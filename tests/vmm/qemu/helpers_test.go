@@ -24,6 +24,7 @@ var shared struct {
 
 	once    sync.Once
 	kernel  *guestkernel.Kernel
+	vmlinux string // PVH-bootable ELF: no in-guest XZ decompression
 	initBin string
 	err     error
 }
@@ -78,9 +79,20 @@ func qemuChildren() []int {
 	return pids
 }
 
+// testGuest is what a VM test boots.
+type testGuest struct {
+	*guestkernel.Kernel
+	// Image is the kernel to pass as Config.Kernel: Debian's kernel as an
+	// uncompressed ELF (booted via PVH, ~2x faster under TCG than the
+	// XZ bzImage).
+	Image string
+	// Init is the static test /init binary.
+	Init string
+}
+
 // guest returns the Debian kernel and the static test /init, skipping the
 // test when QEMU is missing.
-func guest(t *testing.T) (*guestkernel.Kernel, string) {
+func guest(t *testing.T) testGuest {
 	t.Helper()
 	if !Available() {
 		t.Skip("qemu-system-x86_64 not installed")
@@ -91,12 +103,15 @@ func guest(t *testing.T) (*guestkernel.Kernel, string) {
 		if shared.kernel, shared.err = guestkernel.Ensure(ctx); shared.err != nil {
 			return
 		}
+		if shared.vmlinux, shared.err = shared.kernel.VmlinuxPath(ctx); shared.err != nil {
+			return
+		}
 		shared.initBin, shared.err = buildInit(ctx, shared.dir)
 	})
 	if shared.err != nil {
 		t.Fatal(shared.err)
 	}
-	return shared.kernel, shared.initBin
+	return testGuest{shared.kernel, shared.vmlinux, shared.initBin}
 }
 
 // buildInit compiles testdata/guestinit as a static binary.

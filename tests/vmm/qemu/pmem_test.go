@@ -31,17 +31,17 @@ func pmemFile(t *testing.T, sig string) string {
 // the initramfs and checks that each guest device shows its backing file's
 // content through the expected driver.
 func TestPmemAndDiskInGuest(t *testing.T) {
-	k, initBin := guest(t)
+	g := guest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
 	// virtio_pmem needs the PCI transport, which is a module in Debian.
-	mods, err := k.ModulesFor(append([]string{"virtio_pci", "virtio_blk"}, guestkernel.PmemModules...)...)
+	mods, err := g.ModulesFor(append([]string{"virtio_pci", "virtio_blk"}, guestkernel.PmemModules...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	staging := t.TempDir()
-	paths, err := k.InstallModules(ctx, staging, mods)
+	paths, err := g.InstallModules(ctx, staging, mods)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,8 +54,8 @@ func TestPmemAndDiskInGuest(t *testing.T) {
 		cpio.Bytes("etc/keeltest/dev-count", []byte("3\n"), 0o644))
 
 	vm := launch(t, Config{
-		Kernel: k.VmlinuzPath,
-		Initrd: initramfs(t, initBin, extra...),
+		Kernel: g.Image,
+		Initrd: initramfs(t, g.Init, extra...),
 		Append: cmdline + "devices",
 		Pmem: []PmemDevice{
 			{Path: pmemFile(t, "KEEL-NVDIMM-SIG"), Kind: NVDIMM, ReadOnly: true},

@@ -19,10 +19,10 @@ import (
 )
 
 func TestBootMarkerAndPowerOff(t *testing.T) {
-	k, initBin := guest(t)
+	g := guest(t)
 	vm := launch(t, Config{
-		Kernel: k.VmlinuzPath,
-		Initrd: initramfs(t, initBin),
+		Kernel: g.Image,
+		Initrd: initramfs(t, g.Init),
 		Append: cmdline + "poweroff",
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -34,19 +34,30 @@ func TestBootMarkerAndPowerOff(t *testing.T) {
 	if err := vm.Wait(); err != nil {
 		t.Fatalf("qemu did not exit cleanly after guest power-off: %v", err)
 	}
+	// QEMU reports the guest-initiated power-off as a SHUTDOWN event before
+	// it closes the QMP socket (and with it the events channel).
+	sawShutdown := false
+	for ev := range vm.QMP().Events() {
+		if ev.Name == "SHUTDOWN" {
+			sawShutdown = strings.Contains(string(ev.Data), `"guest": true`) || strings.Contains(string(ev.Data), `"guest":true`)
+		}
+	}
+	if !sawShutdown {
+		t.Error("no SHUTDOWN event with guest=true on QMP")
+	}
 	m := regexp.MustCompile(`KEEL-TEST-MARKER mode=poweroff uptime=([0-9.]+)`).FindStringSubmatch(vm.SerialLog())
 	if m == nil {
 		t.Fatalf("marker line malformed:\n%s", vm.SerialLog())
 	}
 	t.Logf("kernel %s: marker %.2fs after QEMU start (guest uptime %ss), exit after %.2fs",
-		k.Version, boot.Seconds(), m[1], time.Since(vm.Started()).Seconds())
+		g.Version, boot.Seconds(), m[1], time.Since(vm.Started()).Seconds())
 }
 
 func TestQMPStatusAndCloseCleansUp(t *testing.T) {
-	k, initBin := guest(t)
+	g := guest(t)
 	vm, err := Launch(context.Background(), Config{
-		Kernel: k.VmlinuzPath,
-		Initrd: initramfs(t, initBin),
+		Kernel: g.Image,
+		Initrd: initramfs(t, g.Init),
 		Append: cmdline + "sleep",
 	})
 	if err != nil {
@@ -98,11 +109,11 @@ func TestQMPStatusAndCloseCleansUp(t *testing.T) {
 }
 
 func TestSIGKILLDetectedByWait(t *testing.T) {
-	k, initBin := guest(t)
+	g := guest(t)
 	dir := filepath.Join(t.TempDir(), "vm")
 	vm := launch(t, Config{
-		Kernel: k.VmlinuzPath,
-		Initrd: initramfs(t, initBin),
+		Kernel: g.Image,
+		Initrd: initramfs(t, g.Init),
 		Append: cmdline + "sleep",
 		Dir:    dir,
 	})
@@ -132,10 +143,10 @@ func TestSIGKILLDetectedByWait(t *testing.T) {
 }
 
 func TestLaunchFailureLeavesNothing(t *testing.T) {
-	k, _ := guest(t)
+	g := guest(t)
 	dir := filepath.Join(t.TempDir(), "vm")
 	_, err := Launch(context.Background(), Config{
-		Kernel:    k.VmlinuzPath,
+		Kernel:    g.Image,
 		Dir:       dir,
 		ExtraArgs: []string{"-device", "no-such-device-keel"},
 	})
@@ -167,9 +178,9 @@ func TestPdeathsigChild(t *testing.T) {
 }
 
 func TestPdeathsigKillsQEMU(t *testing.T) {
-	k, _ := guest(t)
+	g := guest(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPdeathsigChild$", "-test.v")
-	cmd.Env = append(os.Environ(), childEnv+"="+k.VmlinuzPath)
+	cmd.Env = append(os.Environ(), childEnv+"="+g.VmlinuzPath)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -220,9 +231,9 @@ func isZombie(pid int) bool {
 }
 
 func TestLaunchWithoutVsockBackendFails(t *testing.T) {
-	k, _ := guest(t)
+	g := guest(t)
 	sock := filepath.Join(t.TempDir(), "no-backend.sock")
-	_, err := Launch(context.Background(), Config{Kernel: k.VmlinuzPath, VhostUserVsockSocket: sock})
+	_, err := Launch(context.Background(), Config{Kernel: g.Image, VhostUserVsockSocket: sock})
 	if err == nil {
 		t.Fatal("Launch succeeded without a vhost-user backend listening")
 	}
@@ -232,10 +243,10 @@ func TestLaunchWithoutVsockBackendFails(t *testing.T) {
 }
 
 func TestHotplugOnRootPort(t *testing.T) {
-	k, initBin := guest(t)
+	g := guest(t)
 	vm := launch(t, Config{
-		Kernel:        k.VmlinuzPath,
-		Initrd:        initramfs(t, initBin),
+		Kernel:        g.Image,
+		Initrd:        initramfs(t, g.Init),
 		Append:        cmdline + "sleep",
 		PCIeRootPorts: 2,
 	})
