@@ -305,3 +305,54 @@ func TestSandboxDNSAndPidns(t *testing.T) {
 		t.Errorf("output in shared pidns: %q", out)
 	}
 }
+
+type fakeOOM struct {
+	watched   map[string]map[string]string
+	unwatched []string
+}
+
+func (f *fakeOOM) WatchPaths(id string, p map[string]string) error { f.watched[id] = p; return nil }
+func (f *fakeOOM) Unwatch(id string)                               { f.unwatched = append(f.unwatched, id) }
+
+func TestOOMWatchHook(t *testing.T) {
+	f := &fakeOOM{watched: map[string]map[string]string{}}
+	no := false
+	s, err := New(Config{StateRoot: t.TempDir(), CgroupParent: "/keel-test", NoPivotRoot: &no, OOM: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("oom"), Spec: testSpec("/bin/true"), IO: newIO(t, false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := f.watched[c.ID()]["memory"]; !strings.HasSuffix(p, "/keel-test/"+c.ID()) {
+		t.Errorf("memory cgroup path %q", p)
+	}
+	if err := s.Destroy(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.unwatched) != 1 || f.unwatched[0] != c.ID() {
+		t.Errorf("unwatched %v", f.unwatched)
+	}
+}
+
+func TestRootIsInitramfs(t *testing.T) {
+	for _, tc := range []struct {
+		magic     int64
+		mountinfo string
+		want      bool
+	}{
+		{unix.RAMFS_MAGIC, "1 1 0:2 / / rw - rootfs rootfs rw\n", true},
+		{unix.TMPFS_MAGIC, "1 1 0:2 / / rw shared:1 - rootfs none rw\n21 1 0:5 / /proc rw - proc proc rw\n", true},
+		{unix.TMPFS_MAGIC, "27 1 0:30 / / rw - tmpfs tmpfs rw\n", false},
+		{0xEF53, "27 1 254:0 / / rw - ext4 /dev/vda rw\n", false},
+		{unix.RAMFS_MAGIC, "garbage\n- -\n", false},
+	} {
+		if got := rootIsInitramfs(tc.magic, strings.NewReader(tc.mountinfo)); got != tc.want {
+			t.Errorf("%x %q: got %v", tc.magic, tc.mountinfo, got)
+		}
+	}
+	if RootIsInitramfs() {
+		t.Log("running from an initramfs")
+	}
+}

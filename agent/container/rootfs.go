@@ -2,6 +2,7 @@ package container
 
 import (
 	"bufio"
+	"io"
 	"os"
 	"strings"
 
@@ -16,17 +17,24 @@ func RootIsInitramfs() bool {
 	if err := unix.Statfs("/", &st); err != nil {
 		return false
 	}
-	if st.Type != unix.RAMFS_MAGIC && st.Type != unix.TMPFS_MAGIC {
-		return false
-	}
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return false
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
+	return rootIsInitramfs(int64(st.Type), f)
+}
+
+// rootIsInitramfs decides from /'s statfs magic and mountinfo: the
+// initramfs is a ramfs/tmpfs whose "/" entry is named "rootfs" (fstype or
+// source); a tmpfs mounted over / by switch_root is plain "tmpfs".
+func rootIsInitramfs(magic int64, mountinfo io.Reader) bool {
+	if magic != unix.RAMFS_MAGIC && magic != unix.TMPFS_MAGIC {
+		return false
+	}
+	sc := bufio.NewScanner(mountinfo)
 	for sc.Scan() {
-		// id parent major:minor root mountpoint opts ... - fstype source superopts
+		// id parent major:minor root mountpoint opts [optional...] - fstype source superopts
 		fields := strings.Fields(sc.Text())
 		if len(fields) < 5 || fields[4] != "/" {
 			continue
@@ -41,8 +49,6 @@ func RootIsInitramfs() bool {
 		if sep < 0 || sep+2 >= len(fields) {
 			continue
 		}
-		// The initramfs is "rootfs" (fstype or source); a tmpfs mounted
-		// over / by a switch_root shows as plain tmpfs.
 		if fields[sep+1] == "rootfs" || fields[sep+2] == "rootfs" {
 			return true
 		}

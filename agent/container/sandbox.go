@@ -54,7 +54,16 @@ type Config struct {
 	SetHostname bool
 	// LoadModules loads CreateSandbox's kernel modules; nil uses init/kmod.
 	LoadModules func([]kmod.ModuleSpec) error
-	Log         *slog.Logger
+	// OOM, when set, watches every container's memory cgroup from its
+	// creation to its removal (agent/oom.Watcher implements it).
+	OOM OOMWatcher
+	Log *slog.Logger
+}
+
+// OOMWatcher is the part of agent/oom.Watcher the sandbox drives.
+type OOMWatcher interface {
+	WatchPaths(containerID string, cgroupPaths map[string]string) error
+	Unwatch(containerID string)
 }
 
 // SandboxConfig is CreateSandbox's request.
@@ -319,6 +328,13 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		return nil, fmt.Errorf("unable to create container %q: %w", cc.ID, classifyStartErr(err))
 	}
 	c.init = p
+	if s.cfg.OOM != nil {
+		if st, err := lc.State(); err == nil {
+			if err := s.cfg.OOM.WatchPaths(cc.ID, st.CgroupPaths); err != nil {
+				s.log.Warn("no OOM events for container", "container_id", cc.ID, "err", err)
+			}
+		}
+	}
 
 	s.mu.Lock()
 	s.containers[cc.ID] = c
@@ -341,6 +357,9 @@ func (s *Sandbox) RemoveContainer(ctx context.Context, id string, timeout time.D
 	defer cancel()
 	if err := c.kill(ctx); err != nil {
 		return err
+	}
+	if s.cfg.OOM != nil {
+		s.cfg.OOM.Unwatch(id)
 	}
 	derr := c.destroy()
 	s.mu.Lock()
