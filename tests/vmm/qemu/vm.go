@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,6 +40,28 @@ const (
 	// logTail is how much of qemu.log / serial.log errors quote.
 	logTail = 2048
 )
+
+// tempPrefix starts the name of every VM directory Launch creates:
+// keel-vm-<owner pid>-<random>.
+const tempPrefix = "keel-vm-"
+
+// sweepStaleDirs removes VM directories left by test processes that died
+// before they could Close (Pdeathsig took care of their QEMU, but nobody
+// removed the directory). A directory whose owner pid is alive is kept.
+func sweepStaleDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), tempPrefix+"*-*"))
+	for _, d := range dirs {
+		rest := strings.TrimPrefix(filepath.Base(d), tempPrefix)
+		pidStr, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, os.ErrNotExist) {
+			_ = os.RemoveAll(d)
+		}
+	}
+}
 
 // Available reports whether the QEMU binary can be found; use it to skip
 // VM tests on machines without QEMU.
@@ -84,7 +107,8 @@ func Launch(ctx context.Context, cfg Config) (_ *VM, err error) {
 	}
 	vm := &VM{cfg: cfg, done: make(chan struct{})}
 	if cfg.Dir == "" {
-		if vm.dir, err = os.MkdirTemp("", "keel-vm-"); err != nil {
+		sweepStaleDirs()
+		if vm.dir, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", tempPrefix, os.Getpid())); err != nil {
 			return nil, fmt.Errorf("unable to create VM dir: %w", err)
 		}
 		vm.ownDir = true

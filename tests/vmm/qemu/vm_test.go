@@ -282,3 +282,32 @@ func TestHotplugOnRootPort(t *testing.T) {
 		t.Fatal("duplicate device id accepted")
 	}
 }
+
+func TestSweepStaleDirs(t *testing.T) {
+	// A dead owner: a child process that has exited and been reaped.
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := filepath.Join(os.TempDir(), fmt.Sprintf("%s%d-1", tempPrefix, cmd.Process.Pid))
+	alive := filepath.Join(os.TempDir(), fmt.Sprintf("%s%d-2", tempPrefix, os.Getppid()))
+	foreign := filepath.Join(os.TempDir(), tempPrefix+"notapid-3")
+	for _, d := range []string{dead, alive, foreign} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+	}
+	if !processGone(cmd.Process.Pid) {
+		t.Skip("pid of the exited child was reused")
+	}
+	sweepStaleDirs()
+	if _, err := os.Stat(dead); !os.IsNotExist(err) {
+		t.Errorf("dir of dead owner kept: %v", err)
+	}
+	for _, d := range []string{alive, foreign} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s removed: %v", d, err)
+		}
+	}
+}
