@@ -214,7 +214,28 @@ func classifyStartErr(err error) error {
 	return err
 }
 
-// Signal sends sig to the process execID ("" = init). When the container
+// catchesSignal reports whether pid has a handler for sig (SigCgt in
+// /proc/<pid>/status). Unknown counts as caught (no escalation).
+func catchesSignal(pid int, sig unix.Signal) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return true
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigCgt:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				return true
+			}
+			return mask&(1<<(uint(sig)-1)) != 0
+		}
+	}
+	return true
+}
+
+// Signal sends sig to the process execID ("" = init). SIGTERM to an init
+// that has no SIGTERM handler, in its own pid namespace, becomes SIGKILL
+// (as in Kata). When the container
 // shares a pid namespace (the sandbox's or the agent's), SIGKILL and SIGTERM
 // to init go to every process of the container: without a private pid
 // namespace the kernel would not take the others down with init.
@@ -225,6 +246,12 @@ func (c *Container) Signal(execID string, sig unix.Signal) error {
 	p, err := c.Process(execID)
 	if err != nil {
 		return err
+	}
+	if p.Init && c.privatePidns && sig == unix.SIGTERM && !catchesSignal(p.Pid, sig) {
+		// The kernel drops signals a pid namespace's init does not
+		// handle, so SIGTERM would never stop it: Kata's agent sends
+		// SIGKILL instead, and so do we.
+		sig = unix.SIGKILL
 	}
 	if p.Init && !c.privatePidns && (sig == unix.SIGKILL || sig == unix.SIGTERM) {
 		return c.signalAll(sig)
@@ -269,10 +296,11 @@ func (c *Container) Pause() error {
 	// The cgroup v1 freezer gives up after a bounded number of polls when
 	// the machine is busy; libcontainer thaws again on failure, so retry.
 	var err error
-	for range pauseAttempts {
+	for i := range pauseAttempts {
 		if err = c.lc.Pause(); err == nil {
 			break
 		}
+		time.Sleep(time.Duration(i+1) * 20 * time.Millisecond)
 	}
 	if err != nil {
 		return fmt.Errorf("unable to pause container %q: %w", c.id, err)
@@ -432,7 +460,7 @@ func removeTimeout(ctx context.Context, timeout time.Duration) (context.Context,
 }
 
 // pauseAttempts bounds Pause's retries of a freeze that did not settle.
-const pauseAttempts = 3
+const pauseAttempts = 8
 
 // maxSignal is SIGRTMAX on Linux.
 const maxSignal = 64

@@ -171,20 +171,16 @@ func TestCreateStartExecSignalRemove(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(cgBase, id)); err != nil {
 		t.Errorf("cgroup dir: %v", err)
 	}
+	// sleep as pid 1 has no SIGTERM handler: SIGTERM is escalated to
+	// SIGKILL, else the kernel would drop it.
 	if err := c.Signal("", unix.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	// sleep as pid 1 ignores SIGTERM (no handler): still running.
-	select {
-	case <-c.InitProcess().Done():
-		t.Fatal("pid 1 died of an unhandled SIGTERM")
-	case <-time.After(200 * time.Millisecond):
+	if st := waitStatus(t, c.InitProcess()); st.Code != 137 {
+		t.Errorf("status after SIGTERM %+v", st)
 	}
 	if err := c.Signal("", unix.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	if st := waitStatus(t, c.InitProcess()); st.Code != 137 {
-		t.Errorf("status after SIGKILL %+v", st)
+		t.Errorf("SIGKILL to an exited init: %v", err)
 	}
 	if err := s.RemoveContainer(context.Background(), id, 0); err != nil {
 		t.Fatal(err)
@@ -194,6 +190,34 @@ func TestCreateStartExecSignalRemove(t *testing.T) {
 	}
 	if _, err := s.Container(id); !errors.Is(err, ErrNotFound) {
 		t.Errorf("container after remove: %v", err)
+	}
+}
+
+func TestSignalHandledTerm(t *testing.T) {
+	// An init that traps TERM gets TERM, not an escalation.
+	s := newSandbox(t)
+	io := newIO(t, false)
+	c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("trap"), Spec: testSpec("/bin/sh", "-c", "trap 'echo term; exit 3' TERM; echo ready; while true; do sleep 0.05; done"), IO: io})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadStdout(context.Background(), 100); err != nil || string(b) != "ready\n" {
+		t.Fatalf("%q %v", b, err)
+	}
+	if err := c.Signal("", unix.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if st := waitStatus(t, c.InitProcess()); st.Code != 3 {
+		t.Errorf("status %+v, want 3 from the trap", st)
+	}
+	if out := readAll(t, io); out != "term\n" {
+		t.Errorf("output %q", out)
+	}
+	if err := c.Signal("", 0); !errors.Is(err, ErrInvalid) {
+		t.Errorf("signal 0: %v", err)
 	}
 }
 
