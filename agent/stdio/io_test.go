@@ -332,3 +332,27 @@ func TestShortWriteOnContext(t *testing.T) {
 		t.Fatalf("second write: %d, %v", n, err)
 	}
 }
+
+// The process gets blocking stdio (runtime#2467: a non-blocking stdout
+// made writers fail with EAGAIN); only the agent's ends are non-blocking.
+func TestChildSideIsBlocking(t *testing.T) {
+	s := newIO(t, Options{Stdin: true})
+	in, out, errf := s.ChildFiles()
+	flags := func(f *os.File) int {
+		rc, err := f.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fl int
+		rc.Control(func(fd uintptr) { fl, _ = unix.FcntlInt(fd, unix.F_GETFL, 0) })
+		return fl
+	}
+	for name, f := range map[string]*os.File{"stdin": in, "stdout": out, "stderr": errf} {
+		if flags(f)&unix.O_NONBLOCK != 0 {
+			t.Errorf("child %s is non-blocking", name)
+		}
+	}
+	if flags(s.stdout.f)&unix.O_NONBLOCK == 0 || flags(s.stdin.f)&unix.O_NONBLOCK == 0 {
+		t.Error("agent ends must be non-blocking (poller, deadlines)")
+	}
+}
