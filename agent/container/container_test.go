@@ -380,3 +380,54 @@ func TestRootIsInitramfs(t *testing.T) {
 		t.Log("running from an initramfs")
 	}
 }
+
+// TestRemoveTimeout: a process that cannot die in time (frozen in a child
+// freezer cgroup the container does not know about, cgroup v1) makes
+// Remove with a timeout fail with ErrTimeout and keep the container; once
+// it can die, Remove succeeds and leaves nothing.
+func TestRemoveTimeout(t *testing.T) {
+	base := "/sys/fs/cgroup/freezer/keel-test"
+	if _, err := os.Stat(base); err != nil {
+		t.Skip("no cgroup v1 freezer")
+	}
+	s := newSandbox(t)
+	c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("stuck"), Spec: testSpec("/bin/sleep", "1000"), IO: newIO(t, false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	child := filepath.Join(base, c.ID(), "stuck")
+	if err := os.Mkdir(child, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(child)
+	write := func(file, v string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(child, file), []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("cgroup.procs", strconv.Itoa(c.InitProcess().Pid))
+	write("freezer.state", "FROZEN")
+	start := time.Now()
+	err = s.RemoveContainer(context.Background(), c.ID(), 300*time.Millisecond)
+	if !errors.Is(err, ErrTimeout) || time.Since(start) > 5*time.Second {
+		t.Fatalf("remove of an unkillable container: %v after %v", err, time.Since(start))
+	}
+	if _, err := s.Container(c.ID()); err != nil {
+		t.Fatalf("container gone after a timed-out remove: %v", err)
+	}
+	write("freezer.state", "THAWED")
+	<-c.InitProcess().Done()
+	if err := os.Remove(child); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveContainer(context.Background(), c.ID(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(base, c.ID())); !os.IsNotExist(err) {
+		t.Errorf("freezer cgroup left: %v", err)
+	}
+}
