@@ -309,6 +309,7 @@ func TestShutdownTimeout(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits ShutdownTimeout")
 	}
+	t.Parallel()
 	g := newFakeGuest(t)
 	ln := g.guestListen(1025)
 	g.send(Header{Op: OpRequest, SrcPort: 6002, DstPort: 1025, BufAlloc: 1 << 20}, nil)
@@ -319,8 +320,22 @@ func TestShutdownTimeout(t *testing.T) {
 	}
 	defer hc.Close()
 	hc.SetReadBuffer(4096)
-	for range 4 {
-		g.send(Header{Op: OpRW, SrcPort: 6002, DstPort: 1025, BufAlloc: 1 << 20}, make([]byte, MaxPacketPayload))
+	// Fill the host socket: send within credit until credit stops coming
+	// back, i.e. the device's writer is blocked on the unread socket.
+	var sent, fwd uint32
+	for {
+		for BufAlloc-(sent-fwd) >= MaxPacketPayload {
+			g.send(Header{Op: OpRW, SrcPort: 6002, DstPort: 1025, BufAlloc: 1 << 20}, make([]byte, MaxPacketPayload))
+			sent += MaxPacketPayload
+		}
+		p, ok := g.recvTimeout(300 * time.Millisecond)
+		if !ok {
+			break
+		}
+		if p.Op != OpCreditUpdate {
+			t.Fatalf("got %v", p.Header)
+		}
+		fwd = p.FwdCnt
 	}
 	g.send(Header{Op: OpShutdown, SrcPort: 6002, DstPort: 1025, BufAlloc: 1 << 20, Flags: ShutdownSend | ShutdownRcv}, nil)
 	start := time.Now()
@@ -542,3 +557,56 @@ func FuzzHandleGuest(f *testing.F) {
 }
 
 func txDesc(addr uint64, n uint32) virtq.Desc { return virtq.Desc{Addr: addr, Len: n} }
+
+// A guest that never answers a REQUEST: after ConnectTimeout the host
+// client is closed without "OK" and the guest gets an RST.
+func TestConnectTimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits ConnectTimeout")
+	}
+	t.Parallel()
+	g := newFakeGuest(t)
+	c := g.hostConnect(1024)
+	req := g.recv()
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(ConnectTimeout + 5*time.Second))
+	if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+		t.Fatalf("want close without OK, got %q %v", b, err)
+	}
+	if el := time.Since(start); el < ConnectTimeout-100*time.Millisecond {
+		t.Fatalf("closed after %v, before ConnectTimeout", el)
+	}
+	if p := g.recv(); p.Op != OpRst || p.SrcPort != req.SrcPort {
+		t.Fatalf("want RST for the abandoned REQUEST, got %v", p.Header)
+	}
+	// A late RESPONSE is answered with RST, not a connection.
+	g.send(Header{Op: OpResponse, SrcPort: 1024, DstPort: req.SrcPort}, nil)
+	if p := g.recv(); p.Op != OpRst {
+		t.Fatalf("late RESPONSE: got %v", p.Header)
+	}
+}
+
+// A host client that never sends its CONNECT line is dropped after
+// HandshakeTimeout, and the guest never hears of it.
+func TestHandshakeTimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits HandshakeTimeout")
+	}
+	t.Parallel()
+	g := newFakeGuest(t)
+	c, err := net.Dial("unix", g.uds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("CONNECT 10")) // no newline
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(HandshakeTimeout + 5*time.Second))
+	if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+		t.Fatalf("want close, got %q %v", b, err)
+	}
+	if el := time.Since(start); el < HandshakeTimeout-100*time.Millisecond {
+		t.Fatalf("closed after %v, before HandshakeTimeout", el)
+	}
+	g.expectNone(10 * time.Millisecond)
+}
