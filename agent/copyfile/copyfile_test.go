@@ -245,3 +245,33 @@ func FuzzValidatePath(f *testing.F) {
 		}
 	})
 }
+
+func TestConcurrentTransfers(t *testing.T) {
+	h, root := newHandler(t)
+	const files, size, chunk = 8, 256 << 10, 32 << 10
+	errs := make(chan error, files)
+	for i := 0; i < files; i++ {
+		go func() {
+			data := bytes.Repeat([]byte{byte(i)}, size)
+			for off := 0; off < size; off += chunk {
+				if err := call(h, &pb.CopyFileRequest{Path: filepath.Join(root, "c", string(rune('a'+i))),
+					FileSize: size, FileMode: 0o644, Offset: int64(off), Data: data[off : off+chunk]}); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for i := 0; i < files; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < files; i++ {
+		b, err := os.ReadFile(filepath.Join(root, "c", string(rune('a'+i))))
+		if err != nil || !bytes.Equal(b, bytes.Repeat([]byte{byte(i)}, size)) {
+			t.Fatalf("file %d: %d bytes, %v", i, len(b), err)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,10 +16,15 @@ type Copier struct {
 	// Root is the directory requests are confined to; empty means
 	// DefaultRoot. It is created if missing.
 	Root string
+
+	// mu serialises requests: two chunks of one file racing on the same
+	// temporary (or a chunk racing the final rename) would corrupt it, and
+	// the host sends them one at a time anyway.
+	mu sync.Mutex
 }
 
 func (c *Copier) root() string {
-	if c == nil || c.Root == "" {
+	if c.Root == "" {
 		return DefaultRoot
 	}
 	return filepath.Clean(c.Root)
@@ -35,6 +41,8 @@ func (c *Copier) Copy(r *Request) error {
 	if err != nil {
 		return err
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return fmt.Errorf("unable to create %s: %w", root, err)
 	}
