@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/keelvm/keel/rootfs-builder/oci"
 )
@@ -33,7 +34,7 @@ func (OCI) Build(ctx context.Context, dir string, opts Options) (*Result, error)
 	}
 	res := &Result{}
 	for _, l := range img.Layers {
-		res.Inputs = append(res.Inputs, Input{Role: "layer", Path: l.Name, SHA256: l.Digest, Note: img.Format})
+		res.Inputs = append(res.Inputs, Input{Role: "layer", Path: opts.OCI + ":" + l.Name, SHA256: strings.TrimPrefix(l.Digest, "sha256:"), Note: img.Format})
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
