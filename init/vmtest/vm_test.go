@@ -119,7 +119,8 @@ func TestBootFromInitramfs(t *testing.T) {
 	log, ready := boot(t, qemu.Config{
 		Kernel: k.VmlinuzPath,
 		Initrd: initramfs(t, k, bin, "virtio_pci", "vmw_vsock_virtio_transport"),
-		Append: baseCmdline + " agent.modules=virtio_pci,vmw_vsock_virtio_transport",
+		// cgroup v1 here; the switch-root test covers the v2 default.
+		Append: baseCmdline + " agent.modules=virtio_pci,vmw_vsock_virtio_transport systemd.unified_cgroup_hierarchy=0",
 	})
 	m := readyRE.FindStringSubmatch(log)
 	if m == nil || m[1] != "true" {
@@ -128,7 +129,11 @@ func TestBootFromInitramfs(t *testing.T) {
 	if !strings.Contains(log, "KEEL ROOT") || !strings.Contains(log, " - rootfs ") {
 		t.Errorf("root is not the initramfs:\n%s", log)
 	}
-	for _, want := range []string{`"msg":"mount -t proc`, `"msg":"modules loaded"`, `"msg":"ip link set lo up"`, `"msg":"hostname keelvm"`} {
+	for _, want := range []string{`"msg":"mount -t proc`, `"msg":"modules loaded"`, `"msg":"ip link set lo up"`, `"msg":"hostname keelvm"`,
+		`"msg":"mount -t tmpfs -o nosuid,nodev,noexec,mode=0755 cgroup_root /sys/fs/cgroup"`,
+		`"msg":"mount -t cgroup -o nosuid,nodev,noexec,cpu,cpuacct cgroup /sys/fs/cgroup/cpu,cpuacct"`,
+		`"msg":"mount -t cgroup -o nosuid,nodev,noexec,memory cgroup /sys/fs/cgroup/memory"`,
+		`"msg":"echo \"-997\" > /proc/self/oom_score_adj"`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("console lacks %s", want)
 		}
@@ -174,6 +179,15 @@ func TestSwitchRootToPmemDAX(t *testing.T) {
 	}
 	if !strings.Contains(log, `"stage":"after switch_root"`) {
 		t.Errorf("stage 2 not logged:\n%s", log)
+	}
+	for _, want := range []string{`"msg":"mount -t cgroup2 -o nosuid,nodev,noexec,nsdelegate cgroup2 /sys/fs/cgroup"`,
+		`"msg":"echo \"0\" > /sys/fs/cgroup/keel-agent/cgroup.procs"`, `"msg":"echo \"33554432\" > /sys/fs/cgroup/keel-agent/memory.min"`} {
+		if !strings.Contains(log, want) {
+			t.Errorf("console lacks %s", want)
+		}
+	}
+	if strings.Contains(log, `"level":"WARN","msg":"echo`) {
+		t.Errorf("a protection step failed in the guest:\n%s", log)
 	}
 	t.Logf("READY %.2fs after QEMU start; init_start->listener_ready %.3fs (modules %.3fs, switch_root+re-exec %.3fs): %s",
 		ready.Seconds(), span(t, m[2], "init_start", "listener_ready"), span(t, m[2], "mounts_done", "modules_loaded"),
