@@ -13,6 +13,7 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -89,9 +90,11 @@ type VM struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	mu          sync.Mutex
-	serialFinal []byte // serial log kept after Close removed the dir
-	closed      bool
+	mu             sync.Mutex
+	serialFinal    []byte // serial log kept after Close removed the dir
+	closed         bool
+	shutdownReason string
+	eventsDone     chan struct{} // closed when the QMP event watcher ends
 }
 
 // Launch starts QEMU and connects to its QMP socket. ctx bounds only the
@@ -162,7 +165,52 @@ func Launch(ctx context.Context, cfg Config) (_ *VM, err error) {
 	if vm.qmp, err = vm.dialQMP(ctx); err != nil {
 		return nil, err
 	}
+	events, _ := vm.qmp.Subscribe()
+	vm.eventsDone = make(chan struct{})
+	go vm.watchEvents(events)
 	return vm, nil
+}
+
+// watchEvents records why QEMU shut down. The channel closes with the QMP
+// connection, i.e. when QEMU exits or Close runs.
+func (vm *VM) watchEvents(events <-chan qmp.Event) {
+	defer close(vm.eventsDone)
+	for ev := range events {
+		if ev.Name != "SHUTDOWN" {
+			continue
+		}
+		var d struct {
+			Reason string `json:"reason"`
+		}
+		if json.Unmarshal(ev.Data, &d) == nil {
+			vm.mu.Lock()
+			vm.shutdownReason = d.Reason
+			vm.mu.Unlock()
+		}
+	}
+}
+
+// ShutdownReason returns the reason of QEMU's SHUTDOWN event, once QEMU
+// has exited: "guest-shutdown" for a guest power-off, "guest-reset" for a
+// reboot (with -no-reboot, also how a guest panic with panic=-1 ends),
+// "host-qmp-quit" after Close, "" when QEMU died without one (killed).
+// Use it to tell a clean power-off from a panic, as both exit with 0.
+func (vm *VM) ShutdownReason() string {
+	select {
+	case <-vm.done:
+		if vm.eventsDone != nil {
+			// The event may still be in flight on the QMP socket.
+			select {
+			case <-vm.eventsDone:
+			case <-time.After(QuitTimeout):
+			}
+		}
+	default:
+		return ""
+	}
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.shutdownReason
 }
 
 // run starts cmd on a thread it never gives up until QEMU has exited, so
