@@ -13,6 +13,13 @@
 // CONFIG), SET_OWNER, RESET_OWNER, SET_MEM_TABLE, SET_VRING_NUM/ADDR/BASE/
 // KICK/CALL/ERR/ENABLE, GET_VRING_BASE, GET_QUEUE_NUM, GET_CONFIG,
 // SET_CONFIG (ignored). No dirty logging, no polling mode, no EVENT_IDX.
+//
+// Lifecycle: the back-end is started once memory is mapped and every ring
+// has a size, addresses and a kick eventfd (QEMU 7.2 sends
+// SET_VRING_ENABLE only after that, so enable state is recorded but does
+// not gate processing). GET_VRING_BASE stops and resets the back-end (the
+// driver reset or the VM stopped); a new SET_MEM_TABLE or kick fd
+// restarts it on the new configuration, resuming at the saved ring bases.
 package vhostuser
 
 import (

@@ -83,12 +83,16 @@ type Device struct {
 	closeOnce sync.Once
 	closeErr  error
 	served    chan struct{}
-	stopCtx   context.CancelFunc
 }
 
-// Start creates both sockets and serves them until Close or ctx is done.
-// On error nothing is left behind.
+// Start creates both sockets and serves them in the background until
+// Close. Like qemu.Launch, ctx bounds only the start-up (it is checked on
+// entry; nothing in Start blocks): the device outlives it. On error
+// nothing is left behind.
 func Start(ctx context.Context, cfg Config) (*Device, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("unable to start vsock device: %w", err)
+	}
 	if cfg.VhostUserSocket == "" || cfg.UDSPath == "" {
 		return nil, errors.New("unable to start vsock device: VhostUserSocket and UDSPath are required")
 	}
@@ -122,11 +126,6 @@ func Start(ctx context.Context, cfg Config) (*Device, error) {
 		defer close(d.served)
 		mux.Serve(udsLn)
 	}()
-	ctx, d.stopCtx = context.WithCancel(ctx)
-	go func() {
-		<-ctx.Done()
-		d.Close()
-	}()
 	return d, nil
 }
 
@@ -148,7 +147,6 @@ func removeStaleSocket(path string) error {
 // connection is dropped and all goroutines have exited when it returns.
 func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
-		d.stopCtx()
 		err1 := d.srv.Close()
 		err2 := d.udsLn.Close()
 		<-d.served

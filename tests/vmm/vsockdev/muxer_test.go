@@ -2,10 +2,12 @@ package vsockdev
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -496,6 +498,31 @@ func TestStartCloseRemovesSockets(t *testing.T) {
 	noLeftoverSockets(t, dir)
 	if _, err := Start(t.Context(), Config{VhostUserSocket: dir + "/a", GuestCID: 2, UDSPath: dir + "/b"}); err == nil {
 		t.Fatal("CID 2 accepted")
+	}
+	// A busy vhost-user path rolls back the hybrid socket already made.
+	os.Mkdir(dir+"/busy", 0o755)
+	if _, err := Start(t.Context(), Config{VhostUserSocket: dir + "/busy", UDSPath: dir + "/b"}); err == nil {
+		t.Fatal("directory accepted as socket path")
+	}
+	os.Remove(dir + "/busy")
+	noLeftoverSockets(t, dir)
+	// ctx bounds only the start-up.
+	ctx, cancel := context.WithCancel(t.Context())
+	d, err = Start(ctx, Config{VhostUserSocket: dir + "/vhost.sock", UDSPath: dir + "/vsock"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	time.Sleep(20 * time.Millisecond)
+	if c, err := net.Dial("unix", dir+"/vsock"); err != nil {
+		t.Fatalf("device stopped with its start-up context: %v", err)
+	} else {
+		c.Close()
+	}
+	d.Close()
+	noLeftoverSockets(t, dir)
+	if _, err := Start(ctx, Config{VhostUserSocket: dir + "/vhost.sock", UDSPath: dir + "/vsock"}); err == nil {
+		t.Fatal("Start with a cancelled context succeeded")
 	}
 	noLeftoverSockets(t, dir)
 }
