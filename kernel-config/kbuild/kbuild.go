@@ -8,7 +8,7 @@
 //
 // Build: Configure, then `make <image>` in an object directory shared per
 // architecture (so a changed fragment rebuilds incrementally), and copies
-// the image, .config and a manifest into <cache>/<digest>/, where digest
+// the image, vmlinux, .config and a manifest into <cache>/<digest>/, where digest
 // covers the requested options, the architecture and the source version.
 // A complete output directory is reused as is.
 package kbuild
@@ -273,6 +273,10 @@ func Build(ctx context.Context, o Options, cache string, jobs int) (string, *Man
 		return "", nil, err
 	}
 	if err := copyFile(cfg.Path, filepath.Join(tmp, "config")); err != nil {
+		return "", nil, err
+	}
+	// The ELF kernel, for VMMs that boot it through the PVH entry point.
+	if err := copyFile(filepath.Join(objDir, "vmlinux"), filepath.Join(tmp, "vmlinux")); err != nil {
 		return "", nil, err
 	}
 	st, err := os.Stat(filepath.Join(tmp, img))
