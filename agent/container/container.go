@@ -13,6 +13,7 @@ import (
 
 	"github.com/keelvm/keel/agent/ociconv"
 	"github.com/keelvm/keel/agent/stdio"
+	"github.com/keelvm/keel/init/reaper"
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -174,8 +175,14 @@ func (c *Container) Start() error {
 }
 
 // Exec starts another process in the running container. A program that
-// does not exist fails here, at once (kata-containers#8026).
+// does not exist fails here, at once (kata-containers#8026). The process
+// owns io from now on: it is closed when Exec fails.
 func (c *Container) Exec(execID string, sp *specs.Process, io *stdio.IO) (_ *Process, retErr error) {
+	defer func() {
+		if retErr != nil && io != nil {
+			io.Close()
+		}
+	}()
 	if err := ValidateID("exec_id", execID); err != nil {
 		return nil, err
 	}
@@ -427,7 +434,7 @@ func (c *Container) kill(ctx context.Context) error {
 // destroy releases libcontainer's resources (cgroup, state dir) and the
 // stdio of every process; the processes must be gone.
 func (c *Container) destroy() error {
-	err := c.lc.Destroy()
+	err := destroyLocked(c.lc)
 	c.mu.Lock()
 	c.state = StateRemoved
 	procs := []*Process{c.init}
@@ -448,6 +455,14 @@ func (c *Container) destroy() error {
 		return fmt.Errorf("unable to destroy container %q: %w", c.id, err)
 	}
 	return nil
+}
+
+// destroyLocked runs libcontainer's Destroy with the reaper locked:
+// poststop hooks run there through os/exec, which waits its own child.
+func destroyLocked(lc *libcontainer.Container) error {
+	reaper.Lock()
+	defer reaper.Unlock()
+	return lc.Destroy()
 }
 
 // removeTimeout turns RemoveContainer's timeout (seconds; 0 = no limit)

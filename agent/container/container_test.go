@@ -431,3 +431,29 @@ func TestRemoveTimeout(t *testing.T) {
 		t.Errorf("freezer cgroup left: %v", err)
 	}
 }
+
+// TestHooks: OCI hooks run by libcontainer through os/exec are not robbed
+// of their child by the reaper (create, poststart under the start lock,
+// poststop under the destroy lock).
+func TestHooks(t *testing.T) {
+	s := newSandbox(t)
+	log := filepath.Join(t.TempDir(), "hooks.log")
+	hook := func(name string) []specs.Hook {
+		return []specs.Hook{{Path: "/bin/sh", Args: []string{"sh", "-c", "echo " + name + " >> " + log}}}
+	}
+	spec := testSpec("/bin/true")
+	spec.Hooks = &specs.Hooks{CreateRuntime: hook("createRuntime"), Poststart: hook("poststart"), Poststop: hook("poststop")}
+	for i := range 3 {
+		_, st, c := run(t, s, spec)
+		if st.Code != 0 {
+			t.Fatal(st)
+		}
+		if err := s.RemoveContainer(context.Background(), c.ID(), 0); err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+	}
+	b, _ := os.ReadFile(log)
+	if want := strings.Repeat("createRuntime\npoststart\npoststop\n", 3); string(b) != want {
+		t.Errorf("hook log %q, want %q", b, want)
+	}
+}

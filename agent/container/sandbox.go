@@ -322,7 +322,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	p, err := startProcess(lc, lp, execID, cc.IO, c.initExited)
 	if err != nil {
 		// libcontainer killed and waited its init; remove cgroup and state.
-		if derr := lc.Destroy(); derr != nil {
+		if derr := destroyLocked(lc); derr != nil {
 			s.log.Warn("rollback of failed create", "container_id", cc.ID, "err", derr)
 		}
 		return nil, fmt.Errorf("unable to create container %q: %w", cc.ID, classifyStartErr(err))

@@ -268,8 +268,7 @@ func (r *RPC) ExecProcess(ctx context.Context, req *pb.ExecProcessRequest) (*emp
 	if err != nil {
 		return nil, err
 	}
-	if _, err := c.Exec(req.ExecId, sp, s); err != nil {
-		s.Close()
+	if _, err := c.Exec(req.ExecId, sp, s); err != nil { // closes s
 		return nil, toStatus(err)
 	}
 	return empty, nil
