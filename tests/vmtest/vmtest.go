@@ -194,8 +194,14 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 		cmdline = append(cmdline, "agent.modules="+strings.Join(mods, ","))
 	}
 	cmdline = append(cmdline, cfg.Append...)
+	// The uncompressed vmlinux boots through PVH, skipping the bzImage
+	// decompressor: 2-2.5x faster to init under TCG.
+	kernel, err := g.Kernel.VmlinuxPath(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("unable to get an uncompressed guest kernel: %w", err)
+	}
 	g.VM, err = qemu.Launch(ctx, qemu.Config{
-		Kernel:               g.Kernel.VmlinuzPath,
+		Kernel:               kernel,
 		Initrd:               initrd,
 		Append:               strings.Join(cmdline, " "),
 		MemoryMiB:            cfg.MemoryMiB,
