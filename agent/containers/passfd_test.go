@@ -94,4 +94,3 @@ func TestPassFDStdio(t *testing.T) {
 		t.Error("container created despite the failed stdio")
 	}
 }
-
