@@ -197,7 +197,7 @@ func RunWith(ctx context.Context, o Options) (*Result, error) {
 		if cfg.Root != "" {
 			// Returns only on failure: on success the new init continues
 			// at stage 2.
-			return res, switchRoot(cfg, log)
+			return res, switchRoot(cfg, log, func() { consoleSink.Flush(time.Second) })
 		}
 	}
 
@@ -273,7 +273,9 @@ func setupConsole() error {
 	return nil
 }
 
-func switchRoot(cfg cmdline.Config, log *slog.Logger) error {
+// switchRoot mounts the root device, switches to it and re-execs; flush
+// drains the console log first (exec would drop queued lines).
+func switchRoot(cfg cmdline.Config, log *slog.Logger, flush func()) error {
 	self, _ := os.Executable()
 	fstype, data, err := switchroot.MountRoot(switchroot.Options{
 		Device: cfg.Root, FSType: cfg.RootFSType, Flags: cfg.RootFlags, RW: cfg.RootRW,
@@ -294,6 +296,8 @@ func switchRoot(cfg cmdline.Config, log *slog.Logger) error {
 	timeline.Mark("root_switched")
 	env := append(os.Environ(), EnvStage+"="+stageSwitch, EnvTimeline+"="+timeline.Encode())
 	argv := append([]string{initPath}, os.Args[1:]...)
+	log.Info("exec", "init", initPath)
+	flush()
 	err = syscall.Exec(initPath, argv, env)
 	return fmt.Errorf("unable to exec %s in the new root: %w", initPath, err)
 }
@@ -317,7 +321,9 @@ func raiseNoFile() error {
 			n = v
 		}
 	}
-	return unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: n, Max: n})
+	// syscall.Setrlimit (not x/sys) so os/exec children inherit the new
+	// limit instead of the one the Go runtime saved at start-up.
+	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: n, Max: n})
 }
 
 // loUp is `ip link set lo up` on an explicit handle for this netns.

@@ -98,6 +98,25 @@ func (a *agent) log() string {
 	return a.stderr.String()
 }
 
+// waitLog waits (the log is written asynchronously) until the agent's
+// output contains every one of subs.
+func (a *agent) waitLog(subs ...string) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l, all := a.log(), true
+		for _, s := range subs {
+			all = all && strings.Contains(l, s)
+		}
+		if all {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func (a *agent) waitReady() string {
 	a.t.Helper()
 	select {
@@ -241,7 +260,7 @@ func TestPID1InNamespace(t *testing.T) {
 	}
 
 	// Warnings for unknown keys are logged, not fatal.
-	if !strings.Contains(a.log(), "agent.bogus") {
+	if !a.waitLog("agent.bogus") {
 		t.Error("unknown key not warned about")
 	}
 
@@ -362,8 +381,7 @@ func TestPID1SwitchRoot(t *testing.T) {
 			t.Errorf("%s not carried over to the new root:\n%s", mp, mi)
 		}
 	}
-	l := a.log()
-	if !strings.Contains(l, `"stage":"after switch_root"`) || !strings.Contains(l, "initramfs contents removed") {
+	if !a.waitLog(`"stage":"after switch_root"`, "initramfs contents removed", `"msg":"exec"`) {
 		t.Errorf("stage 2 not logged")
 	}
 	sh := a.shellAt(fmt.Sprintf("/proc/%d/root/sockets/1026.sock", a.pid), "cat /marker; echo PID=$PPID; ls /")

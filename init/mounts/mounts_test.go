@@ -130,3 +130,24 @@ func TestProtectAgent(t *testing.T) {
 		t.Errorf("v1 protect plan has %d steps", n)
 	}
 }
+
+func FuzzCgroupV1(f *testing.F) {
+	f.Add("#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t3\t1\t1\ncpuacct\t3\t1\t1\nmemory\t5\t1\t0\n")
+	f.Add("a b c 1\n../x 1 1 1\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, st := range CgroupV1(s) {
+			var p string
+			switch st := st.(type) {
+			case step.Mount:
+				p = st.Target
+			case step.Mkdir:
+				p = st.Path
+			case step.Symlink:
+				p = st.Link
+			}
+			if !strings.HasPrefix(p, CgroupRoot+"/") || strings.Contains(p, "..") || strings.Count(p, "/") != 4 {
+				t.Fatalf("step escapes %s: %s", CgroupRoot, st)
+			}
+		}
+	})
+}

@@ -96,3 +96,13 @@ short line
 		}
 	}
 }
+
+func FuzzUnescape(f *testing.F) {
+	f.Add(`a\040b\134`)
+	f.Add(`\`)
+	f.Fuzz(func(t *testing.T, s string) {
+		if u := Unescape(s); len(u) > len(s) {
+			t.Fatalf("Unescape grew %q to %q", s, u)
+		}
+	})
+}

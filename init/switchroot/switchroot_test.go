@@ -107,3 +107,12 @@ func TestRemoveTreeStaysOnOneFilesystem(t *testing.T) {
 		t.Errorf("crossed filesystems: %d", n)
 	}
 }
+
+func FuzzRootFSType(f *testing.F) {
+	f.Add("1 1 0:2 / / rw - rootfs rootfs rw\n")
+	f.Add("30 1 259:0 / / ro shared:1 - ext4 /dev/pmem0 ro,dax=always\n1 2 3 4 / 6 7 8 -")
+	f.Fuzz(func(t *testing.T, s string) {
+		_ = RootFSType(s)
+		_ = MountData(s, s, true)
+	})
+}
