@@ -12,9 +12,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // Applets are the busybox applets linked in the rootfs.
@@ -137,3 +139,37 @@ func Children() []string {
 	}
 	return out
 }
+
+// KillCgroup is a last-resort cleanup for tests: it SIGKILLs every process
+// in the container cgroup <parent>/<id> and removes its directories in every
+// mounted hierarchy. It returns how many processes it killed.
+func KillCgroup(parent, id string) int {
+	killed := 0
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", parent, id))
+	if d := filepath.Join("/sys/fs/cgroup", parent, id); dirExists(d) {
+		dirs = append(dirs, d)
+	}
+	for _, d := range dirs {
+		os.WriteFile(filepath.Join(d, "freezer.state"), []byte("THAWED"), 0o644)
+		b, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil && syscallKill(pid) == nil {
+				killed++
+			}
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, d := range dirs {
+		for os.Remove(d) != nil && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return killed
+}
+
+func dirExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+func syscallKill(pid int) error { return unix.Kill(pid, unix.SIGKILL) }

@@ -1,0 +1,166 @@
+// Package containers runs the real keel-agent binary in host mode and
+// drives containers through it over ttrpc, the way Kata's shim does: the
+// libcontainer init re-exec of the real binary, the reaper in a real PID
+// tree, and cleanup when the agent stops.
+package containers
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keelvm/keel/agent/container/containertest"
+	"github.com/keelvm/keel/protocol/client"
+	pb "github.com/keelvm/keel/protocol/grpc"
+)
+
+var agentBin, rootfs string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("skipping: container tests need root")
+		os.Exit(0)
+	}
+	dir, err := os.MkdirTemp("", "keel-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	code := func() int {
+		defer os.RemoveAll(dir)
+		agentBin = os.Getenv("KEEL_AGENT_BIN")
+		if agentBin == "" {
+			agentBin = filepath.Join(dir, "keel-agent")
+			cmd := exec.Command("go", "build", "-o", agentBin, "github.com/keelvm/keel/cmd/keel-agent")
+			cmd.Stderr = os.Stderr
+			if err := cmd.Run(); err != nil {
+				fmt.Fprintln(os.Stderr, "building keel-agent:", err)
+				return 1
+			}
+		}
+		rootfs = filepath.Join(dir, "rootfs")
+		if err := containertest.MakeRootfs(rootfs); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// pbSpec is a minimal Kata-style spec for the busybox rootfs.
+func pbSpec(args ...string) *pb.Spec {
+	return &pb.Spec{
+		Root:    &pb.Root{Path: rootfs, Readonly: true},
+		Process: &pb.Process{Args: args, Env: []string{"PATH=/bin"}, Cwd: "/", User: &pb.User{}},
+		Mounts: []*pb.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "mode=755"}},
+		},
+		Linux: &pb.Linux{Namespaces: []*pb.LinuxNamespace{{Type: "pid"}, {Type: "mount"}, {Type: "uts"}, {Type: "ipc"}, {Type: "network"}}},
+	}
+}
+
+func TestAgentRunsContainers(t *testing.T) {
+	dir := t.TempDir()
+	addr := "unix://" + filepath.Join(dir, "agent.sock")
+	var log bytes.Buffer
+	agent := exec.Command(agentBin, "--addr", addr, "--state-root", filepath.Join(dir, "state"))
+	agent.Stdout, agent.Stderr = &log, &log
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		agent.Process.Signal(os.Interrupt)
+		done := make(chan error, 1)
+		go func() { done <- agent.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			agent.Process.Kill()
+			<-done
+			t.Error("agent did not stop within 10s")
+		}
+	}
+	id := fmt.Sprintf("e2e-%d", os.Getpid())
+	defer func() {
+		stop()
+		// Never leave a container behind, whatever failed.
+		for _, cid := range []string{id, id + "-left"} {
+			if n := containertest.KillCgroup("keel", cid); n > 0 {
+				t.Errorf("killed %d processes of %s left behind", n, cid)
+			}
+		}
+		if t.Failed() {
+			t.Logf("agent log:\n%s", log.String())
+		}
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a := c.Agent
+	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: id, OCI: pbSpec("/bin/sleep", "1000")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id}); err != nil {
+		t.Fatal(err)
+	}
+	p := &pb.Process{Args: []string{"/bin/sh", "-c", "echo pid1=$(cat /proc/1/comm); exit 9"}, Env: []string{"PATH=/bin"}, Cwd: "/", User: &pb.User{}}
+	if _, err := a.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: id, ExecId: "x", Process: p}); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	for {
+		r, err := a.ReadStdout(ctx, &pb.ReadStreamRequest{ContainerId: id, ExecId: "x", Len: 4096})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Data) == 0 {
+			break
+		}
+		out.Write(r.Data)
+	}
+	w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: id, ExecId: "x"})
+	if err != nil || w.Status != 9 || out.String() != "pid1=sleep\n" {
+		t.Fatalf("exec: status %v %v, stdout %q", w, err, out.String())
+	}
+
+	// A second container is left running: DestroySandbox removes it.
+	id2 := id + "-left"
+	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: id2, OCI: pbSpec("/bin/sleep", "1000")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: id, Timeout: 10}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.DestroySandbox(ctx, &pb.DestroySandboxRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, cid := range []string{id, id2} {
+		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/memory/keel", cid)); !os.IsNotExist(err) {
+			t.Errorf("cgroup of %s left after DestroySandbox: %v", cid, err)
+		}
+	}
+	stop()
+	if ch := containertest.Children(); len(ch) > 0 {
+		t.Errorf("processes left: %v", ch)
+	}
+}
