@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -262,4 +263,30 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted invalid block %+v", blk)
 		}
 	})
+}
+
+// TestWrapKeepsHoles: a mostly empty filesystem image stays sparse and its
+// data lands at the right offsets.
+func TestWrapKeepsHoles(t *testing.T) {
+	dir := t.TempDir()
+	fs := filepath.Join(dir, "fs.img")
+	f, _ := os.Create(fs)
+	f.WriteAt([]byte("head"), 0)
+	f.WriteAt([]byte("tail"), 64<<20-4)
+	f.Close()
+	out := filepath.Join(dir, "dax.img")
+	if _, err := Wrap(fs, out, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(out)
+	if st.Size() != 66<<20 {
+		t.Fatalf("size %d", st.Size())
+	}
+	if blocks := st.Sys().(*syscall.Stat_t).Blocks * 512; blocks > 8<<20 {
+		t.Errorf("wrapped image uses %d bytes on disk; holes not kept", blocks)
+	}
+	img, _ := os.ReadFile(out)
+	if string(img[2<<20:2<<20+4]) != "head" || string(img[66<<20-4:]) != "tail" {
+		t.Fatal("data not at the expected offsets")
+	}
 }

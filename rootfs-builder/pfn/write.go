@@ -5,6 +5,8 @@ import (
 	"io"
 	"os"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/keelvm/keel/rootfs-builder/internal/atomicfile"
 )
 
@@ -129,21 +131,48 @@ func Wrap(fsImage, out string, opts Options) (*InfoBlock, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := f.Seek(b.FSOffset(), io.SeekStart); err != nil {
-		return nil, err
+	// Size first, then copy only the data extents: a large, mostly empty
+	// ext4 image stays sparse in the wrapped file.
+	if err := f.Truncate(total); err != nil {
+		return nil, fmt.Errorf("unable to size %s: %w", out, err)
 	}
-	// *os.File to *os.File: io.Copy uses copy_file_range where possible.
-	n, err := io.Copy(f, in)
-	if err != nil {
+	if err := copySparse(f.File, in, b.FSOffset(), st.Size()); err != nil {
 		return nil, fmt.Errorf("unable to copy filesystem image into %s: %w", out, err)
-	}
-	if n != st.Size() {
-		return nil, fmt.Errorf("filesystem image %s changed size while copying", fsImage)
 	}
 	if err := f.Truncate(total); err != nil {
 		return nil, fmt.Errorf("unable to size %s: %w", out, err)
 	}
 	return b, f.Commit()
+}
+
+// copySparse copies src[0:size) to dst at off, skipping holes found with
+// SEEK_DATA/SEEK_HOLE (falling back to a full copy where unsupported).
+func copySparse(dst, src *os.File, off, size int64) error {
+	copyRange := func(from, to int64) error {
+		n, err := io.Copy(io.NewOffsetWriter(dst, off+from), io.NewSectionReader(src, from, to-from))
+		if err == nil && n != to-from {
+			err = fmt.Errorf("short copy: %d of %d bytes (file changed?)", n, to-from)
+		}
+		return err
+	}
+	for pos := int64(0); pos < size; {
+		data, err := unix.Seek(int(src.Fd()), pos, unix.SEEK_DATA)
+		if err == unix.ENXIO {
+			return nil // only a hole remains
+		}
+		if err != nil {
+			return copyRange(pos, size)
+		}
+		hole, err := unix.Seek(int(src.Fd()), data, unix.SEEK_HOLE)
+		if err != nil || hole > size {
+			hole = size
+		}
+		if err := copyRange(data, hole); err != nil {
+			return err
+		}
+		pos = hole
+	}
+	return nil
 }
 
 // ReadFile opens path and returns its validated info block.

@@ -14,6 +14,7 @@ import (
 	"github.com/keelvm/keel/rootfs-builder/build"
 	"github.com/keelvm/keel/rootfs-builder/cpio"
 	"github.com/keelvm/keel/rootfs-builder/image"
+	"github.com/keelvm/keel/rootfs-builder/pfn"
 	"github.com/keelvm/keel/tests/vmm/guestkernel"
 	"github.com/keelvm/keel/tests/vmm/qemu"
 )
@@ -52,10 +53,45 @@ func buildImage(ctx context.Context, t *testing.T, fs image.FS, dax bool) string
 	return out
 }
 
-// TestDAXImagesOnNVDIMM boots one VM with three read-only nvdimm devices:
-// ext4 and erofs images built with --dax, and a bare ext4 image as the
-// negative control. The first two must mount with dax=always and report
-// STATX_ATTR_DAX on /sbin/init; the bare one must refuse DAX.
+// pmemModeImage wraps a bare image with a PFN_MODE_PMEM info block, whose
+// struct pages live on the device between 8 KiB and dataoff (18 MiB for a
+// 1 GiB filesystem).
+func pmemModeImage(ctx context.Context, t *testing.T, fs image.FS, size int64) string {
+	return wrapped(ctx, t, fs, size, pfn.ModePMEM)
+}
+
+// ramModeImage is the default layout on a filesystem larger than what a
+// 2 MiB dataoff could describe in pmem mode (~127 MiB).
+func ramModeImage(ctx context.Context, t *testing.T, size int64) string {
+	return wrapped(ctx, t, image.Ext4, size, pfn.ModeRAM)
+}
+
+func wrapped(ctx context.Context, t *testing.T, fs image.FS, size int64, mode pfn.Mode) string {
+	t.Helper()
+	dir := t.TempDir()
+	stage := filepath.Join(dir, "stage")
+	if _, err := build.Run(ctx, build.Config{Recipe: "minimal", Output: build.OutputDir, Out: stage, Epoch: 1234567,
+		Options: build.RecipeOptions{Agent: busybox}}); err != nil {
+		t.Fatal(err)
+	}
+	bare := filepath.Join(dir, "bare.img")
+	if _, err := image.Build(ctx, stage, bare, image.Spec{FS: fs, Size: size, Epoch: 1234567}); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "wrapped.img")
+	blk, err := pfn.Wrap(bare, out, pfn.Options{Mode: mode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s %s-mode image: dataoff %#x npfns %d", fs, mode, blk.DataOff, blk.NPFNs)
+	return out
+}
+
+// TestDAXImagesOnNVDIMM boots one VM with read-only nvdimm devices: ext4
+// and erofs images built with --dax, the same wrapped in pmem mode, a 1 GiB
+// ext4 in each mode, and a bare ext4 image as the negative control. All
+// but the last must mount with dax=always and report STATX_ATTR_DAX on
+// /sbin/init; the bare one must refuse DAX.
 func TestDAXImagesOnNVDIMM(t *testing.T) {
 	if testing.Short() {
 		t.Skip("VM test skipped in -short mode")
@@ -77,6 +113,9 @@ func TestDAXImagesOnNVDIMM(t *testing.T) {
 		buildImage(ctx, t, image.Ext4, true),
 		buildImage(ctx, t, image.EROFS, true),
 		buildImage(ctx, t, image.Ext4, false),
+		pmemModeImage(ctx, t, image.EROFS, 0),
+		pmemModeImage(ctx, t, image.Ext4, 1<<30),
+		ramModeImage(ctx, t, 1<<30),
 	}
 
 	mods, err := k.ModulesFor("nfit", "nd_pmem", "ext4", "crc32c_generic", "erofs")
@@ -137,13 +176,15 @@ func TestDAXImagesOnNVDIMM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Device numbers follow probe order, so match results by content.
-	for _, want := range []string{
-		fmt.Sprintf(" ext4 dax=true init_size=%d init_link=sbin/init mtime=1234567", st.Size()),
-		fmt.Sprintf(" erofs dax=true init_size=%d init_link=sbin/init mtime=1234567", st.Size()),
+	// Device numbers follow probe order, so match results by content:
+	// ext4 --dax, ext4 1 GiB pmem mode, ext4 1 GiB ram mode; erofs --dax,
+	// erofs pmem mode.
+	for want, n := range map[string]int{
+		fmt.Sprintf(" ext4 dax=true init_size=%d init_link=sbin/init mtime=1234567", st.Size()):  3,
+		fmt.Sprintf(" erofs dax=true init_size=%d init_link=sbin/init mtime=1234567", st.Size()): 2,
 	} {
-		if !strings.Contains(log, want) {
-			t.Errorf("serial log lacks a VMTEST-MOUNT line ending %q", want)
+		if got := strings.Count(log, want); got != n {
+			t.Errorf("serial log has %d VMTEST-MOUNT lines ending %q, want %d", got, want, n)
 		}
 	}
 	// The bare ext4 image (no PFN info block) is raw mode: no DAX.
