@@ -21,12 +21,13 @@ import (
 	"github.com/keelvm/keel/rootfs-builder/build"
 	"github.com/keelvm/keel/rootfs-builder/cpio"
 	"github.com/keelvm/keel/rootfs-builder/image"
+	"github.com/keelvm/keel/rootfs-builder/pfn"
 	"github.com/keelvm/keel/rootfs-builder/recipe"
 )
 
 const usage = `usage:
   keel-rootfs build --recipe minimal|oci|debian --agent PATH --output image|initrd|dir
-                    [--fs ext4|erofs] [--dax] [--size SIZE] [--busybox [PATH]]
+                    [--fs ext4|erofs] [--dax [--dax-mode ram|pmem]] [--size SIZE] [--busybox[=PATH]]
                     [--oci PATH] [--release R] [--mirror URL]
                     [--modules-dir DIR --modules a,b] [--compression gzip|zstd|none] -o OUT
   keel-rootfs inspect ARTIFACT
@@ -107,6 +108,7 @@ func runBuild(ctx context.Context, args []string, stderr io.Writer) int {
 		fsType  = fs.String("fs", "ext4", "image filesystem: ext4 or erofs")
 		size    = fs.String("size", "", "filesystem size (e.g. 256M); default: content + headroom")
 		comp    = fs.String("compression", "gzip", "initrd compression: gzip, zstd or none")
+		daxMode = fs.String("dax-mode", "", "with --dax: ram (struct pages in guest RAM, Kata's layout; default) or pmem (on the device)")
 		modules = fs.String("modules", "", "comma-separated kernel modules (with --modules-dir)")
 		busy    busyboxFlag
 	)
@@ -140,6 +142,20 @@ func runBuild(ctx context.Context, args []string, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "keel-rootfs build: %v\n", err)
 			return 2
 		}
+	}
+	switch *daxMode {
+	case "":
+	case "ram":
+		c.DAXMode = pfn.ModeRAM
+	case "pmem":
+		c.DAXMode = pfn.ModePMEM
+	default:
+		fmt.Fprintf(stderr, "keel-rootfs build: unknown --dax-mode %q (want ram or pmem)\n", *daxMode)
+		return 2
+	}
+	if c.DAXMode != pfn.ModeNone && !c.DAX {
+		fmt.Fprintf(stderr, "keel-rootfs build: --dax-mode needs --dax\n")
+		return 2
 	}
 	if c.Compression, err = cpio.ParseCompression(*comp); err != nil {
 		fmt.Fprintf(stderr, "keel-rootfs build: %v\n", err)

@@ -33,6 +33,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"build", "--agent", "/bin/ls", "-o", out}, 1, "dynamically linked"},
 		{[]string{"build", "--agent", filepath.Join(dir, "none"), "-o", out}, 1, "no such file"},
 		{[]string{"build", "--agent", "/bin/busybox", "stray", "-o", out}, 2, "unexpected arguments"},
+		{[]string{"build", "--dax-mode", "pmem", "--agent", "/bin/busybox", "-o", out}, 2, "--dax-mode needs --dax"},
+		{[]string{"build", "--dax", "--dax-mode", "disk", "--agent", "/bin/busybox", "-o", out}, 2, `unknown --dax-mode "disk"`},
 		{[]string{"inspect"}, 2, "exactly one"},
 		{[]string{"inspect", filepath.Join(dir, "none")}, 1, "no such file"},
 	}
@@ -53,7 +55,7 @@ func TestBuildAndInspect(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "root.img")
 	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
-	code, _, stderr := runCLI("build", "--recipe", "minimal", "--agent", "/bin/busybox", "--busybox", "--output", "image", "--fs", "erofs", "--dax", "-o", out)
+	code, _, stderr := runCLI("build", "--recipe", "minimal", "--agent", "/bin/busybox", "--busybox", "--output", "image", "--fs", "erofs", "--dax", "--dax-mode", "pmem", "-o", out)
 	if code != 0 {
 		t.Fatalf("build exit %d: %s", code, stderr)
 	}
@@ -64,7 +66,7 @@ func TestBuildAndInspect(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("inspect exit %d: %s", code, stderr)
 	}
-	for _, want := range []string{"format:     dax-image", `signature="NVDIMM_PFN_INFO" version=1.4 mode=ram`, "dataoff=0x200000", "align=0x200000", "epoch:      1700000000", "input:      busybox /bin/busybox"} {
+	for _, want := range []string{"format:     dax-image", `signature="NVDIMM_PFN_INFO" version=1.4 mode=pmem`, "dataoff=0x200000", "align=0x200000", "epoch:      1700000000", "input:      busybox /bin/busybox"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("inspect output lacks %q:\n%s", want, stdout)
 		}

@@ -37,6 +37,8 @@ type Config struct {
 	FS   image.FS
 	Size int64
 	DAX  bool
+	// DAXMode: pfn.ModeRAM (default) or pfn.ModePMEM.
+	DAXMode pfn.Mode
 	// Initrd compression (default gzip).
 	Compression cpio.Compression
 	// ModulesDir (a /lib/modules/<kver> tree with modules.dep) and the
@@ -80,7 +82,7 @@ func (c *Config) Validate() error {
 			return usagef("%v", err)
 		}
 	case OutputInitrd, OutputDir:
-		if c.DAX {
+		if c.DAX || c.DAXMode != pfn.ModeNone {
 			return usagef("--dax only applies to --output image")
 		}
 	default:
@@ -191,7 +193,7 @@ func Run(ctx context.Context, c Config) (*manifest.Manifest, error) {
 		}
 		m.Compression = string(comp)
 	case OutputImage:
-		ir, err := image.Build(ctx, stage, c.Out, image.Spec{FS: c.FS, Size: c.Size, DAX: c.DAX, Epoch: c.Epoch, Progress: c.Progress})
+		ir, err := image.Build(ctx, stage, c.Out, image.Spec{FS: c.FS, Size: c.Size, DAX: c.DAX, DAXMode: c.DAXMode, Epoch: c.Epoch, Progress: c.Progress})
 		if err != nil {
 			return nil, err
 		}

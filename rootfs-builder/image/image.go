@@ -69,6 +69,10 @@ type Spec struct {
 	Size int64
 	// DAX prepends the 2 MiB PFN info area for `-device nvdimm`.
 	DAX bool
+	// DAXMode is where the guest keeps struct pages for the device:
+	// pfn.ModeRAM (default; costs guest RAM, 64 bytes per 4 KiB) or
+	// pfn.ModePMEM (on the device; the fs then starts after them).
+	DAXMode pfn.Mode
 	// Epoch is the timestamp applied to every file and to mkfs.
 	Epoch int64
 	// UUID and HashSeed default to DefaultUUID and DefaultHashSeed.
@@ -208,7 +212,7 @@ func Build(ctx context.Context, dir, out string, spec Spec) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	blk, err := pfn.Wrap(tmp.Name(), out, pfn.Options{UUID: u})
+	blk, err := pfn.Wrap(tmp.Name(), out, pfn.Options{UUID: u, Mode: spec.DAXMode})
 	if err != nil {
 		return nil, err
 	}
