@@ -144,7 +144,7 @@ func Children() []string {
 // in the container cgroup <parent>/<id> and removes its directories in every
 // mounted hierarchy. It returns how many processes it killed.
 func KillCgroup(parent, id string) int {
-	killed := 0
+	killed := map[int]bool{}
 	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", parent, id))
 	if d := filepath.Join("/sys/fs/cgroup", parent, id); dirExists(d) {
 		dirs = append(dirs, d)
@@ -153,8 +153,8 @@ func KillCgroup(parent, id string) int {
 		os.WriteFile(filepath.Join(d, "freezer.state"), []byte("THAWED"), 0o644)
 		b, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
 		for _, f := range strings.Fields(string(b)) {
-			if pid, err := strconv.Atoi(f); err == nil && syscallKill(pid) == nil {
-				killed++
+			if pid, err := strconv.Atoi(f); err == nil && !killed[pid] && syscallKill(pid) == nil {
+				killed[pid] = true
 			}
 		}
 	}
@@ -164,7 +164,7 @@ func KillCgroup(parent, id string) int {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	return killed
+	return len(killed)
 }
 
 func dirExists(p string) bool {

@@ -120,7 +120,7 @@ func TestAgentRunsContainers(t *testing.T) {
 	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id}); err != nil {
 		t.Fatal(err)
 	}
-	p := &pb.Process{Args: []string{"/bin/sh", "-c", "echo pid1=$(cat /proc/1/comm); exit 9"}, Env: []string{"PATH=/bin"}, Cwd: "/", User: &pb.User{}}
+	p := &pb.Process{Args: []string{"/bin/sh", "-c", "test -d /proc/1 && echo in-pidns:$(( $$ > 1 )); exit 9"}, Env: []string{"PATH=/bin"}, Cwd: "/", User: &pb.User{}}
 	if _, err := a.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: id, ExecId: "x", Process: p}); err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestAgentRunsContainers(t *testing.T) {
 		out.Write(r.Data)
 	}
 	w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: id, ExecId: "x"})
-	if err != nil || w.Status != 9 || out.String() != "pid1=sleep\n" {
+	if err != nil || w.Status != 9 || out.String() != "in-pidns:1\n" {
 		t.Fatalf("exec: status %v %v, stdout %q", w, err, out.String())
 	}
 
