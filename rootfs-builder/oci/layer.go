@@ -156,10 +156,11 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 		return a.opaque(dir)
 	}
 	if strings.HasPrefix(base, whiteoutPrefix) {
-		victim := path.Join(dir, strings.TrimPrefix(base, whiteoutPrefix))
-		if victim == dir || strings.Contains(strings.TrimPrefix(base, whiteoutPrefix), "/") {
-			return fmt.Errorf("%w: bad whiteout", ErrUnsafePath)
+		target := strings.TrimPrefix(base, whiteoutPrefix)
+		if target == "" || target == "." || target == ".." {
+			return fmt.Errorf("%w: whiteout names %q", ErrUnsafePath, target)
 		}
+		victim := path.Join(dir, target)
 		if err := a.root.RemoveAll(victim); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
@@ -174,7 +175,12 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 			return err
 		}
 	}
-	a.created[name] = true
+	// Mark the entry and its ancestors as this layer's, so an opaque marker
+	// later in the same layer keeps them (and prunes lower-layer content
+	// beside them).
+	for p := name; p != "."; p = path.Dir(p) {
+		a.created[p] = true
+	}
 	mode := hdr.FileInfo().Mode()
 	existing, lerr := a.root.Lstat(name)
 	if lerr == nil && !(existing.IsDir() && hdr.Typeflag == tar.TypeDir) {

@@ -123,6 +123,7 @@ func baseLayers(t *testing.T) [][]byte {
 	l2 := layerTar(t,
 		file("etc/.wh.gone", ""),
 		file("var/lib/new", "upper"),
+		file("var/lib/implicit/x", "upper"),
 		file("var/lib/.wh..wh..opq", ""),
 		dir("var/lib/sub/"), file("var/lib/sub/fresh", "upper"),
 		file("etc/keep", "2"),
@@ -147,7 +148,7 @@ func TestUnpackLayoutWhiteoutsAndOpaque(t *testing.T) {
 		"etc", "etc/keep=2",
 		"usr", "usr/bin", "usr/bin/busybox=bb", "usr/bin/hard=bb", "usr/bin/sh -> /bin/busybox",
 		"usr/lib", "usr/lib/rel -> ../bin/sh",
-		"var", "var/lib", "var/lib/new=upper", "var/lib/sub", "var/lib/sub/fresh=upper",
+		"var", "var/lib", "var/lib/implicit", "var/lib/implicit/x=upper", "var/lib/new=upper", "var/lib/sub", "var/lib/sub/fresh=upper",
 	}
 	if got := listTree(t, out); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("tree:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -221,7 +222,9 @@ func TestEscapes(t *testing.T) {
 		{"escaping hardlink", []ent{{name: "h", typ: tar.TypeLink, link: "../etc/passwd"}}, "escapes the root"},
 		{"hardlink via symlink", []ent{{name: "l", typ: tar.TypeSymlink, link: "/etc"}, {name: "h", typ: tar.TypeLink, link: "l/passwd"}}, "escapes"},
 		{"device as non-root", []ent{{name: "dev/sda", typ: tar.TypeBlock}}, "device node"},
-		{"whiteout dotdot", []ent{file("a/.wh...", "")}, `..`},
+		{"whiteout dotdot", []ent{file("a/keep", "x"), file("a/.wh...", "")}, `whiteout names ".."`},
+		{"whiteout dot", []ent{file("a/.wh..", "")}, `whiteout names "."`},
+		{"whiteout empty", []ent{file("a/.wh.", "")}, `whiteout names ""`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -288,10 +291,12 @@ func FuzzApplyLayer(f *testing.F) {
 		defer os.RemoveAll(parent)
 		root := filepath.Join(parent, "root")
 		os.Mkdir(root, 0o755)
+		sentinel := filepath.Join(parent, "sentinel")
+		os.WriteFile(sentinel, []byte("keep"), 0o644)
 		ApplyLayer(root, bytes.NewReader(data), ApplyOptions{MaxFileSize: 1 << 20})
 		ents, _ := os.ReadDir(parent)
-		if len(ents) != 1 {
-			t.Fatalf("wrote outside root: %v", ents)
+		if b, err := os.ReadFile(sentinel); len(ents) != 2 || err != nil || string(b) != "keep" {
+			t.Fatalf("touched outside root: %v %q %v", ents, b, err)
 		}
 	})
 }
