@@ -171,7 +171,36 @@ func (c *Container) Start() error {
 		return fmt.Errorf("unable to start container %q: %w", c.id, err)
 	}
 	c.state = StateRunning
+	c.awaitExecve()
 	return nil
+}
+
+// runcInitComm is the name libcontainer's init carries until it execs the
+// container's program.
+const runcInitComm = "runc:[2:INIT]"
+
+// startSettle bounds how long Start waits for the init to execve.
+const startSettle = time.Second
+
+// awaitExecve waits (at most startSettle) until init has exec'd the
+// container's program: libcontainer's Exec returns when the init read the
+// exec fifo, a moment before its execve, and an ExecProcess or a signal
+// right after StartContainer should meet the program, not runc's init.
+func (c *Container) awaitExecve() {
+	deadline := time.Now().Add(startSettle)
+	path := fmt.Sprintf("/proc/%d/comm", c.init.Pid)
+	for time.Now().Before(deadline) {
+		select {
+		case <-c.init.done:
+			return
+		default:
+		}
+		b, err := os.ReadFile(path)
+		if err != nil || strings.TrimSpace(string(b)) != runcInitComm {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // Exec starts another process in the running container. A program that
