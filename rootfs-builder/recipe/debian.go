@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Debian bootstraps a minbase Debian with mmdebstrap (preferred, faster)
@@ -68,6 +70,18 @@ func (Debian) Build(ctx context.Context, dir string, opts Options) (*Result, err
 	sum := sha256.Sum256([]byte(release + "\x00" + debianVariant + "\x00" + mirror))
 	cache := filepath.Join(cacheRoot, "debootstrap", release+"-"+debianVariant+"-"+hex.EncodeToString(sum[:6]))
 	tree := filepath.Join(cache, "rootfs")
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		return nil, err
+	}
+	// One bootstrap per cache entry at a time; others wait and reuse it.
+	lock, err := os.OpenFile(filepath.Join(cache, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("locking %s: %w", cache, err)
+	}
 	if _, err := os.Stat(filepath.Join(cache, "complete")); err != nil {
 		if err := bootstrap(ctx, cache, release, mirror, opts); err != nil {
 			return nil, err
