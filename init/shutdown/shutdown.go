@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -162,8 +163,27 @@ func killAll(log *slog.Logger) {
 	}
 }
 
-// othersAlive reports whether kill(-1, 0) still finds a process.
-func othersAlive() bool { return unix.Kill(-1, 0) == nil }
+// othersAlive reports whether a user process other than us is still
+// running. kill(-1, 0) cannot tell: it also succeeds for kernel threads,
+// which have an empty /proc/PID/cmdline (as have zombies, which the reaper
+// collects).
+func othersAlive() bool {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return unix.Kill(-1, 0) == nil
+	}
+	self := strconv.Itoa(os.Getpid())
+	for _, e := range ents {
+		n := e.Name()
+		if n == self || n[0] < '0' || n[0] > '9' {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + n + "/cmdline"); err == nil && len(b) > 0 {
+			return true
+		}
+	}
+	return false
+}
 
 // MountPoints returns the mount points of a mountinfo file in order,
 // unescaping octal escapes ("\040" for space).

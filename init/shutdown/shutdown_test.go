@@ -106,3 +106,10 @@ func FuzzUnescape(f *testing.F) {
 		}
 	})
 }
+
+func TestOthersAlive(t *testing.T) {
+	// The test binary's parent (go test) is a user process.
+	if !othersAlive() {
+		t.Fatal("no other user process found")
+	}
+}

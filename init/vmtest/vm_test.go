@@ -95,6 +95,9 @@ func boot(t *testing.T, cfg qemu.Config) (string, time.Duration) {
 		t.Fatalf("guest did not power off:\n%s", vm.SerialLog())
 	}
 	t.Logf("QEMU exited %.2fs after start", time.Since(vm.Started()).Seconds())
+	if os.Getenv("KEEL_VMTEST_CONSOLE") != "" {
+		t.Logf("console:\n%s", vm.SerialLog())
+	}
 	return vm.SerialLog(), ready
 }
 
@@ -143,10 +146,22 @@ func TestBootFromInitramfs(t *testing.T) {
 }
 
 func TestSwitchRootToPmemDAX(t *testing.T) {
-	k, bin := setup(t)
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip(err)
+	for _, tc := range []struct {
+		name    string
+		fstype  string
+		cmdline string // rootfstype= or nothing (probe ext4, then erofs)
+	}{
+		{"ext4", "ext4", " rootfstype=ext4"},
+		{"erofs-probed", "erofs", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) { switchRootCase(t, tc.fstype, tc.cmdline) })
 	}
+}
+
+// rootImage builds a root filesystem image holding bin as /sbin/init, its
+// size rounded up to 2 MiB for pmem.
+func rootImage(t *testing.T, fstype, bin string) string {
+	t.Helper()
 	dir := t.TempDir()
 	img := filepath.Join(dir, "root")
 	for _, d := range []string{"sbin", "dev", "proc", "sys", "run", "tmp"} {
@@ -155,14 +170,39 @@ func TestSwitchRootToPmemDAX(t *testing.T) {
 	b, _ := os.ReadFile(bin)
 	os.WriteFile(filepath.Join(img, "sbin/init"), b, 0o755)
 	file := filepath.Join(dir, "root.img")
-	if out, err := exec.Command("mkfs.ext4", "-q", "-b", "4096", "-d", img, file, "64M").CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	var cmd *exec.Cmd
+	switch fstype {
+	case "ext4":
+		cmd = exec.Command("mkfs.ext4", "-q", "-b", "4096", "-d", img, file, "64M")
+	case "erofs":
+		// DAX needs uncompressed, non-inline files.
+		cmd = exec.Command("mkfs.erofs", "-Enoinline_data", file, img)
 	}
-	mods := []string{"virtio_pci", "virtio_pmem", "nd_pmem", "ext4", "crc32c_generic"}
+	if _, err := exec.LookPath(cmd.Args[0]); err != nil {
+		t.Skip(err)
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", cmd.Args[0], err, out)
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const align = 2 << 20
+	if err := os.Truncate(file, (fi.Size()+align-1)/align*align); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+func switchRootCase(t *testing.T, fstype, extra string) {
+	k, bin := setup(t)
+	file := rootImage(t, fstype, bin)
+	mods := []string{"virtio_pci", "virtio_pmem", "nd_pmem", "ext4", "crc32c_generic", "erofs"}
 	log, ready := boot(t, qemu.Config{
 		Kernel: k.VmlinuzPath,
 		Initrd: initramfs(t, k, bin, mods...),
-		Append: baseCmdline + " agent.modules=" + strings.Join(mods, ",") + " agent.rootfs=/dev/pmem0 rootfstype=ext4",
+		Append: baseCmdline + " agent.modules=" + strings.Join(mods, ",") + " agent.rootfs=/dev/pmem0" + extra,
 		Pmem:   []qemu.PmemDevice{{Path: file, Kind: qemu.VirtioPmem, ReadOnly: true}},
 	})
 	m := readyRE.FindStringSubmatch(log)
@@ -174,8 +214,8 @@ func TestSwitchRootToPmemDAX(t *testing.T) {
 		t.Fatalf("no root line:\n%s", log)
 	}
 	last := root[len(root)-1]
-	if last[2] != "ext4" || last[3] != "/dev/pmem0" || !strings.HasPrefix(last[1], "ro") || !strings.Contains(last[4], "dax=always") {
-		t.Errorf("root mount %q, want ext4 /dev/pmem0 ro with dax=always", last[0])
+	if last[2] != fstype || last[3] != "/dev/pmem0" || !strings.HasPrefix(last[1], "ro") || !strings.Contains(last[4], "dax=always") {
+		t.Errorf("root mount %q, want %s /dev/pmem0 ro with dax=always", last[0], fstype)
 	}
 	if !strings.Contains(log, `"stage":"after switch_root"`) {
 		t.Errorf("stage 2 not logged:\n%s", log)
