@@ -1,8 +1,11 @@
 package build
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -195,6 +198,7 @@ func TestBadInput(t *testing.T) {
 		{"dax initrd", base(func(c *Config) { c.Output = OutputInitrd; c.DAX = true }), "--dax only applies", true},
 		{"oci without image", base(func(c *Config) { c.Recipe = "oci" }), "needs --oci", false},
 		{"missing module", base(func(c *Config) { c.ModulesDir = dir; c.Modules = []string{"nd_pmem"} }), "modules.dep", false},
+		{"oci tar escape", base(func(c *Config) { c.Recipe = "oci"; c.OCI = evilLayout(t) }), `contains ".."`, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -226,6 +230,27 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// evilLayout is an OCI layout whose only layer writes ../evil.
+func evilLayout(t *testing.T) string {
+	t.Helper()
+	var layer bytes.Buffer
+	tw := tar.NewWriter(&layer)
+	tw.WriteHeader(&tar.Header{Name: "../evil", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1})
+	tw.Write([]byte("x"))
+	tw.Close()
+	d := t.TempDir()
+	os.MkdirAll(filepath.Join(d, "blobs/sha256"), 0o755)
+	put := func(b []byte) string {
+		s := sha256.Sum256(b)
+		h := hex.EncodeToString(s[:])
+		os.WriteFile(filepath.Join(d, "blobs/sha256", h), b, 0o644)
+		return "sha256:" + h
+	}
+	man := fmt.Sprintf(`{"schemaVersion":2,"layers":[{"digest":%q}]}`, put(layer.Bytes()))
+	os.WriteFile(filepath.Join(d, "index.json"), []byte(fmt.Sprintf(`{"manifests":[{"digest":%q}]}`, put([]byte(man)))), 0o644)
+	return d
 }
 
 func TestInspectDetectsTampering(t *testing.T) {
