@@ -60,14 +60,25 @@ func TestExecLeak(t *testing.T) {
 		snap := containertest.Take("keel-test")
 		return snap.FDs, runtime.NumGoroutine(), snap.Children
 	}
+	heap := func() uint64 {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
 	fd0, g0, ch0 := settle()
+	h0 := heap()
 	start := time.Now()
 	for i := range n {
 		cycle(i)
 	}
 	el := time.Since(start)
 	fd1, g1, ch1 := settle()
-	t.Logf("%d exec cycles in %v (%v/cycle); fds %d->%d goroutines %d->%d children %d->%d", n, el, el/time.Duration(n), fd0, fd1, g0, g1, len(ch0), len(ch1))
+	h1 := heap()
+	t.Logf("%d exec cycles in %v (%v/cycle); fds %d->%d goroutines %d->%d children %d->%d heap %d->%d KiB",
+		n, el, el/time.Duration(n), fd0, fd1, g0, g1, len(ch0), len(ch1), h0>>10, h1>>10)
+	if h1 > h0+4<<20 {
+		t.Errorf("heap grew by %d KiB over %d cycles", (h1-h0)>>10, n)
+	}
 	if fd1 > fd0+2 || g1 > g0+5 || len(ch1) > len(ch0) {
 		t.Errorf("leak after %d cycles: fds %d->%d goroutines %d->%d children %v->%v", n, fd0, fd1, g0, g1, ch0, ch1)
 	}

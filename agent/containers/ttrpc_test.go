@@ -89,3 +89,24 @@ func TestTerminalExec(t *testing.T) {
 		t.Errorf("status %d", st)
 	}
 }
+
+// TestTerminalInit: a container whose init has a terminal.
+func TestTerminalInit(t *testing.T) {
+	r := newRPC(t)
+	ctx := context.Background()
+	must := noErr(t)
+	s := spec("/bin/sh", "-c", "test -t 0 && test -t 1 && echo init-tty")
+	s.Process.Terminal = true
+	s.Process.ConsoleSize = &pb.Box{Height: 30, Width: 90}
+	must(r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "ti", OCI: s}))
+	must(r.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "ti"}))
+	if out := readAll(t, r, "ti", ""); !strings.Contains(out, "init-tty") {
+		t.Errorf("init tty output %q", out)
+	}
+	if st := wait(t, r, "ti", ""); st != 0 {
+		t.Errorf("status %d", st)
+	}
+	if resp, err := r.ReadStderr(ctx, &pb.ReadStreamRequest{ContainerId: "ti", Len: 10}); err != nil || len(resp.Data) != 0 {
+		t.Errorf("stderr of a terminal: %v %v", resp, err)
+	}
+}
