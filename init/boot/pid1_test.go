@@ -39,7 +39,7 @@ type agent struct {
 func buildPID1(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "pid1")
-	cmd := exec.Command("go", "build", "-o", bin, "./testdata/pid1")
+	cmd := exec.Command(goTool(t), "build", "-o", bin, "./testdata/pid1")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static: it re-execs inside a new root
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -208,12 +208,27 @@ func (a *agent) shellAt(sock, script string) string {
 	return strings.ReplaceAll(string(out), "\r", "")
 }
 
+// goTool finds the go command (`go test` may run with a PATH without it).
+func goTool(t *testing.T) string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	if g := os.Getenv("GOROOT"); g != "" {
+		return filepath.Join(g, "bin", "go")
+	}
+	t.Skip("go command not found")
+	return ""
+}
+
 func requireNamespaces(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
 	if testing.Short() {
 		t.Skip("builds and boots a PID 1")
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("needs busybox-static for the debug console shell")
 	}
 }
 
