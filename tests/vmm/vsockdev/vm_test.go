@@ -28,7 +28,7 @@ const throughputBytes = 16 << 20
 // TestVMSmoke boots Debian's kernel under QEMU TCG with a tiny Go /init
 // (testdata/vsockinit) and checks real guest AF_VSOCK through the device:
 // host→guest echo via CONNECT, a refused port, a guest→host connection to
-// <uds>_1025, and throughput both ways.
+// <uds>_1025, throughput both ways, and a guest reboot.
 func TestVMSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM")
@@ -36,7 +36,7 @@ func TestVMSmoke(t *testing.T) {
 	if !qemu.Available() {
 		t.Skip("qemu-system-x86_64 is not installed")
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	k, err := guestkernel.Ensure(ctx)
 	if err != nil {
@@ -72,6 +72,9 @@ func TestVMSmoke(t *testing.T) {
 		Initrd:               initrd,
 		Append:               "console=ttyS0 panic=-1 quiet",
 		VhostUserVsockSocket: filepath.Join(dir, "vhost.sock"),
+		Dir:                  filepath.Join(dir, "vm"),
+		// The launcher passes -no-reboot; let system_reset really reset.
+		ExtraArgs: []string{"-action", "reboot=reset"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +83,8 @@ func TestVMSmoke(t *testing.T) {
 	defer func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
-			t.Logf("console:\n%s\ndevice log tail:\n%s", vm.SerialLog(), tailLines(string(b), 40))
+			q, _ := os.ReadFile(filepath.Join(dir, "vm", "qemu.log"))
+			t.Logf("console:\n%s\nqemu log:\n%s\ndevice log tail:\n%s", vm.SerialLog(), q, tailLines(string(b), 40))
 		}
 	}()
 	waitSerial(ctx, t, vm, "VSOCKINIT READY")
@@ -163,6 +167,30 @@ func TestVMSmoke(t *testing.T) {
 		t.Fatalf("echo of 4 MiB: %v, equal %v", err, bytes.Equal(back, echo))
 	}
 	t.Logf("echo: 4 MiB round trip in %v", time.Since(t0).Round(time.Millisecond))
+	c.Close()
+
+	// Guest reboot: QEMU stops the rings (GET_VRING_BASE), the device
+	// resets, and the new kernel's driver starts them again.
+	if err := vm.QMP().Execute(ctx, "system_reset", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	for strings.Count(vm.SerialLog(), "VSOCKINIT READY") < 2 {
+		select {
+		case <-vm.Done():
+			t.Fatalf("qemu exited after system_reset: %v", vm.Wait())
+		case <-ctx.Done():
+			t.Fatalf("guest did not come back after reset: %v", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if strings.Contains(vm.SerialLog(), "VSOCKINIT FAILED") {
+			t.Fatal("guest init failed after reset")
+		}
+	}
+	c, r = connect(t, uds, 1024)
+	fmt.Fprint(c, "after reboot\n")
+	if got, err := r.ReadString('\n'); err != nil || got != "after reboot\n" {
+		t.Fatalf("echo after reboot %q %v", got, err)
+	}
 	c.Close()
 	t.Logf("device stats: %+v", dev.Stats())
 }
