@@ -25,9 +25,10 @@ const (
 	Zstd Compression = "zstd"
 )
 
-// ZstdLevel is the zstd level used for initrds: a good ratio without the
-// minutes that -19 takes on a large tree.
-const ZstdLevel = 12
+// ZstdLevel is the zstd level used for initrds. Measured on a 10 MB
+// keel-agent initrd: level 9 gives 3.70 MB in 0.9 s, 12 gives 3.68 MB in
+// 1.6 s, 19 gives 3.33 MB in 15 s.
+const ZstdLevel = 9
 
 // ParseCompression maps a flag value to a Compression.
 func ParseCompression(s string) (Compression, error) {
