@@ -194,7 +194,14 @@ func RunWith(ctx context.Context, o Options) (*Result, error) {
 		}
 		timeline.Mark("modules_loaded")
 
-		if cfg.Root != "" {
+		switch {
+		case cfg.Root == "":
+		case switchroot.IsRoot(cfg.Root):
+			// Booted without an initramfs (Kata's image boot:
+			// root=/dev/pmem0p1 ... init=/usr/bin/kata-agent): the
+			// kernel mounted the root already.
+			log.Info("root already mounted by the kernel, no switch_root", "root", cfg.Root)
+		default:
 			// Returns only on failure: on success the new init continues
 			// at stage 2.
 			return res, switchRoot(cfg, log, func() { consoleSink.Flush(time.Second) })

@@ -56,6 +56,16 @@ func RootIsInitramfs() bool {
 	return unix.Statfs("/", &st) == nil && st.Type == unix.RAMFS_MAGIC
 }
 
+// IsRoot reports whether the block device dev is already mounted on /
+// (the kernel mounted root= itself, without an initramfs).
+func IsRoot(dev string) bool {
+	var d, r unix.Stat_t
+	if unix.Stat(dev, &d) != nil || unix.Stat("/", &r) != nil {
+		return false
+	}
+	return d.Mode&unix.S_IFMT == unix.S_IFBLK && d.Rdev == r.Dev
+}
+
 // RootFSType returns the filesystem type of the mount on "/" in a
 // mountinfo text (the last one wins, as later mounts hide earlier ones).
 func RootFSType(mountinfo string) string {

@@ -3,6 +3,7 @@ package switchroot
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +24,12 @@ func TestRootFSType(t *testing.T) {
 	}
 	if RootIsInitramfs() {
 		t.Error("the test host's root is not an initramfs")
+	}
+	if IsRoot("/dev/null") || IsRoot("/nonexistent") {
+		t.Error("IsRoot true for a non-root device")
+	}
+	if src := rootSource(t); src != "" && !IsRoot(src) {
+		t.Errorf("IsRoot(%s) false for the device mounted on /", src)
 	}
 }
 
@@ -115,4 +122,30 @@ func FuzzRootFSType(f *testing.F) {
 		_ = RootFSType(s)
 		_ = MountData(s, s, true)
 	})
+}
+
+// rootSource returns the device of / from mountinfo when it is a /dev path.
+func rootSource(t *testing.T) string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	src := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 9 && f[4] == "/" {
+			for i := 6; i < len(f)-2; i++ {
+				if f[i] == "-" {
+					src = f[i+2]
+				}
+			}
+		}
+	}
+	if !strings.HasPrefix(src, "/dev/") {
+		return ""
+	}
+	if _, err := os.Stat(src); err != nil {
+		return ""
+	}
+	return src
 }
