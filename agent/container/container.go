@@ -326,8 +326,10 @@ func (c *Container) signalAll(sig unix.Signal) error {
 func (c *Container) Pause() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state != StateRunning && c.state != StateCreated {
-		return fmt.Errorf("container %q is %v, cannot pause: %w", c.id, c.state, ErrState)
+	// Only running: libcontainer would resume a paused created container
+	// as running, losing the created state.
+	if c.state != StateRunning {
+		return fmt.Errorf("container %q is %v, not running: %w", c.id, c.state, ErrState)
 	}
 	// The cgroup v1 freezer gives up after a bounded number of polls when
 	// the machine is busy; libcontainer thaws again on failure, so retry.

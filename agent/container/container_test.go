@@ -457,3 +457,50 @@ func TestHooks(t *testing.T) {
 		t.Errorf("hook log %q, want %q", b, want)
 	}
 }
+
+func TestStateMachine(t *testing.T) {
+	s := newSandbox(t)
+	c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("sm"), Spec: testSpec("/bin/sleep", "1000"), IO: newIO(t, false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name string
+		op   func() error
+		ok   bool
+		want State
+	}{
+		{"pause created", c.Pause, false, StateCreated},
+		{"resume created", c.Resume, false, StateCreated},
+		{"start", c.Start, true, StateRunning},
+		{"start again", c.Start, false, StateRunning},
+		{"resume running", c.Resume, false, StateRunning},
+		{"pause", c.Pause, true, StatePaused},
+		{"pause again", c.Pause, false, StatePaused},
+		{"resume", c.Resume, true, StateRunning},
+		{"kill", func() error { return c.Signal("", unix.SIGKILL) }, true, StateStopped},
+		{"start stopped", c.Start, false, StateStopped},
+		{"pause stopped", c.Pause, false, StateStopped},
+	}
+	for _, st := range steps {
+		err := st.op()
+		if (err == nil) != st.ok || (err != nil && !errors.Is(err, ErrState)) {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if st.name == "kill" {
+			waitStatus(t, c.InitProcess())
+		}
+		if got := c.State(); got != st.want {
+			t.Fatalf("%s: state %v, want %v", st.name, got, st.want)
+		}
+	}
+	if _, err := c.Exec("late", &specs.Process{Args: []string{"/bin/true"}, Cwd: "/"}, nil); !errors.Is(err, ErrState) {
+		t.Errorf("exec in stopped: %v", err)
+	}
+	if err := s.RemoveContainer(context.Background(), c.ID(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if c.State() != StateRemoved {
+		t.Errorf("state after remove %v", c.State())
+	}
+}

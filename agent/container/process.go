@@ -201,10 +201,12 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 		p.mu.Lock()
 		p.status, p.state = st, ProcessExited
 		p.mu.Unlock()
-		close(p.done)
+		// The container's state changes before Done fires, so whoever
+		// waited sees a consistent container.
 		if onExit != nil {
 			onExit(p)
 		}
+		close(p.done)
 	}()
 	return p, nil
 }
