@@ -417,3 +417,33 @@ func TestListenClose(t *testing.T) {
 		t.Fatalf("socket left behind: %v", err)
 	}
 }
+
+// FuzzServeConn feeds arbitrary bytes to a session as the front-end: the
+// session must end (or keep waiting for more) without panicking, and end
+// once the front-end hangs up.
+func FuzzServeConn(f *testing.F) {
+	f.Add((header{Request: reqGetFeatures, Flags: flagVersion}).marshal())
+	f.Add(append((header{Request: reqSetVringNum, Flags: flagVersion, Size: 8}).marshal(), u32s(0, 256)...))
+	f.Add(append((header{Request: reqGetConfig, Flags: flagVersion, Size: 12}).marshal(), u32s(4, 300, 0)...))
+	f.Add(append((header{Request: reqSetMemTable, Flags: flagVersion | flagNeedReply, Size: 40}).marshal(), make([]byte, 40)...))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, c := socketpair(t)
+		done := make(chan error, 1)
+		go func() { done <- ServeConn(s, &echoBackend{}, nil) }()
+		c.Write(b)
+		c.CloseWrite()
+		go func() { // drain replies
+			buf := make([]byte, 4096)
+			for {
+				if _, err := c.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("session did not end after the front-end hung up")
+		}
+	})
+}

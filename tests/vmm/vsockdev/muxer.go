@@ -635,12 +635,19 @@ func (m *Muxer) hostConnect(uc *net.UnixConn) error {
 		uc.Close()
 		return fmt.Errorf("unable to connect to guest port %d: connection limit %d reached", port, MaxConnections)
 	}
-	key := connKey{local: m.nextPort, peer: port}
-	for m.conns[key] != nil || key.local < FirstLocalPort {
+	// Ephemeral ports cycle through [FirstLocalPort, 2^32); at most
+	// MaxConnections of them are in use, so a free one is near.
+	var key connKey
+	for {
+		if m.nextPort < FirstLocalPort {
+			m.nextPort = FirstLocalPort
+		}
+		key = connKey{local: m.nextPort, peer: port}
 		m.nextPort++
-		key.local = m.nextPort
+		if m.conns[key] == nil {
+			break
+		}
 	}
-	m.nextPort++
 	c := m.newConn(key, stateLocalInit, uc)
 	c.handshake = make(chan bool, 1)
 	m.queue(c, outPkt{op: OpRequest})

@@ -637,3 +637,24 @@ func TestHandshakeTimeout(t *testing.T) {
 	}
 	g.expectNone(10 * time.Millisecond)
 }
+
+// Local ports for host connections wrap from 2^32-1 back to FirstLocalPort,
+// skipping ports still in use.
+func TestLocalPortWrap(t *testing.T) {
+	g := newFakeGuest(t)
+	g.mux.mu.Lock()
+	g.mux.nextPort = FirstLocalPort
+	g.mux.mu.Unlock()
+	_, _, first := g.establishHost(1024, 1<<20)
+	if first.SrcPort != FirstLocalPort {
+		t.Fatalf("first port %d", first.SrcPort)
+	}
+	g.mux.mu.Lock()
+	g.mux.nextPort = ^uint32(0)
+	g.mux.mu.Unlock()
+	_, _, last := g.establishHost(1024, 1<<20)
+	_, _, wrapped := g.establishHost(1024, 1<<20)
+	if last.SrcPort != ^uint32(0) || wrapped.SrcPort != FirstLocalPort+1 {
+		t.Fatalf("ports %d then %d; want %d then %d (FirstLocalPort in use)", last.SrcPort, wrapped.SrcPort, ^uint32(0), FirstLocalPort+1)
+	}
+}
