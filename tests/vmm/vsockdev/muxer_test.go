@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -657,4 +659,25 @@ func TestLocalPortWrap(t *testing.T) {
 	if last.SrcPort != ^uint32(0) || wrapped.SrcPort != FirstLocalPort+1 {
 		t.Fatalf("ports %d then %d; want %d then %d (FirstLocalPort in use)", last.SrcPort, wrapped.SrcPort, ^uint32(0), FirstLocalPort+1)
 	}
+}
+
+// FuzzParseConnect: accepted lines are exactly "CONNECT <canonical port>"
+// or a port with leading zeros; nothing panics.
+func FuzzParseConnect(f *testing.F) {
+	for _, s := range []string{"CONNECT 1024", "CONNECT ", "CONNECT 4294967296", "CONNECT +1", "OK 5"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		port, err := ParseConnect(s)
+		if err != nil {
+			return
+		}
+		arg := strings.TrimLeft(strings.TrimPrefix(s, "CONNECT "), "0")
+		if arg == "" {
+			arg = "0"
+		}
+		if arg != strconv.FormatUint(uint64(port), 10) {
+			t.Fatalf("%q parsed as %d", s, port)
+		}
+	})
 }
