@@ -362,7 +362,10 @@ func (m *Muxer) HandleGuest(h Header, payload []byte) {
 			return
 		}
 		c.state = stateEstablished
-		c.handshake <- true
+		select { // buffered; never block under mu
+		case c.handshake <- true:
+		default:
+		}
 	case OpRW:
 		if c.state != stateEstablished || c.peerShut&ShutdownSend != 0 {
 			m.kill(c, true, true)
