@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/keelvm/keel/agent/stdio"
 	"github.com/keelvm/keel/init/reaper"
@@ -173,13 +174,14 @@ var rlimits = map[string]int{
 // pid before unlocking. The child side of io is closed either way.
 func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id string, io *stdio.IO, onExit func(*Process)) (*Process, error) {
 	reaper.Lock()
+	started := time.Now()
 	err := lc.Start(lp)
 	var ch <-chan reaper.ExitStatus
 	pid := 0
 	if err == nil {
 		pid, err = lp.Pid()
 		if err == nil {
-			ch = reaper.Register(pid)
+			ch = reaper.RegisterSince(pid, started)
 		}
 	}
 	reaper.Unlock()

@@ -145,15 +145,24 @@ func Unlock() {
 
 // Register returns a channel that receives pid's exit status exactly once.
 // Call it with Lock held between starting the process and Unlock, or at any
-// time up to EarlyRetention after the process exited.
-func Register(pid int) <-chan ExitStatus {
+// time up to EarlyRetention after the process exited. Prefer RegisterSince
+// when the start time is known: a kept status may belong to an earlier
+// process that had the same pid.
+func Register(pid int) <-chan ExitStatus { return RegisterSince(pid, time.Time{}) }
+
+// RegisterSince is Register for a process started at or after started: a
+// kept status reaped before that belongs to an earlier user of the pid
+// (pid reuse) and is dropped instead of delivered.
+func RegisterSince(pid int, started time.Time) <-chan ExitStatus {
 	ch := make(chan ExitStatus, 1)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e, ok := r.early[pid]; ok {
 		delete(r.early, pid)
-		ch <- e.st
-		return ch
+		if !e.at.Before(started) {
+			ch <- e.st
+			return ch
+		}
 	}
 	r.waiters[pid] = ch
 	return ch
@@ -239,11 +248,12 @@ func Command(cmd *exec.Cmd) (ExitStatus, error) {
 		return ExitStatus{Pid: cmd.ProcessState.Pid()}, nil
 	}
 	Lock()
+	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		Unlock()
 		return ExitStatus{}, err
 	}
-	ch := Register(cmd.Process.Pid)
+	ch := RegisterSince(cmd.Process.Pid, started)
 	Unlock()
 	st := <-ch
 	// The process is reaped already: Wait fails with ECHILD but still

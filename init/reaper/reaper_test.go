@@ -180,3 +180,26 @@ func TestEarlyBounded(t *testing.T) {
 		t.Fatalf("early map grew to %d", n)
 	}
 }
+
+func TestRegisterSinceDropsStaleStatus(t *testing.T) {
+	// An orphan's status kept for pid P must not be delivered to a newer
+	// process that reuses P.
+	const pid = 1<<30 - 7
+	r.deliver(ExitStatus{Pid: pid, Code: 42})
+	time.Sleep(time.Millisecond)
+	ch := RegisterSince(pid, time.Now())
+	select {
+	case st := <-ch:
+		t.Fatalf("stale status delivered: %+v", st)
+	default:
+	}
+	r.deliver(ExitStatus{Pid: pid, Code: 1})
+	if st := <-ch; st.Code != 1 {
+		t.Fatalf("got %+v", st)
+	}
+	// Without a start time the kept status is delivered.
+	r.deliver(ExitStatus{Pid: pid, Code: 9})
+	if st := <-Register(pid); st.Code != 9 {
+		t.Fatalf("got %+v", st)
+	}
+}
