@@ -122,6 +122,9 @@ var empty = &emptypb.Empty{}
 // CreateSandbox records hostname, DNS, pid namespace sharing and loads
 // kernel modules. Storages are not supported yet.
 func (r *RPC) CreateSandbox(ctx context.Context, req *pb.CreateSandboxRequest) (*emptypb.Empty, error) {
+	if r.o.Sandbox == nil {
+		return nil, errNoSandbox
+	}
 	if len(req.Storages) > 0 {
 		return nil, unimplementedf("storages: %d sandbox storages given; Keel does not mount sandbox storages yet", len(req.Storages))
 	}
@@ -140,6 +143,9 @@ func (r *RPC) CreateSandbox(ctx context.Context, req *pb.CreateSandboxRequest) (
 
 // DestroySandbox removes every container, then runs OnDestroySandbox.
 func (r *RPC) DestroySandbox(ctx context.Context, _ *pb.DestroySandboxRequest) (*emptypb.Empty, error) {
+	if r.o.Sandbox == nil {
+		return nil, errNoSandbox
+	}
 	err := r.o.Sandbox.Destroy(ctx)
 	if r.o.OnDestroySandbox != nil {
 		r.o.OnDestroySandbox()
@@ -183,6 +189,9 @@ func (r *RPC) newIO(terminal bool, in, out, errp uint32) (_ *stdio.IO, retErr er
 
 // CreateContainer creates the container and its (not yet started) init.
 func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerRequest) (*emptypb.Empty, error) {
+	if r.o.Sandbox == nil {
+		return nil, errNoSandbox
+	}
 	if err := container.ValidateID("container_id", req.ContainerId); err != nil {
 		return nil, toStatus(err)
 	}
@@ -224,7 +233,14 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	return empty, nil
 }
 
+// errNoSandbox answers when New was given no Sandbox (a wiring bug; the
+// handlers must not panic on it).
+var errNoSandbox = status.Error(codes.Unavailable, "container manager is not configured")
+
 func (r *RPC) container(id string) (*container.Container, error) {
+	if r.o.Sandbox == nil {
+		return nil, errNoSandbox
+	}
 	c, err := r.o.Sandbox.Container(id)
 	return c, toStatus(err)
 }
@@ -241,6 +257,9 @@ func (r *RPC) StartContainer(ctx context.Context, req *pb.StartContainerRequest)
 // RemoveContainer kills and removes the container; timeout is in seconds,
 // 0 waits without limit.
 func (r *RPC) RemoveContainer(ctx context.Context, req *pb.RemoveContainerRequest) (*emptypb.Empty, error) {
+	if r.o.Sandbox == nil {
+		return nil, errNoSandbox
+	}
 	return empty, toStatus(r.o.Sandbox.RemoveContainer(ctx, req.ContainerId, time.Duration(req.Timeout)*time.Second))
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -366,5 +367,28 @@ func TestRPCSharedPidnsSignalAll(t *testing.T) {
 			t.Fatalf("app processes left after SIGTERM to init: %q", b)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestNoSandboxNoPanic: handlers built without a Sandbox answer
+// Unavailable for every RPC they own instead of panicking.
+func TestNoSandboxNoPanic(t *testing.T) {
+	s := reflect.ValueOf(containers.New(containers.Options{}))
+	api := reflect.TypeOf((*pb.AgentServiceService)(nil)).Elem()
+	n := 0
+	for i := 0; i < api.NumMethod(); i++ {
+		m := s.MethodByName(api.Method(i).Name)
+		if !m.IsValid() {
+			continue
+		}
+		n++
+		req := reflect.New(api.Method(i).Type.In(1).Elem())
+		out := m.Call([]reflect.Value{reflect.ValueOf(context.Background()), req})
+		if err, _ := out[1].Interface().(error); status.Code(err) != codes.Unavailable {
+			t.Errorf("%s without a sandbox: %v", api.Method(i).Name, err)
+		}
+	}
+	if n != 17 {
+		t.Errorf("RPC implements %d AgentService methods, want 17", n)
 	}
 }
