@@ -13,8 +13,12 @@ import (
 // Listen opens a listener on a vsock port. Tests substitute unix sockets.
 type Listen func(port uint32) (net.Listener, error)
 
-// VsockListen listens on AF_VSOCK port (any CID).
-func VsockListen(port uint32) (net.Listener, error) { return vsock.Listen(port, nil) }
+// VsockListen listens on AF_VSOCK port for any local CID
+// (VMADDR_CID_ANY, like agent.server_addr's vsock://-1:PORT); it does not
+// need /dev/vsock to look up the guest's CID.
+func VsockListen(port uint32) (net.Listener, error) {
+	return vsock.ListenContextID(unix.VMADDR_CID_ANY, port, nil)
+}
 
 // Consoles are tried in order by OpenConsole.
 var Consoles = []string{"/dev/console", "/dev/hvc0", "/dev/ttyS0"}
