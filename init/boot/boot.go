@@ -34,6 +34,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -156,7 +157,9 @@ func RunWith(ctx context.Context, o Options) (*Result, error) {
 		if err := setupConsole(); err != nil {
 			log.Warn("console setup", "err", err)
 		}
-		_ = shutdown.CrashOutput(os.Stderr)
+		// fd 2 is the console now: fatal errors land there already; show
+		// every goroutine in them.
+		debug.SetTraceback("all")
 	}
 
 	cfg, warns := readConfig(o.Cmdline, log)
