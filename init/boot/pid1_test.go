@@ -345,7 +345,7 @@ func TestPID1InNamespace(t *testing.T) {
 // a loop device: mount, move, delete, chroot, re-exec, stage 2.
 func TestPID1SwitchRoot(t *testing.T) {
 	requireNamespaces(t)
-	for _, tool := range []string{"mkfs.ext4", "losetup"} {
+	for _, tool := range []string{"mkfs.ext4"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skip(err)
 		}
@@ -363,13 +363,7 @@ func TestPID1SwitchRoot(t *testing.T) {
 	if out, err := exec.Command("mkfs.ext4", "-q", "-b", "4096", "-d", img, file, "64M").CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
 	}
-	out, err := exec.Command("losetup", "--find", "--show", file).Output()
-	if err != nil {
-		t.Skipf("no loop device: %v", err)
-	}
-	loop := strings.TrimSpace(string(out))
-	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
-
+	loop := attachLoop(t, file)
 	a := startAgent(t, bin, "agent.log=debug agent.debug_console agent.rootfs=/dev/"+filepath.Base(loop)+" rootfstype=ext4 rw",
 		"KEEL_TEST_TMPFS_ROOT=1", "KEEL_TEST_BLOCKDEV="+loop)
 	ready := a.waitReady()
@@ -407,6 +401,48 @@ func TestPID1SwitchRoot(t *testing.T) {
 	if ws := a.waitExit(); !ws.Signaled() || ws.Signal() != syscall.SIGINT {
 		t.Errorf("exit status %v", ws)
 	}
+}
+
+// attachLoop attaches file to a free loop device with LO_FLAGS_AUTOCLEAR:
+// the device detaches itself once nothing holds it (our fd, closed at
+// cleanup, and the agent's mount, gone with its namespace), even if the
+// test binary is killed.
+func attachLoop(t *testing.T, file string) string {
+	t.Helper()
+	ctl, err := unix.Open("/dev/loop-control", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Skipf("no loop devices: %v", err)
+	}
+	defer unix.Close(ctl)
+	ffd, err := unix.Open(file, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ffd)
+	for try := 0; try < 10; try++ {
+		n, err := unix.IoctlRetInt(ctl, unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			t.Skipf("LOOP_CTL_GET_FREE: %v", err)
+		}
+		dev := fmt.Sprintf("/dev/loop%d", n)
+		lfd, err := unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Skipf("open %s: %v", dev, err)
+		}
+		cfg := unix.LoopConfig{Fd: uint32(ffd)}
+		cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
+		if err := unix.IoctlLoopConfigure(lfd, &cfg); err != nil {
+			unix.Close(lfd)
+			if errors.Is(err, unix.EBUSY) {
+				continue // taken by someone else meanwhile
+			}
+			t.Skipf("LOOP_CONFIGURE: %v", err)
+		}
+		t.Cleanup(func() { unix.Close(lfd) })
+		return dev
+	}
+	t.Skip("no free loop device")
+	return ""
 }
 
 func copyFile(t *testing.T, from, to string) {
