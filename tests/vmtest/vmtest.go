@@ -32,8 +32,9 @@ const GuestCID = 3
 const AgentPort = 1024
 
 // DefaultModules are what the agent loads at boot in a test guest: the vsock
-// transport (with its dependencies) is all the agent needs to serve.
-var DefaultModules = []string{"vmw_vsock_virtio_transport"}
+// transport (with its dependencies) and the PCI transport of virtio, a module
+// in Debian's kernel, are all the agent needs to serve.
+var DefaultModules = []string{"virtio_pci", "vmw_vsock_virtio_transport"}
 
 // Config describes one test guest.
 type Config struct {
@@ -71,6 +72,7 @@ type Guest struct {
 	UDS     string // hybrid vsock socket
 	Booted  time.Time
 	ownsDir bool
+	devLog  *os.File
 	once    sync.Once
 }
 
@@ -179,11 +181,17 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 
 	g.UDS = filepath.Join(g.Dir, "vsock.sock")
 	vhostSock := filepath.Join(g.Dir, "vhost-user-vsock.sock")
+	// The device logs to device.log beside serial.log, for post-mortems.
+	devLog, err := os.Create(filepath.Join(g.Dir, "device.log"))
+	if err != nil {
+		return nil, err
+	}
+	g.devLog = devLog
 	g.Device, err = vsockdev.Start(ctx, vsockdev.Config{
 		VhostUserSocket: vhostSock,
 		UDSPath:         g.UDS,
 		GuestCID:        GuestCID,
-		Log:             slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Log:             slog.New(slog.NewTextHandler(devLog, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("unable to start the vsock device: %w", err)
@@ -265,7 +273,10 @@ func (g *Guest) Close() error {
 				err = e
 			}
 		}
-		if g.ownsDir {
+		if g.devLog != nil {
+			g.devLog.Close()
+		}
+		if g.ownsDir && os.Getenv("KEEL_VM_KEEP") == "" {
 			os.RemoveAll(g.Dir)
 		}
 	})
