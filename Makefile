@@ -15,7 +15,7 @@ HOST_LDFLAGS  := -s -w -X github.com/keelvm/keel/agent/version.Version=$(VERSION
 
 TEST_TIMEOUT ?= 18m
 
-.PHONY: demo all agent host proto proto-check lint test test-slow bench vm-demo kernel clean
+.PHONY: demo host-demo all agent host proto proto-check lint test test-slow bench vm-demo kernel clean
 
 all: agent host
 
@@ -52,11 +52,16 @@ test-slow: all
 bench: all
 	./tests/bench/run.sh
 
-demo: all
-	./scripts/host-demo.sh
-
+# The main job: boot a guest under QEMU, reach the agent over AF_VSOCK, run
+# a container, power off.
 vm-demo: all
-	$(GO) run ./tests/demo
+	KEEL_AGENT_BIN=$(CURDIR)/build/keel-agent $(GO) run ./tests/demo
+
+demo: vm-demo
+
+# The agent as a plain process on a Unix socket, queried with keelctl.
+host-demo: all
+	./scripts/host-demo.sh
 
 kernel:
 	$(GO) run ./cmd/keel-kernel build

@@ -127,6 +127,7 @@ func run(args []string) error {
 	sandbox, err := container.New(container.Config{
 		StateRoot:   o.stateRoot,
 		SetHostname: res.PID1,
+		OOM:         oomWatcher,
 		Log:         log,
 	})
 	if err != nil {
@@ -200,6 +201,15 @@ func run(args []string) error {
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		srv.Close()
+	}
+	if !res.PID1 {
+		// As PID 1 the power-off path runs the stop hooks; a host-mode
+		// agent stopped by a signal must not leave containers behind either.
+		dctx, dcancel := context.WithTimeout(context.Background(), shutdown.HookTimeout)
+		defer dcancel()
+		if err := sandbox.Destroy(dctx); err != nil {
+			log.Warn("removing containers on exit", "err", err)
+		}
 	}
 	return nil
 }
