@@ -28,6 +28,7 @@ import (
 	"github.com/keelvm/keel/agent/version"
 	"github.com/keelvm/keel/init/boot"
 	"github.com/keelvm/keel/init/cmdline"
+	"github.com/keelvm/keel/init/reaper"
 	"github.com/keelvm/keel/init/shutdown"
 	"github.com/keelvm/keel/init/timeline"
 	"github.com/keelvm/keel/kernel-config/required"
@@ -137,6 +138,18 @@ func run(args []string) error {
 	// every container first.
 	shutdown.OnStop("remove all containers", sandbox.Destroy)
 	reg.Gauge("keel_containers", "Containers in the sandbox.", func() float64 { return float64(len(sandbox.ContainerIDs())) })
+	reg.Gauge("keel_container_processes", "Processes in the containers' cgroups.", func() float64 {
+		n := 0
+		for _, id := range sandbox.ContainerIDs() {
+			if c, err := sandbox.Container(id); err == nil {
+				if pids, err := c.Pids(); err == nil {
+					n += len(pids)
+				}
+			}
+		}
+		return float64(n)
+	})
+	reg.Gauge("keel_reaped_processes", "Child processes reaped by the agent since it started.", func() float64 { return float64(reaper.Reaped()) })
 
 	var pfd containers.PassFD
 	if cfg.PassfdListenerPort != 0 {
