@@ -148,6 +148,23 @@ func TestAgentRunsContainers(t *testing.T) {
 	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id2}); err != nil {
 		t.Fatal(err)
 	}
+
+	// GetMetrics counts what is really there: two containers, each with
+	// its sleep, and the RPCs just made.
+	m, err := a.GetMetrics(ctx, &pb.GetMetricsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"\nkeel_containers 2\n",
+		"\nkeel_container_processes 2\n",
+		`keel_agent_rpc_duration_seconds_count{method="/grpc.AgentService/StartContainer"} 2`,
+		`keel_agent_rpc_duration_seconds_count{method="/grpc.AgentService/ExecProcess"} 1`,
+	} {
+		if !strings.Contains(m.Metrics, want) {
+			t.Errorf("GetMetrics lacks %q:\n%s", want, m.Metrics)
+		}
+	}
 	if _, err := a.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: id, Timeout: 10}); err != nil {
 		t.Fatal(err)
 	}
