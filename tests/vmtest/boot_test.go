@@ -2,7 +2,6 @@ package vmtest
 
 import (
 	"context"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -10,13 +9,17 @@ import (
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
 
-func TestBootHealthOverVsock(t *testing.T) {
+// TestBootContainerPowerOff is the spine end to end in one boot: the agent
+// is PID 1 and answers over AF_VSOCK, reports its boot timeline, runs a
+// container whose output and exit status arrive, and DestroySandbox powers
+// the guest off (QEMU exits 0 because the guest shut down, not a reset).
+func TestBootContainerPowerOff(t *testing.T) {
 	if why := Available(); why != "" {
 		t.Skip(why)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	g, err := Boot(ctx, Config{Log: testWriter{t}})
+	g, err := Boot(ctx, Config{Busybox: true, Log: testWriter{t}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,6 +29,7 @@ func TestBootHealthOverVsock(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+
 	d, err := c.Agent.GetGuestDetails(ctx, &pb.GuestDetailsRequest{MemBlockSize: true})
 	if err != nil {
 		t.Fatal(err)
@@ -33,11 +37,69 @@ func TestBootHealthOverVsock(t *testing.T) {
 	if !d.AgentDetails.InitDaemon {
 		t.Errorf("agent in the guest is not PID 1: %v", d.AgentDetails)
 	}
-	t.Logf("guest details: %v", d)
-	if !strings.Contains(strings.Join(d.AgentDetails.ExtraFeatures, " "), "keel.boot.listener_ready=") {
-		t.Errorf("no boot timeline in %v", d.AgentDetails.ExtraFeatures)
+	feats := strings.Join(d.AgentDetails.ExtraFeatures, " ")
+	for _, m := range []string{"init_start", "mounts_done", "modules_loaded", "boot_done", "listener_ready"} {
+		if !strings.Contains(feats, "keel.boot."+m+"=") {
+			t.Errorf("boot timeline lacks %s: %v", m, d.AgentDetails.ExtraFeatures)
+		}
 	}
-	_ = os.Stdout
+	t.Logf("boot timeline: %v", d.AgentDetails.ExtraFeatures)
+
+	a := c.Agent
+	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{Hostname: "vmtest", SandboxId: "s"}); err != nil {
+		t.Fatal(err)
+	}
+	spec := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c", `echo "$(hostname) $$"; cat /proc/self/cgroup >&2; exit 3`)
+	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "c", ExecId: "c", OCI: spec}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	out := readAll(ctx, t, a.ReadStdout, "c")
+	errOut := readAll(ctx, t, a.ReadStderr, "c")
+	w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: "c", ExecId: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != "keel-demo 1\n" || w.Status != 3 {
+		t.Errorf("container stdout %q status %d, want \"keel-demo 1\\n\" (spec hostname, pid 1) and 3", out, w.Status)
+	}
+	if !strings.Contains(errOut, "0::/") {
+		t.Errorf("container cgroup (v2 in the guest) %q", errOut)
+	}
+	if _, err := a.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.DestroySandbox(ctx, &pb.DestroySandboxRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.VM.Done():
+	case <-time.After(60 * time.Second):
+		t.Fatalf("guest did not power off after DestroySandbox; console:\n%s", tail(g.VM.SerialLog(), 30))
+	}
+	if err := g.VM.Wait(); err != nil {
+		t.Errorf("QEMU: %v", err)
+	}
+	if r := g.VM.ShutdownReason(); r != "guest-shutdown" {
+		t.Errorf("shutdown reason %q, want guest-shutdown (a power-off, not a panic/reset)", r)
+	}
+}
+
+func readAll(ctx context.Context, t *testing.T, read func(context.Context, *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error), id string) string {
+	t.Helper()
+	var b strings.Builder
+	for {
+		r, err := read(ctx, &pb.ReadStreamRequest{ContainerId: id, ExecId: id, Len: 1 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Data) == 0 {
+			return b.String()
+		}
+		b.Write(r.Data)
+	}
 }
 
 type testWriter struct{ t *testing.T }
