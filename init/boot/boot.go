@@ -336,18 +336,24 @@ func raiseNoFile() error {
 	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: n, Max: n})
 }
 
-// loUp is `ip link set lo up` on an explicit handle for this netns.
+// loUp is `ip link set lo up` on an explicit handle for this netns. The
+// loopback device is ifindex 1 in every network namespace, which saves a
+// link lookup (measurable under TCG); the lookup by name is the fallback.
 func loUp() error {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	lo, err := h.LinkByName("lo")
+	lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1, Name: "lo"}}
+	if err := h.LinkSetUp(lo); err == nil {
+		return nil
+	}
+	link, err := h.LinkByName("lo")
 	if err != nil {
 		return err
 	}
-	return h.LinkSetUp(lo)
+	return h.LinkSetUp(link)
 }
 
 // seedEntropy never blocks boot: the command-line seed is a single ioctl,
