@@ -1,0 +1,219 @@
+package containerbench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keelvm/keel/agent/container"
+	"github.com/keelvm/keel/agent/container/containertest"
+	"github.com/keelvm/keel/agent/containers"
+	"github.com/keelvm/keel/agent/service"
+	"github.com/keelvm/keel/init/reaper"
+	pb "github.com/keelvm/keel/protocol/grpc"
+)
+
+// Cgroup parents: Keel's containers go under cgParent, runc's under
+// runcCgParent, so the leftover checks see only this package's.
+const (
+	cgParent     = "keel-bench"
+	runcCgParent = "keel-bench-runc"
+)
+
+// agentService is the full AgentService the agent serves: the container
+// handlers over the Unimplemented fallback.
+type agentService struct {
+	fallback
+	*containers.RPC
+}
+type fallback struct{ service.Unimplemented }
+
+var _ pb.AgentServiceService = agentService{}
+
+// newRPC returns the container handlers over a fresh sandbox and its state
+// root; cleanup destroys the sandbox and, as a last resort, kills what is
+// left in its cgroups.
+func newRPC(tb testing.TB, o containers.Options) (*containers.RPC, string) {
+	tb.Helper()
+	f := false
+	root := tb.TempDir()
+	sb, err := container.New(container.Config{StateRoot: root, CgroupParent: "/" + cgParent, NoPivotRoot: &f})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	o.Sandbox = sb
+	r := containers.New(o)
+	tb.Cleanup(func() {
+		ids := sb.ContainerIDs()
+		if _, err := r.DestroySandbox(context.Background(), &pb.DestroySandboxRequest{}); err != nil {
+			tb.Errorf("DestroySandbox: %v", err)
+			for _, id := range ids {
+				containertest.KillCgroup(cgParent, id)
+			}
+		}
+	})
+	return r, root
+}
+
+// pbProcess is a Kata-like process running args as root.
+func pbProcess(args ...string) *pb.Process {
+	caps := []string{"CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"}
+	return &pb.Process{
+		Args: args, Env: []string{"PATH=/bin"}, Cwd: "/", User: &pb.User{},
+		Capabilities:    &pb.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps},
+		NoNewPrivileges: true,
+	}
+}
+
+// pbSpec is a Kata-like CreateContainer spec on the busybox rootfs. The runc
+// baselines run the same spec (converted with ociconv.FromPB).
+func pbSpec(args ...string) *pb.Spec {
+	return &pb.Spec{
+		Version:  "1.0.2",
+		Hostname: "bench",
+		Root:     &pb.Root{Path: rootfs, Readonly: true},
+		Process:  pbProcess(args...),
+		Mounts: []*pb.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
+			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "size=1m"}},
+		},
+		Linux: &pb.Linux{
+			Namespaces:    []*pb.LinuxNamespace{{Type: "pid"}, {Type: "network"}, {Type: "ipc"}, {Type: "uts"}, {Type: "mount"}},
+			MaskedPaths:   []string{"/proc/kcore", "/sys/firmware"},
+			ReadonlyPaths: []string{"/proc/sys", "/proc/sysrq-trigger"},
+			Resources:     &pb.LinuxResources{Devices: []*pb.LinuxDeviceCgroup{{Allow: false, Access: "rwm", Major: -1, Minor: -1}}},
+		},
+	}
+}
+
+// runContainer creates and starts a container through the handlers.
+func runContainer(ctx context.Context, r *containers.RPC, id string, args ...string) error {
+	if _, err := r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: id, OCI: pbSpec(args...)}); err != nil {
+		return fmt.Errorf("CreateContainer %s: %w", id, err)
+	}
+	if _, err := r.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id}); err != nil {
+		return fmt.Errorf("StartContainer %s: %w", id, err)
+	}
+	return nil
+}
+
+// stdoutReader is the ReadStdout RPC, served in-process or over the wire.
+type stdoutReader interface {
+	ReadStdout(context.Context, *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error)
+}
+
+// drainStdout reads a process's stdout through ReadStdout until EOF, in
+// chunks of n bytes, and returns how many bytes came.
+func drainStdout(ctx context.Context, r stdoutReader, cid, eid string, n uint32) (int, error) {
+	total := 0
+	for {
+		resp, err := r.ReadStdout(ctx, &pb.ReadStreamRequest{ContainerId: cid, ExecId: eid, Len: n})
+		if err != nil {
+			return total, err
+		}
+		if len(resp.Data) == 0 {
+			return total, nil
+		}
+		total += len(resp.Data)
+	}
+}
+
+// percentile is the nearest-rank p-th percentile (0 < p <= 1) of d.
+func percentile(d []time.Duration, p float64) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := int(math.Ceil(p*float64(len(s)))) - 1
+	return s[max(i, 0)]
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// vmRSSKiB reads this process's VmRSS.
+func vmRSSKiB() (int, error) {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/self/status")
+}
+
+// startReaped starts cmd with the reaper (started by container.New) owning
+// wait(2); the channel gets its exit status. cmd's stdio must be files or
+// nil, so that no copying goroutine outlives the process.
+func startReaped(cmd *exec.Cmd) (<-chan reaper.ExitStatus, error) {
+	reaper.Lock()
+	defer reaper.Unlock()
+	started := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return reaper.RegisterSince(cmd.Process.Pid, started), nil
+}
+
+// runcTool runs Debian's runc with its own state root and a log file.
+type runcTool struct {
+	bin, root, log string
+}
+
+func newRunc(tb testing.TB) *runcTool {
+	tb.Helper()
+	bin, err := exec.LookPath("runc")
+	if err != nil {
+		tb.Skip("runc not installed")
+	}
+	if err := reaper.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	dir := tb.TempDir()
+	return &runcTool{bin: bin, root: filepath.Join(dir, "state"), log: filepath.Join(dir, "out.log")}
+}
+
+// run runs `runc --root R args...` to completion; its stdio goes to a file
+// (a pipe would be inherited by a detached container and never reach EOF).
+func (rt *runcTool) run(args ...string) error {
+	out, err := os.OpenFile(rt.log, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	cmd := exec.Command(rt.bin, append([]string{"--root", rt.root}, args...)...)
+	cmd.Stdout, cmd.Stderr = out, out
+	st, err := reaper.Command(cmd)
+	if err == nil && st.Code != 0 {
+		b, _ := os.ReadFile(rt.log)
+		err = fmt.Errorf("runc %s: %v: %s", strings.Join(args, " "), st, strings.TrimSpace(string(b)))
+	}
+	return err
+}
+
+// removeCgroupParents removes the (empty) parent cgroups the benchmarks
+// created in every hierarchy.
+func removeCgroupParents() {
+	for _, parent := range []string{cgParent, runcCgParent} {
+		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", parent))
+		dirs = append(dirs, filepath.Join("/sys/fs/cgroup", parent))
+		for _, d := range dirs {
+			os.Remove(d)
+		}
+	}
+}

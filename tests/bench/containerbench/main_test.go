@@ -1,0 +1,48 @@
+package containerbench
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"testing"
+
+	"github.com/keelvm/keel/agent/container/containertest"
+	"github.com/opencontainers/runc/libcontainer"
+	_ "github.com/opencontainers/runc/libcontainer/nsenter"
+)
+
+// The test binary is libcontainer's init too, like keel-agent.
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "init" {
+		libcontainer.Init()
+	}
+	// As in cmd/keel-agent: keep goroutines that setns off the main thread.
+	runtime.LockOSThread()
+}
+
+var (
+	scaleN = flag.Int("scale-n", 200, "live containers in BenchmarkCreate200")
+	rootfs string
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Println("skipping: container benchmarks need root")
+		os.Exit(0)
+	}
+	dir, err := os.MkdirTemp("", "keel-bench-rootfs-")
+	if err != nil {
+		panic(err)
+	}
+	if err := containertest.MakeRootfs(dir); err != nil {
+		os.RemoveAll(dir)
+		panic(err)
+	}
+	rootfs = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	removeCgroupParents()
+	os.Exit(code)
+}

@@ -1,0 +1,176 @@
+package containerbench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/keelvm/keel/agent/containers"
+	"github.com/keelvm/keel/protocol/client"
+	pb "github.com/keelvm/keel/protocol/grpc"
+	"golang.org/x/sys/unix"
+)
+
+// Both stdout benchmarks move the output of the same busybox dd: 64 MiB of
+// zeros in 256 KiB writes, into a pipe. Each runs with the kernel's default
+// pipe capacity and with agent.container_pipe_size = 1 MiB, since a read of a
+// pipe returns at most what the pipe holds.
+const (
+	stdoutBytes = 64 << 20
+	chunk       = 1 << 20
+)
+
+var ddArgs = []string{"dd", "if=/dev/zero", "bs=262144", fmt.Sprint(stdoutBytes / 262144)}
+
+var pipeSizes = []struct {
+	name string
+	size int // 0 = the kernel's default (64 KiB)
+}{{"pipe=64KiB", 0}, {"pipe=1MiB", 1 << 20}}
+
+// serveTTRPC serves the handlers on a unix socket and returns a client
+// connected to it.
+func serveTTRPC(tb testing.TB, r *containers.RPC) *client.Client {
+	tb.Helper()
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pb.RegisterAgentServiceService(srv, agentService{RPC: r})
+	l, err := net.Listen("unix", filepath.Join(tb.TempDir(), "agent.sock"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(context.Background(), l)
+	}()
+	conn, err := net.Dial("unix", l.Addr().String())
+	if err != nil {
+		srv.Close()
+		tb.Fatal(err)
+	}
+	c := client.New(conn)
+	tb.Cleanup(func() {
+		c.Close()
+		srv.Close()
+		<-done
+	})
+	return c
+}
+
+// BenchmarkStdoutRPCPath1MiB: a container process's stdout read with 1 MiB
+// ReadStdout calls over a real ttrpc unix-socket connection.
+func BenchmarkStdoutRPCPath1MiB(b *testing.B) {
+	for _, ps := range pipeSizes {
+		b.Run(ps.name, func(b *testing.B) {
+			r, _ := newRPC(b, containers.Options{PipeSize: ps.size, ExecIOLinger: time.Nanosecond})
+			agent := serveTTRPC(b, r).Agent
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			if _, err := agent.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "out", OCI: pbSpec("/bin/sleep", "1000")}); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := agent.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "out"}); err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(stdoutBytes)
+			for i := 0; b.Loop(); i++ {
+				b.StopTimer()
+				eid := fmt.Sprintf("dd%d", i)
+				if _, err := agent.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: "out", ExecId: eid, Process: pbProcess(append([]string{"/bin/" + ddArgs[0]}, ddArgs[1:]...)...)}); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				n, err := drainStdout(ctx, agent, "out", eid, chunk)
+				b.StopTimer()
+				if err != nil || n != stdoutBytes {
+					b.Fatalf("ReadStdout: %d bytes, %v", n, err)
+				}
+				if w, err := agent.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: "out", ExecId: eid}); err != nil || w.Status != 0 {
+					b.Fatalf("WaitProcess: %v %v", w, err)
+				}
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// BenchmarkRawUnixCopy1MiB: the same dd output copied from a pipe to a unix
+// socket pair with 1 MiB buffers and no agent code (the semantics of
+// agent/stdio's BenchmarkRawUnixCopy).
+func BenchmarkRawUnixCopy1MiB(b *testing.B) {
+	for _, ps := range pipeSizes {
+		b.Run(ps.name, func(b *testing.B) {
+			// The reaper must own wait(2) as in the agent (dd is started
+			// through it); container.New starts it.
+			newRPC(b, containers.Options{})
+			rbuf, wbuf := make([]byte, chunk), make([]byte, chunk)
+			b.SetBytes(stdoutBytes)
+			for b.Loop() {
+				b.StopTimer()
+				pr, pw, err := os.Pipe()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if ps.size > 0 {
+					if _, err := unix.FcntlInt(pw.Fd(), unix.F_SETPIPE_SZ, ps.size); err != nil {
+						b.Fatal(err)
+					}
+				}
+				agentSide, hostSide := socketPair(b)
+				cmd := exec.Command("/bin/busybox", ddArgs...)
+				cmd.Stdout = pw
+				exited, err := startReaped(cmd)
+				pw.Close()
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				go func() {
+					io.CopyBuffer(agentSide, pr, wbuf)
+					agentSide.CloseWrite()
+					pr.Close()
+				}()
+				n, err := io.CopyBuffer(io.Discard, hostSide, rbuf)
+				b.StopTimer()
+				if err != nil || n != stdoutBytes {
+					b.Fatalf("copied %d bytes, %v", n, err)
+				}
+				if st := <-exited; st.Code != 0 {
+					b.Fatalf("dd: %v", st)
+				}
+				agentSide.Close()
+				hostSide.Close()
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// socketPair is a connected pair of unix stream sockets.
+func socketPair(tb testing.TB) (*net.UnixConn, *net.UnixConn) {
+	tb.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var conns [2]*net.UnixConn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		conns[i] = c.(*net.UnixConn)
+	}
+	return conns[0], conns[1]
+}
