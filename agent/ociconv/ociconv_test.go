@@ -233,3 +233,19 @@ func FuzzToConfig(f *testing.F) {
 		}
 	})
 }
+
+// The agent runs with oom_score_adj -997 as PID 1; a spec that leaves the
+// field unset must still give container processes 0, not the agent's value.
+func TestOOMScoreAdjAlwaysExplicit(t *testing.T) {
+	s, err := FromPB(&pb.Spec{Process: &pb.Process{Args: []string{"sh"}, Cwd: "/"}, Root: &pb.Root{Path: "/r"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Process.OOMScoreAdj == nil || *s.Process.OOMScoreAdj != 0 {
+		t.Fatalf("unset oom_score_adj converted to %v, want an explicit 0", s.Process.OOMScoreAdj)
+	}
+	p, err := ProcessFromPB(&pb.Process{Args: []string{"sh"}, Cwd: "/", OOMScoreAdj: -5}, "process")
+	if err != nil || p.OOMScoreAdj == nil || *p.OOMScoreAdj != -5 {
+		t.Fatalf("oom_score_adj -5 converted to %v, %v", p.OOMScoreAdj, err)
+	}
+}

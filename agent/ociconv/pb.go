@@ -100,14 +100,15 @@ func ProcessFromPB(p *pb.Process, field string) (*specs.Process, error) {
 		}
 		sp.Rlimits = append(sp.Rlimits, specs.POSIXRlimit{Type: r.Type, Hard: r.Hard, Soft: r.Soft})
 	}
-	// oom_score_adj 0 is the default anyway, so unset and 0 agree.
-	if p.OOMScoreAdj != 0 {
-		if p.OOMScoreAdj < -1000 || p.OOMScoreAdj > 1000 {
-			return nil, invalid(field+".oom_score_adj", "%d out of range [-1000, 1000]", p.OOMScoreAdj)
-		}
-		v := int(p.OOMScoreAdj)
-		sp.OOMScoreAdj = &v
+	// Always set oom_score_adj, 0 when the spec leaves it unset (proto3
+	// cannot tell the two apart): container processes descend from the
+	// agent, which protects itself with -997 as PID 1, and would inherit
+	// that protection otherwise.
+	if p.OOMScoreAdj < -1000 || p.OOMScoreAdj > 1000 {
+		return nil, invalid(field+".oom_score_adj", "%d out of range [-1000, 1000]", p.OOMScoreAdj)
 	}
+	v := int(p.OOMScoreAdj)
+	sp.OOMScoreAdj = &v
 	return sp, nil
 }
 

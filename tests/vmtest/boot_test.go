@@ -49,7 +49,7 @@ func TestBootContainerPowerOff(t *testing.T) {
 	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{Hostname: "vmtest", SandboxId: "s"}); err != nil {
 		t.Fatal(err)
 	}
-	spec := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c", `echo "$(hostname) $$"; cat /proc/self/cgroup >&2; exit 3`)
+	spec := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c", `echo "$(hostname) $$ $(cat /proc/self/oom_score_adj)"; cat /proc/self/cgroup >&2; exit 3`)
 	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "c", ExecId: "c", OCI: spec}); err != nil {
 		t.Fatal(err)
 	}
@@ -62,8 +62,9 @@ func TestBootContainerPowerOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out != "keel-demo 1\n" || w.Status != 3 {
-		t.Errorf("container stdout %q status %d, want \"keel-demo 1\\n\" (spec hostname, pid 1) and 3", out, w.Status)
+	// oom_score_adj 0: the container must not inherit the agent's -997.
+	if out != "keel-demo 1 0\n" || w.Status != 3 {
+		t.Errorf("container stdout %q status %d, want \"keel-demo 1 0\\n\" (spec hostname, pid 1, oom_score_adj 0) and 3", out, w.Status)
 	}
 	if !strings.Contains(errOut, "0::/") {
 		t.Errorf("container cgroup (v2 in the guest) %q", errOut)
