@@ -27,7 +27,7 @@ const (
 	chunk       = 1 << 20
 )
 
-var ddArgs = []string{"dd", "if=/dev/zero", "bs=262144", fmt.Sprint(stdoutBytes / 262144)}
+var ddArgs = []string{"dd", "if=/dev/zero", "bs=262144", fmt.Sprintf("count=%d", stdoutBytes/262144)}
 
 var pipeSizes = []struct {
 	name string
