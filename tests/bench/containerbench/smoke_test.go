@@ -2,6 +2,7 @@ package containerbench
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,5 +54,27 @@ func TestExecPath(t *testing.T) {
 	}
 	if w, err := r.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: "smoke", ExecId: "f"}); err != nil || w.Status != 1 {
 		t.Fatalf("exec /bin/false: %v %v", w, err)
+	}
+}
+
+// TestLeftoversSeesALiveContainer: the check scale relies on notices a
+// container that was not removed (its process and its cgroup dirs).
+func TestLeftoversSeesALiveContainer(t *testing.T) {
+	r, root := newRPC(t, containers.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := runContainer(ctx, r, "warm", "/bin/true"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: "warm"}); err != nil {
+		t.Fatal(err)
+	}
+	before := leftovers(root)
+	if err := runContainer(ctx, r, "live", "/bin/sleep", "1000"); err != nil {
+		t.Fatal(err)
+	}
+	d := before.Diff(leftovers(root))
+	if !strings.Contains(d, "children") || !strings.Contains(d, "cgroups") {
+		t.Errorf("a live container shows as %q", d)
 	}
 }
