@@ -107,12 +107,51 @@ func (s *outStream) readRPC(ctx context.Context, max int) ([]byte, error) {
 		return nil, fmt.Errorf("read %s: length %d must be positive", s.name, max)
 	}
 	max = min(max, MaxReadLen)
-	buf := make([]byte, max)
+	bp := rpcBufs.Get().(*[]byte)
+	defer rpcBufs.Put(bp)
+	buf := (*bp)[:max]
 	n, err := s.read(ctx, buf, false)
 	if err != nil {
 		return nil, err
 	}
-	return buf[:n], nil
+	// One pipe read returns at most what the pipe holds (64 KiB by
+	// default). While more is already waiting, gather it into the same
+	// answer: fewer RPCs per byte, and never a wait for data that is not
+	// there yet.
+	for n < max {
+		avail := s.available()
+		if avail <= 0 {
+			break
+		}
+		m, err := s.read(ctx, buf[n:min(n+avail, max)], false)
+		n += m
+		if err != nil {
+			break // EOF or an error: the next call reports it
+		}
+	}
+	// Copy out exactly n bytes: the pooled buffer is MaxReadLen long, and
+	// allocating that per call made large requests slower than small ones.
+	return append([]byte(nil), buf[:n]...), nil
+}
+
+// rpcBufs holds MaxReadLen buffers for readRPC.
+var rpcBufs = sync.Pool{New: func() any { b := make([]byte, MaxReadLen); return &b }}
+
+// available reports how many bytes the stream's pipe or pty holds now
+// (FIONREAD, spelled TIOCINQ in x/sys), or 0 when that cannot be known.
+func (s *outStream) available() int {
+	rc, err := s.f.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	_ = rc.Control(func(fd uintptr) {
+		v, err := unix.IoctlGetInt(int(fd), unix.TIOCINQ) // FIONREAD
+		if err == nil {
+			n = v
+		}
+	})
+	return n
 }
 
 // read fills p with what is available (at least one byte) or returns io.EOF.
