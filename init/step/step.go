@@ -111,12 +111,37 @@ func (m Mount) Run() error {
 	if errors.Is(err, unix.EINVAL) && m.Fallback != nil {
 		err = unix.Mount(m.Source, m.Target, m.FSType, m.Flags, *m.Fallback)
 	}
+	if errors.Is(err, unix.EBUSY) && m.Flags&(unix.MS_BIND|unix.MS_MOVE|unix.MS_REMOUNT) == 0 {
+		// A kernel booted without an initramfs may have mounted it already
+		// (CONFIG_DEVTMPFS_MOUNT puts devtmpfs on /dev): that is the state
+		// this step wants, so it is done.
+		if mi, rerr := os.ReadFile("/proc/self/mountinfo"); rerr == nil && MountedAs(string(mi), m.Target, m.FSType) {
+			return nil
+		}
+	}
 	if err != nil {
 		return &os.PathError{Op: "mount", Path: m.Target, Err: err}
 	}
 	return nil
 }
 func (m Mount) Optional() bool { return m.Opt }
+
+// MountedAs reports whether mountinfo (the text of /proc/self/mountinfo)
+// has a mount of type fstype on target.
+func MountedAs(mountinfo, target, fstype string) bool {
+	for _, line := range strings.Split(mountinfo, "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		f := strings.Fields(pre)
+		g := strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 1 {
+			continue
+		}
+		if f[4] == target && g[0] == fstype {
+			return true
+		}
+	}
+	return false
+}
 
 // Symlink is `ln -sfn TARGET LINK` (an existing non-directory LINK is replaced).
 type Symlink struct {

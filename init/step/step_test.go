@@ -66,3 +66,22 @@ func TestRun(t *testing.T) {
 		t.Errorf("log:\n%s", out)
 	}
 }
+
+func TestMountedAs(t *testing.T) {
+	mi := "22 1 0:20 / /dev rw,nosuid shared:2 - devtmpfs devtmpfs rw,size=1k\n" +
+		"23 22 0:21 / /dev/pts rw - devpts devpts rw\n" +
+		"bad line\n"
+	for _, tc := range []struct {
+		target, fstype string
+		want           bool
+	}{
+		{"/dev", "devtmpfs", true},
+		{"/dev", "tmpfs", false},
+		{"/dev/pts", "devpts", true},
+		{"/proc", "proc", false},
+	} {
+		if got := MountedAs(mi, tc.target, tc.fstype); got != tc.want {
+			t.Errorf("MountedAs(%s, %s) = %v", tc.target, tc.fstype, got)
+		}
+	}
+}

@@ -61,6 +61,12 @@ type Config struct {
 	// DeferStart leaves the agent unreached: Boot returns as soon as QEMU
 	// runs (for late-listener tests).
 	DeferStart bool
+	// Kernel boots this kernel image instead of Debian's (e.g. Keel's own
+	// from kernel-config, which has every driver built in).
+	Kernel string
+	// NoInitrd boots without an initramfs: the kernel mounts root= itself
+	// (set it in Append) and runs the agent from the root filesystem.
+	NoInitrd bool
 }
 
 // Guest is a running test VM.
@@ -162,21 +168,27 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 			return nil, err
 		}
 	}
-	logf("kernel: fetching/using Debian's kernel from %s", guestkernel.CacheRoot())
-	if g.Kernel, err = guestkernel.Ensure(ctx); err != nil {
-		return nil, fmt.Errorf("unable to get the guest kernel: %w", err)
+	var mods []string
+	initrd := ""
+	if cfg.Kernel == "" || !cfg.NoInitrd {
+		logf("kernel: fetching/using Debian's kernel from %s", guestkernel.CacheRoot())
+		if g.Kernel, err = guestkernel.Ensure(ctx); err != nil {
+			return nil, fmt.Errorf("unable to get the guest kernel: %w", err)
+		}
 	}
-	mods := cfg.Modules
-	if mods == nil {
-		mods = DefaultModules
-	}
-	mods = append(append([]string{}, mods...), cfg.ExtraModules...)
-	initrd := filepath.Join(g.Dir, "initrd.img")
-	if err := BuildInitrd(ctx, InitrdSpec{Agent: cfg.Agent, Kernel: g.Kernel, Modules: mods, Busybox: cfg.Busybox}, initrd); err != nil {
-		return nil, err
-	}
-	if fi, err := os.Stat(initrd); err == nil {
-		logf("initrd: %s (%d KiB: keel-agent + %d module(s)%s)", initrd, fi.Size()>>10, len(mods), map[bool]string{true: " + busybox rootfs"}[cfg.Busybox])
+	if !cfg.NoInitrd {
+		mods = cfg.Modules
+		if mods == nil {
+			mods = DefaultModules
+		}
+		mods = append(append([]string{}, mods...), cfg.ExtraModules...)
+		initrd = filepath.Join(g.Dir, "initrd.img")
+		if err := BuildInitrd(ctx, InitrdSpec{Agent: cfg.Agent, Kernel: g.Kernel, Modules: mods, Busybox: cfg.Busybox}, initrd); err != nil {
+			return nil, err
+		}
+		if fi, err := os.Stat(initrd); err == nil {
+			logf("initrd: %s (%d KiB: keel-agent + %d module(s)%s)", initrd, fi.Size()>>10, len(mods), map[bool]string{true: " + busybox rootfs"}[cfg.Busybox])
+		}
 	}
 
 	g.UDS = filepath.Join(g.Dir, "vsock.sock")
@@ -202,11 +214,13 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 		cmdline = append(cmdline, "agent.modules="+strings.Join(mods, ","))
 	}
 	cmdline = append(cmdline, cfg.Append...)
-	// The uncompressed vmlinux boots through PVH, skipping the bzImage
-	// decompressor: 2-2.5x faster to init under TCG.
-	kernel, err := g.Kernel.VmlinuxPath(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("unable to get an uncompressed guest kernel: %w", err)
+	kernel := cfg.Kernel
+	if kernel == "" {
+		// The uncompressed vmlinux boots through PVH, skipping the bzImage
+		// decompressor: 2-2.5x faster to init under TCG.
+		if kernel, err = g.Kernel.VmlinuxPath(ctx); err != nil {
+			return nil, fmt.Errorf("unable to get an uncompressed guest kernel: %w", err)
+		}
 	}
 	g.VM, err = qemu.Launch(ctx, qemu.Config{
 		Kernel:               kernel,
@@ -222,7 +236,7 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 		return nil, fmt.Errorf("unable to launch QEMU: %w", err)
 	}
 	g.Booted = g.VM.Started()
-	logf("qemu: pid %d, kernel %s, cmdline %q", g.VM.Pid(), g.Kernel.Version, strings.Join(cmdline, " "))
+	logf("qemu: pid %d, kernel %s, cmdline %q", g.VM.Pid(), kernel, strings.Join(cmdline, " "))
 	if cfg.DeferStart {
 		return g, nil
 	}

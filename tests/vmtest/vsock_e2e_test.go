@@ -17,6 +17,7 @@ import (
 
 	"github.com/keelvm/keel/protocol/client"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/vmm/vsockdev"
 )
 
 // End-to-end tests of the agent over the userspace vhost-user-vsock device.
@@ -88,10 +89,10 @@ func TestVsockE2E(t *testing.T) {
 	// and sha256sum cost the TCG guest more than the transfer itself.
 	var rpcRate, passfdRate float64
 	t.Run("StdoutRPC", func(t *testing.T) {
-		rpcRate = testBigStdout(ctx, t, c, "big-rpc", bigFileScript("/tmp/big", bigStdoutSize, false), "")
+		rpcRate = testBigStdout(ctx, t, g.Device, c, "big-rpc", bigFileScript("/tmp/big", bigStdoutSize, false), "")
 	})
 	t.Run("StdoutPassFD", func(t *testing.T) {
-		passfdRate = testBigStdout(ctx, t, c, "big-passfd", bigFileScript("/tmp/big", bigStdoutSize, true), g.PortAddr(passfdPort))
+		passfdRate = testBigStdout(ctx, t, g.Device, c, "big-passfd", bigFileScript("/tmp/big", bigStdoutSize, true), g.PortAddr(passfdPort))
 	})
 	if rpcRate > 0 && passfdRate > 0 {
 		t.Logf("stdout %d MiB: ReadStdout %.1f MB/s, passfd %.1f MB/s (%.1fx)", bigStdoutSize>>20, rpcRate, passfdRate, passfdRate/rpcRate)
@@ -237,20 +238,30 @@ func testLogVPort(ctx context.Context, t *testing.T, g *Guest, c *client.Client)
 	}
 }
 
+// testParallelConnections holds parallelConns agent connections open at
+// once (all dialled before any RPC), runs the rounds on each concurrently,
+// and checks that the device releases every connection after Close.
 func testParallelConnections(ctx context.Context, t *testing.T, g *Guest) {
+	base := g.Device.Stats().ConnsActive
 	start := time.Now()
-	errs := make(chan error, parallelConns)
-	var wg sync.WaitGroup
+	var (
+		dialled, wg sync.WaitGroup
+		allDialled  = make(chan struct{})
+		errs        = make(chan error, parallelConns)
+	)
+	dialled.Add(parallelConns)
 	for i := range parallelConns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			errs <- func() error {
 				c, err := client.Dial(ctx, g.AgentAddr())
+				dialled.Done()
 				if err != nil {
-					return err
+					return fmt.Errorf("conn %d: %w", i, err)
 				}
 				defer c.Close()
+				<-allDialled
 				for r := range parallelRounds {
 					if h, err := c.Health.Check(ctx, &pb.CheckRequest{}); err != nil || h.Status != pb.HealthCheckResponse_SERVING {
 						return fmt.Errorf("conn %d round %d: Health.Check: %v %v", i, r, h, err)
@@ -267,6 +278,12 @@ func testParallelConnections(ctx context.Context, t *testing.T, g *Guest) {
 			}()
 		}()
 	}
+	dialled.Wait()
+	dialTime := time.Since(start)
+	if active := g.Device.Stats().ConnsActive; active < base+parallelConns {
+		t.Errorf("device has %d connections with all %d clients dialled (%d before)", active, parallelConns, base)
+	}
+	close(allDialled)
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -275,18 +292,31 @@ func testParallelConnections(ctx context.Context, t *testing.T, g *Guest) {
 		}
 	}
 	d := time.Since(start)
-	t.Logf("%d connections x %d rounds (Health.Check + GetGuestDetails): %.2fs, %.1f ms per RPC pair per connection",
-		parallelConns, parallelRounds, d.Seconds(), d.Seconds()*1000/parallelRounds)
+	t.Logf("%d connections (dialled in %.2fs) x %d rounds of Health.Check + GetGuestDetails: %.2fs in all",
+		parallelConns, dialTime.Seconds(), parallelRounds, d.Seconds())
+
+	// Closed connections are shut down with the guest and then forgotten.
+	deadline := time.Now().Add(20 * time.Second)
+	for g.Device.Stats().ConnsActive > base && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if active := g.Device.Stats().ConnsActive; active > base {
+		t.Errorf("device still has %d connections 20s after the clients closed (%d before)", active, base)
+	}
 }
 
 // testBigStdout runs script in a container and checks that stdout carried
 // exactly bigStdoutSize bytes whose sha256 is the one sha256sum printed
 // on the container's stderr.
-func testBigStdout(ctx context.Context, t *testing.T, c *client.Client, id, script, passfdAddr string) float64 {
+func testBigStdout(ctx context.Context, t *testing.T, dev *vsockdev.Device, c *client.Client, id, script, passfdAddr string) float64 {
 	start := time.Now()
+	before := dev.Stats().BytesFromGuest
 	res, err := runBigStdout(ctx, c, id, script, passfdAddr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if through := dev.Stats().BytesFromGuest - before; through < bigStdoutSize {
+		t.Errorf("only %d bytes went guest->host through the vsock device, want >= %d", through, bigStdoutSize)
 	}
 	if res.ExitCode != 0 {
 		t.Errorf("container exited %d; stderr %q", res.ExitCode, res.Stderr)
