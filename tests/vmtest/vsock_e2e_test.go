@@ -164,7 +164,9 @@ func testHealth(ctx context.Context, t *testing.T, c *client.Client) {
 // agent.log_vport, Kata style) and looks for the record of an RPC made
 // after connecting, named by a unique container id.
 func testLogVPort(ctx context.Context, t *testing.T, g *Guest, c *client.Client) {
-	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	// The agent opened this listener during boot, before its ttrpc one:
+	// no retrying for long.
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	conn, err := client.DialConn(dctx, g.PortAddr(logVPort))
 	cancel()
 	if err != nil {
