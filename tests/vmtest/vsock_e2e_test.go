@@ -316,12 +316,15 @@ func testParallelConnections(ctx context.Context, t *testing.T, g *Guest) {
 // on the container's stderr.
 func testBigStdout(ctx context.Context, t *testing.T, dev *vsockdev.Device, c *client.Client, id, script, passfdAddr string) float64 {
 	start := time.Now()
-	before := dev.Stats().BytesFromGuest
+	before := dev.Stats()
 	res, err := runBigStdout(ctx, c, id, script, passfdAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if through := dev.Stats().BytesFromGuest - before; through < bigStdoutSize {
+	after := dev.Stats()
+	through := after.BytesFromGuest - before.BytesFromGuest
+	packets := after.PacketsFromGuest - before.PacketsFromGuest
+	if through < bigStdoutSize {
 		t.Errorf("only %d bytes went guest->host through the vsock device, want >= %d", through, bigStdoutSize)
 	}
 	if res.ExitCode != 0 {
@@ -340,8 +343,8 @@ func testBigStdout(ctx context.Context, t *testing.T, dev *vsockdev.Device, c *c
 	if res.Bytes == 0 {
 		return 0
 	}
-	t.Logf("%d MiB in %.2fs: %.1f MB/s (in the container before the first byte: %.1fs; whole run %.1fs)",
-		res.Bytes>>20, res.Transfer.Seconds(), res.MBps(), res.Prep.Seconds(), time.Since(start).Seconds())
+	t.Logf("%d MiB in %.2fs: %.1f MB/s (in the container before the first byte: %.1fs; whole run %.1fs); %d guest packets, %.1f KiB payload on average",
+		res.Bytes>>20, res.Transfer.Seconds(), res.MBps(), res.Prep.Seconds(), time.Since(start).Seconds(), packets, float64(through)/float64(max(packets, 1))/1024)
 	return res.MBps()
 }
 
