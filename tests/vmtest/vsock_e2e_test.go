@@ -183,14 +183,19 @@ func testLogVPort(ctx context.Context, t *testing.T, g *Guest, c *client.Client)
 		}
 		t.Fatalf("%v\nagent log about the stream: %v", err, grepLog(g, "log stream"))
 	}
-	defer conn.Close()
 	probe := fmt.Sprintf("log-probe-%d", time.Now().UnixNano())
 	type line struct {
 		rec map[string]any
 		raw string
 	}
 	lines := make(chan line, 1024)
+	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	defer func() {
+		close(stop)
+		conn.Close() // ends the reader's Scan
+		wg.Wait()
+	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -204,13 +209,11 @@ func testLogVPort(ctx context.Context, t *testing.T, g *Guest, c *client.Client)
 			}
 			select {
 			case lines <- line{m, sc.Text()}:
-			case <-ctx.Done():
+			case <-stop:
 				return
 			}
 		}
 	}()
-	defer wg.Wait()
-	defer conn.Close() // ends the reader before wg.Wait
 
 	// Fails with NotFound; the agent logs "rpc failed" naming the id.
 	if _, err := c.Agent.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: probe, ExecId: probe}); err == nil {
@@ -218,7 +221,7 @@ func testLogVPort(ctx context.Context, t *testing.T, g *Guest, c *client.Client)
 	}
 	timeout := time.NewTimer(30 * time.Second)
 	defer timeout.Stop()
-	var n, notJSON int
+	var n int
 	for {
 		select {
 		case l, ok := <-lines:
@@ -227,7 +230,6 @@ func testLogVPort(ctx context.Context, t *testing.T, g *Guest, c *client.Client)
 			}
 			n++
 			if l.rec == nil {
-				notJSON++
 				t.Errorf("log line is not JSON: %q", l.raw)
 				continue
 			}
@@ -248,6 +250,11 @@ func testLogVPort(ctx context.Context, t *testing.T, g *Guest, c *client.Client)
 // once (all dialled before any RPC), runs the rounds on each concurrently,
 // and checks that the device releases every connection after Close.
 func testParallelConnections(ctx context.Context, t *testing.T, g *Guest) {
+	// Only the shared client is connected now; connections of earlier
+	// subtests may still be shutting down.
+	if base := waitConnsAtMost(g.Device, 1, 20*time.Second); base > 1 {
+		t.Errorf("device has %d connections before the test, want 1 (the shared client): earlier ones not released", base)
+	}
 	base := g.Device.Stats().ConnsActive
 	start := time.Now()
 	var (
@@ -302,11 +309,7 @@ func testParallelConnections(ctx context.Context, t *testing.T, g *Guest) {
 		parallelConns, dialTime.Seconds(), parallelRounds, d.Seconds())
 
 	// Closed connections are shut down with the guest and then forgotten.
-	deadline := time.Now().Add(20 * time.Second)
-	for g.Device.Stats().ConnsActive > base && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if active := g.Device.Stats().ConnsActive; active > base {
+	if active := waitConnsAtMost(g.Device, base, 20*time.Second); active > base {
 		t.Errorf("device still has %d connections 20s after the clients closed (%d before)", active, base)
 	}
 }
@@ -392,5 +395,18 @@ func testKilledQEMU(t *testing.T, g *Guest) {
 		if _, err := os.Lstat(g.Dir); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("guest dir %s still exists after Close (%v)", g.Dir, err)
 		}
+	}
+}
+
+// waitConnsAtMost waits up to timeout for the device to hold at most n
+// connections and returns the count it last saw.
+func waitConnsAtMost(dev *vsockdev.Device, n uint64, timeout time.Duration) uint64 {
+	deadline := time.Now().Add(timeout)
+	for {
+		active := dev.Stats().ConnsActive
+		if active <= n || time.Now().After(deadline) {
+			return active
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
