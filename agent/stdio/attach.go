@@ -2,6 +2,7 @@ package stdio
 
 import (
 	"errors"
+	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"syscall"
@@ -44,7 +45,7 @@ func (s *IO) attachOut(st *outStream, conn net.Conn) error {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if sc, ok := conn.(syscall.Conn); ok && !s.terminal {
+		if sc, ok := conn.(syscall.Conn); ok && !s.terminal && !isVsock(sc) {
 			_, err := st.spliceTo(s.ctx, sc)
 			switch {
 			case errors.Is(err, io.EOF):
@@ -137,4 +138,23 @@ func (s *IO) track(conn net.Conn) bool {
 	}
 	s.conns = append(s.conns, conn)
 	return true
+}
+
+// isVsock reports whether conn is an AF_VSOCK socket. Splicing a pipe into
+// one is correct but slow: the 6.1 virtio-vsock transport then sends one
+// 4 KiB packet per page (25,615 packets for 100 MiB in the VM test, against
+// 1,990 through write(2)), so vsock streams take the copy loop instead.
+func isVsock(conn syscall.Conn) bool {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return false
+	}
+	vsock := false
+	_ = rc.Control(func(fd uintptr) {
+		sa, err := unix.Getsockname(int(fd))
+		if err == nil {
+			_, vsock = sa.(*unix.SockaddrVM)
+		}
+	})
+	return vsock
 }

@@ -84,6 +84,10 @@ func parseFlags(args []string, def cmdline.Config) (options, error) {
 	return o, nil
 }
 
+// replyDrain is how long PID 1 waits after the server stopped before
+// powering off, so the final replies leave the guest.
+const replyDrain = 200 * time.Millisecond
+
 // defaultStateRoot holds libcontainer state and sandbox files (tmpfs /run).
 const defaultStateRoot = "/run/keel"
 
@@ -94,7 +98,12 @@ func run(args []string) error {
 
 	// boot.Run starts the reaper (it owns wait(2) from here on) and, as
 	// PID 1, brings the guest up; in host mode it only returns defaults.
-	res, err := boot.Run(ctx)
+	// The services it starts (log port, debug console) live as long as
+	// this function: their context is not the signal context, which PID 1
+	// cancels right below.
+	bootCtx, bootCancel := context.WithCancel(context.Background())
+	defer bootCancel()
+	res, err := boot.Run(bootCtx)
 	if err != nil {
 		return fmt.Errorf("boot: %w", err)
 	}
@@ -214,6 +223,12 @@ func run(args []string) error {
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		srv.Close()
+	}
+	if res.PID1 {
+		// The last reply (DestroySandbox's) is in the guest's vsock queue;
+		// give the transport a moment to hand it to the host before the
+		// power-off takes the device away.
+		time.Sleep(replyDrain)
 	}
 	if !res.PID1 {
 		// As PID 1 the power-off path runs the stop hooks; a host-mode

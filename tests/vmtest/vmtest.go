@@ -153,7 +153,9 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 	}
 	g := &Guest{Dir: cfg.Dir}
 	if g.Dir == "" {
-		if g.Dir, err = os.MkdirTemp("", "keel-vm-"); err != nil {
+		// The owner pid in the name lets qemu.Launch sweep the dirs of
+		// test processes that died.
+		if g.Dir, err = os.MkdirTemp("", fmt.Sprintf("keel-vm-%d-", os.Getpid())); err != nil {
 			return nil, err
 		}
 		g.ownsDir = true

@@ -174,13 +174,6 @@ func testLogVPort(ctx context.Context, t *testing.T, g *Guest, c *client.Client)
 	conn, err := client.DialConn(dctx, g.PortAddr(logVPort))
 	cancel()
 	if err != nil {
-		if logged := grepLog(g, "log stream listening"); len(logged) > 0 {
-			// Known agent bug (reported): as PID 1, cmd/keel-agent's run()
-			// calls stop() on the context it gave boot.Run, whose
-			// startServices closes the log listener when that context
-			// ends, right after boot. Remove this skip with the fix.
-			t.Skipf("KNOWN BUG: the agent logged %s but refuses connections (listener closed by boot's context): %v", logged[0], err)
-		}
 		t.Fatalf("%v\nagent log about the stream: %v", err, grepLog(g, "log stream"))
 	}
 	probe := fmt.Sprintf("log-probe-%d", time.Now().UnixNano())
