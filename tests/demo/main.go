@@ -76,6 +76,10 @@ func run(timeout time.Duration, keep bool) error {
 		}
 	}
 
+	if m, err := c.Agent.GetMetrics(ctx, &pb.GetMetricsRequest{}); err == nil {
+		step("agent memory in the guest: %s", metricLine(m.Metrics, "keel_agent_resident_memory_bytes", "keel_agent_go_heap_inuse_bytes"))
+	}
+
 	step("CreateSandbox hostname=keel-demo")
 	if _, err := c.Agent.CreateSandbox(ctx, &pb.CreateSandboxRequest{Hostname: "keel-demo", SandboxId: "demo", Dns: []string{"nameserver 10.0.2.3"}}); err != nil {
 		return fmt.Errorf("CreateSandbox: %w", err)
@@ -130,4 +134,19 @@ func run(timeout time.Duration, keep bool) error {
 		return fmt.Errorf("container exited with %d", w.Status)
 	}
 	return nil
+}
+
+// metricLine picks gauges out of Prometheus text and renders them in KiB.
+func metricLine(text string, names ...string) string {
+	var out []string
+	for _, line := range strings.Split(text, "\n") {
+		for _, n := range names {
+			if v, ok := strings.CutPrefix(line, n+" "); ok {
+				var f float64
+				fmt.Sscan(v, &f)
+				out = append(out, fmt.Sprintf("%s %.0f KiB", strings.TrimPrefix(n, "keel_agent_"), f/1024))
+			}
+		}
+	}
+	return strings.Join(out, ", ")
 }
