@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -96,7 +97,11 @@ func dialOnce(ctx context.Context, a addr.Address) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", a.Path)
 	case addr.HVSock:
-		return dialHybrid(ctx, a.Path, a.Port)
+		c, _, err := DialHybrid(ctx, a.Path, a.Port)
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
 	case addr.VSock:
 		if a.CID == addr.AnyCID {
 			return nil, permanentError{fmt.Errorf("cannot dial CID -1 (any): name the guest's CID")}
@@ -134,40 +139,53 @@ func dialVsock(ctx context.Context, cid, port uint32) (net.Conn, error) {
 	}
 }
 
-// dialHybrid connects to the device's Unix socket and asks for a guest port.
-// The reply is read byte by byte: bytes after the newline already belong to
-// the guest's stream and must not be swallowed by a buffered reader.
-func dialHybrid(ctx context.Context, path string, port uint32) (net.Conn, error) {
+// DialHybrid makes one hybrid-vsock connection, without retrying: it
+// connects to the device's Unix socket at path, asks for the guest's port
+// and returns the stream with the host-side port the device assigned
+// ("OK <hostport>"; 0 when the device's OK line carries none). The reply is
+// read byte by byte: bytes after the newline already belong to the guest's
+// stream and must not be swallowed by a buffered reader.
+func DialHybrid(ctx context.Context, path string, port uint32) (*net.UnixConn, uint32, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
+	uc := conn.(*net.UnixConn)
 	deadline := time.Now().Add(HandshakeTimeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}
-	_ = conn.SetDeadline(deadline)
-	if err := handshake(conn, port); err != nil {
-		conn.Close()
-		return nil, err
+	_ = uc.SetDeadline(deadline)
+	hostPort, err := handshake(uc, port)
+	if err != nil {
+		uc.Close()
+		return nil, 0, err
 	}
-	_ = conn.SetDeadline(time.Time{})
-	return conn, nil
+	_ = uc.SetDeadline(time.Time{})
+	return uc, hostPort, nil
 }
 
-func handshake(rw io.ReadWriter, port uint32) error {
+// handshake sends CONNECT and accepts any reply line starting with "OK",
+// as Firecracker's clients do; the host port after it is optional.
+func handshake(rw io.ReadWriter, port uint32) (uint32, error) {
 	if _, err := fmt.Fprintf(rw, "CONNECT %d\n", port); err != nil {
-		return fmt.Errorf("%w: sending CONNECT %d: %v", ErrHandshake, port, err)
+		return 0, fmt.Errorf("%w: sending CONNECT %d: %v", ErrHandshake, port, err)
 	}
 	line, err := readLine(rw)
 	if err != nil {
-		return fmt.Errorf("%w: waiting for the reply to CONNECT %d: %v", ErrHandshake, port, err)
+		return 0, fmt.Errorf("%w: waiting for the reply to CONNECT %d: %v", ErrHandshake, port, err)
 	}
 	if !strings.HasPrefix(line, "OK") {
-		return fmt.Errorf("%w: CONNECT %d answered %q, want \"OK <port>\"", ErrHandshake, port, line)
+		return 0, fmt.Errorf("%w: CONNECT %d answered %q, want \"OK <port>\"", ErrHandshake, port, line)
 	}
-	return nil
+	var hostPort uint32
+	if f := strings.Fields(line); len(f) == 2 && f[0] == "OK" {
+		if p, err := strconv.ParseUint(f[1], 10, 32); err == nil {
+			hostPort = uint32(p)
+		}
+	}
+	return hostPort, nil
 }
 
 func readLine(r io.Reader) (string, error) {

@@ -219,3 +219,18 @@ func TestReadLineLimits(t *testing.T) {
 		}
 	}
 }
+
+func TestDialHybridReportsHostPort(t *testing.T) {
+	for reply, want := range map[string]uint32{"OK 1073741830\n": 1073741830, "OK\n": 0, "OK x\n": 0} {
+		sock := filepath.Join(t.TempDir(), "v.sock")
+		startFakeVMM(t, sock, func(string) string { return reply })
+		c, port, err := DialHybrid(context.Background(), sock, 1027)
+		if err != nil {
+			t.Fatalf("reply %q: %v", reply, err)
+		}
+		c.Close()
+		if port != want {
+			t.Errorf("reply %q: host port %d, want %d", reply, port, want)
+		}
+	}
+}

@@ -70,7 +70,15 @@ func Dial(ctx context.Context, address string) (net.Conn, uint32, error) {
 		}
 		return c, port, nil
 	case addr.HVSock:
-		return dialHybrid(ctx, a.Path, a.Port)
+		c, hostPort, err := client.DialHybrid(ctx, a.Path, a.Port)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%w: %v", ErrHandshake, err)
+		}
+		if hostPort == 0 {
+			c.Close()
+			return nil, 0, fmt.Errorf("%w: the device's OK carried no host port, which the agent needs to match the stream", ErrHandshake)
+		}
+		return c, hostPort, nil
 	}
 	return nil, 0, fmt.Errorf("passfd: address %q: scheme %q cannot carry passfd streams (want vsock or hvsock)", address, a.Scheme)
 }
@@ -83,26 +91,6 @@ func LocalPort(c net.Conn) (uint32, error) {
 		return 0, fmt.Errorf("passfd: local address %v is not vsock", c.LocalAddr())
 	}
 	return la.Port, nil
-}
-
-func dialHybrid(ctx context.Context, path string, port uint32) (net.Conn, uint32, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		return nil, 0, fmt.Errorf("passfd: %w", err)
-	}
-	setDeadline(ctx, c)
-	if _, err := fmt.Fprintf(c, "CONNECT %d\n", port); err != nil {
-		c.Close()
-		return nil, 0, fmt.Errorf("%w: sending CONNECT %d: %v", ErrHandshake, port, err)
-	}
-	hostPort, err := readOK(c)
-	if err != nil {
-		c.Close()
-		return nil, 0, err
-	}
-	c.SetDeadline(time.Time{})
-	return c, hostPort, nil
 }
 
 // PassFD hands f (the container's stdio FIFO or any stream file) to a
@@ -142,7 +130,7 @@ func PassFD(ctx context.Context, udsPath string, agentPort uint32, f *os.File, k
 	return readOK(c)
 }
 
-// setDeadline bounds the handshake by HandshakeTimeout and ctx.
+// setDeadline bounds the passfd exchange by HandshakeTimeout and ctx.
 func setDeadline(ctx context.Context, c net.Conn) {
 	deadline := time.Now().Add(HandshakeTimeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
