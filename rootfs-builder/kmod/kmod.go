@@ -12,6 +12,7 @@ import (
 	"bufio"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -74,7 +76,9 @@ func ParseDep(r io.Reader) (map[string][]string, error) {
 }
 
 // Resolve returns the named modules plus all their dependencies, ordered so
-// that every module comes after the modules it depends on.
+// that every module comes after the modules it depends on. Names the kernel
+// has built in (modules.builtin) need no file and are skipped; names found
+// nowhere are one error listing them all.
 func Resolve(modulesDir string, names []string) ([]Module, error) {
 	f, err := os.Open(filepath.Join(modulesDir, "modules.dep"))
 	if err != nil {
@@ -82,6 +86,10 @@ func Resolve(modulesDir string, names []string) ([]Module, error) {
 	}
 	defer f.Close()
 	deps, err := ParseDep(f)
+	if err != nil {
+		return nil, err
+	}
+	builtin, err := readBuiltin(modulesDir)
 	if err != nil {
 		return nil, err
 	}
@@ -114,24 +122,81 @@ func Resolve(modulesDir string, names []string) ([]Module, error) {
 	}
 	sorted := append([]string(nil), names...)
 	sort.Strings(sorted)
+	var unknown []string
 	for _, n := range sorted {
 		p, ok := byName[NormalizeName(n)]
 		if !ok {
-			return nil, fmt.Errorf("kernel module %q not found in %s/modules.dep (built in, or misspelt?)", n, modulesDir)
+			if !builtin[NormalizeName(n)] {
+				unknown = append(unknown, strconv.Quote(n))
+			}
+			continue
 		}
 		if err := visit(p, nil); err != nil {
 			return nil, err
 		}
 	}
+	if len(unknown) > 0 {
+		return nil, fmt.Errorf("kernel module(s) %s not found in %s/modules.dep (misspelt?)", strings.Join(unknown, ", "), modulesDir)
+	}
 	return order, nil
 }
 
+// readBuiltin reads modules.builtin (absent is fine) as a set of names.
+func readBuiltin(modulesDir string) (map[string]bool, error) {
+	b, err := os.ReadFile(filepath.Join(modulesDir, "modules.builtin"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	set := map[string]bool{}
+	for _, l := range strings.Fields(string(b)) {
+		set[NormalizeName(l)] = true
+	}
+	return set, nil
+}
+
 // Install copies mods (from Resolve) into root/lib/modules/<kver>/ where
-// kver is the base name of modulesDir, decompressing them, and writes the
-// pruned modules.dep and modules.load. It returns the kernel version.
-func Install(ctx context.Context, root, modulesDir string, mods []Module) (string, error) {
+// kver is the base name of modulesDir, decompressing them so the guest can
+// finit_module them without in-kernel decompression, and writes the pruned
+// modules.dep, modules.load and the kernel's modules.builtin. It returns the
+// kernel version. On error every file and directory it created is removed.
+func Install(ctx context.Context, root, modulesDir string, mods []Module) (_ string, err error) {
 	kver := filepath.Base(filepath.Clean(modulesDir))
 	dst := filepath.Join(root, "lib/modules", kver)
+	var created []string // in creation order; removed in reverse on error
+	defer func() {
+		if err != nil {
+			for i := len(created) - 1; i >= 0; i-- {
+				_ = os.Remove(created[i])
+			}
+		}
+	}()
+	mkdirs := func(dir string) error {
+		var missing []string
+		for d := dir; d != root && d != "." && d != "/"; d = filepath.Dir(d) {
+			if _, err := os.Lstat(d); err == nil {
+				break
+			}
+			missing = append(missing, d)
+		}
+		for i := len(missing) - 1; i >= 0; i-- {
+			if err := os.Mkdir(missing[i], 0o755); err != nil {
+				return err
+			}
+			created = append(created, missing[i])
+		}
+		return nil
+	}
+	write := func(name string, data []byte) error {
+		p := filepath.Join(dst, name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			return err
+		}
+		created = append(created, p)
+		return nil
+	}
+	if err := mkdirs(dst); err != nil {
+		return "", err
+	}
 	var dep, load strings.Builder
 	inSet := map[string]bool{}
 	for _, m := range mods {
@@ -143,33 +208,40 @@ func Install(ctx context.Context, root, modulesDir string, mods []Module) (strin
 		f.Close()
 	}
 	for _, m := range mods {
+		if path.IsAbs(m.Src) || strings.Contains("/"+m.Src+"/", "/../") || m.Dst != plain(m.Src) {
+			return "", fmt.Errorf("module %s: unsafe path %q", m.Name, m.Src)
+		}
 		out := filepath.Join(dst, filepath.FromSlash(m.Dst))
-		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		if err := mkdirs(filepath.Dir(out)); err != nil {
 			return "", err
 		}
-		if err := decompress(ctx, filepath.Join(modulesDir, filepath.FromSlash(m.Src)), out); err != nil {
+		err := decompress(ctx, filepath.Join(modulesDir, filepath.FromSlash(m.Src)), out)
+		if _, serr := os.Lstat(out); serr == nil {
+			created = append(created, out)
+		}
+		if err != nil {
 			return "", fmt.Errorf("module %s: %w", m.Name, err)
 		}
-		var ds []string
+		fmt.Fprintf(&dep, "%s:", m.Dst)
 		for _, d := range deps[m.Src] {
 			if inSet[d] {
-				ds = append(ds, plain(d))
+				fmt.Fprintf(&dep, " %s", plain(d))
 			}
-		}
-		fmt.Fprintf(&dep, "%s:", m.Dst)
-		for _, d := range ds {
-			fmt.Fprintf(&dep, " %s", d)
 		}
 		dep.WriteString("\n")
 		fmt.Fprintf(&load, "%s\n", m.Dst)
 	}
-	if err := os.MkdirAll(dst, 0o755); err != nil {
+	if err := write("modules.dep", []byte(dep.String())); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(filepath.Join(dst, "modules.dep"), []byte(dep.String()), 0o644); err != nil {
+	if err := write("modules.load", []byte(load.String())); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(filepath.Join(dst, "modules.load"), []byte(load.String()), 0o644); err != nil {
+	if b, err := os.ReadFile(filepath.Join(modulesDir, "modules.builtin")); err == nil {
+		if err := write("modules.builtin", b); err != nil {
+			return "", err
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
 		return "", err
 	}
 	return kver, nil

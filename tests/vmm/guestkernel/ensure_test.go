@@ -68,7 +68,7 @@ func TestEnsureDebianKernel(t *testing.T) {
 		names = append(names, m.Name)
 	}
 	t.Logf("%d guest modules: %s", len(mods), strings.Join(names, " "))
-	if strings.HasSuffix(mods[0].RelPath, ".ko") {
+	if strings.HasSuffix(mods[0].Src, ".ko") {
 		// Debian 12 ships uncompressed modules; InstallModules copies as is.
 		t.Logf("modules are uncompressed .ko")
 	}

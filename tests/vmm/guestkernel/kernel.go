@@ -25,7 +25,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -53,10 +52,6 @@ type Kernel struct {
 	VmlinuzPath string
 	// ModulesDir is .../lib/modules/<Version>, holding modules.dep.
 	ModulesDir string
-
-	indexOnce sync.Once
-	index     *moduleIndex
-	indexErr  error
 }
 
 // marker is the JSON stored as markerName.

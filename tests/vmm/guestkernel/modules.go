@@ -1,13 +1,12 @@
 package guestkernel
 
 import (
-	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
 	"debug/elf"
-	"errors"
 	"fmt"
+	"github.com/keelvm/keel/rootfs-builder/kmod"
 	"io"
 	"io/fs"
 	"os"
@@ -49,258 +48,43 @@ func GuestModules() []string {
 	return all
 }
 
-// Module is one loadable kernel module.
-type Module struct {
-	// Name is the normalised module name ("-" replaced by "_").
-	Name string
-	// RelPath is the path relative to ModulesDir as in modules.dep,
-	// e.g. "kernel/fs/ext4/ext4.ko" (possibly with .xz/.zst/.gz).
-	RelPath string
-	// Path is the absolute host path of the module file.
-	Path string
-	// Deps are the RelPaths of every module this one needs, in modules.dep
-	// order: the last one must be loaded first.
-	Deps []string
-}
-
-// moduleIndex is a parsed modules.dep plus modules.builtin.
-type moduleIndex struct {
-	byName  map[string]*Module
-	builtin map[string]bool
-}
+// Module is one module to load, as rootfs-builder/kmod resolves it: the
+// guest tooling and the image builder share one implementation.
+type Module = kmod.Module
 
 // NormalizeName maps a module or file name to the name modprobe uses:
 // directory and .ko[.gz|.xz|.zst] suffix dropped, "-" replaced by "_".
-func NormalizeName(s string) string {
-	s = path.Base(s)
-	for _, ext := range []string{".gz", ".xz", ".zst"} {
-		s = strings.TrimSuffix(s, ext)
-	}
-	s = strings.TrimSuffix(s, ".ko")
-	return strings.ReplaceAll(s, "-", "_")
-}
-
-func (k *Kernel) modules() (*moduleIndex, error) {
-	k.indexOnce.Do(func() {
-		k.index, k.indexErr = readIndex(k.ModulesDir)
-	})
-	return k.index, k.indexErr
-}
-
-func readIndex(dir string) (*moduleIndex, error) {
-	f, err := os.Open(filepath.Join(dir, "modules.dep"))
-	if err != nil {
-		return nil, fmt.Errorf("unable to read modules.dep: %w", err)
-	}
-	defer f.Close()
-	idx := &moduleIndex{byName: map[string]*Module{}, builtin: map[string]bool{}}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for line := 1; sc.Scan(); line++ {
-		text := strings.TrimSpace(sc.Text())
-		if text == "" || strings.HasPrefix(text, "#") {
-			continue
-		}
-		rel, deps, ok := strings.Cut(text, ":")
-		if !ok || rel == "" {
-			return nil, fmt.Errorf("modules.dep line %d: missing ':' in %q", line, text)
-		}
-		if err := checkRel(rel); err != nil {
-			return nil, fmt.Errorf("modules.dep line %d: %w", line, err)
-		}
-		m := &Module{Name: NormalizeName(rel), RelPath: rel, Path: filepath.Join(dir, rel), Deps: strings.Fields(deps)}
-		for _, d := range m.Deps {
-			if err := checkRel(d); err != nil {
-				return nil, fmt.Errorf("modules.dep line %d: %w", line, err)
-			}
-		}
-		idx.byName[m.Name] = m
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("unable to read modules.dep: %w", err)
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "modules.builtin"))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	for _, l := range strings.Fields(string(b)) {
-		idx.builtin[NormalizeName(l)] = true
-	}
-	return idx, nil
-}
-
-// checkRel refuses module paths that would escape the modules directory,
-// since they are later joined onto an initramfs staging tree.
-func checkRel(rel string) error {
-	if path.IsAbs(rel) || rel != path.Clean(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
-		return fmt.Errorf("unsafe module path %q", rel)
-	}
-	return nil
-}
+func NormalizeName(s string) string { return kmod.NormalizeName(s) }
 
 // ModulesFor resolves module names (e.g. "ext4", "virtio-pci") to the
 // modules to load, dependencies included, in load order: each module comes
 // after everything it depends on, and each appears once. Names built into
 // the kernel are skipped. Unknown names are an error that lists them all.
 func (k *Kernel) ModulesFor(names ...string) ([]Module, error) {
-	idx, err := k.modules()
+	mods, err := kmod.Resolve(k.ModulesDir, names)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("kernel %s: %w", k.Version, err)
 	}
-	byRel := make(map[string]*Module, len(idx.byName))
-	for _, m := range idx.byName {
-		byRel[m.RelPath] = m
-	}
-	const (
-		visiting = 1
-		done     = 2
-	)
-	state := map[string]int{}
-	var out []Module
-	var visit func(m *Module) error
-	visit = func(m *Module) error {
-		switch state[m.RelPath] {
-		case done:
-			return nil
-		case visiting:
-			return fmt.Errorf("module dependency cycle through %s", m.Name)
-		}
-		state[m.RelPath] = visiting
-		// modules.dep lists the closure with the first-to-load last.
-		for i := len(m.Deps) - 1; i >= 0; i-- {
-			d, ok := byRel[m.Deps[i]]
-			if !ok {
-				return fmt.Errorf("module %s depends on %s, which modules.dep does not list", m.Name, m.Deps[i])
-			}
-			if err := visit(d); err != nil {
-				return err
-			}
-		}
-		state[m.RelPath] = done
-		out = append(out, *m)
-		return nil
-	}
-	var unknown []string
-	for _, n := range names {
-		name := NormalizeName(n)
-		if m, ok := idx.byName[name]; ok {
-			if err := visit(m); err != nil {
-				return nil, err
-			}
-		} else if !idx.builtin[name] {
-			unknown = append(unknown, n)
-		}
-	}
-	if len(unknown) > 0 {
-		return nil, fmt.Errorf("unknown kernel module(s) for %s: %s", k.Version, strings.Join(unknown, ", "))
-	}
-	return out, nil
+	return mods, nil
 }
 
 // InstallModules copies mods (as returned by ModulesFor) into
-// root/lib/modules/<Version>/, decompressing .gz/.xz/.zst modules so the
-// guest can finit_module them without in-kernel decompression, and writes a
-// modules.dep covering just those modules plus the kernel's modules.builtin.
-// It returns the guest paths ("/lib/modules/...") in load order. On error,
-// every file it created is removed again.
-func (k *Kernel) InstallModules(ctx context.Context, root string, mods []Module) (guestPaths []string, err error) {
-	base := filepath.Join("lib", "modules", k.Version)
-	var created []string
-	defer func() {
-		if err != nil {
-			for i := len(created) - 1; i >= 0; i-- {
-				_ = os.Remove(created[i])
-			}
-		}
-	}()
-	mkdirs := func(dir string) error {
-		// Record each directory we create so a rollback removes it too.
-		var missing []string
-		for d := dir; d != root && d != "." && d != "/"; d = filepath.Dir(d) {
-			if _, err := os.Lstat(d); err == nil {
-				break
-			}
-			missing = append(missing, d)
-		}
-		for i := len(missing) - 1; i >= 0; i-- {
-			if err := os.Mkdir(missing[i], 0o755); err != nil {
-				return err
-			}
-			created = append(created, missing[i])
-		}
-		return nil
+// root/lib/modules/<Version>/, decompressed, with a pruned modules.dep and
+// the kernel's modules.builtin (see kmod.Install). It returns the guest
+// paths ("/lib/modules/...") in load order. On error, every file it created
+// is removed again.
+func (k *Kernel) InstallModules(ctx context.Context, root string, mods []Module) ([]string, error) {
+	if filepath.Base(filepath.Clean(k.ModulesDir)) != k.Version {
+		return nil, fmt.Errorf("modules dir %s does not end in the kernel version %s", k.ModulesDir, k.Version)
 	}
-	if err := mkdirs(filepath.Join(root, base)); err != nil {
-		return nil, fmt.Errorf("unable to create modules dir: %w", err)
-	}
-
-	var dep bytes.Buffer
-	for _, m := range mods {
-		if err := checkRel(m.RelPath); err != nil {
-			return nil, err
-		}
-		rel := plainRel(m.RelPath)
-		dst := filepath.Join(root, base, rel)
-		if err := mkdirs(filepath.Dir(dst)); err != nil {
-			return nil, fmt.Errorf("unable to create module dir: %w", err)
-		}
-		if err := copyModule(ctx, m.Path, dst); err != nil {
-			_ = os.Remove(dst)
-			return nil, err
-		}
-		created = append(created, dst)
-		guestPaths = append(guestPaths, "/"+path.Join(base, rel))
-		fmt.Fprintf(&dep, "%s:", rel)
-		for _, d := range m.Deps {
-			fmt.Fprintf(&dep, " %s", plainRel(d))
-		}
-		dep.WriteByte('\n')
-	}
-	files := map[string][]byte{"modules.dep": dep.Bytes()}
-	if b, err := os.ReadFile(filepath.Join(k.ModulesDir, "modules.builtin")); err == nil {
-		files["modules.builtin"] = b
-	} else if !errors.Is(err, os.ErrNotExist) {
+	if _, err := kmod.Install(ctx, root, k.ModulesDir, mods); err != nil {
 		return nil, err
 	}
-	for name, b := range files {
-		p := filepath.Join(root, base, name)
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			return nil, fmt.Errorf("unable to write %s: %w", name, err)
-		}
-		created = append(created, p)
+	paths := make([]string, len(mods))
+	for i, m := range mods {
+		paths[i] = "/" + path.Join("lib/modules", k.Version, m.Dst)
 	}
-	return guestPaths, nil
-}
-
-// plainRel strips a compression suffix from a module path.
-func plainRel(rel string) string {
-	for _, ext := range []string{".gz", ".xz", ".zst"} {
-		if strings.HasSuffix(rel, ".ko"+ext) {
-			return strings.TrimSuffix(rel, ext)
-		}
-	}
-	return rel
-}
-
-func copyModule(ctx context.Context, src, dst string) error {
-	r, err := openModule(ctx, src)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, r); err != nil {
-		out.Close()
-		return fmt.Errorf("unable to copy module %s: %w", src, err)
-	}
-	if err := r.Close(); err != nil {
-		out.Close()
-		return fmt.Errorf("unable to decompress module %s: %w", src, err)
-	}
-	return out.Close()
+	return paths, nil
 }
 
 // openModule returns the uncompressed content of a module file. gzip is
