@@ -2,6 +2,7 @@ package daxtest
 
 import (
 	"context"
+	"github.com/keelvm/keel/agent/container/containertest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,7 +57,7 @@ func buildDAXImage(ctx context.Context, t *testing.T, agent string, fs image.FS)
 		t.Fatal(err)
 	}
 	cr := filepath.Join(tree, containerRootfs)
-	if err := InstallBusyboxRootfs(ctx, cr); err != nil {
+	if err := containertest.MakeRootfs(cr); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.MkdirAll(filepath.Join(cr, filepath.Dir(bigFile)), 0o755); err != nil {
@@ -120,7 +121,7 @@ func measure(ctx context.Context, t *testing.T, img string, fs image.FS, rootfla
 		t.Fatalf("CreateSandbox: %v", err)
 	}
 	t0 := time.Now()
-	out, status, err := RunContainer(ctx, c, "reader", vmtest.BusyboxSpec(containerRootfs, "/bin/sh", "-c", workload))
+	out, _, status, err := vmtest.RunContainer(ctx, c.Agent, "reader", vmtest.BusyboxSpec(containerRootfs, "/bin/sh", "-c", workload))
 	if err != nil {
 		t.Fatal(err)
 	}

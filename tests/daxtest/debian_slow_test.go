@@ -105,7 +105,7 @@ func TestDebianContainerOnDAXRoot(t *testing.T) {
 		t.Fatalf("CreateSandbox: %v", err)
 	}
 	t0 := time.Now()
-	out, status, err := RunContainer(ctx, c, "perl", vmtest.BusyboxSpec(debianRootfs, "/bin/sh", "-c",
+	out, _, status, err := vmtest.RunContainer(ctx, c.Agent, "perl", vmtest.BusyboxSpec(debianRootfs, "/bin/sh", "-c",
 		`/usr/bin/perl -e 'print 6*7'; echo; cat /proc/self/mountinfo`))
 	if err != nil {
 		t.Fatal(err)

@@ -87,36 +87,18 @@ func run(timeout time.Duration, keep bool) error {
 	script := `echo "hello from a Keel container"; echo "hostname: $(hostname)"; echo "pid: $$"; echo "kernel: $(uname -r)"; ps | head -5`
 	spec := vmtest.BusyboxSpec(vmtest.ContainerRootfs, "/bin/sh", "-c", script)
 	step("CreateContainer demo: /bin/sh -c %q", script)
-	if _, err := c.Agent.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "demo", ExecId: "demo", OCI: spec}); err != nil {
-		return fmt.Errorf("CreateContainer: %w", err)
-	}
 	t0 := time.Now()
-	if _, err := c.Agent.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "demo"}); err != nil {
-		return fmt.Errorf("StartContainer: %w", err)
+	out, errOut, status, err := vmtest.RunContainer(ctx, c.Agent, "demo", spec)
+	if err != nil {
+		return err
 	}
 	step("container output (ReadStdout until EOF):")
-	for {
-		r, err := c.Agent.ReadStdout(ctx, &pb.ReadStreamRequest{ContainerId: "demo", ExecId: "demo", Len: 32 << 10})
-		if err != nil {
-			return fmt.Errorf("ReadStdout: %w", err)
-		}
-		if len(r.Data) == 0 {
-			break
-		}
-		for _, l := range strings.SplitAfter(string(r.Data), "\n") {
-			if l != "" {
-				fmt.Print("    | ", l)
-			}
+	for _, l := range strings.SplitAfter(out+errOut, "\n") {
+		if l != "" {
+			fmt.Print("    | ", l)
 		}
 	}
-	w, err := c.Agent.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: "demo", ExecId: "demo"})
-	if err != nil {
-		return fmt.Errorf("WaitProcess: %w", err)
-	}
-	step("container exited with status %d (start to exit %.0f ms under TCG)", w.Status, time.Since(t0).Seconds()*1000)
-	if _, err := c.Agent.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: "demo"}); err != nil {
-		return fmt.Errorf("RemoveContainer: %w", err)
-	}
+	step("container exited with status %d (create to removal %.0f ms under TCG)", status, time.Since(t0).Seconds()*1000)
 	step("DestroySandbox: the agent (PID 1) powers the guest off")
 	if _, err := c.Agent.DestroySandbox(ctx, &pb.DestroySandboxRequest{}); err != nil {
 		return fmt.Errorf("DestroySandbox: %w", err)
@@ -130,8 +112,8 @@ func run(timeout time.Duration, keep bool) error {
 		return fmt.Errorf("QEMU exited badly after power-off: %w", err)
 	}
 	step("VM powered off, QEMU exited 0; total %.1fs", time.Since(start).Seconds())
-	if w.Status != 0 {
-		return fmt.Errorf("container exited with %d", w.Status)
+	if status != 0 {
+		return fmt.Errorf("container exited with %d", status)
 	}
 	return nil
 }

@@ -50,27 +50,16 @@ func TestBootContainerPowerOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	spec := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c", `echo "$(hostname) $$ $(cat /proc/self/oom_score_adj)"; cat /proc/self/cgroup >&2; exit 3`)
-	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "c", ExecId: "c", OCI: spec}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "c"}); err != nil {
-		t.Fatal(err)
-	}
-	out := readAll(ctx, t, a.ReadStdout, "c")
-	errOut := readAll(ctx, t, a.ReadStderr, "c")
-	w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: "c", ExecId: "c"})
+	out, errOut, status, err := RunContainer(ctx, a, "c", spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// oom_score_adj 0: the container must not inherit the agent's -997.
-	if out != "keel-demo 1 0\n" || w.Status != 3 {
-		t.Errorf("container stdout %q status %d, want \"keel-demo 1 0\\n\" (spec hostname, pid 1, oom_score_adj 0) and 3", out, w.Status)
+	if out != "keel-demo 1 0\n" || status != 3 {
+		t.Errorf("container stdout %q status %d, want \"keel-demo 1 0\\n\" (spec hostname, pid 1, oom_score_adj 0) and 3", out, status)
 	}
 	if !strings.Contains(errOut, "0::/") {
 		t.Errorf("container cgroup (v2 in the guest) %q", errOut)
-	}
-	if _, err := a.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: "c"}); err != nil {
-		t.Fatal(err)
 	}
 	if _, err := a.DestroySandbox(ctx, &pb.DestroySandboxRequest{}); err != nil {
 		t.Fatal(err)
@@ -85,21 +74,6 @@ func TestBootContainerPowerOff(t *testing.T) {
 	}
 	if r := g.VM.ShutdownReason(); r != "guest-shutdown" {
 		t.Errorf("shutdown reason %q, want guest-shutdown (a power-off, not a panic/reset)", r)
-	}
-}
-
-func readAll(ctx context.Context, t *testing.T, read func(context.Context, *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error), id string) string {
-	t.Helper()
-	var b strings.Builder
-	for {
-		r, err := read(ctx, &pb.ReadStreamRequest{ContainerId: id, ExecId: id, Len: 1 << 20})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(r.Data) == 0 {
-			return b.String()
-		}
-		b.Write(r.Data)
 	}
 }
 

@@ -3,6 +3,7 @@ package vmtest
 import (
 	"context"
 	"fmt"
+	"github.com/keelvm/keel/agent/container/containertest"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,12 +15,6 @@ import (
 // ContainerRootfs is where the initramfs carries a busybox tree for test
 // containers (OCI root.path inside the guest).
 const ContainerRootfs = "/containers/busybox/rootfs"
-
-// busyboxApplets are linked into the test container rootfs.
-var busyboxApplets = []string{
-	"sh", "echo", "cat", "head", "tail", "sha256sum", "sleep", "true", "false", "hostname",
-	"stty", "ls", "mount", "wc", "dd", "yes", "id", "ps", "kill", "grep", "env", "uname", "tr",
-}
 
 // BusyboxPath is Debian's busybox-static binary.
 const BusyboxPath = "/bin/busybox"
@@ -42,6 +37,11 @@ func BuildInitrd(ctx context.Context, spec InitrdSpec, out string) error {
 	}
 	defer os.RemoveAll(tree)
 
+	if spec.Busybox {
+		if err := containertest.MakeRootfs(filepath.Join(tree, ContainerRootfs)); err != nil {
+			return fmt.Errorf("unable to build the container rootfs: %w", err)
+		}
+	}
 	if spec.Kernel != nil && len(spec.Modules) > 0 {
 		mods, err := spec.Kernel.ModulesFor(spec.Modules...)
 		if err != nil {
@@ -71,20 +71,7 @@ func BuildInitrd(ctx context.Context, spec InitrdSpec, out string) error {
 		cpio.Bytes("etc/group", []byte("root:x:0:\n"), 0o644),
 	)
 	if spec.Busybox {
-		r := ContainerRootfs[1:]
-		entries = append(entries, cpio.File(r+"/bin/busybox", BusyboxPath, 0o755))
-		for _, a := range busyboxApplets {
-			entries = append(entries, cpio.Symlink(r+"/bin/"+a, "busybox"))
-		}
-		for _, d := range []string{"proc", "sys", "dev", "tmp", "etc", "run"} {
-			entries = append(entries, cpio.Dir(r+"/"+d, 0o755))
-		}
-		entries = append(entries,
-			cpio.Bytes(r+"/etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644),
-			cpio.Bytes(r+"/etc/group", []byte("root:x:0:\n"), 0o644),
-		)
-		// The host-side /bin/busybox is also handy in the guest itself
-		// (debug console): the agent looks for /bin/sh.
+		// The guest itself gets a shell too (debug console: /bin/sh).
 		entries = append(entries, cpio.Dir("bin", 0o755), cpio.File("bin/busybox", BusyboxPath, 0o755), cpio.Symlink("bin/sh", "busybox"))
 	}
 	return cpio.BuildInitrd(out, entries, cpio.Gzip, cpio.Options{})

@@ -7,6 +7,7 @@ package containertest
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,31 +15,32 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keelvm/keel/rootfs-builder/recipe"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
-// Applets are the busybox applets linked in the rootfs.
-var Applets = []string{"sh", "echo", "cat", "sleep", "hostname", "true", "false", "ls", "grep", "mount",
-	"ps", "kill", "id", "env", "wc", "head", "dd", "yes", "date", "test", "pwd", "tr"}
+// BusyboxPath is Debian's busybox-static.
+const BusyboxPath = "/bin/busybox"
 
-// MakeRootfs builds a minimal busybox-static tree in dir.
+// MakeRootfs builds a busybox-static container rootfs in dir: busybox with
+// every applet linked (rootfs-builder's recipe.InstallBusybox, the same code
+// that puts busybox into guest images), the mount points an OCI spec needs
+// (they must exist when the tree ends up on a read-only image) and
+// passwd/group/hostname/resolv.conf.
 func MakeRootfs(dir string) error {
-	for _, d := range []string{"bin", "proc", "sys", "dev", "etc", "tmp", "root"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			return err
-		}
-	}
-	b, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		return fmt.Errorf("busybox-static is needed: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "bin/busybox"), b, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	for _, a := range Applets {
-		if err := os.Symlink("busybox", filepath.Join(dir, "bin", a)); err != nil {
+	if _, err := os.Stat(BusyboxPath); err != nil {
+		return fmt.Errorf("busybox-static is needed: %w", err)
+	}
+	if _, err := recipe.InstallBusybox(context.Background(), dir, BusyboxPath); err != nil {
+		return err
+	}
+	for _, d := range []string{"proc", "sys", "dev", "etc", "tmp", "root", "run"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return err
 		}
 	}
