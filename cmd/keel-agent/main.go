@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -78,6 +79,9 @@ func parseFlags(args []string, def cmdline.Config) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	if !filepath.IsAbs(o.stateRoot) {
+		return o, fmt.Errorf("--state-root %q: want an absolute directory", o.stateRoot)
+	}
 	if err := o.logLevel.UnmarshalText([]byte(*level)); err != nil {
 		return o, fmt.Errorf("--log-level %q: want debug, info, warn or error", *level)
 	}
@@ -116,7 +120,6 @@ func run(args []string) error {
 		stop()
 		ctx = context.Background()
 	} else {
-		timeline.Mark("agent_start")
 		var err error
 		o, err = parseFlags(args, cfg)
 		if err != nil {

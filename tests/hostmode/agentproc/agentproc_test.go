@@ -194,6 +194,24 @@ func TestKeelctlUsageErrors(t *testing.T) {
 	}
 }
 
+func TestAgentRejectsBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--state-root", ""},
+		{"--state-root", "relative/dir"},
+		{"--log-level", "loud"},
+		{"extra-arg"},
+	} {
+		// A bad flag must fail at once; an agent that starts anyway is
+		// killed by the deadline and fails the check below.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		out, err := exec.CommandContext(ctx, agentBin, append([]string{"--addr", "unix://" + filepath.Join(t.TempDir(), "a.sock")}, args...)...).CombinedOutput()
+		cancel()
+		if err == nil || ctx.Err() != nil || !strings.Contains(string(out), args[0]) {
+			t.Errorf("keel-agent %q: err %v, output %q; want failure naming %s", args, err, out, args[0])
+		}
+	}
+}
+
 func TestAgentRejectsBadListenAddress(t *testing.T) {
 	for _, addr := range []string{"tcp://127.0.0.1:1", "unix://relative", "vsock://x:1", "hvsock:///tmp/x:1"} {
 		out, err := exec.Command(agentBin, "--addr", addr).CombinedOutput()
