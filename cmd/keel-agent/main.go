@@ -88,8 +88,8 @@ func parseFlags(args []string, def cmdline.Config) (options, error) {
 	return o, nil
 }
 
-// replyDrain is how long PID 1 waits after the server stopped before
-// powering off, so the final replies leave the guest.
+// replyDrain is how long PID 1 waits after DestroySandbox before powering
+// off, so its reply is written and leaves the guest's vsock queue.
 const replyDrain = 200 * time.Millisecond
 
 // defaultStateRoot holds libcontainer state and sandbox files (tmpfs /run).
@@ -219,19 +219,20 @@ func run(args []string) error {
 		return nil
 	case <-ctx.Done():
 	case <-destroyed:
+		// The DestroySandbox handler signalled this just before returning;
+		// its reply is sent after that. No server Shutdown here: ttrpc
+		// treats a connection whose state its loop has not refreshed yet as
+		// idle and closes it, reply unsent (seen as "ttrpc: closed" on the
+		// host). The power-off main does next tears everything down anyway.
 		log.Info("sandbox destroyed: powering off")
+		time.Sleep(replyDrain)
+		return nil
 	}
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		srv.Close()
-	}
-	if res.PID1 {
-		// The last reply (DestroySandbox's) is in the guest's vsock queue;
-		// give the transport a moment to hand it to the host before the
-		// power-off takes the device away.
-		time.Sleep(replyDrain)
 	}
 	if !res.PID1 {
 		// As PID 1 the power-off path runs the stop hooks; a host-mode
