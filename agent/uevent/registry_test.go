@@ -30,8 +30,10 @@ const vdaPath = "/devices/pci0000:00/0000:00:02.0/0000:01:00.0/virtio3/block/vda
 
 func vdaMatcher() Matcher {
 	return Matcher{
-		What:    "vda",
-		Match:   func(ev *Event) bool { return ev.Action == ActionAdd && ev.Subsystem == "block" && ev.DevPath == vdaPath },
+		What: "vda",
+		Match: func(ev *Event) bool {
+			return ev.Action == ActionAdd && ev.Subsystem == "block" && ev.DevPath == vdaPath
+		},
 		Present: func(sysfs string) []string { return Glob(sysfs, "/devices/pci0000:00/0000:00:02.0/*/virtio*/block/*") },
 	}
 }
