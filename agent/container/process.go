@@ -192,6 +192,7 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 		io.CloseChildSide()
 	}
 	if err != nil {
+		reapAbandonedStages()
 		return nil, err
 	}
 	p := &Process{ID: id, Init: lp.Init, Pid: pid, io: io, lp: lp, done: make(chan struct{}), state: ProcessRunning}

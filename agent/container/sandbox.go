@@ -54,6 +54,11 @@ type Config struct {
 	SetHostname bool
 	// LoadModules loads CreateSandbox's kernel modules; nil uses init/kmod.
 	LoadModules func([]kmod.ModuleSpec) error
+	// LaunchTimeout bounds CreateContainer, StartContainer and
+	// ExecProcess (agent.launch_process_timeout); 0 means
+	// DefaultLaunchTimeout. Past it the start fails with ErrTimeout and is
+	// rolled back.
+	LaunchTimeout time.Duration
 	// OOM, when set, watches every container's memory cgroup from its
 	// creation to its removal (agent/oom.Watcher implements it).
 	OOM OOMWatcher
@@ -311,6 +316,8 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	if err != nil {
 		return nil, err
 	}
+	hooks := &hookCtl{}
+	boundHooks(cfg, hooks)
 	lc, err := libcontainer.Create(s.root, cc.ID, cfg)
 	if err != nil {
 		if errors.Is(err, libcontainer.ErrExist) {
@@ -318,8 +325,27 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		}
 		return nil, fmt.Errorf("OCI: %v: %w", err, ErrInvalid)
 	}
-	c := &Container{id: cc.ID, lc: lc, spec: spec, privatePidns: privatePid, state: StateCreated, execs: map[string]*Process{}, retired: map[string]*Process{}}
-	p, err := startProcess(lc, lp, execID, cc.IO, c.initExited)
+	c := &Container{id: cc.ID, lc: lc, spec: spec, privatePidns: privatePid, state: StateCreated, execs: map[string]*Process{}, retired: map[string]*Process{}, pending: map[string]bool{}}
+	c.launch = launchOpts{timeout: s.cfg.LaunchTimeout, hooks: hooks}
+	if st, err := lc.State(); err == nil {
+		c.launch.procs = procsFile(st.CgroupPaths)
+	}
+	var p *Process
+	err = launch(c.launch, fmt.Sprintf("create container %q", cc.ID), func() error {
+		var err error
+		p, err = startProcess(lc, lp, execID, cc.IO, c.initExited)
+		return err
+	}, func(startErr error) {
+		if startErr == nil {
+			p.killAndWait()
+		}
+		if derr := destroyLocked(lc); derr != nil {
+			s.log.Warn("rollback of timed-out create", "container_id", cc.ID, "err", derr)
+		}
+	})
+	if errors.Is(err, errLaunchTimeout) {
+		return nil, err
+	}
 	if err != nil {
 		// libcontainer killed and waited its init; remove cgroup and state.
 		if derr := destroyLocked(lc); derr != nil {

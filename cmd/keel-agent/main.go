@@ -76,6 +76,7 @@ type options struct {
 	addr      string
 	logLevel  slog.Level
 	stateRoot string
+	launch    time.Duration
 }
 
 // parseFlags reads host-mode flags on top of the cmdline defaults.
@@ -85,6 +86,7 @@ func parseFlags(args []string, def cmdline.Config) (options, error) {
 	fs.StringVar(&o.addr, "addr", def.ServerAddr, "listen address: vsock://CID:PORT (CID -1 = any) or unix:///path (kernel cmdline: agent.server_addr)")
 	level := fs.String("log-level", def.LogLevel.String(), "debug, info, warn or error (kernel cmdline: agent.log)")
 	fs.StringVar(&o.stateRoot, "state-root", defaultStateRoot, "directory for container state and sandbox files")
+	fs.DurationVar(&o.launch, "launch-timeout", def.LaunchProcessTimeout, "bound of a container or process start; past it the start fails with DeadlineExceeded and is rolled back (kernel cmdline: agent.launch_process_timeout)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -95,6 +97,9 @@ func parseFlags(args []string, def cmdline.Config) (options, error) {
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if o.launch <= 0 {
+		return o, fmt.Errorf("--launch-timeout %v: want a positive duration", o.launch)
 	}
 	if !filepath.IsAbs(o.stateRoot) {
 		return o, fmt.Errorf("--state-root %q: want an absolute directory", o.stateRoot)
@@ -146,6 +151,7 @@ func run(args []string) error {
 			return err
 		}
 		cfg.ServerAddr = o.addr
+		cfg.LaunchProcessTimeout = o.launch
 		res.Level.Set(o.logLevel)
 	}
 	slog.SetDefault(log)
@@ -165,10 +171,11 @@ func run(args []string) error {
 	defer oomWatcher.Close()
 
 	sandbox, err := container.New(container.Config{
-		StateRoot:   o.stateRoot,
-		SetHostname: res.PID1,
-		OOM:         oomWatcher,
-		Log:         log,
+		StateRoot:     o.stateRoot,
+		SetHostname:   res.PID1,
+		LaunchTimeout: cfg.LaunchProcessTimeout,
+		OOM:           oomWatcher,
+		Log:           log,
 	})
 	if err != nil {
 		return fmt.Errorf("unable to set up the container manager: %w", err)
