@@ -392,3 +392,39 @@ func TestNoSandboxNoPanic(t *testing.T) {
 		t.Errorf("RPC implements %d AgentService methods, want 17", n)
 	}
 }
+
+// TestRPCLaunchTimeoutIsDeadlineExceeded: a create stalled by a hook that
+// never returns answers DeadlineExceeded at the launch timeout, and the id
+// is free again (nothing left behind).
+func TestRPCLaunchTimeoutIsDeadlineExceeded(t *testing.T) {
+	f := false
+	sb, err := container.New(container.Config{StateRoot: t.TempDir(), CgroupParent: "/" + cgParent, NoPivotRoot: &f, LaunchTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := containers.New(containers.Options{Sandbox: sb})
+	t.Cleanup(func() { _, _ = r.DestroySandbox(context.Background(), &pb.DestroySandboxRequest{}) })
+	ctx := context.Background()
+	s := spec("/bin/true")
+	s.Hooks = &pb.Hooks{CreateRuntime: []*pb.Hook{{Path: "/bin/sleep", Args: []string{"sleep", "1000"}}}}
+	start := time.Now()
+	_, err = r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "stalled", OCI: s})
+	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "launch_process_timeout") {
+		t.Fatalf("stalled create: %v after %v", err, time.Since(start))
+	}
+	if d := time.Since(start); d < 2*time.Second || d > 30*time.Second {
+		t.Errorf("answered after %v, want about the 2 s launch timeout", d)
+	}
+	// Rolled back: the same id can be created again.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err = r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "stalled", OCI: spec("/bin/true")})
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("create of the same id after the rollback: %v", err)
+	}
+}

@@ -42,9 +42,11 @@ func Held() []os.Signal {
 		unix.SIGALRM, unix.SIGTERM, unix.SIGSTKFLT, unix.SIGTSTP, unix.SIGTTIN, unix.SIGTTOU,
 		unix.SIGXCPU, unix.SIGXFSZ, unix.SIGVTALRM, unix.SIGIO, unix.SIGPWR, unix.SIGSYS,
 	}
-	// Real-time signals: 32 and 33 are reserved by C libraries (the Go
-	// runtime handles them); SIGRTMIN..SIGRTMAX terminate by default.
-	for s := 32; s <= 64; s++ {
+	// Real-time signals terminate by default. 32 to 34 are reserved by C
+	// libraries: Go installs no handler for them and cannot be asked to,
+	// so they stay SIG_DFL, which the kernel never delivers to a pid
+	// namespace's init from inside it (a host-mode agent dies of them).
+	for s := 35; s <= 64; s++ {
 		sigs = append(sigs, unix.Signal(s))
 	}
 	return sigs
