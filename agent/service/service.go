@@ -17,6 +17,7 @@ import (
 	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/copyfile"
 	"github.com/keelvm/keel/agent/guestops"
+	"github.com/keelvm/keel/agent/networks"
 	"github.com/keelvm/keel/agent/oom"
 	"github.com/keelvm/keel/agent/version"
 	pb "github.com/keelvm/keel/protocol/grpc"
@@ -33,6 +34,7 @@ type Service struct {
 	*GuestOps   // SetGuestDateTime, ReseedRandomDev
 	*FileCopier // CopyFile
 	*OOM        // GetOOMEvent
+	*Networks   // interfaces, routes, ARP neighbours, iptables
 }
 
 // Aliases name the embedded handlers (two packages call theirs Handler).
@@ -41,6 +43,7 @@ type (
 	GuestOps   = guestops.Handler
 	FileCopier = copyfile.Handler
 	OOM        = oom.Watcher
+	Networks   = networks.Handler
 )
 
 var _ pb.AgentServiceService = (*Service)(nil)
@@ -52,6 +55,7 @@ type Handlers struct {
 	GuestOps   *guestops.Handler
 	CopyFile   *copyfile.Handler
 	OOM        *oom.Watcher
+	Network    *networks.Handler // nil: the network RPCs answer Unavailable
 }
 
 // New assembles a Service. Containers is required; any other handler left
@@ -63,7 +67,7 @@ func New(h Handlers) *Service {
 		// panics instead of answers: refuse to build such a service.
 		panic("service.New: Handlers.Containers is required")
 	}
-	s := &Service{Guest: h.Guest, Containers: h.Containers, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM}
+	s := &Service{Guest: h.Guest, Containers: h.Containers, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM, Networks: h.Network}
 	if s.Guest == nil {
 		s.Guest = &Guest{}
 	}
@@ -75,6 +79,9 @@ func New(h Handlers) *Service {
 	}
 	if s.OOM == nil {
 		s.OOM = oom.New()
+	}
+	if s.Networks == nil {
+		s.Networks = &networks.Handler{}
 	}
 	return s
 }

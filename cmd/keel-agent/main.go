@@ -22,6 +22,8 @@ import (
 	"github.com/keelvm/keel/agent/container"
 	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/metrics"
+	"github.com/keelvm/keel/agent/network"
+	"github.com/keelvm/keel/agent/networks"
 	"github.com/keelvm/keel/agent/oom"
 	"github.com/keelvm/keel/agent/passfd"
 	"github.com/keelvm/keel/agent/server"
@@ -163,6 +165,17 @@ func run(args []string) error {
 	})
 	reg.Gauge("keel_reaped_processes", "Child processes reaped by the agent since it started.", func() float64 { return float64(reaper.Reaped()) })
 
+	// The network RPCs configure the agent's own network namespace, which
+	// Kata's containers share (the runtime drops their network namespace).
+	netw, err := network.New(network.Config{
+		DeviceTimeout: cfg.HotplugTimeout,
+		Log:           log,
+	})
+	if err != nil {
+		return fmt.Errorf("unable to set up network configuration: %w", err)
+	}
+	defer netw.Close()
+
 	var pfd containers.PassFD
 	if cfg.PassfdListenerPort != 0 {
 		pl, err := server.Listen(fmt.Sprintf("vsock://-1:%d", cfg.PassfdListenerPort))
@@ -192,7 +205,8 @@ func run(args []string) error {
 				}
 			},
 		}),
-		OOM: oomWatcher,
+		OOM:     oomWatcher,
+		Network: networks.New(netw),
 	})
 	srv, err := server.New(svc, service.Health{}, reg, log)
 	if err != nil {
