@@ -17,9 +17,12 @@ import (
 	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/copyfile"
 	"github.com/keelvm/keel/agent/guestops"
+	"github.com/keelvm/keel/agent/hotplug"
 	"github.com/keelvm/keel/agent/networks"
 	"github.com/keelvm/keel/agent/oom"
+	"github.com/keelvm/keel/agent/swap"
 	"github.com/keelvm/keel/agent/version"
+	"github.com/keelvm/keel/agent/volume"
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
 
@@ -34,6 +37,9 @@ type Service struct {
 	*GuestOps   // SetGuestDateTime, ReseedRandomDev
 	*FileCopier // CopyFile
 	*OOM        // GetOOMEvent
+	*Hotplug    // OnlineCPUMem, MemHotplugByProbe
+	*Swap       // AddSwap, AddSwapPath
+	*Volumes    // GetVolumeStats, ResizeVolume
 	*Networks   // interfaces, routes, ARP neighbours, iptables
 }
 
@@ -43,6 +49,9 @@ type (
 	GuestOps   = guestops.Handler
 	FileCopier = copyfile.Handler
 	OOM        = oom.Watcher
+	Hotplug    = hotplug.Handler
+	Swap       = swap.Handler
+	Volumes    = volume.Handler
 	Networks   = networks.Handler
 )
 
@@ -55,6 +64,9 @@ type Handlers struct {
 	GuestOps   *guestops.Handler
 	CopyFile   *copyfile.Handler
 	OOM        *oom.Watcher
+	Hotplug    *hotplug.Handler
+	Swap       *swap.Handler
+	Volumes    *volume.Handler
 	Network    *networks.Handler // nil: the network RPCs answer Unavailable
 }
 
@@ -67,7 +79,8 @@ func New(h Handlers) *Service {
 		// panics instead of answers: refuse to build such a service.
 		panic("service.New: Handlers.Containers is required")
 	}
-	s := &Service{Guest: h.Guest, Containers: h.Containers, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM, Networks: h.Network}
+	s := &Service{Guest: h.Guest, Containers: h.Containers, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM,
+		Hotplug: h.Hotplug, Swap: h.Swap, Volumes: h.Volumes, Networks: h.Network}
 	if s.Guest == nil {
 		s.Guest = &Guest{}
 	}
@@ -79,6 +92,15 @@ func New(h Handlers) *Service {
 	}
 	if s.OOM == nil {
 		s.OOM = oom.New()
+	}
+	if s.Hotplug == nil {
+		s.Hotplug = &hotplug.Handler{}
+	}
+	if s.Swap == nil {
+		s.Swap = &swap.Handler{}
+	}
+	if s.Volumes == nil {
+		s.Volumes = &volume.Handler{}
 	}
 	if s.Networks == nil {
 		s.Networks = &networks.Handler{}

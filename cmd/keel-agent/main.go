@@ -21,6 +21,8 @@ import (
 
 	"github.com/keelvm/keel/agent/container"
 	"github.com/keelvm/keel/agent/containers"
+	"github.com/keelvm/keel/agent/devices"
+	"github.com/keelvm/keel/agent/hotplug"
 	"github.com/keelvm/keel/agent/metrics"
 	"github.com/keelvm/keel/agent/network"
 	"github.com/keelvm/keel/agent/networks"
@@ -28,7 +30,9 @@ import (
 	"github.com/keelvm/keel/agent/passfd"
 	"github.com/keelvm/keel/agent/server"
 	"github.com/keelvm/keel/agent/service"
+	"github.com/keelvm/keel/agent/swap"
 	"github.com/keelvm/keel/agent/version"
+	"github.com/keelvm/keel/agent/volume"
 	"github.com/keelvm/keel/init/boot"
 	"github.com/keelvm/keel/init/cmdline"
 	"github.com/keelvm/keel/init/reaper"
@@ -192,12 +196,14 @@ func run(args []string) error {
 	// as PID 1, main powers off.
 	destroyed := make(chan struct{})
 	var destroyOnce sync.Once
+	devs := &devices.Manager{}
 	svc := service.New(service.Handlers{
-		Guest: &service.Guest{Metrics: reg, ExtraFeatures: extraFeatures},
+		Guest: &service.Guest{Metrics: reg, ExtraFeatures: extraFeatures, DeviceHandlers: devices.Types},
 		Containers: containers.New(containers.Options{
 			Sandbox:  sandbox,
 			PassFD:   pfd,
 			PipeSize: cfg.ContainerPipeSize,
+			Devices:  devs,
 			Log:      log,
 			OnDestroySandbox: func() {
 				if res.PID1 {
@@ -207,6 +213,9 @@ func run(args []string) error {
 		}),
 		OOM:     oomWatcher,
 		Network: networks.New(netw),
+		Hotplug: &hotplug.Handler{Log: log},
+		Swap:    &swap.Handler{Log: log},
+		Volumes: &volume.Handler{Log: log},
 	})
 	srv, err := server.New(svc, service.Health{}, reg, log)
 	if err != nil {
