@@ -31,6 +31,7 @@ import (
 	"github.com/keelvm/keel/agent/server"
 	"github.com/keelvm/keel/agent/service"
 	"github.com/keelvm/keel/agent/swap"
+	"github.com/keelvm/keel/agent/uevent"
 	"github.com/keelvm/keel/agent/version"
 	"github.com/keelvm/keel/agent/volume"
 	"github.com/keelvm/keel/init/boot"
@@ -140,6 +141,16 @@ func run(args []string) error {
 	slog.SetDefault(log)
 
 	reg := metrics.New()
+	// Hot-plugged devices (storages, devices, NICs) are awaited through one
+	// uevent registry, fed by one listener opened before any RPC is served.
+	devices := uevent.NewRegistry(uevent.DefaultSysfs, cfg.HotplugTimeout)
+	if ul, err := uevent.Listen(devices, log); err != nil {
+		// Waits still find devices by looking in sysfs, only later.
+		log.Warn("no uevent listener: hot-plugged devices are found by polling sysfs", "err", err)
+	} else {
+		defer ul.Close()
+	}
+	reg.Gauge("keel_uevent_waiters", "RPCs waiting for a hot-plugged device.", func() float64 { return float64(devices.Waiting()) })
 	oomWatcher := oom.New()
 	defer oomWatcher.Close()
 
