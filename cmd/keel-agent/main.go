@@ -43,6 +43,18 @@ import (
 )
 
 func main() {
+	// The main goroutine becomes the orphan reaper (init/reaper's package
+	// doc); everything else runs beside it, so no start can block reaping.
+	if err := reaper.RunMain(agentMain); err != nil {
+		fmt.Fprintln(os.Stderr, "keel-agent:", err)
+		if os.Getpid() != 1 {
+			os.Exit(1)
+		}
+		select {} // PID 1 never returns
+	}
+}
+
+func agentMain() {
 	if os.Getpid() != 1 {
 		if err := run(os.Args[1:]); err != nil {
 			fmt.Fprintln(os.Stderr, "keel-agent:", err)
