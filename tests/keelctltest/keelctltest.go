@@ -67,19 +67,19 @@ func Run(t testing.TB, bin, addr string, stdin string, timeout time.Duration, ar
 // use rootfs (a busybox tree as the agent sees it). timeout bounds each
 // keelctl command (VMs under TCG are slow).
 func Check(t *testing.T, bin, addr, rootfs string, timeout time.Duration) {
-	run := func(stdin string, args ...string) Result {
+	run := func(t *testing.T, stdin string, args ...string) Result {
 		t.Helper()
 		return Run(t, bin, addr, stdin, timeout, args...)
 	}
 	t.Run("exit-status-and-streams", func(t *testing.T) {
-		r := run("", "run", "--rm", "--rootfs", rootfs, "--", "/bin/sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3")
+		r := run(t, "", "run", "--rm", "--rootfs", rootfs, "--", "/bin/sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3")
 		if r.Code != 3 || r.Stdout != "to-stdout\n" || r.Stderr != "to-stderr\n" {
 			t.Errorf("got exit %d stdout %q stderr %q; want 3, %q, %q", r.Code, r.Stdout, r.Stderr, "to-stdout\n", "to-stderr\n")
 		}
 	})
 	t.Run("stdin", func(t *testing.T) {
 		in := strings.Repeat("keel reads stdin\n", 5000) // 85 KB: several WriteStdin calls
-		r := run(in, "run", "--rm", "--rootfs", rootfs, "--env", "GREETING=hi there", "--", "/bin/sh", "-c", `tr a-z A-Z; echo "$GREETING"`)
+		r := run(t, in, "run", "--rm", "--rootfs", rootfs, "--env", "GREETING=hi there", "--", "/bin/sh", "-c", `tr a-z A-Z; echo "$GREETING"`)
 		if want := strings.ToUpper(in) + "hi there\n"; r.Code != 0 || r.Stdout != want {
 			t.Errorf("exit %d, stdout %d bytes (want %d), tail %q", r.Code, len(r.Stdout), len(want), tailOf(r.Stdout, 40))
 		}
@@ -104,19 +104,19 @@ func Check(t *testing.T, bin, addr, rootfs string, timeout time.Duration) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		r := run("", "exec", id, "--", "/bin/sh", "-c", "echo exec-out; echo exec-err >&2; cat /proc/1/cmdline | tr '\\0' ' '; exit 5")
+		r := run(t, "", "exec", id, "--", "/bin/sh", "-c", "echo exec-out; echo exec-err >&2; cat /proc/1/cmdline | tr '\\0' ' '; exit 5")
 		if r.Code != 5 || r.Stdout != "exec-out\nsleep 1000 " || r.Stderr != "exec-err\n" {
 			t.Errorf("exec: exit %d stdout %q stderr %q", r.Code, r.Stdout, r.Stderr)
 		}
-		r = run("", "stats", id)
+		r = run(t, "", "stats", id)
 		if r.Code != 0 || !strings.Contains(r.Stdout, "container  "+id) || !strings.Contains(r.Stdout, "pids       1 ") {
 			t.Errorf("stats: exit %d stdout %q", r.Code, r.Stdout)
 		}
-		r = run("", "stats", "--json", id)
+		r = run(t, "", "stats", "--json", id)
 		if r.Code != 0 || !strings.Contains(r.Stdout, `"cgroupStats"`) {
 			t.Errorf("stats --json: exit %d stdout %q", r.Code, r.Stdout)
 		}
-		r = run("", "kill", id, "KILL")
+		r = run(t, "", "kill", id, "KILL")
 		if r.Code != 0 {
 			t.Errorf("kill: exit %d stderr %q", r.Code, r.Stderr)
 		}
@@ -129,28 +129,28 @@ func Check(t *testing.T, bin, addr, rootfs string, timeout time.Duration) {
 		case <-ctx.Done():
 			t.Fatalf("keelctl run did not return after kill")
 		}
-		if r := run("", "rm", id); r.Code != 0 {
+		if r := run(t, "", "rm", id); r.Code != 0 {
 			t.Errorf("rm: exit %d stderr %q", r.Code, r.Stderr)
 		}
-		if r := run("", "rm", id); r.Code != 1 || !strings.Contains(r.Stderr, "NotFound") || !strings.Contains(r.Stderr, id) {
+		if r := run(t, "", "rm", id); r.Code != 1 || !strings.Contains(r.Stderr, "NotFound") || !strings.Contains(r.Stderr, id) {
 			t.Errorf("rm of a removed container: exit %d stderr %q; want 1 and a NotFound naming it", r.Code, r.Stderr)
 		}
 	})
 	t.Run("errors", func(t *testing.T) {
-		if r := run("", "run", "--rm", "--", "/bin/true"); r.Code != 2 || !strings.Contains(r.Stderr, "--rootfs") {
+		if r := run(t, "", "run", "--rm", "--", "/bin/true"); r.Code != 2 || !strings.Contains(r.Stderr, "--rootfs") {
 			t.Errorf("run without --rootfs: exit %d stderr %q", r.Code, r.Stderr)
 		}
-		r := run("", "run", "--rm", "--rootfs", "/no/such/rootfs", "--", "/bin/true")
+		r := run(t, "", "run", "--rm", "--rootfs", "/no/such/rootfs", "--", "/bin/true")
 		if r.Code != 125 || !strings.Contains(r.Stderr, "InvalidArgument") || !strings.Contains(r.Stderr, "/no/such/rootfs") {
 			t.Errorf("run with a missing rootfs: exit %d stderr %q; want 125 and InvalidArgument naming the path", r.Code, r.Stderr)
 		}
-		if r := run("", "run", "--rm", "--rootfs", rootfs, "--", "/no/such/cmd"); r.Code == 0 {
+		if r := run(t, "", "run", "--rm", "--rootfs", rootfs, "--", "/no/such/cmd"); r.Code == 0 {
 			t.Errorf("run of a missing command: exit 0, stderr %q", r.Stderr)
 		}
-		if r := run("", "kill", "nosuch", "SIGNOPE"); r.Code != 2 || !strings.Contains(r.Stderr, "SIGNOPE") {
+		if r := run(t, "", "kill", "nosuch", "SIGNOPE"); r.Code != 2 || !strings.Contains(r.Stderr, "SIGNOPE") {
 			t.Errorf("kill with a bad signal: exit %d stderr %q", r.Code, r.Stderr)
 		}
-		if r := run("", "exec", "nosuch", "--", "/bin/true"); r.Code != 125 || !strings.Contains(r.Stderr, "NotFound") {
+		if r := run(t, "", "exec", "nosuch", "--", "/bin/true"); r.Code != 125 || !strings.Contains(r.Stderr, "NotFound") {
 			t.Errorf("exec in a missing container: exit %d stderr %q", r.Code, r.Stderr)
 		}
 	})
