@@ -44,9 +44,9 @@ type Evidence struct {
 	RootMount string
 	// Cached and FileLRU (KiB) before and after the container read
 	// BigFile and its root's files.
-	CachedBefore, CachedAfter int64
+	CachedBefore, CachedAfter   int64
 	FileLRUBefore, FileLRUAfter int64
-	BytesRead                 int64
+	BytesRead                   int64
 }
 
 // Milestone is one boot timeline entry.

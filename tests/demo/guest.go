@@ -37,7 +37,7 @@ type DAXGuest struct {
 	// OwnKernel: Keel's kernel (kernel-config, cached by `make kernel`)
 	// booted with no initramfs; otherwise Debian's kernel with an
 	// initramfs that loads the pmem modules and switches root.
-	OwnKernel bool
+	OwnKernel  bool
 	KernelDesc string
 }
 
