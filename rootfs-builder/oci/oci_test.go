@@ -6,7 +6,6 @@ import (
 	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +13,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/keelvm/keel/rootfs-builder/internal/ocitest"
 )
 
 type ent struct {
@@ -86,28 +87,14 @@ func digest(b []byte) string {
 	return "sha256:" + hex.EncodeToString(s[:])
 }
 
-// writeLayout creates an OCI image layout with the given layer blobs.
+// writeLayout creates an OCI image layout with the given (uncompressed)
+// layers, stored gzip-compressed.
 func writeLayout(t *testing.T, layers ...[]byte) string {
 	t.Helper()
 	d := t.TempDir()
-	os.MkdirAll(filepath.Join(d, "blobs/sha256"), 0o755)
-	put := func(b []byte) string {
-		dg := digest(b)
-		os.WriteFile(filepath.Join(d, "blobs/sha256", strings.TrimPrefix(dg, "sha256:")), b, 0o644)
-		return dg
+	if _, err := ocitest.WriteLayout(d, ocitest.Image{Layers: layers, Gzip: true}); err != nil {
+		t.Fatal(err)
 	}
-	var ls []map[string]any
-	for _, l := range layers {
-		ls = append(ls, map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(l), "size": len(l)})
-	}
-	cfg := put([]byte(`{"architecture":"amd64","os":"linux"}`))
-	man, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-		"config": map[string]any{"digest": cfg, "size": 10}, "layers": ls})
-	idx, _ := json.Marshal(map[string]any{"schemaVersion": 2, "manifests": []any{map[string]any{
-		"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": put(man), "size": len(man),
-		"platform": map[string]any{"architecture": "amd64", "os": "linux"}}}})
-	os.WriteFile(filepath.Join(d, "index.json"), idx, 0o644)
-	os.WriteFile(filepath.Join(d, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644)
 	return d
 }
 
@@ -128,12 +115,12 @@ func baseLayers(t *testing.T) [][]byte {
 		dir("var/lib/sub/"), file("var/lib/sub/fresh", "upper"),
 		file("etc/keep", "2"),
 	)
-	return [][]byte{l1, gz(l2)}
+	return [][]byte{l1, l2}
 }
 
 func TestUnpackLayoutWhiteoutsAndOpaque(t *testing.T) {
 	layout := writeLayout(t, baseLayers(t)...)
-	img, err := Open(layout)
+	img, err := Open(layout, Platform{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,20 +148,11 @@ func TestUnpackLayoutWhiteoutsAndOpaque(t *testing.T) {
 }
 
 func TestDockerSaveTarball(t *testing.T) {
-	ls := baseLayers(t)
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	add := func(name string, b []byte) {
-		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg})
-		tw.Write(b)
-	}
-	add("aaa/layer.tar", ls[0])
-	add("bbb/layer.tar", ls[1])
-	add("manifest.json", []byte(`[{"Config":"c.json","RepoTags":["t:1"],"Layers":["aaa/layer.tar","bbb/layer.tar"]}]`))
-	tw.Close()
 	p := filepath.Join(t.TempDir(), "img.tar")
-	os.WriteFile(p, buf.Bytes(), 0o644)
-	img, err := Open(p)
+	if _, err := ocitest.WriteDockerSave(p, ocitest.Image{Layers: baseLayers(t)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	img, err := Open(p, Platform{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,12 +173,12 @@ func TestDockerSaveTarball(t *testing.T) {
 
 func TestDigestMismatch(t *testing.T) {
 	layout := writeLayout(t, layerTar(t, file("a", "b")))
-	img, err := Open(layout)
+	img, err := Open(layout, Platform{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	blob := filepath.Join(layout, img.Layers[0].Name)
-	os.WriteFile(blob, layerTar(t, file("a", "c")), 0o644)
+	os.WriteFile(blob, gz(layerTar(t, file("a", "c"))), 0o644)
 	if err := img.Unpack(t.TempDir(), ApplyOptions{}, nil); err == nil || !strings.Contains(err.Error(), "digest mismatch") {
 		t.Fatalf("err = %v", err)
 	}
@@ -263,14 +241,14 @@ func TestCheckSymlink(t *testing.T) {
 
 func TestOpenRejects(t *testing.T) {
 	d := t.TempDir()
-	if _, err := Open(d); err == nil || !strings.Contains(err.Error(), "neither an OCI layout") {
+	if _, err := Open(d, Platform{}); err == nil || !strings.Contains(err.Error(), "neither an OCI layout") {
 		t.Fatalf("empty dir: %v", err)
 	}
 	os.WriteFile(filepath.Join(d, "index.json"), []byte(`{"manifests":[{"digest":"sha256:../../etc"}]}`), 0o644)
-	if _, err := Open(d); err == nil || !strings.Contains(err.Error(), "malformed digest") {
+	if _, err := Open(d, Platform{}); err == nil || !strings.Contains(err.Error(), "malformed digest") {
 		t.Fatalf("bad digest: %v", err)
 	}
-	if _, err := Open(filepath.Join(d, "missing")); err == nil {
+	if _, err := Open(filepath.Join(d, "missing"), Platform{}); err == nil {
 		t.Fatal("missing path accepted")
 	}
 }
