@@ -207,6 +207,9 @@ func Install(ctx context.Context, root, modulesDir string, mods []Module) (_ str
 	}
 	write := func(name string, data []byte) error {
 		p := path.Join(dst, name)
+		if err := checkReplaceable(r, p); err != nil {
+			return err
+		}
 		if err := confine.WriteFile(r, p, data, 0o644); err != nil {
 			return fmt.Errorf("unable to write /%s in the image: %w", p, err)
 		}
@@ -263,6 +266,35 @@ func Install(ctx context.Context, root, modulesDir string, mods []Module) (_ str
 	return kver, nil
 }
 
+// checkReplaceable refuses to replace anything but a regular file (or
+// nothing) at name: the image planted it, and a symlink or device where a
+// module or modules.dep goes is an escape attempt.
+func checkReplaceable(r *os.Root, name string) error {
+	st, err := r.Lstat(name)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("unable to write /%s in the image: %w", name, err)
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("refusing to replace /%s in the image: it is a %s, not a regular file", name, typeName(st.Mode()))
+	}
+	return r.Remove(name)
+}
+
+func typeName(m os.FileMode) string {
+	switch {
+	case m&os.ModeSymlink != 0:
+		return "symlink"
+	case m.IsDir():
+		return "directory"
+	case m&os.ModeDevice != 0:
+		return "device"
+	}
+	return "special file"
+}
+
 // decompress writes the (possibly compressed) host module src to dst inside
 // r, calling created once dst exists.
 func decompress(ctx context.Context, src string, r *os.Root, dst string, created func()) error {
@@ -271,14 +303,11 @@ func decompress(ctx context.Context, src string, r *os.Root, dst string, created
 		return err
 	}
 	defer in.Close()
-	// Replace whatever the image had at dst; never write through it.
-	if st, err := r.Lstat(dst); err == nil {
-		if st.IsDir() {
-			return fmt.Errorf("/%s in the image is a directory", dst)
-		}
-		if err := r.Remove(dst); err != nil {
-			return err
-		}
+	// Replace a file the image had at dst; never write through it, and
+	// refuse anything but a regular file there (a planted symlink is an
+	// attack, not content).
+	if err := checkReplaceable(r, dst); err != nil {
+		return err
 	}
 	out, err := r.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o644)
 	if err != nil {

@@ -9,10 +9,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/keelvm/keel/rootfs-builder/internal/ocitest"
 )
@@ -320,5 +325,93 @@ func TestDevicesAsRoot(t *testing.T) {
 	st, err = os.Lstat(filepath.Join(root, "run/fifo"))
 	if err != nil || st.Mode()&os.ModeNamedPipe == 0 {
 		t.Fatalf("fifo: %v %v", st, err)
+	}
+}
+
+// TestSparseFileWrittenAsHoles: a sparse entry (GNU tar PAX sparse) is
+// unpacked with holes, not as gigabytes of zeros.
+func TestSparseFileWrittenAsHoles(t *testing.T) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("GNU tar not installed")
+	}
+	src := t.TempDir()
+	f, _ := os.Create(filepath.Join(src, "sparse"))
+	f.WriteAt([]byte("middle"), 128<<20)
+	f.Truncate(256 << 20)
+	f.Close()
+	layer, err := exec.Command("tar", "-C", src, "--sparse", "--format=pax", "-cf", "-", "sparse").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("256 MiB sparse file in a %d-byte layer", len(layer))
+	root := t.TempDir()
+	if err := ApplyLayer(root, bytes.NewReader(layer), ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(root, "sparse")
+	st, err := os.Stat(p)
+	if err != nil || st.Size() != 256<<20 {
+		t.Fatalf("size %v %v", st, err)
+	}
+	if blocks := st.Sys().(*syscall.Stat_t).Blocks * 512; blocks > 1<<20 {
+		t.Fatalf("256 MiB sparse file uses %d bytes on disk, want holes", blocks)
+	}
+	g, _ := os.Open(p)
+	defer g.Close()
+	buf := make([]byte, 6)
+	if _, err := g.ReadAt(buf, 128<<20); err != nil || string(buf) != "middle" {
+		t.Fatalf("data at 128 MiB: %q %v", buf, err)
+	}
+}
+
+// TestXattrsOwnersAndTimes: PAX SCHILY.xattr records (file capability,
+// user and trusted xattrs) are applied, security.selinux only when asked;
+// owners, setuid and mtimes come from the headers (hard links share them).
+func TestXattrsOwnersAndTimes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("security.capability, trusted.* and chown need root")
+	}
+	// VFS v2 capability: cap_net_raw (bit 13) permitted + effective.
+	capNetRaw := "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+	mt := time.Unix(1234567890, 0)
+	l := ocitest.Tar(
+		ocitest.Entry{Hdr: tar.Header{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: time.Unix(1000, 0)}},
+		ocitest.Entry{Hdr: tar.Header{Name: "bin/ping", Typeflag: tar.TypeReg, Mode: 0o4755, Uid: 0, Gid: 7, ModTime: mt,
+			PAXRecords: map[string]string{"SCHILY.xattr.security.capability": capNetRaw, "SCHILY.xattr.user.note": "v",
+				"SCHILY.xattr.trusted.t": "w", "SCHILY.xattr.security.selinux": "system_u:object_r:bin_t:s0"}}, Body: "ping"},
+		ocitest.Hardlink("bin/ping2", "bin/ping"),
+	)
+	for _, keep := range []bool{false, true} {
+		root := t.TempDir()
+		if err := ApplyLayer(root, bytes.NewReader(l), ApplyOptions{KeepSELinux: keep}); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(root, "bin/ping")
+		for attr, want := range map[string]string{"security.capability": capNetRaw, "user.note": "v", "trusted.t": "w"} {
+			buf := make([]byte, 64)
+			n, err := unix.Lgetxattr(p, attr, buf)
+			if err != nil || string(buf[:n]) != want {
+				t.Errorf("%s = %q %v, want %q", attr, buf[:n], err, want)
+			}
+		}
+		buf := make([]byte, 64)
+		_, err := unix.Lgetxattr(p, "security.selinux", buf)
+		if keep != (err == nil) {
+			// Hosts without an LSM that stores security.selinux refuse it.
+			if !(keep && errors.Is(err, unix.EOPNOTSUPP)) {
+				t.Errorf("keep=%v: security.selinux err %v", keep, err)
+			}
+		}
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sys := st.Sys().(*syscall.Stat_t)
+		if st.Mode()&os.ModeSetuid == 0 || sys.Gid != 7 || !st.ModTime().Equal(mt) || sys.Nlink != 2 {
+			t.Errorf("ping: mode %v gid %d mtime %v nlink %d", st.Mode(), sys.Gid, st.ModTime(), sys.Nlink)
+		}
+		if d, _ := os.Stat(filepath.Join(root, "bin")); !d.ModTime().Equal(time.Unix(1000, 0)) {
+			t.Errorf("bin mtime %v, want 1000 (restored after its entries)", d.ModTime())
+		}
 	}
 }

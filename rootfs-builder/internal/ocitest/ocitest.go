@@ -89,6 +89,8 @@ type Image struct {
 	// OS and Arch of the config and the index entry (default linux and
 	// GOARCH); IndexArch overrides the index entry's architecture only.
 	OS, Arch, IndexArch string
+	// DiffIDs, when set, replace the config's (correct) diff_ids.
+	DiffIDs []string
 }
 
 // Written names the files of a written image (relative to its layout dir,
@@ -119,6 +121,9 @@ func (im Image) config() []byte {
 	var diffIDs []string
 	for _, l := range im.Layers {
 		diffIDs = append(diffIDs, Digest(l))
+	}
+	if im.DiffIDs != nil {
+		diffIDs = im.DiffIDs
 	}
 	b, _ := json.Marshal(map[string]any{"architecture": arch, "os": osName,
 		"rootfs": map[string]any{"type": "layers", "diff_ids": diffIDs}})
