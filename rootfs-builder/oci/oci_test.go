@@ -4,8 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -87,10 +85,6 @@ func gz(b []byte) []byte {
 	return buf.Bytes()
 }
 
-func digest(b []byte) string {
-	s := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(s[:])
-}
 
 // writeLayout creates an OCI image layout with the given (uncompressed)
 // layers, stored gzip-compressed.
