@@ -85,7 +85,6 @@ func gz(b []byte) []byte {
 	return buf.Bytes()
 }
 
-
 // writeLayout creates an OCI image layout with the given (uncompressed)
 // layers, stored gzip-compressed.
 func writeLayout(t *testing.T, layers ...[]byte) string {
