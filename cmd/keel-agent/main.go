@@ -195,6 +195,7 @@ func run(args []string) error {
 	// The network RPCs configure the agent's own network namespace, which
 	// Kata's containers share (the runtime drops their network namespace).
 	netw, err := network.New(network.Config{
+		Devices:       network.UeventDevices{Registry: uevents},
 		DeviceTimeout: cfg.HotplugTimeout,
 		Log:           log,
 	})
