@@ -61,7 +61,10 @@ func (p *Pinned) Release() error {
 // dir/uts. No process of the agent enters them: the work happens on a
 // locked OS thread that exits afterwards (Go discards a thread that is
 // still locked when its goroutine returns, so the unshared thread is never
-// reused). On failure nothing is left.
+// reused). The process's main thread must be locked to its goroutine
+// (runtime.LockOSThread in an init function, as keel-agent does): Go never
+// discards the main thread, so unsharing it would move the whole agent; the
+// unshare is refused on it. On failure nothing is left.
 func NewIPCUTS(dir, hostname string) (ipc, uts *Pinned, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("unable to create namespace dir: %w", err)
@@ -90,6 +93,9 @@ func NewIPCUTS(dir, hostname string) (ipc, uts *Pinned, err error) {
 }
 
 func unshareAndPin(hostname, ipcPath, utsPath string) error {
+	if unix.Gettid() == unix.Getpid() {
+		return errMainThread
+	}
 	if err := unix.Unshare(unix.CLONE_NEWIPC | unix.CLONE_NEWUTS); err != nil {
 		return fmt.Errorf("unable to create the sandbox's IPC and UTS namespaces: %w", err)
 	}
@@ -107,6 +113,8 @@ func unshareAndPin(hostname, ipcPath, utsPath string) error {
 	}
 	return nil
 }
+
+var errMainThread = errors.New("unable to create the sandbox's namespaces: on the main thread, which must be locked by the program's init")
 
 // PinPid pins the pid namespace of process pid at path (the sandbox's
 // shared pid namespace, taken from its first container's init).
