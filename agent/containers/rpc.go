@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keelvm/keel/agent/container"
+	"github.com/keelvm/keel/agent/devices"
 	"github.com/keelvm/keel/agent/ociconv"
 	"github.com/keelvm/keel/agent/stdio"
 	"github.com/keelvm/keel/init/kmod"
@@ -55,7 +56,10 @@ type Options struct {
 	// OnDestroySandbox runs after DestroySandbox removed every container
 	// (the agent powers the guest off when it is PID 1).
 	OnDestroySandbox func()
-	Log              *slog.Logger
+	// Devices hands CreateContainer's devices to the container; nil
+	// refuses them with Unimplemented.
+	Devices *devices.Manager
+	Log     *slog.Logger
 }
 
 // RPC implements the container, process and stdio RPCs of
@@ -88,8 +92,12 @@ func toStatus(err error) error {
 	}
 	code := codes.Internal
 	switch {
-	case errors.Is(err, container.ErrInvalid):
+	case errors.Is(err, container.ErrInvalid), errors.Is(err, devices.ErrInvalid):
 		code = codes.InvalidArgument
+	case errors.Is(err, devices.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, devices.ErrUnsupported):
+		code = codes.Unimplemented
 	case errors.Is(err, container.ErrNotFound):
 		code = codes.NotFound
 	case errors.Is(err, container.ErrExists):
@@ -203,8 +211,8 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	if len(req.Storages) > 0 {
 		return nil, unimplementedf("storages: %d container storages given; Keel does not mount storages yet", len(req.Storages))
 	}
-	if len(req.Devices) > 0 {
-		return nil, unimplementedf("devices: %d devices given; Keel does not handle hotplugged devices yet", len(req.Devices))
+	if len(req.Devices) > 0 && r.o.Devices == nil {
+		return nil, unimplementedf("devices: %d devices given; device handling is not enabled", len(req.Devices))
 	}
 	if len(req.SharedMounts) > 0 {
 		return nil, unimplementedf("shared_mounts: not supported")
@@ -220,6 +228,11 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	if _, err := r.o.Sandbox.Container(req.ContainerId); err == nil {
 		return nil, status.Errorf(codes.AlreadyExists, "container_id %q: already exists", req.ContainerId)
 	}
+	if len(req.Devices) > 0 {
+		if err := r.o.Devices.Apply(ctx, devicesFromPB(req.Devices), spec); err != nil {
+			return nil, toStatus(err)
+		}
+	}
 	s, err := r.newIO(spec.Process.Terminal, req.StdinPort, req.StdoutPort, req.StderrPort)
 	if err != nil {
 		return nil, err
@@ -231,6 +244,16 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 		return nil, toStatus(err)
 	}
 	return empty, nil
+}
+
+func devicesFromPB(in []*pb.Device) []devices.Device {
+	out := make([]devices.Device, len(in))
+	for i, d := range in {
+		if d != nil {
+			out[i] = devices.Device{ID: d.Id, Type: d.Type, VMPath: d.VmPath, ContainerPath: d.ContainerPath, Options: d.Options}
+		}
+	}
+	return out
 }
 
 // errNoSandbox answers when New was given no Sandbox (a wiring bug; the

@@ -21,12 +21,17 @@ import (
 
 	"github.com/keelvm/keel/agent/container"
 	"github.com/keelvm/keel/agent/containers"
+	"github.com/keelvm/keel/agent/devices"
+	"github.com/keelvm/keel/agent/hotplug"
 	"github.com/keelvm/keel/agent/metrics"
 	"github.com/keelvm/keel/agent/oom"
 	"github.com/keelvm/keel/agent/passfd"
 	"github.com/keelvm/keel/agent/server"
 	"github.com/keelvm/keel/agent/service"
+	"github.com/keelvm/keel/agent/swap"
+	"github.com/keelvm/keel/agent/uevent"
 	"github.com/keelvm/keel/agent/version"
+	"github.com/keelvm/keel/agent/volume"
 	"github.com/keelvm/keel/init/boot"
 	"github.com/keelvm/keel/init/cmdline"
 	"github.com/keelvm/keel/init/reaper"
@@ -134,6 +139,16 @@ func run(args []string) error {
 	slog.SetDefault(log)
 
 	reg := metrics.New()
+	// Hot-plugged devices (storages, devices, NICs) are awaited through one
+	// uevent registry, fed by one listener opened before any RPC is served.
+	devices := uevent.NewRegistry(uevent.DefaultSysfs, cfg.HotplugTimeout)
+	if ul, err := uevent.Listen(devices, log); err != nil {
+		// Waits still find devices by looking in sysfs, only later.
+		log.Warn("no uevent listener: hot-plugged devices are found by polling sysfs", "err", err)
+	} else {
+		defer ul.Close()
+	}
+	reg.Gauge("keel_uevent_waiters", "RPCs waiting for a hot-plugged device.", func() float64 { return float64(devices.Waiting()) })
 	oomWatcher := oom.New()
 	defer oomWatcher.Close()
 
@@ -179,12 +194,14 @@ func run(args []string) error {
 	// as PID 1, main powers off.
 	destroyed := make(chan struct{})
 	var destroyOnce sync.Once
+	devs := &devices.Manager{}
 	svc := service.New(service.Handlers{
-		Guest: &service.Guest{Metrics: reg, ExtraFeatures: extraFeatures},
+		Guest: &service.Guest{Metrics: reg, ExtraFeatures: extraFeatures, DeviceHandlers: devices.Types},
 		Containers: containers.New(containers.Options{
 			Sandbox:  sandbox,
 			PassFD:   pfd,
 			PipeSize: cfg.ContainerPipeSize,
+			Devices:  devs,
 			Log:      log,
 			OnDestroySandbox: func() {
 				if res.PID1 {
@@ -192,7 +209,10 @@ func run(args []string) error {
 				}
 			},
 		}),
-		OOM: oomWatcher,
+		OOM:     oomWatcher,
+		Hotplug: &hotplug.Handler{Log: log},
+		Swap:    &swap.Handler{Log: log},
+		Volumes: &volume.Handler{Log: log},
 	})
 	srv, err := server.New(svc, service.Health{}, reg, log)
 	if err != nil {
