@@ -141,14 +141,14 @@ func run(args []string) error {
 	reg := metrics.New()
 	// Hot-plugged devices (storages, devices, NICs) are awaited through one
 	// uevent registry, fed by one listener opened before any RPC is served.
-	devices := uevent.NewRegistry(uevent.DefaultSysfs, cfg.HotplugTimeout)
-	if ul, err := uevent.Listen(devices, log); err != nil {
+	uevents := uevent.NewRegistry(uevent.DefaultSysfs, cfg.HotplugTimeout)
+	if ul, err := uevent.Listen(uevents, log); err != nil {
 		// Waits still find devices by looking in sysfs, only later.
 		log.Warn("no uevent listener: hot-plugged devices are found by polling sysfs", "err", err)
 	} else {
 		defer ul.Close()
 	}
-	reg.Gauge("keel_uevent_waiters", "RPCs waiting for a hot-plugged device.", func() float64 { return float64(devices.Waiting()) })
+	reg.Gauge("keel_uevent_waiters", "RPCs waiting for a hot-plugged device.", func() float64 { return float64(uevents.Waiting()) })
 	oomWatcher := oom.New()
 	defer oomWatcher.Close()
 
