@@ -24,6 +24,8 @@ import (
 	"github.com/keelvm/keel/agent/devices"
 	"github.com/keelvm/keel/agent/hotplug"
 	"github.com/keelvm/keel/agent/metrics"
+	"github.com/keelvm/keel/agent/network"
+	"github.com/keelvm/keel/agent/networks"
 	"github.com/keelvm/keel/agent/oom"
 	"github.com/keelvm/keel/agent/passfd"
 	"github.com/keelvm/keel/agent/server"
@@ -41,6 +43,18 @@ import (
 )
 
 func main() {
+	// The main goroutine becomes the orphan reaper (init/reaper's package
+	// doc); everything else runs beside it, so no start can block reaping.
+	if err := reaper.RunMain(agentMain); err != nil {
+		fmt.Fprintln(os.Stderr, "keel-agent:", err)
+		if os.Getpid() != 1 {
+			os.Exit(1)
+		}
+		select {} // PID 1 never returns
+	}
+}
+
+func agentMain() {
 	if os.Getpid() != 1 {
 		if err := run(os.Args[1:]); err != nil {
 			fmt.Fprintln(os.Stderr, "keel-agent:", err)
@@ -178,6 +192,17 @@ func run(args []string) error {
 	})
 	reg.Gauge("keel_reaped_processes", "Child processes reaped by the agent since it started.", func() float64 { return float64(reaper.Reaped()) })
 
+	// The network RPCs configure the agent's own network namespace, which
+	// Kata's containers share (the runtime drops their network namespace).
+	netw, err := network.New(network.Config{
+		DeviceTimeout: cfg.HotplugTimeout,
+		Log:           log,
+	})
+	if err != nil {
+		return fmt.Errorf("unable to set up network configuration: %w", err)
+	}
+	defer netw.Close()
+
 	var pfd containers.PassFD
 	if cfg.PassfdListenerPort != 0 {
 		pl, err := server.Listen(fmt.Sprintf("vsock://-1:%d", cfg.PassfdListenerPort))
@@ -210,6 +235,7 @@ func run(args []string) error {
 			},
 		}),
 		OOM:     oomWatcher,
+		Network: networks.New(netw),
 		Hotplug: &hotplug.Handler{Log: log},
 		Swap:    &swap.Handler{Log: log},
 		Volumes: &volume.Handler{Log: log},
