@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/keelvm/keel/agent/container"
 	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/devices"
@@ -298,13 +300,17 @@ func run(args []string) error {
 }
 
 // extraFeatures reports, in AgentDetails.extra_features, the boot timeline
-// ("keel.boot.<milestone>=<guest uptime in seconds>") and every option Keel
+// ("keel.boot.<milestone>=<guest uptime in seconds>"), whether the agent's
+// own binary is mapped by DAX ("keel.dax.agent_binary=true|false") and every option Keel
 // needs that the running kernel lacks ("keel.kernel.missing=<FEATURE>:<OPTION>=<got>"),
 // or "keel.kernel.config=unavailable" without /proc/config.gz.
 func extraFeatures() []string {
 	var out []string
 	for _, e := range timeline.Entries() {
 		out = append(out, fmt.Sprintf("keel.boot.%s=%.6f", e.Name, e.Since.Seconds()))
+	}
+	if dax, err := binaryIsDAX(); err == nil {
+		out = append(out, fmt.Sprintf("keel.dax.agent_binary=%t", dax))
 	}
 	missing, err := required.CheckRunning()
 	if err != nil {
@@ -314,4 +320,18 @@ func extraFeatures() []string {
 		out = append(out, fmt.Sprintf("keel.kernel.missing=%s:%s=%s", m.Feature, m.Option, m.Got))
 	}
 	return out
+}
+
+// binaryIsDAX says whether the running agent binary has STATX_ATTR_DAX: on
+// a dax=always root the agent executes in place from the host's pages
+// rather than from copies in the guest page cache.
+func binaryIsDAX() (bool, error) {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, "/proc/self/exe", 0, unix.STATX_BASIC_STATS, &st); err != nil {
+		return false, err
+	}
+	if st.Attributes_mask&unix.STATX_ATTR_DAX == 0 {
+		return false, errors.New("the filesystem does not report STATX_ATTR_DAX")
+	}
+	return st.Attributes&unix.STATX_ATTR_DAX != 0, nil
 }
