@@ -143,9 +143,9 @@ func New(cfg Config) (*Network, error) {
 	}
 	n := &Network{cfg: cfg, log: cfg.Log, ns: netns.None()}
 	var err error
-	// Only rtnetlink: netlink.NewHandle() with no family also opens XFRM
-	// and NETFILTER sockets, which a guest kernel without xfrm_user or
-	// nfnetlink refuses (EPROTONOSUPPORT), and the agent, PID 1, exited.
+	// Only NETLINK_ROUTE: without families the handle would also open
+	// NETLINK_XFRM and NETLINK_NETFILTER sockets, which a guest kernel
+	// without those modules refuses (EPROTONOSUPPORT).
 	if cfg.NetNS == "" {
 		n.h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	} else {

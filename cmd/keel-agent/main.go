@@ -196,14 +196,19 @@ func run(args []string) error {
 
 	// The network RPCs configure the agent's own network namespace, which
 	// Kata's containers share (the runtime drops their network namespace).
-	netw, err := network.New(network.Config{
+	// A guest without rtnetlink still serves everything else; the network
+	// RPCs then answer Unavailable.
+	netHandler := &networks.Handler{}
+	if netw, err := network.New(network.Config{
+		Devices:       network.UeventDevices{Registry: uevents},
 		DeviceTimeout: cfg.HotplugTimeout,
 		Log:           log,
-	})
-	if err != nil {
-		return fmt.Errorf("unable to set up network configuration: %w", err)
+	}); err != nil {
+		log.Error("network RPCs unavailable", "err", err)
+	} else {
+		defer netw.Close()
+		netHandler = networks.New(netw)
 	}
-	defer netw.Close()
 
 	var pfd containers.PassFD
 	if cfg.PassfdListenerPort != 0 {
@@ -237,7 +242,7 @@ func run(args []string) error {
 			},
 		}),
 		OOM:     oomWatcher,
-		Network: networks.New(netw),
+		Network: netHandler,
 		Hotplug: &hotplug.Handler{Log: log},
 		Swap:    &swap.Handler{Log: log},
 		Volumes: &volume.Handler{Log: log},
