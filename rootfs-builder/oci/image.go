@@ -76,8 +76,8 @@ type Image struct {
 	Platform Platform
 	// NewestMTime is the newest entry mtime (Unix seconds) Unpack saw.
 	NewestMTime int64
-	want     Platform
-	open     func(name string) (io.ReadCloser, error)
+	want        Platform
+	open        func(name string) (io.ReadCloser, error)
 }
 
 // maxMetadata bounds JSON documents read from an image.
