@@ -54,6 +54,12 @@ type Config struct {
 	// SetHostname applies CreateSandbox's hostname to the agent's UTS
 	// namespace (true in the guest; false in host-mode tests).
 	SetHostname bool
+	// PodNetSysctls: the agent's network namespace is the pod's (the
+	// guest's, as Kata's runtime leaves every container in it), so the
+	// net.* sysctls of a container without a network namespace of its own
+	// are written there, as Kata's agent does. False in host mode, where
+	// they are refused rather than applied to the host.
+	PodNetSysctls bool
 	// LoadModules loads CreateSandbox's kernel modules; nil uses init/kmod.
 	LoadModules func([]kmod.ModuleSpec) error
 	// OOM, when set, watches every container's memory cgroup from its
@@ -316,6 +322,9 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	}
 	plan, err := setNamespaces(spec, pod, cc.SandboxPidns, s.log)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.podNetSysctls(cc.ID, spec); err != nil {
 		return nil, err
 	}
 	privateUTS := slices.ContainsFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.UTSNamespace && n.Path == "" })
