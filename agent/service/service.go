@@ -20,6 +20,7 @@ import (
 	"github.com/keelvm/keel/agent/hotplug"
 	"github.com/keelvm/keel/agent/networks"
 	"github.com/keelvm/keel/agent/oom"
+	"github.com/keelvm/keel/agent/storage"
 	"github.com/keelvm/keel/agent/swap"
 	"github.com/keelvm/keel/agent/version"
 	"github.com/keelvm/keel/agent/volume"
@@ -41,6 +42,7 @@ type Service struct {
 	*Swap       // AddSwap, AddSwapPath
 	*Volumes    // GetVolumeStats, ResizeVolume
 	*Networks   // interfaces, routes, ARP neighbours, iptables
+	*Storage    // UpdateEphemeralMounts, RemoveStaleVirtiofsShareMounts
 }
 
 // Aliases name the embedded handlers (two packages call theirs Handler).
@@ -53,6 +55,7 @@ type (
 	Swap       = swap.Handler
 	Volumes    = volume.Handler
 	Networks   = networks.Handler
+	Storage    = storage.Handler
 )
 
 var _ pb.AgentServiceService = (*Service)(nil)
@@ -68,6 +71,7 @@ type Handlers struct {
 	Swap       *swap.Handler
 	Volumes    *volume.Handler
 	Network    *networks.Handler // nil: the network RPCs answer Unavailable
+	Storage    *storage.Handler  // nil: the storage RPCs answer Unavailable
 }
 
 // New assembles a Service. Containers is required; any other handler left
@@ -80,7 +84,7 @@ func New(h Handlers) *Service {
 		panic("service.New: Handlers.Containers is required")
 	}
 	s := &Service{Guest: h.Guest, Containers: h.Containers, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM,
-		Hotplug: h.Hotplug, Swap: h.Swap, Volumes: h.Volumes, Networks: h.Network}
+		Hotplug: h.Hotplug, Swap: h.Swap, Volumes: h.Volumes, Networks: h.Network, Storage: h.Storage}
 	if s.Guest == nil {
 		s.Guest = &Guest{}
 	}
@@ -104,6 +108,9 @@ func New(h Handlers) *Service {
 	}
 	if s.Networks == nil {
 		s.Networks = &networks.Handler{}
+	}
+	if s.Storage == nil {
+		s.Storage = &storage.Handler{}
 	}
 	return s
 }

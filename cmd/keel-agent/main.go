@@ -32,6 +32,7 @@ import (
 	"github.com/keelvm/keel/agent/passfd"
 	"github.com/keelvm/keel/agent/server"
 	"github.com/keelvm/keel/agent/service"
+	"github.com/keelvm/keel/agent/storage"
 	"github.com/keelvm/keel/agent/swap"
 	"github.com/keelvm/keel/agent/uevent"
 	"github.com/keelvm/keel/agent/version"
@@ -164,6 +165,9 @@ func run(args []string) error {
 	} else {
 		defer ul.Close()
 	}
+	// Storages (Kata's shared dir, shm, volumes, block rootfs) for the
+	// sandbox's lifetime; hot-plugged disks are found through uevents.
+	storages := storage.New(storage.Config{Devices: uevents, Log: log})
 	reg.Gauge("keel_uevent_waiters", "RPCs waiting for a hot-plugged device.", func() float64 { return float64(uevents.Waiting()) })
 	oomWatcher := oom.New()
 	defer oomWatcher.Close()
@@ -181,6 +185,7 @@ func run(args []string) error {
 	// Stopping the guest (SIGTERM/SIGPWR, a fatal error) kills and removes
 	// every container first.
 	shutdown.OnStop("remove all containers", sandbox.Destroy)
+	shutdown.OnStop("unmount storages", func(context.Context) error { return storages.Close() })
 	reg.Gauge("keel_containers", "Containers in the sandbox.", func() float64 { return float64(len(sandbox.ContainerIDs())) })
 	reg.Gauge("keel_container_processes", "Processes in the containers' cgroups.", func() float64 {
 		n := 0
@@ -197,14 +202,19 @@ func run(args []string) error {
 
 	// The network RPCs configure the agent's own network namespace, which
 	// Kata's containers share (the runtime drops their network namespace).
-	netw, err := network.New(network.Config{
+	// A guest without rtnetlink still serves everything else; the network
+	// RPCs then answer Unavailable.
+	netHandler := &networks.Handler{}
+	if netw, err := network.New(network.Config{
+		Devices:       network.UeventDevices{Registry: uevents},
 		DeviceTimeout: cfg.HotplugTimeout,
 		Log:           log,
-	})
-	if err != nil {
-		return fmt.Errorf("unable to set up network configuration: %w", err)
+	}); err != nil {
+		log.Error("network RPCs unavailable", "err", err)
+	} else {
+		defer netw.Close()
+		netHandler = networks.New(netw)
 	}
-	defer netw.Close()
 
 	var pfd containers.PassFD
 	if cfg.PassfdListenerPort != 0 {
@@ -230,6 +240,7 @@ func run(args []string) error {
 			PassFD:   pfd,
 			PipeSize: cfg.ContainerPipeSize,
 			Devices:  devs,
+			Storages: storages,
 			Log:      log,
 			OnDestroySandbox: func() {
 				if res.PID1 {
@@ -238,10 +249,11 @@ func run(args []string) error {
 			},
 		}),
 		OOM:     oomWatcher,
-		Network: networks.New(netw),
+		Network: netHandler,
 		Hotplug: &hotplug.Handler{Log: log},
 		Swap:    &swap.Handler{Log: log},
 		Volumes: &volume.Handler{Log: log},
+		Storage: &storage.Handler{M: storages},
 	})
 	srv, err := server.New(svc, service.Health{}, reg, log)
 	if err != nil {
