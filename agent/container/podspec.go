@@ -50,6 +50,10 @@ type podNamespaces struct {
 	ipc, uts string     // pinned paths; "" before CreateSandbox
 	pid      string     // pinned pid namespace of the holder; "" when none
 	holder   *Container // first container, whose pid namespace is the pod's
+	// cgroupNS adds a cgroup namespace to a spec without one, as Kata's
+	// agent does on a cgroup v2 (unified) guest: the container then sees
+	// its own cgroup as the root, not the guest's whole tree.
+	cgroupNS bool
 }
 
 // nsPlan is the outcome of setNamespaces.
@@ -63,7 +67,8 @@ type nsPlan struct {
 // sandbox's (added when missing, so no container stays in the agent's);
 // with sandboxPidns the pid namespace is the sandbox's, else a new one
 // even when the spec has none (Kata's runtime strips it); a mount
-// namespace is always there. The first container with a new pid namespace
+// namespace is always there, and a cgroup namespace on cgroup v2. The
+// first container with a new pid namespace
 // becomes the holder of the sandbox's. A spec hostname cannot change the
 // pod's shared UTS namespace and is dropped, as Kata's agent sets it only
 // in a new UTS namespace.
@@ -99,6 +104,9 @@ func setNamespaces(spec *specs.Spec, pod podNamespaces, sandboxPidns bool, log *
 	}
 	if find(specs.MountNamespace) == nil {
 		set(specs.MountNamespace, "")
+	}
+	if pod.cgroupNS && find(specs.CgroupNamespace) == nil {
+		set(specs.CgroupNamespace, "")
 	}
 	switch {
 	case sandboxPidns && pod.holder != nil:

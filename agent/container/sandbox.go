@@ -25,6 +25,7 @@ import (
 	"github.com/keelvm/keel/agent/stdio"
 	"github.com/keelvm/keel/init/kmod"
 	"github.com/keelvm/keel/init/reaper"
+	"github.com/opencontainers/cgroups"
 	// Registers the cgroup device-rule manager libcontainer needs.
 	_ "github.com/opencontainers/cgroups/devices"
 	"github.com/opencontainers/runc/libcontainer"
@@ -295,7 +296,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		return nil, fmt.Errorf("container_id %q: %w", cc.ID, ErrExists)
 	}
 	s.reserved[cc.ID] = true
-	pod := podNamespaces{holder: s.pidnsHolder}
+	pod := podNamespaces{holder: s.pidnsHolder, cgroupNS: cgroups.IsCgroup2UnifiedMode()}
 	if s.ipcNS != nil {
 		pod.ipc, pod.uts = s.ipcNS.Path, s.utsNS.Path
 	}
