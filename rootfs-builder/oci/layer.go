@@ -136,6 +136,7 @@ var ErrLimit = errors.New("image exceeds a limit")
 // budget is what the layers of one image have used so far.
 type budget struct {
 	bytes, files int64
+	newest       int64 // newest entry mtime, Unix seconds
 }
 
 // applier applies one layer to root.
@@ -245,6 +246,7 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 		return nil
 	}
 	a.used.files++
+	a.used.newest = max(a.used.newest, hdr.ModTime.Unix())
 	if a.used.files > a.opts.MaxFiles {
 		return fmt.Errorf("%w: more than %d entries (raise --max-files)", ErrLimit, a.opts.MaxFiles)
 	}
