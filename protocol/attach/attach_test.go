@@ -98,7 +98,6 @@ func (f *fakeAgent) WaitProcess(ctx context.Context, r *pb.WaitProcessRequest) (
 	return &pb.WaitProcessResponse{Status: 7}, nil
 }
 
-
 func TestRunStreams(t *testing.T) {
 	in := strings.Repeat("0123456789", 10000) // 100 KB, many partial writes
 	f := &fakeAgent{maxWrite: 1000, out: []string{"out-1 ", "out-2"}, err: []string{"err-1"}, closed: make(chan struct{})}
