@@ -19,6 +19,8 @@ import (
 	"github.com/keelvm/keel/tests/vmm/qemu"
 	"github.com/keelvm/keel/tests/vmm/qmp"
 	"github.com/vishvananda/netns"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestPodNetwork wires a pod the two ways Kata does and lets a container
@@ -111,6 +113,24 @@ func TestPodNetwork(t *testing.T) {
 		routes: []*types.Route{{Dest: "10.212.0.0/16", Gateway: "10.211.0.1", Device: "eth1"}}, gw: "10.211.0.1", gwMAC: macB})
 
 	secondConfigured := time.Since(start)
+	// ListInterfaces sees both NICs as configured; the guest has no
+	// iptables, which GetIPTables says by name.
+	li, err := a.ListInterfaces(ctx, &pb.ListInterfacesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]string{}
+	for _, i := range li.Interfaces {
+		for _, ip := range i.IPAddresses {
+			seen[i.Name+" "+i.HwAddr] += ip.Address + " "
+		}
+	}
+	if !strings.Contains(seen["eth0 "+macA], "10.210.0.2") || !strings.Contains(seen["eth1 "+mvtap.Address], "10.211.0.2") {
+		t.Errorf("ListInterfaces: %v", seen)
+	}
+	if _, err := a.GetIPTables(ctx, &pb.GetIPTablesRequest{}); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "iptables-save") {
+		t.Errorf("GetIPTables in a guest without iptables: %v", err)
+	}
 	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: "pod", Hostname: "pod"}); err != nil {
 		t.Fatal(err)
 	}
