@@ -60,6 +60,7 @@ type Container struct {
 	privatePidns bool
 	init         *Process
 	launch       launchOpts // bounds Start and Exec
+	log          *slog.Logger
 
 	mu      sync.Mutex
 	state   State
@@ -265,6 +266,9 @@ func (c *Container) Exec(execID string, sp *specs.Process, io *stdio.IO) (_ *Pro
 		delete(c.pending, execID)
 		c.mu.Unlock()
 	}()
+	if cleared := hostOnlyFields(sp, "process", nil); len(cleared) > 0 {
+		c.log.Info("host-only fields ignored (no such policy in the guest)", "container_id", c.id, "exec_id", execID, "fields", cleared)
+	}
 	lp, err := newLibcontainerProcess(sp, io, false)
 	if err != nil {
 		return nil, err

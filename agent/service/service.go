@@ -18,7 +18,9 @@ import (
 	"github.com/keelvm/keel/agent/copyfile"
 	"github.com/keelvm/keel/agent/guestops"
 	"github.com/keelvm/keel/agent/hotplug"
+	"github.com/keelvm/keel/agent/networks"
 	"github.com/keelvm/keel/agent/oom"
+	"github.com/keelvm/keel/agent/storage"
 	"github.com/keelvm/keel/agent/swap"
 	"github.com/keelvm/keel/agent/version"
 	"github.com/keelvm/keel/agent/volume"
@@ -39,6 +41,8 @@ type Service struct {
 	*Hotplug    // OnlineCPUMem, MemHotplugByProbe
 	*Swap       // AddSwap, AddSwapPath
 	*Volumes    // GetVolumeStats, ResizeVolume
+	*Networks   // interfaces, routes, ARP neighbours, iptables
+	*Storage    // UpdateEphemeralMounts, RemoveStaleVirtiofsShareMounts
 }
 
 // Aliases name the embedded handlers (two packages call theirs Handler).
@@ -50,6 +54,8 @@ type (
 	Hotplug    = hotplug.Handler
 	Swap       = swap.Handler
 	Volumes    = volume.Handler
+	Networks   = networks.Handler
+	Storage    = storage.Handler
 )
 
 var _ pb.AgentServiceService = (*Service)(nil)
@@ -64,6 +70,8 @@ type Handlers struct {
 	Hotplug    *hotplug.Handler
 	Swap       *swap.Handler
 	Volumes    *volume.Handler
+	Network    *networks.Handler // nil: the network RPCs answer Unavailable
+	Storage    *storage.Handler  // nil: the storage RPCs answer Unavailable
 }
 
 // New assembles a Service. Containers is required; any other handler left
@@ -76,7 +84,7 @@ func New(h Handlers) *Service {
 		panic("service.New: Handlers.Containers is required")
 	}
 	s := &Service{Guest: h.Guest, Containers: h.Containers, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM,
-		Hotplug: h.Hotplug, Swap: h.Swap, Volumes: h.Volumes}
+		Hotplug: h.Hotplug, Swap: h.Swap, Volumes: h.Volumes, Networks: h.Network, Storage: h.Storage}
 	if s.Guest == nil {
 		s.Guest = &Guest{}
 	}
@@ -97,6 +105,12 @@ func New(h Handlers) *Service {
 	}
 	if s.Volumes == nil {
 		s.Volumes = &volume.Handler{}
+	}
+	if s.Networks == nil {
+		s.Networks = &networks.Handler{}
+	}
+	if s.Storage == nil {
+		s.Storage = &storage.Handler{}
 	}
 	return s
 }

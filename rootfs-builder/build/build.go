@@ -15,6 +15,7 @@ import (
 	"github.com/keelvm/keel/rootfs-builder/image"
 	"github.com/keelvm/keel/rootfs-builder/kmod"
 	"github.com/keelvm/keel/rootfs-builder/manifest"
+	"github.com/keelvm/keel/rootfs-builder/oci"
 	"github.com/keelvm/keel/rootfs-builder/pfn"
 	"github.com/keelvm/keel/rootfs-builder/recipe"
 )
@@ -45,8 +46,15 @@ type Config struct {
 	// modules to include with their dependencies.
 	ModulesDir string
 	Modules    []string
-	// Epoch is the timestamp for every file (SOURCE_DATE_EPOCH).
+	// Epoch (SOURCE_DATE_EPOCH) clamps every file's mtime: later ones
+	// become Epoch, older ones are kept.
 	Epoch int64
+	// EpochFromImage, when SOURCE_DATE_EPOCH is unset, takes the epoch
+	// from the input instead: the newest mtime in the image's layers (oci
+	// recipe), so no image file's time changes (timestamp-checked caches
+	// such as .pyc stay valid) and the build stays reproducible. Recipes
+	// without a dated input keep Epoch.
+	EpochFromImage bool
 }
 
 func (c *Config) progress(format string, args ...any) {
@@ -97,6 +105,14 @@ func (c *Config) Validate() error {
 	if (c.ModulesDir == "") != (len(c.Modules) == 0) {
 		return usagef("--modules-dir and --modules go together")
 	}
+	if c.Platform != "" {
+		if _, err := oci.ParsePlatform(c.Platform); err != nil {
+			return usagef("--platform: %v", err)
+		}
+	}
+	if c.MaxUnpackedSize < 0 || c.MaxFiles < 0 {
+		return usagef("negative --max-unpacked-size or --max-files")
+	}
 	if c.Agent == "" {
 		return usagef("missing --agent PATH")
 	}
@@ -135,6 +151,11 @@ func Run(ctx context.Context, c Config) (*manifest.Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("recipe %s: %w", r.Name(), err)
 	}
+	if c.EpochFromImage && res.NewestMTime > 0 {
+		// Newc and 32-bit time fields end in 2106.
+		c.Epoch = min(res.NewestMTime, 1<<32-1)
+		c.progress("epoch %d: the image's newest mtime (SOURCE_DATE_EPOCH unset)", c.Epoch)
+	}
 	m := &manifest.Manifest{
 		Tool:            "keel-rootfs",
 		Artifact:        filepath.Base(c.Out),
@@ -162,7 +183,7 @@ func Run(ctx context.Context, c Config) (*manifest.Manifest, error) {
 	mpath := manifest.Path(c.Out)
 	switch c.Output {
 	case OutputDir:
-		if err := image.SetTimes(stage, c.Epoch); err != nil {
+		if err := image.ClampTimes(stage, c.Epoch); err != nil {
 			return nil, err
 		}
 		if err := os.Rename(stage, c.Out); err != nil {
