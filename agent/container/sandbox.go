@@ -87,6 +87,9 @@ type SandboxConfig struct {
 	DNS           []string
 	SandboxPidns  bool
 	KernelModules []kmod.ModuleSpec
+	// GuestHookPath holds OCI hooks found in the guest image (Kata's
+	// layout, guesthooks.go) that run for every container; "" = none.
+	GuestHookPath string
 }
 
 // ContainerConfig is CreateContainer's request.
@@ -115,6 +118,7 @@ type Sandbox struct {
 	id          string
 	hostname    string
 	etcFiles    map[string]string // sandbox /etc files by container path (etcfiles.go)
+	guestHooks  *specs.Hooks      // from CreateSandbox's guest_hook_path
 	pidnsHolder *Container
 	// Pinned pod namespaces: IPC and UTS from CreateSandbox on, pid from
 	// the first container on (see package podns).
@@ -194,6 +198,13 @@ func (s *Sandbox) Create(sc SandboxConfig) (retErr error) {
 			removeSandboxFiles(etcFiles)
 		}
 	}()
+	var guestHooks *specs.Hooks
+	if sc.GuestHookPath != "" {
+		var err error
+		if guestHooks, err = scanGuestHooks(sc.GuestHookPath); err != nil {
+			return err
+		}
+	}
 	if sc.Hostname != "" && s.cfg.SetHostname {
 		if err := unix.Sethostname([]byte(sc.Hostname)); err != nil {
 			return fmt.Errorf("unable to set hostname %q: %w", sc.Hostname, err)
@@ -203,6 +214,7 @@ func (s *Sandbox) Create(sc SandboxConfig) (retErr error) {
 	if err != nil {
 		return err
 	}
+	s.guestHooks = guestHooks
 	s.created, s.id, s.hostname, s.etcFiles = true, sc.ID, sc.Hostname, etcFiles
 	s.ipcNS, s.utsNS = ipc, uts
 	return nil
@@ -228,7 +240,7 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		}
 	}
 	s.ipcNS, s.utsNS, s.pidNS, s.pidnsHolder = nil, nil, nil, nil
-	s.created, s.id, s.hostname, s.etcFiles = false, "", "", nil
+	s.created, s.id, s.hostname, s.etcFiles, s.guestHooks = false, "", "", nil, nil
 	return errors.Join(errs...)
 }
 
@@ -299,7 +311,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	if s.pidNS != nil {
 		pod.pid = s.pidNS.Path
 	}
-	hostname, etcFiles := s.hostname, s.etcFiles
+	hostname, etcFiles, guestHooks := s.hostname, s.etcFiles, s.guestHooks
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -311,6 +323,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	if err != nil {
 		return nil, err
 	}
+	addGuestHooks(spec, guestHooks)
 	if spec.Linux == nil {
 		spec.Linux = &specs.Linux{}
 	}

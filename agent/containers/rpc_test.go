@@ -428,3 +428,37 @@ func TestRPCLaunchTimeoutIsDeadlineExceeded(t *testing.T) {
 		t.Fatalf("create of the same id after the rollback: %v", err)
 	}
 }
+
+// TestRPCExecArgsTooBig: an exec whose arguments execve would reject with
+// E2BIG fails at once with InvalidArgument naming the limit (it used to
+// start "OK" and exit 255); arguments under the limit still run.
+func TestRPCExecArgsTooBig(t *testing.T) {
+	r := newRPC(t)
+	ctx := context.Background()
+	must := noErr(t)
+	must(r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "c", OCI: spec("/bin/sleep", "1000")}))
+	must(r.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "c"}))
+	chunk := strings.Repeat("x", 100<<10)
+	big := []string{"/bin/true"}
+	for range 30 { // 3 MiB
+		big = append(big, chunk)
+	}
+	for name, args := range map[string][]string{
+		"3 MiB of args":   big,
+		"one 200 KiB arg": {"/bin/true", strings.Repeat("y", 200<<10)},
+	} {
+		_, err := r.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: "c", ExecId: "big", Process: &pb.Process{Args: args, Cwd: "/", User: &pb.User{}}})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "E2BIG") {
+			t.Errorf("%s: %v, want InvalidArgument naming E2BIG", name, err)
+		}
+	}
+	// 100 KiB in 10 args is fine.
+	ok := []string{"/bin/true"}
+	for range 10 {
+		ok = append(ok, strings.Repeat("z", 10<<10))
+	}
+	must(r.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: "c", ExecId: "ok", Process: &pb.Process{Args: ok, Cwd: "/", User: &pb.User{}}}))
+	if code := wait(t, r, "c", "ok"); code != 0 {
+		t.Errorf("exec with 100 KiB of args exited %d", code)
+	}
+}
