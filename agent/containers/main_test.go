@@ -1,7 +1,6 @@
 package containers_test
 
 import (
-	"fmt"
 	"os"
 	"runtime"
 	"testing"
@@ -35,8 +34,7 @@ var rootfs string
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
-		fmt.Println("skipping: container tests need root")
-		os.Exit(0)
+		os.Exit(containertest.RunWithoutRoot(m))
 	}
 	dir, err := os.MkdirTemp("", "keel-rpc-rootfs-")
 	if err != nil {
@@ -51,3 +49,7 @@ func TestMain(m *testing.M) {
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
+
+// TestNeedsRoot reports, as a skip with its reason, that this package's
+// tests did not run without root (see containertest.RunWithoutRoot).
+func TestNeedsRoot(t *testing.T) { containertest.SkipUnlessRoot(t, "container tests") }

@@ -157,7 +157,9 @@ func TestRPCLifecycle(t *testing.T) {
 	if st := wait(t, r, "web", ""); st != 137 {
 		t.Errorf("init status after SIGKILL %d", st)
 	}
-	if out := readAll(t, r, "web", ""); out != "sbhost\nnameserver 192.0.2.1\n" && out != "rpchost\nnameserver 192.0.2.1\n" {
+	out := readAll(t, r, "web", "")
+	t.Logf("%q", out)
+	if out != "sbhost\nnameserver 192.0.2.1\n" && out != "rpchost\nnameserver 192.0.2.1\n" {
 		t.Errorf("init stdout %q", out)
 	}
 	must(r.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: "web", Timeout: 5}))
@@ -288,6 +290,14 @@ func TestRPCBadInput(t *testing.T) {
 			_, err := r.TtyWinResize(ctx, &pb.TtyWinResizeRequest{ContainerId: "ok", Row: 10, Column: 10})
 			return err
 		}, codes.InvalidArgument, "terminal"},
+		{"resize rows above 65535", func() error {
+			_, err := r.TtyWinResize(ctx, &pb.TtyWinResizeRequest{ContainerId: "ok", Row: 1 << 16, Column: 10})
+			return err
+		}, codes.InvalidArgument, "row 65536"},
+		{"resize columns above 65535", func() error {
+			_, err := r.TtyWinResize(ctx, &pb.TtyWinResizeRequest{ContainerId: "ok", Row: 10, Column: 1 << 20})
+			return err
+		}, codes.InvalidArgument, "column 1048576"},
 		{"update nil resources", func() error {
 			_, err := r.UpdateContainer(ctx, &pb.UpdateContainerRequest{ContainerId: "ok"})
 			return err

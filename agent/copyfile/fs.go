@@ -425,9 +425,15 @@ func (l *pathLocks) lock(ctx context.Context, key string) (func(), error) {
 		}
 		l.mu.Unlock()
 	}
+	unlock := func() { <-pl.ch; release() }
+	select { // a free lock is taken even by a caller whose context ended
+	case pl.ch <- struct{}{}:
+		return unlock, nil
+	default:
+	}
 	select {
 	case pl.ch <- struct{}{}:
-		return func() { <-pl.ch; release() }, nil
+		return unlock, nil
 	case <-ctx.Done():
 		release()
 		return nil, ctx.Err()

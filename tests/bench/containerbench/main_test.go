@@ -2,7 +2,6 @@ package containerbench
 
 import (
 	"flag"
-	"fmt"
 	"os"
 	"runtime"
 	"testing"
@@ -29,8 +28,7 @@ var (
 func TestMain(m *testing.M) {
 	flag.Parse()
 	if os.Geteuid() != 0 {
-		fmt.Println("skipping: container benchmarks need root")
-		os.Exit(0)
+		os.Exit(containertest.RunWithoutRoot(m))
 	}
 	dir, err := os.MkdirTemp("", "keel-bench-rootfs-")
 	if err != nil {
@@ -46,3 +44,7 @@ func TestMain(m *testing.M) {
 	removeCgroupParents()
 	os.Exit(code)
 }
+
+// TestNeedsRoot reports, as a skip with its reason, that this package's
+// tests did not run without root (see containertest.RunWithoutRoot).
+func TestNeedsRoot(t *testing.T) { containertest.SkipUnlessRoot(t, "container benchmarks") }
