@@ -269,7 +269,6 @@ func TestEMFILEEvictsIdle(t *testing.T) {
 
 type emfileListener struct {
 	net.Listener
-	mu     sync.Mutex
 	conns  chan net.Conn
 	emfile chan struct{}
 }
