@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -13,7 +14,6 @@ import (
 
 	"github.com/keelvm/keel/agent/ociconv"
 	"github.com/keelvm/keel/agent/stdio"
-	"github.com/keelvm/keel/init/reaper"
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -59,6 +59,7 @@ type Container struct {
 	spec         *specs.Spec
 	privatePidns bool
 	init         *Process
+	log          *slog.Logger
 
 	mu      sync.Mutex
 	state   State
@@ -225,6 +226,9 @@ func (c *Container) Exec(execID string, sp *specs.Process, io *stdio.IO) (_ *Pro
 	}
 	if _, ok := c.execs[execID]; ok || execID == c.init.ID {
 		return nil, fmt.Errorf("exec_id %q: already exists in container %q: %w", execID, c.id, ErrExists)
+	}
+	if cleared := hostOnlyFields(sp, "process", nil); len(cleared) > 0 {
+		c.log.Info("host-only fields ignored (no such policy in the guest)", "container_id", c.id, "exec_id", execID, "fields", cleared)
 	}
 	lp, err := newLibcontainerProcess(sp, io, false)
 	if err != nil {
@@ -488,11 +492,9 @@ func (c *Container) destroy() error {
 	return nil
 }
 
-// destroyLocked runs libcontainer's Destroy with the reaper locked:
-// poststop hooks run there through os/exec, which waits its own child.
+// destroyLocked runs libcontainer's Destroy (poststop hooks run there
+// through os/exec, which waits its own child; no reaper lock is needed).
 func destroyLocked(lc *libcontainer.Container) error {
-	reaper.Lock()
-	defer reaper.Unlock()
 	return lc.Destroy()
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/keelvm/keel/agent/container/containertest"
 	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/service"
+	"github.com/keelvm/keel/init/reaper"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/opencontainers/runc/libcontainer"
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
@@ -45,7 +46,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	rootfs = dir
-	code := m.Run()
+	// The main goroutine reaps orphans (init/reaper); tests run beside it.
+	code := 0
+	if err := reaper.RunMain(func() { code = m.Run() }); err != nil {
+		panic(err)
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -17,8 +17,13 @@ import (
 	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/copyfile"
 	"github.com/keelvm/keel/agent/guestops"
+	"github.com/keelvm/keel/agent/hotplug"
+	"github.com/keelvm/keel/agent/networks"
 	"github.com/keelvm/keel/agent/oom"
+	"github.com/keelvm/keel/agent/storage"
+	"github.com/keelvm/keel/agent/swap"
 	"github.com/keelvm/keel/agent/version"
+	"github.com/keelvm/keel/agent/volume"
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
 
@@ -33,6 +38,11 @@ type Service struct {
 	*GuestOps   // SetGuestDateTime, ReseedRandomDev
 	*FileCopier // CopyFile
 	*OOM        // GetOOMEvent
+	*Hotplug    // OnlineCPUMem, MemHotplugByProbe
+	*Swap       // AddSwap, AddSwapPath
+	*Volumes    // GetVolumeStats, ResizeVolume
+	*Networks   // interfaces, routes, ARP neighbours, iptables
+	*Storage    // UpdateEphemeralMounts, RemoveStaleVirtiofsShareMounts
 }
 
 // Aliases name the embedded handlers (two packages call theirs Handler).
@@ -41,6 +51,11 @@ type (
 	GuestOps   = guestops.Handler
 	FileCopier = copyfile.Handler
 	OOM        = oom.Watcher
+	Hotplug    = hotplug.Handler
+	Swap       = swap.Handler
+	Volumes    = volume.Handler
+	Networks   = networks.Handler
+	Storage    = storage.Handler
 )
 
 var _ pb.AgentServiceService = (*Service)(nil)
@@ -52,6 +67,11 @@ type Handlers struct {
 	GuestOps   *guestops.Handler
 	CopyFile   *copyfile.Handler
 	OOM        *oom.Watcher
+	Hotplug    *hotplug.Handler
+	Swap       *swap.Handler
+	Volumes    *volume.Handler
+	Network    *networks.Handler // nil: the network RPCs answer Unavailable
+	Storage    *storage.Handler  // nil: the storage RPCs answer Unavailable
 }
 
 // New assembles a Service. Containers is required; any other handler left
@@ -63,7 +83,8 @@ func New(h Handlers) *Service {
 		// panics instead of answers: refuse to build such a service.
 		panic("service.New: Handlers.Containers is required")
 	}
-	s := &Service{Guest: h.Guest, Containers: h.Containers, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM}
+	s := &Service{Guest: h.Guest, Containers: h.Containers, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM,
+		Hotplug: h.Hotplug, Swap: h.Swap, Volumes: h.Volumes, Networks: h.Network, Storage: h.Storage}
 	if s.Guest == nil {
 		s.Guest = &Guest{}
 	}
@@ -75,6 +96,21 @@ func New(h Handlers) *Service {
 	}
 	if s.OOM == nil {
 		s.OOM = oom.New()
+	}
+	if s.Hotplug == nil {
+		s.Hotplug = &hotplug.Handler{}
+	}
+	if s.Swap == nil {
+		s.Swap = &swap.Handler{}
+	}
+	if s.Volumes == nil {
+		s.Volumes = &volume.Handler{}
+	}
+	if s.Networks == nil {
+		s.Networks = &networks.Handler{}
+	}
+	if s.Storage == nil {
+		s.Storage = &storage.Handler{}
 	}
 	return s
 }

@@ -19,14 +19,24 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/keelvm/keel/agent/container"
 	"github.com/keelvm/keel/agent/containers"
+	"github.com/keelvm/keel/agent/devices"
+	"github.com/keelvm/keel/agent/hotplug"
 	"github.com/keelvm/keel/agent/metrics"
+	"github.com/keelvm/keel/agent/network"
+	"github.com/keelvm/keel/agent/networks"
 	"github.com/keelvm/keel/agent/oom"
 	"github.com/keelvm/keel/agent/passfd"
 	"github.com/keelvm/keel/agent/server"
 	"github.com/keelvm/keel/agent/service"
+	"github.com/keelvm/keel/agent/storage"
+	"github.com/keelvm/keel/agent/swap"
+	"github.com/keelvm/keel/agent/uevent"
 	"github.com/keelvm/keel/agent/version"
+	"github.com/keelvm/keel/agent/volume"
 	"github.com/keelvm/keel/init/boot"
 	"github.com/keelvm/keel/init/cmdline"
 	"github.com/keelvm/keel/init/reaper"
@@ -36,6 +46,18 @@ import (
 )
 
 func main() {
+	// The main goroutine becomes the orphan reaper (init/reaper's package
+	// doc); everything else runs beside it, so no start can block reaping.
+	if err := reaper.RunMain(agentMain); err != nil {
+		fmt.Fprintln(os.Stderr, "keel-agent:", err)
+		if os.Getpid() != 1 {
+			os.Exit(1)
+		}
+		select {} // PID 1 never returns
+	}
+}
+
+func agentMain() {
 	if os.Getpid() != 1 {
 		if err := run(os.Args[1:]); err != nil {
 			fmt.Fprintln(os.Stderr, "keel-agent:", err)
@@ -134,6 +156,19 @@ func run(args []string) error {
 	slog.SetDefault(log)
 
 	reg := metrics.New()
+	// Hot-plugged devices (storages, devices, NICs) are awaited through one
+	// uevent registry, fed by one listener opened before any RPC is served.
+	uevents := uevent.NewRegistry(uevent.DefaultSysfs, cfg.HotplugTimeout)
+	if ul, err := uevent.Listen(uevents, log); err != nil {
+		// Waits still find devices by looking in sysfs, only later.
+		log.Warn("no uevent listener: hot-plugged devices are found by polling sysfs", "err", err)
+	} else {
+		defer ul.Close()
+	}
+	// Storages (Kata's shared dir, shm, volumes, block rootfs) for the
+	// sandbox's lifetime; hot-plugged disks are found through uevents.
+	storages := storage.New(storage.Config{Devices: uevents, Log: log})
+	reg.Gauge("keel_uevent_waiters", "RPCs waiting for a hot-plugged device.", func() float64 { return float64(uevents.Waiting()) })
 	oomWatcher := oom.New()
 	defer oomWatcher.Close()
 
@@ -149,6 +184,7 @@ func run(args []string) error {
 	// Stopping the guest (SIGTERM/SIGPWR, a fatal error) kills and removes
 	// every container first.
 	shutdown.OnStop("remove all containers", sandbox.Destroy)
+	shutdown.OnStop("unmount storages", func(context.Context) error { return storages.Close() })
 	reg.Gauge("keel_containers", "Containers in the sandbox.", func() float64 { return float64(len(sandbox.ContainerIDs())) })
 	reg.Gauge("keel_container_processes", "Processes in the containers' cgroups.", func() float64 {
 		n := 0
@@ -162,6 +198,22 @@ func run(args []string) error {
 		return float64(n)
 	})
 	reg.Gauge("keel_reaped_processes", "Child processes reaped by the agent since it started.", func() float64 { return float64(reaper.Reaped()) })
+
+	// The network RPCs configure the agent's own network namespace, which
+	// Kata's containers share (the runtime drops their network namespace).
+	// A guest without rtnetlink still serves everything else; the network
+	// RPCs then answer Unavailable.
+	netHandler := &networks.Handler{}
+	if netw, err := network.New(network.Config{
+		Devices:       network.UeventDevices{Registry: uevents},
+		DeviceTimeout: cfg.HotplugTimeout,
+		Log:           log,
+	}); err != nil {
+		log.Error("network RPCs unavailable", "err", err)
+	} else {
+		defer netw.Close()
+		netHandler = networks.New(netw)
+	}
 
 	var pfd containers.PassFD
 	if cfg.PassfdListenerPort != 0 {
@@ -179,12 +231,15 @@ func run(args []string) error {
 	// as PID 1, main powers off.
 	destroyed := make(chan struct{})
 	var destroyOnce sync.Once
+	devs := &devices.Manager{}
 	svc := service.New(service.Handlers{
-		Guest: &service.Guest{Metrics: reg, ExtraFeatures: extraFeatures},
+		Guest: &service.Guest{Metrics: reg, ExtraFeatures: extraFeatures, DeviceHandlers: devices.Types},
 		Containers: containers.New(containers.Options{
 			Sandbox:  sandbox,
 			PassFD:   pfd,
 			PipeSize: cfg.ContainerPipeSize,
+			Devices:  devs,
+			Storages: storages,
 			Log:      log,
 			OnDestroySandbox: func() {
 				if res.PID1 {
@@ -192,7 +247,12 @@ func run(args []string) error {
 				}
 			},
 		}),
-		OOM: oomWatcher,
+		OOM:     oomWatcher,
+		Network: netHandler,
+		Hotplug: &hotplug.Handler{Log: log},
+		Swap:    &swap.Handler{Log: log},
+		Volumes: &volume.Handler{Log: log},
+		Storage: &storage.Handler{M: storages},
 	})
 	srv, err := server.New(svc, service.Health{}, reg, log)
 	if err != nil {
@@ -247,13 +307,17 @@ func run(args []string) error {
 }
 
 // extraFeatures reports, in AgentDetails.extra_features, the boot timeline
-// ("keel.boot.<milestone>=<guest uptime in seconds>") and every option Keel
+// ("keel.boot.<milestone>=<guest uptime in seconds>"), whether the agent's
+// own binary is mapped by DAX ("keel.dax.agent_binary=true|false") and every option Keel
 // needs that the running kernel lacks ("keel.kernel.missing=<FEATURE>:<OPTION>=<got>"),
 // or "keel.kernel.config=unavailable" without /proc/config.gz.
 func extraFeatures() []string {
 	var out []string
 	for _, e := range timeline.Entries() {
 		out = append(out, fmt.Sprintf("keel.boot.%s=%.6f", e.Name, e.Since.Seconds()))
+	}
+	if dax, err := binaryIsDAX(); err == nil {
+		out = append(out, fmt.Sprintf("keel.dax.agent_binary=%t", dax))
 	}
 	missing, err := required.CheckRunning()
 	if err != nil {
@@ -263,4 +327,18 @@ func extraFeatures() []string {
 		out = append(out, fmt.Sprintf("keel.kernel.missing=%s:%s=%s", m.Feature, m.Option, m.Got))
 	}
 	return out
+}
+
+// binaryIsDAX says whether the running agent binary has STATX_ATTR_DAX: on
+// a dax=always root the agent executes in place from the host's pages
+// rather than from copies in the guest page cache.
+func binaryIsDAX() (bool, error) {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, "/proc/self/exe", 0, unix.STATX_BASIC_STATS, &st); err != nil {
+		return false, err
+	}
+	if st.Attributes_mask&unix.STATX_ATTR_DAX == 0 {
+		return false, errors.New("the filesystem does not report STATX_ATTR_DAX")
+	}
+	return st.Attributes&unix.STATX_ATTR_DAX != 0, nil
 }

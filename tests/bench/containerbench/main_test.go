@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/keelvm/keel/agent/container/containertest"
+	"github.com/keelvm/keel/init/reaper"
 	"github.com/opencontainers/runc/libcontainer"
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
 )
@@ -39,7 +40,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	rootfs = dir
-	code := m.Run()
+	// The main goroutine reaps orphans (init/reaper); tests run beside it.
+	code := 0
+	if err := reaper.RunMain(func() { code = m.Run() }); err != nil {
+		panic(err)
+	}
 	os.RemoveAll(dir)
 	removeCgroupParents()
 	os.Exit(code)

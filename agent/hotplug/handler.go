@@ -1,0 +1,82 @@
+package hotplug
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	pb "github.com/keelvm/keel/protocol/grpc"
+)
+
+// MaxProbeAddrs bounds MemHotplugByProbe: a guest has at most a few
+// thousand memory blocks, so a longer list is a bad request.
+const MaxProbeAddrs = 4096
+
+// Handler serves OnlineCPUMem and MemHotplugByProbe. The zero value acts
+// on /sys.
+type Handler struct {
+	Onliner Onliner
+	Log     *slog.Logger
+}
+
+// OnlineCPUMem implements grpc.AgentService/OnlineCPUMem: with nb_cpus > 0
+// it onlines CPUs until nb_cpus are online (the runtime sends the new
+// total), and unless cpu_only it onlines every offline memory block. It
+// always answers once done (Kata's agent ignores wait too).
+func (h *Handler) OnlineCPUMem(ctx context.Context, req *pb.OnlineCPUMemRequest) (*emptypb.Empty, error) {
+	if req == nil {
+		return nil, status.Error(codes.InvalidArgument, "online cpu mem: empty request")
+	}
+	log := h.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	if req.NbCpus > 0 {
+		n, err := h.Onliner.OnlineCPUs(ctx, int(req.NbCpus))
+		if err != nil {
+			return nil, toStatus("online cpu mem: nb_cpus", err)
+		}
+		log.Info("CPUs online", "nb_cpus", req.NbCpus, "online", n)
+	}
+	if !req.CpuOnly {
+		n, err := h.Onliner.OnlineMemory(true)
+		if err != nil {
+			return nil, toStatus("online cpu mem: memory", err)
+		}
+		log.Info("memory blocks onlined", "blocks", n)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// MemHotplugByProbe implements grpc.AgentService/MemHotplugByProbe.
+func (h *Handler) MemHotplugByProbe(ctx context.Context, req *pb.MemHotplugByProbeRequest) (*emptypb.Empty, error) {
+	if req == nil {
+		return nil, status.Error(codes.InvalidArgument, "mem hotplug by probe: empty request")
+	}
+	if len(req.MemHotplugProbeAddr) > MaxProbeAddrs {
+		return nil, status.Errorf(codes.InvalidArgument, "mem hotplug by probe: memHotplugProbeAddr: %d addresses exceed %d", len(req.MemHotplugProbeAddr), MaxProbeAddrs)
+	}
+	if err := h.Onliner.Probe(req.MemHotplugProbeAddr); err != nil {
+		return nil, toStatus("mem hotplug by probe", err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+func toStatus(prefix string, err error) error {
+	code := codes.Internal
+	switch {
+	case errors.Is(err, ErrUnsupported):
+		code = codes.FailedPrecondition
+	case errors.Is(err, ErrInvalid):
+		code = codes.InvalidArgument
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	}
+	return status.Error(code, prefix+": "+err.Error())
+}
