@@ -25,6 +25,7 @@ import (
 	"github.com/keelvm/keel/agent/stdio"
 	"github.com/keelvm/keel/init/kmod"
 	"github.com/keelvm/keel/init/reaper"
+	"github.com/opencontainers/cgroups"
 	// Registers the cgroup device-rule manager libcontainer needs.
 	_ "github.com/opencontainers/cgroups/devices"
 	"github.com/opencontainers/runc/libcontainer"
@@ -54,6 +55,12 @@ type Config struct {
 	// SetHostname applies CreateSandbox's hostname to the agent's UTS
 	// namespace (true in the guest; false in host-mode tests).
 	SetHostname bool
+	// PodNetSysctls: the agent's network namespace is the pod's (the
+	// guest's, as Kata's runtime leaves every container in it), so the
+	// net.* sysctls of a container without a network namespace of its own
+	// are written there, as Kata's agent does. False in host mode, where
+	// they are refused rather than applied to the host.
+	PodNetSysctls bool
 	// LoadModules loads CreateSandbox's kernel modules; nil uses init/kmod.
 	LoadModules func([]kmod.ModuleSpec) error
 	// OOM, when set, watches every container's memory cgroup from its
@@ -280,7 +287,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		return nil, fmt.Errorf("container_id %q: %w", cc.ID, ErrExists)
 	}
 	s.reserved[cc.ID] = true
-	pod := podNamespaces{holder: s.pidnsHolder}
+	pod := podNamespaces{holder: s.pidnsHolder, cgroupNS: cgroups.IsCgroup2UnifiedMode()}
 	if s.ipcNS != nil {
 		pod.ipc, pod.uts = s.ipcNS.Path, s.utsNS.Path
 	}
@@ -307,6 +314,9 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	}
 	plan, err := setNamespaces(spec, pod, cc.SandboxPidns, s.log)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.podNetSysctls(cc.ID, spec); err != nil {
 		return nil, err
 	}
 	privateUTS := slices.ContainsFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.UTSNamespace && n.Path == "" })

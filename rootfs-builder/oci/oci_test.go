@@ -110,6 +110,8 @@ func baseLayers(t *testing.T) [][]byte {
 		file("var/lib/new", "upper"),
 		file("var/lib/implicit/x", "upper"),
 		file("var/lib/.wh..wh..opq", ""),
+		// aufs metadata from old docker layers: skipped, not content.
+		dir(".wh..wh.plnk/"), file(".wh..wh.plnk/1.2", "x"), file("etc/.wh..wh.aufs", ""),
 		dir("var/lib/sub/"), file("var/lib/sub/fresh", "upper"),
 		file("etc/keep", "2"),
 	)
