@@ -49,8 +49,11 @@ func fuzzService(t testing.TB) *Service {
 	if err := os.WriteFile(state, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	rpc := containers.New(containers.Options{Sandbox: sb})
+	// CreateSandbox pins the pod's namespaces with bind mounts under dir.
+	t.Cleanup(func() { rpc.DestroySandbox(context.Background(), &pb.DestroySandboxRequest{}) })
 	return New(Handlers{
-		Containers: containers.New(containers.Options{Sandbox: sb}),
+		Containers: rpc,
 		GuestOps: &guestops.Handler{
 			SetTime: func(*unix.Timeval) error { return nil },
 			Seed:    func([]byte) error { return nil },
