@@ -44,7 +44,9 @@ func TestKataPodVM(t *testing.T) {
 	a := c.Agent
 
 	pod := Pod{ID: "vmpause", UID: "0b1c2d3e", Hostname: "kata-pod", DNS: []string{"nameserver 10.96.0.10"},
-		Rootfs: vmtest.ContainerRootfs, SharedDir: GuestSharedDir, UnprivilegedPorts: true}
+		Rootfs: vmtest.ContainerRootfs, SharedDir: GuestSharedDir, UnprivilegedPorts: true,
+		// The sandbox shm, which every container's /dev/shm binds (handleShm).
+		SandboxStorages: []*pb.Storage{ShmStorage(64 << 20)}, ShmSize: 64 << 20}
 	kataShape := true
 	put := func(ctx context.Context, dst string, data []byte, perm uint32) error {
 		for _, r := range CopyFile(dst, data, perm, 0, 0) {
