@@ -145,7 +145,7 @@ func (e *Evidence) Check() error {
 	if !ready {
 		errs = append(errs, fmt.Errorf("no listener_ready in the boot timeline %v", e.Timeline))
 	}
-	if !strings.HasPrefix(e.Hello, "hello from a Keel container") {
+	if !strings.HasPrefix(e.Hello, "hello from a Keel container on "+Hostname+",") {
 		errs = append(errs, fmt.Errorf("the container printed %q", e.Hello))
 	}
 	return errors.Join(errs...)
