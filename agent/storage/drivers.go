@@ -335,7 +335,6 @@ func (m *Manager) findDisk(ctx context.Context, field string, s Storage) (string
 	return "/dev/" + ev.DevName, nil
 }
 
-
 func isBlockDevice(p string) error {
 	var st unix.Stat_t
 	if err := unix.Stat(p, &st); err != nil {
