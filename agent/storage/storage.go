@@ -97,7 +97,7 @@ type Storage struct {
 // Config configures a Manager.
 type Config struct {
 	// Devices finds hot-plugged disks (blk, mmioblk, scsi, nvdimm); nil
-	// takes only /dev paths that exist already.
+	// gets a registry without a listener, which polls sysfs.
 	Devices *uevent.Registry
 	// Roots are the directories mount points must be under; default
 	// [KataRoot].
@@ -149,6 +149,10 @@ func New(cfg Config) *Manager {
 	}
 	if cfg.Sysfs == "" {
 		cfg.Sysfs = uevent.DefaultSysfs
+	}
+	if cfg.Devices == nil {
+		// No listener: devices are found by looking in sysfs (every 500 ms).
+		cfg.Devices = uevent.NewRegistry(cfg.Sysfs, 0)
 	}
 	if cfg.WatchInterval <= 0 {
 		cfg.WatchInterval = 2 * time.Second
@@ -305,12 +309,16 @@ func (m *Manager) releaseOne(mp string, force bool) error {
 
 // Close tears every storage down (DestroySandbox), last set up first.
 func (m *Manager) Close() error {
-	m.watch.stop()
 	m.mu.Lock()
 	entries := m.entries
 	m.entries = map[string]*entry{}
 	m.owners = map[string][]string{}
+	// A new sandbox (host mode) gets a fresh polling loop; the storages
+	// torn down below keep the old watcher until their undo ran.
+	old := m.watch
+	m.watch = newWatcher(m)
 	m.mu.Unlock()
+	old.stop()
 	// Unmount deeper mount points first (a volume inside the share).
 	mps := make([]string, 0, len(entries))
 	for mp := range entries {

@@ -271,7 +271,7 @@ func FuzzApplyLayer(f *testing.F) {
 		os.Mkdir(root, 0o755)
 		sentinel := filepath.Join(parent, "sentinel")
 		os.WriteFile(sentinel, []byte("keep"), 0o644)
-		ApplyLayer(root, bytes.NewReader(data), ApplyOptions{MaxFileSize: 1 << 20})
+		ApplyLayer(root, bytes.NewReader(data), ApplyOptions{MaxFileSize: 1 << 20, MaxUnpackedSize: 4 << 20, MaxFiles: 1000})
 		ents, _ := os.ReadDir(parent)
 		if b, err := os.ReadFile(sentinel); len(ents) != 2 || err != nil || string(b) != "keep" {
 			t.Fatalf("touched outside root: %v %q %v", ents, b, err)
