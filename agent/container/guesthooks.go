@@ -41,7 +41,8 @@ func scanGuestHooks(dir string) (*specs.Hooks, error) {
 			h := specs.Hook{Path: filepath.Join(dir, kind, e.Name()), Args: []string{e.Name(), kind}}
 			switch kind {
 			case "prestart":
-				hooks.Prestart = append(hooks.Prestart, h) //nolint:staticcheck // Kata's guest layout names prestart
+				//lint:ignore SA1019 Kata's guest layout names prestart hooks
+				hooks.Prestart = append(hooks.Prestart, h)
 			case "poststart":
 				hooks.Poststart = append(hooks.Poststart, h)
 			case "poststop":
@@ -62,7 +63,8 @@ func addGuestHooks(spec *specs.Spec, g *specs.Hooks) {
 	if spec.Hooks == nil {
 		spec.Hooks = &specs.Hooks{}
 	}
-	spec.Hooks.Prestart = append(spec.Hooks.Prestart, g.Prestart...) //nolint:staticcheck // see scanGuestHooks
+	//lint:ignore SA1019 Kata's guest layout names prestart hooks
+	spec.Hooks.Prestart = append(spec.Hooks.Prestart, g.Prestart...)
 	spec.Hooks.Poststart = append(spec.Hooks.Poststart, g.Poststart...)
 	spec.Hooks.Poststop = append(spec.Hooks.Poststop, g.Poststop...)
 }

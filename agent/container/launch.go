@@ -57,6 +57,12 @@ func (h *hookCtl) set(ctx context.Context) {
 	h.ctx = ctx
 }
 
+func (h *hookCtl) clear() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.ctx = nil
+}
+
 func (h *hookCtl) context() context.Context {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -184,7 +190,7 @@ func launch(o launchOpts, what string, start func() error, undo func(startErr er
 	ctx, cancel := context.WithCancel(context.Background())
 	if o.hooks != nil {
 		o.hooks.set(ctx)
-		defer o.hooks.set(nil)
+		defer o.hooks.clear()
 	}
 	done := make(chan error, 1)
 	go func() { done <- start() }()
