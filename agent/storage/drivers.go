@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/keelvm/keel/agent/pcipath"
 	"github.com/keelvm/keel/agent/uevent"
@@ -322,10 +323,12 @@ func (m *Manager) findDisk(ctx context.Context, field string, s Storage) (string
 		}
 		mt = scsiMatcher(id, lun)
 	}
+	start := time.Now()
 	ev, err := m.devices().Wait(ctx, mt, 0)
 	if err != nil {
 		return "", fmt.Errorf("%s.source %q: %w", field, trunc(s.Source), err)
 	}
+	m.cfg.Log.Info("disk found", "driver", s.Driver, "storage_source", s.Source, "devname", ev.DevName, "waited_ms", time.Since(start).Milliseconds())
 	if ev.DevName == "" {
 		return "", fmt.Errorf("%s.source %q: %s has no device node", field, s.Source, ev.DevPath)
 	}

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -279,6 +280,7 @@ func TestBadStorages(t *testing.T) {
 		{"bad pci path", Storage{Driver: DriverBlk, Source: "zz/00", Fstype: "ext4", MountPoint: root + "/x"}, codes.InvalidArgument, "PCI path"},
 		{"pci path never appears", Storage{Driver: DriverBlk, Source: "1e/1f", Fstype: "ext4", MountPoint: root + "/x"}, codes.DeadlineExceeded, "1e/1f"},
 		{"mount fails", Storage{Driver: DriverBlk, Source: "/dev/null", Fstype: "ext4", MountPoint: root + "/x"}, codes.InvalidArgument, "not a block device"},
+		{"watchable tmpfs over the share", Storage{Driver: DriverWatchableBind, Source: outside, MountPoint: root + "/shared/cm"}, codes.InvalidArgument, "watchable"},
 		{"mount point reused by another driver", Storage{Driver: DriverLocal, MountPoint: filepath.Join(root, "first")}, codes.InvalidArgument, "already used"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -348,4 +350,142 @@ func FuzzParseOptions(f *testing.F) {
 			t.Fatalf("%q %q -> data %q", a, b, data)
 		}
 	})
+}
+
+// TestConcurrentUsers: containers adding and releasing the same storage
+// at once end with it mounted exactly while someone holds it.
+func TestConcurrentUsers(t *testing.T) {
+	m, root := newManager(t)
+	a, b := t.TempDir(), t.TempDir()
+	must(t, os.WriteFile(filepath.Join(a, "f"), []byte("a"), 0o644))
+	mp := filepath.Join(root, "ro-overlay")
+	s := Storage{Driver: DriverOverlayfs, Fstype: "overlay", MountPoint: mp, Options: []string{"lowerdir=" + a + ":" + b}}
+	done := make(chan error)
+	for i := range 8 {
+		go func() {
+			owner := fmt.Sprintf("c%d", i)
+			for range 10 {
+				if err := m.Add(context.Background(), owner, "storages", []Storage{s}); err != nil {
+					done <- err
+					return
+				}
+				if b, err := os.ReadFile(filepath.Join(mp, "f")); err != nil || string(b) != "a" {
+					done <- fmt.Errorf("%s: read %q %v while holding the storage", owner, b, err)
+					return
+				}
+				if err := m.Release(owner); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	if n := m.Refs(mp); n != 0 {
+		t.Fatalf("refs = %d", n)
+	}
+	if ms := mountsUnder(root); len(ms) != 0 {
+		t.Fatalf("left mounted: %v", ms)
+	}
+}
+
+// TestHugetlbfs: the pages are reserved, then hugetlbfs is mounted with
+// the page size asked.
+func TestHugetlbfs(t *testing.T) {
+	m, root := newManager(t)
+	nr := "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+	old, err := os.ReadFile(nr)
+	if err != nil {
+		t.Skipf("no 2 MiB huge pages on this kernel: %v", err)
+	}
+	t.Cleanup(func() { os.WriteFile(nr, old, 0) })
+	mp := filepath.Join(root, "sandbox/hugepages")
+	must(t, m.Add(context.Background(), "", "storages", []Storage{{Driver: DriverEphemeral, Source: "nodev", Fstype: "hugetlbfs", MountPoint: mp,
+		Options: []string{"pagesize=2097152", "size=4194304"}}}))
+	var st unix.Statfs_t
+	must(t, unix.Statfs(mp, &st))
+	if st.Type != unix.HUGETLBFS_MAGIC || st.Bsize != 2<<20 {
+		t.Fatalf("type %x bsize %d: want hugetlbfs with 2 MiB pages", st.Type, st.Bsize)
+	}
+	if n, err := readUint(nr); err != nil || n < 2 {
+		t.Fatalf("nr_hugepages = %d %v, want >= 2", n, err)
+	}
+	if err := m.Add(context.Background(), "", "storages", []Storage{{Driver: DriverEphemeral, Fstype: "hugetlbfs", MountPoint: mp + "2",
+		Options: []string{"pagesize=12345", "size=4194304"}}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("bad page size: %v", err)
+	}
+}
+
+// TestDiskByName: mmioblk and nvdimm name their disk by /dev path; the
+// agent waits for it by name (here a loop device, already present), and
+// adds dax only when the device supports it (a loop device does not).
+func TestDiskByName(t *testing.T) {
+	m, root := newManager(t)
+	img := loopdev.File(t, 32<<20)
+	loopdev.Run(t, "mkfs.ext4", "-q", "-F", img)
+	dev := loopdev.Attach(t, img)
+	for _, driver := range []string{DriverMmioBlk, DriverNvdimm} {
+		mp := filepath.Join(root, driver)
+		must(t, m.Add(context.Background(), driver, "storages", []Storage{{Driver: driver, Source: dev, Fstype: "ext4", MountPoint: mp}}))
+		if fsType(t, mp) != unix.EXT4_SUPER_MAGIC {
+			t.Fatalf("%s: not an ext4 mount", driver)
+		}
+		data, _ := os.ReadFile("/proc/self/mountinfo")
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) > 5 && f[4] == mp && strings.Contains(line, "dax") {
+				t.Errorf("%s: dax on a device without DAX: %s", driver, line)
+			}
+		}
+		must(t, m.Release(driver))
+	}
+	err := m.Add(context.Background(), "x", "storages", []Storage{{Driver: DriverMmioBlk, Source: "/dev/vdzz", Fstype: "ext4", MountPoint: filepath.Join(root, "never")}})
+	if Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("a disk that never appears: %v", err)
+	}
+}
+
+// TestFSGroupOnRootMismatch: with OnRootMismatch a volume whose root
+// already has the group and modes is left alone; Always re-owns it all.
+func TestFSGroupOnRootMismatch(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	dir := t.TempDir()
+	inner := filepath.Join(dir, "inner")
+	must(t, os.WriteFile(inner, nil, 0o600))
+	must(t, os.Chown(dir, 0, 900))
+	must(t, os.Chmod(dir, 0o770|os.ModeSetgid))
+	must(t, setOwnership(dir, FSGroup{GID: 900, OnRootMismatch: true}, false))
+	if st, _ := os.Stat(inner); st.Sys().(*syscall.Stat_t).Gid != 0 {
+		t.Fatal("OnRootMismatch re-owned a volume whose root matched")
+	}
+	must(t, setOwnership(dir, FSGroup{GID: 900}, false))
+	st, _ := os.Stat(inner)
+	if st.Sys().(*syscall.Stat_t).Gid != 900 || st.Mode().Perm() != 0o660 {
+		t.Fatalf("Always: inner gid %d mode %v, want 900 and 0660", st.Sys().(*syscall.Stat_t).Gid, st.Mode())
+	}
+}
+
+// TestWatchableAfterClose: a sandbox created after DestroySandbox (host
+// mode) still gets its watchable storages polled.
+func TestWatchableAfterClose(t *testing.T) {
+	m, root := newManager(t)
+	src := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(src, "k"), []byte("1"), 0o644))
+	mp := filepath.Join(root, "watchable/cm")
+	add := func() {
+		must(t, m.Add(context.Background(), "c", "storages", []Storage{{Driver: DriverWatchableBind, Source: src, MountPoint: mp}}))
+	}
+	add()
+	must(t, m.Close())
+	add()
+	must(t, os.WriteFile(filepath.Join(src, "k"), []byte("2"), 0o644))
+	future := time.Now().Add(2 * time.Second)
+	os.Chtimes(filepath.Join(src, "k"), future, future)
+	eventually(t, filepath.Join(mp, "k"), "2")
 }

@@ -29,6 +29,8 @@ import (
 const (
 	whiteoutPrefix = ".wh."
 	opaqueMarker   = ".wh..wh..opq"
+	// whiteoutMetaPrefix starts aufs metadata names, never image content.
+	whiteoutMetaPrefix = ".wh..wh."
 )
 
 // ErrUnsafePath marks entries refused because they would escape the root.
@@ -227,9 +229,14 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 	if base == opaqueMarker {
 		return a.opaque(dir)
 	}
+	if strings.HasPrefix(name, whiteoutMetaPrefix) || strings.HasPrefix(base, whiteoutMetaPrefix) {
+		// aufs metadata (.wh..wh.plnk, .wh..wh.aufs) in old docker layers:
+		// not content, skipped as Docker does.
+		return nil
+	}
 	if strings.HasPrefix(base, whiteoutPrefix) {
 		target := strings.TrimPrefix(base, whiteoutPrefix)
-		if target == "" || target == "." || target == ".." || strings.HasPrefix(target, whiteoutPrefix) {
+		if target == "" || target == "." || target == ".." {
 			return fmt.Errorf("%w: whiteout names %q", ErrUnsafePath, target)
 		}
 		victim := path.Join(dir, target)

@@ -319,6 +319,11 @@ func TestStorages(t *testing.T) {
 		}
 	})
 
+	// How long the agent waited for each disk after the RPC asked for it
+	// (the device_add came just before the RPC).
+	for _, l := range grepLog(g, "disk found") {
+		t.Logf("agent: %s", l)
+	}
 	if _, err := a.RemoveStaleVirtiofsShareMounts(ctx, &pb.RemoveStaleVirtiofsShareMountsRequest{}); err != nil {
 		t.Errorf("RemoveStaleVirtiofsShareMounts: %v", err)
 	}
