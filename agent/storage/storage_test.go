@@ -470,3 +470,22 @@ func TestFSGroupOnRootMismatch(t *testing.T) {
 		t.Fatalf("Always: inner gid %d mode %v, want 900 and 0660", st.Sys().(*syscall.Stat_t).Gid, st.Mode())
 	}
 }
+
+// TestWatchableAfterClose: a sandbox created after DestroySandbox (host
+// mode) still gets its watchable storages polled.
+func TestWatchableAfterClose(t *testing.T) {
+	m, root := newManager(t)
+	src := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(src, "k"), []byte("1"), 0o644))
+	mp := filepath.Join(root, "watchable/cm")
+	add := func() {
+		must(t, m.Add(context.Background(), "c", "storages", []Storage{{Driver: DriverWatchableBind, Source: src, MountPoint: mp}}))
+	}
+	add()
+	must(t, m.Close())
+	add()
+	must(t, os.WriteFile(filepath.Join(src, "k"), []byte("2"), 0o644))
+	future := time.Now().Add(2 * time.Second)
+	os.Chtimes(filepath.Join(src, "k"), future, future)
+	eventually(t, filepath.Join(mp, "k"), "2")
+}
