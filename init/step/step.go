@@ -63,10 +63,10 @@ func (m Mkdir) Optional() bool { return m.Opt }
 // options only newer kernels understand, such as cgroup2 nsdelegate or
 // favordynmods).
 type Mount struct {
-	Source    string
-	Target    string
-	FSType    string
-	Flags     uintptr
+	Source   string
+	Target   string
+	FSType   string
+	Flags    uintptr
 	Data      string
 	Fallbacks []string
 	Opt       bool
