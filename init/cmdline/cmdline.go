@@ -242,7 +242,7 @@ var Params = []Param{
 		},
 		get: func(c *Config) string { return strconv.FormatBool(c.RootRW) }},
 	{Name: "agent.cgroup", File: "cgroup", Default: cgroupV2,
-		Meaning: "Keel: cgroup layout, v2 (cgroup2 with nsdelegate,favordynmods) or v1 (per-controller hierarchies); wins over the two below",
+		Meaning: "Keel: cgroup layout, v2 (cgroup2 with nsdelegate) or v1 (per-controller hierarchies); wins over the two below",
 		set: func(c *Config, st *state, v string, _ bool) error {
 			if v != cgroupV1 && v != cgroupV2 {
 				return fmt.Errorf("want v1 or v2")

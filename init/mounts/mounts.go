@@ -107,22 +107,16 @@ func base(isolated bool) []step.Step {
 	)
 }
 
-// CgroupRootPlan mounts the cgroup root: cgroup2 for v2, a tmpfs for v1.
-//
-// cgroup2 gets favordynmods (Linux >= 6.0): every container start moves a
-// process into a new cgroup, and without it the first such move after a
-// quiet spell waits out a full RCU grace period for
-// cgroup_threadgroup_rwsem (+7-13 ms per start measured on 2 cores; with
-// it 0.06-0.1 ms). What it costs instead, slower fork/exit paths, is small
-// next to that. Older kernels refuse the option (EINVAL): retried without
-// it, then without nsdelegate (< 4.13).
+// CgroupRootPlan mounts the cgroup root: cgroup2 (nsdelegate) for v2, a
+// tmpfs for v1.
 func CgroupRootPlan(cfg cmdline.Config) []step.Step {
 	s := []step.Step{step.Mkdir{Path: CgroupRoot, Mode: 0o755}}
 	if cfg.Cgroup == "v1" {
 		s = append(s, step.Mount{Source: "cgroup_root", Target: CgroupRoot, FSType: "tmpfs", Flags: nsn, Data: "mode=0755"})
 	} else {
+		none := ""
 		s = append(s, step.Mount{Source: "cgroup2", Target: CgroupRoot, FSType: "cgroup2", Flags: nsn,
-			Data: "nsdelegate,favordynmods", Fallbacks: []string{"nsdelegate", ""}})
+			Data: "nsdelegate", Fallback: &none})
 	}
 	return s
 }

@@ -59,17 +59,16 @@ func (m Mkdir) Run() error     { return os.MkdirAll(m.Path, m.Mode) }
 func (m Mkdir) Optional() bool { return m.Opt }
 
 // Mount is `mount -t FSTYPE -o OPTS SOURCE TARGET`. When the mount fails
-// with EINVAL it is retried with each of Fallbacks as data, in order (for
-// options only newer kernels understand, such as cgroup2 nsdelegate or
-// favordynmods).
+// with EINVAL and Fallback is set, it is retried with Fallback as data (for
+// options newer kernels understand, such as cgroup2 nsdelegate).
 type Mount struct {
 	Source   string
 	Target   string
 	FSType   string
 	Flags    uintptr
-	Data      string
-	Fallbacks []string
-	Opt       bool
+	Data     string
+	Fallback *string
+	Opt      bool
 }
 
 var flagNames = []struct {
@@ -109,11 +108,8 @@ func (m Mount) String() string {
 
 func (m Mount) Run() error {
 	err := unix.Mount(m.Source, m.Target, m.FSType, m.Flags, m.Data)
-	for _, fb := range m.Fallbacks {
-		if !errors.Is(err, unix.EINVAL) {
-			break
-		}
-		err = unix.Mount(m.Source, m.Target, m.FSType, m.Flags, fb)
+	if errors.Is(err, unix.EINVAL) && m.Fallback != nil {
+		err = unix.Mount(m.Source, m.Target, m.FSType, m.Flags, *m.Fallback)
 	}
 	if errors.Is(err, unix.EBUSY) && m.Flags&(unix.MS_BIND|unix.MS_MOVE|unix.MS_REMOUNT) == 0 {
 		// A kernel booted without an initramfs may have mounted it already

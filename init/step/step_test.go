@@ -13,12 +13,13 @@ import (
 )
 
 func TestStrings(t *testing.T) {
+	fb := ""
 	for _, tc := range []struct {
 		s    Step
 		want string
 	}{
 		{Mount{Source: "proc", Target: "/proc", FSType: "proc", Flags: unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC}, "mount -t proc -o nosuid,nodev,noexec proc /proc"},
-		{Mount{Source: "cgroup2", Target: "/sys/fs/cgroup", FSType: "cgroup2", Data: "nsdelegate", Fallbacks: []string{""}}, "mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup"},
+		{Mount{Source: "cgroup2", Target: "/sys/fs/cgroup", FSType: "cgroup2", Data: "nsdelegate", Fallback: &fb}, "mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup"},
 		{Mount{Source: "/dev", Target: "/new/dev", Flags: unix.MS_MOVE}, "mount -o move /dev /new/dev"},
 		{Mkdir{Path: "/dev/pts", Mode: 0o755}, "mkdir -p -m 0755 /dev/pts"},
 		{Symlink{Target: "pts/ptmx", Link: "/dev/ptmx"}, "ln -sfn pts/ptmx /dev/ptmx"},
@@ -82,38 +83,5 @@ func TestMountedAs(t *testing.T) {
 		if got := MountedAs(mi, tc.target, tc.fstype); got != tc.want {
 			t.Errorf("MountedAs(%s, %s) = %v", tc.target, tc.fstype, got)
 		}
-	}
-}
-
-// TestMountFallbacks: a mount whose data the kernel refuses (EINVAL) is
-// retried with each fallback in turn, and the first one accepted is what
-// gets mounted; without an accepted fallback the EINVAL comes back.
-func TestMountFallbacks(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a tmpfs needs root")
-	}
-	dir := t.TempDir()
-	m := Mount{Source: "tmpfs", Target: dir, FSType: "tmpfs", Data: "keelnosuchopt", Fallbacks: []string{"keelalsobad", "size=1m", "size=2m"}}
-	if err := m.Run(); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Unmount(dir, unix.MNT_DETACH)
-	mi, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !MountedAs(string(mi), dir, "tmpfs") {
-		t.Fatalf("no tmpfs on %s", dir)
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		t.Fatal(err)
-	}
-	if got := st.Blocks * uint64(st.Bsize); got != 1<<20 {
-		t.Errorf("mounted with size %d, want the first accepted fallback (size=1m)", got)
-	}
-	bad := Mount{Source: "tmpfs", Target: t.TempDir(), FSType: "tmpfs", Data: "keelnosuchopt", Fallbacks: []string{"keelalsobad"}}
-	if err := bad.Run(); !errors.Is(err, unix.EINVAL) {
-		t.Errorf("mount with no acceptable data: %v, want EINVAL", err)
 	}
 }

@@ -27,12 +27,8 @@ func main() {
 	res.Logger.Info("listener ready", "timeline", timeline.String())
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, line := range strings.Split(string(mi), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && f[4] == "/" {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == "/" {
 			fmt.Fprintln(os.Stderr, "KEEL ROOT", line)
-		}
-		if len(f) > 4 && f[4] == "/sys/fs/cgroup" {
-			fmt.Fprintln(os.Stderr, "KEEL CGROUP", line)
 		}
 	}
 	fmt.Fprintf(os.Stderr, "KEEL READY initramfs=%v %s\n", res.RootIsInitramfs, timeline.String())
