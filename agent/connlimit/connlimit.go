@@ -21,6 +21,10 @@
 //     it within FrameTimeout is closed (its handlers see it gone).
 //   - WriteTimeout: a reply write blocked that long (the client stopped
 //     reading) closes the connection.
+//   - MaxPending requests awaiting a reply on one connection: the agent
+//     stops reading that connection (at a frame boundary) until a reply
+//     goes out, so one client cannot make the agent hold an unbounded
+//     number of handler goroutines and decoded requests.
 //   - The descriptor budget: MaxConns never exceeds RLIMIT_NOFILE minus
 //     FDReserve, and if accept(2) still fails with EMFILE/ENFILE (the
 //     agent's other descriptors grew), the idle connection least recently
@@ -58,6 +62,10 @@ const (
 	FrameTimeout = 15 * time.Second
 	// WriteTimeout bounds one blocked write of a reply.
 	WriteTimeout = 30 * time.Second
+	// MaxPending bounds the requests awaiting a reply on one connection.
+	// Kata's runtime keeps a few per container (WaitProcess, ReadStdout,
+	// ReadStderr) plus GetOOMEvent pending.
+	MaxPending = 1024
 	// acceptRetry is the pause when accept(2) is out of descriptors and
 	// nothing is idle to evict.
 	acceptRetry = 10 * time.Millisecond
@@ -73,6 +81,7 @@ const (
 // Options configures Wrap; zero values take the defaults above.
 type Options struct {
 	MaxConns     int
+	MaxPending   int
 	FrameTimeout time.Duration
 	WriteTimeout time.Duration
 	// NoFile is the descriptor limit the budget is taken from; 0 reads
@@ -105,6 +114,9 @@ type Listener struct {
 func Wrap(ln net.Listener, o Options) *Listener {
 	if o.MaxConns <= 0 {
 		o.MaxConns = DefaultMaxConns
+	}
+	if o.MaxPending <= 0 {
+		o.MaxPending = MaxPending
 	}
 	if o.FrameTimeout <= 0 {
 		o.FrameTimeout = FrameTimeout
@@ -182,6 +194,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 			continue
 		}
 		c := &conn{Conn: nc, l: l, last: time.Now()}
+		c.replied = sync.NewCond(&c.mu)
 		l.conns[c] = struct{}{}
 		l.mu.Unlock()
 		return c, nil
@@ -231,9 +244,11 @@ type conn struct {
 	l *Listener
 
 	mu      sync.Mutex
-	last    time.Time // last byte read or written
-	pending int       // requests read minus responses written
-	shutErr error     // why the agent closed it
+	replied *sync.Cond // signalled when pending drops or the conn closes
+	last    time.Time  // last byte read or written
+	pending int        // requests read minus responses written
+	shutErr error      // why the agent closed it
+	closed  bool
 
 	// Read side, touched only by the (single) reader goroutine.
 	rhdr       [headerLen]byte
@@ -264,11 +279,19 @@ func (c *conn) shut(why error) {
 	if c.shutErr == nil {
 		c.shutErr = why
 	}
+	c.replied.Broadcast()
 	c.mu.Unlock()
 	c.Conn.Close()
 }
 
 func (c *conn) Read(p []byte) (int, error) {
+	if !c.armed { // at a frame boundary: wait for room for one more request
+		c.mu.Lock()
+		for c.pending >= c.l.o.MaxPending && c.shutErr == nil && !c.closed {
+			c.replied.Wait()
+		}
+		c.mu.Unlock()
+	}
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.readBytes(p[:n])
@@ -373,6 +396,9 @@ func (c *conn) writeBytes(b []byte) {
 	c.mu.Lock()
 	c.last = time.Now()
 	c.pending = max(c.pending-responses, 0)
+	if responses > 0 {
+		c.replied.Broadcast()
+	}
 	c.mu.Unlock()
 }
 
@@ -380,6 +406,10 @@ func (c *conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		c.l.forget(c)
+		c.mu.Lock()
+		c.closed = true
+		c.replied.Broadcast()
+		c.mu.Unlock()
 		err = c.Conn.Close()
 	})
 	return err

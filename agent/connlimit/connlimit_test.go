@@ -282,3 +282,36 @@ func (e *emfileListener) Accept() (net.Conn, error) {
 }
 
 func (e *emfileListener) Close() error { return nil }
+
+// With MaxPending requests awaiting replies, the connection is not read
+// further until one is answered: the next request waits, then is served.
+func TestPendingCapBackpressure(t *testing.T) {
+	_, sock := serve(t, Options{MaxPending: 2})
+	c := dial(t, sock)
+	for range 2 { // pending until their 700 ms deadline ends them
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+			defer cancel()
+			c.h.Version(ctx, &pb.CheckRequest{})
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	if err := check(c, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 400*time.Millisecond {
+		t.Fatalf("third request answered after %v while 2 (MaxPending) were pending", d)
+	}
+	// Another connection is not held back.
+	other := dial(t, sock)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pend(ctx, c)
+	pend(ctx, c)
+	time.Sleep(100 * time.Millisecond)
+	start = time.Now()
+	if err := check(other, time.Second); err != nil || time.Since(start) > 500*time.Millisecond {
+		t.Fatalf("other connection: %v after %v", err, time.Since(start))
+	}
+}
