@@ -67,6 +67,9 @@ type Config struct {
 	// NoInitrd boots without an initramfs: the kernel mounts root= itself
 	// (set it in Append) and runs the agent from the root filesystem.
 	NoInitrd bool
+	// QEMU, if set, adjusts the VM's configuration before launch (drives,
+	// root ports for hotplug, -smp maxcpus, a vIOMMU, ...).
+	QEMU func(*qemu.Config)
 }
 
 // Guest is a running test VM.
@@ -224,7 +227,7 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 			return nil, fmt.Errorf("unable to get an uncompressed guest kernel: %w", err)
 		}
 	}
-	g.VM, err = qemu.Launch(ctx, qemu.Config{
+	qc := qemu.Config{
 		Kernel:               kernel,
 		Initrd:               initrd,
 		Append:               strings.Join(cmdline, " "),
@@ -233,7 +236,11 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 		VhostUserVsockSocket: vhostSock,
 		Pmem:                 cfg.Pmem,
 		Dir:                  g.Dir,
-	})
+	}
+	if cfg.QEMU != nil {
+		cfg.QEMU(&qc)
+	}
+	g.VM, err = qemu.Launch(ctx, qc)
 	if err != nil {
 		return nil, fmt.Errorf("unable to launch QEMU: %w", err)
 	}
