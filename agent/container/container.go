@@ -13,7 +13,6 @@ import (
 
 	"github.com/keelvm/keel/agent/ociconv"
 	"github.com/keelvm/keel/agent/stdio"
-	"github.com/keelvm/keel/init/reaper"
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -488,11 +487,9 @@ func (c *Container) destroy() error {
 	return nil
 }
 
-// destroyLocked runs libcontainer's Destroy with the reaper locked:
-// poststop hooks run there through os/exec, which waits its own child.
+// destroyLocked runs libcontainer's Destroy (poststop hooks run there
+// through os/exec, which waits its own child; no reaper lock is needed).
 func destroyLocked(lc *libcontainer.Container) error {
-	reaper.Lock()
-	defer reaper.Unlock()
 	return lc.Destroy()
 }
 

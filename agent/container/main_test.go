@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"github.com/keelvm/keel/agent/container/containertest"
+	"github.com/keelvm/keel/init/reaper"
 	"os"
 	"runtime"
 	"testing"
@@ -43,7 +44,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	testRootfs = dir
-	code := m.Run()
+	// The main goroutine reaps orphans (init/reaper); tests run beside it.
+	code := 0
+	if err := reaper.RunMain(func() { code = m.Run() }); err != nil {
+		panic(err)
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -169,11 +169,11 @@ var rlimits = map[string]int{
 	"RLIMIT_RTTIME": unix.RLIMIT_RTTIME,
 }
 
-// startProcess starts lp in lc (init when lp.Init) with the reaper locked,
-// so libcontainer can wait its bootstrap children, and registers the final
-// pid before unlocking. The child side of io is closed either way.
+// startProcess starts lp in lc (init when lp.Init) and has the reaper
+// watch the final pid. No lock is held: libcontainer waits its own
+// bootstrap children, which the reaper never takes (see init/reaper). The
+// child side of io is closed either way.
 func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id string, io *stdio.IO, onExit func(*Process)) (*Process, error) {
-	reaper.Lock()
 	started := time.Now()
 	err := lc.Start(lp)
 	var ch <-chan reaper.ExitStatus
@@ -181,10 +181,13 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 	if err == nil {
 		pid, err = lp.Pid()
 		if err == nil {
-			ch = reaper.RegisterSince(pid, started)
+			ch, err = reaper.Watch(pid, started)
+			if err != nil {
+				_ = lp.Signal(unix.SIGKILL)
+				_, _ = lp.Wait()
+			}
 		}
 	}
-	reaper.Unlock()
 	if io != nil {
 		io.CloseChildSide()
 	}

@@ -2,6 +2,7 @@ package containers_test
 
 import (
 	"fmt"
+	"github.com/keelvm/keel/init/reaper"
 	"os"
 	"runtime"
 	"testing"
@@ -47,7 +48,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	rootfs = dir
-	code := m.Run()
+	// The main goroutine reaps orphans (init/reaper); tests run beside it.
+	code := 0
+	if err := reaper.RunMain(func() { code = m.Run() }); err != nil {
+		panic(err)
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

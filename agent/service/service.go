@@ -18,6 +18,7 @@ import (
 	"github.com/keelvm/keel/agent/copyfile"
 	"github.com/keelvm/keel/agent/guestops"
 	"github.com/keelvm/keel/agent/hotplug"
+	"github.com/keelvm/keel/agent/networks"
 	"github.com/keelvm/keel/agent/oom"
 	"github.com/keelvm/keel/agent/swap"
 	"github.com/keelvm/keel/agent/version"
@@ -39,6 +40,7 @@ type Service struct {
 	*Hotplug    // OnlineCPUMem, MemHotplugByProbe
 	*Swap       // AddSwap, AddSwapPath
 	*Volumes    // GetVolumeStats, ResizeVolume
+	*Networks   // interfaces, routes, ARP neighbours, iptables
 }
 
 // Aliases name the embedded handlers (two packages call theirs Handler).
@@ -50,6 +52,7 @@ type (
 	Hotplug    = hotplug.Handler
 	Swap       = swap.Handler
 	Volumes    = volume.Handler
+	Networks   = networks.Handler
 )
 
 var _ pb.AgentServiceService = (*Service)(nil)
@@ -64,6 +67,7 @@ type Handlers struct {
 	Hotplug    *hotplug.Handler
 	Swap       *swap.Handler
 	Volumes    *volume.Handler
+	Network    *networks.Handler // nil: the network RPCs answer Unavailable
 }
 
 // New assembles a Service. Containers is required; any other handler left
@@ -76,7 +80,7 @@ func New(h Handlers) *Service {
 		panic("service.New: Handlers.Containers is required")
 	}
 	s := &Service{Guest: h.Guest, Containers: h.Containers, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM,
-		Hotplug: h.Hotplug, Swap: h.Swap, Volumes: h.Volumes}
+		Hotplug: h.Hotplug, Swap: h.Swap, Volumes: h.Volumes, Networks: h.Network}
 	if s.Guest == nil {
 		s.Guest = &Guest{}
 	}
@@ -97,6 +101,9 @@ func New(h Handlers) *Service {
 	}
 	if s.Volumes == nil {
 		s.Volumes = &volume.Handler{}
+	}
+	if s.Networks == nil {
+		s.Networks = &networks.Handler{}
 	}
 	return s
 }

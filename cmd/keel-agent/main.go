@@ -24,11 +24,14 @@ import (
 	"github.com/keelvm/keel/agent/devices"
 	"github.com/keelvm/keel/agent/hotplug"
 	"github.com/keelvm/keel/agent/metrics"
+	"github.com/keelvm/keel/agent/network"
+	"github.com/keelvm/keel/agent/networks"
 	"github.com/keelvm/keel/agent/oom"
 	"github.com/keelvm/keel/agent/passfd"
 	"github.com/keelvm/keel/agent/server"
 	"github.com/keelvm/keel/agent/service"
 	"github.com/keelvm/keel/agent/swap"
+	"github.com/keelvm/keel/agent/uevent"
 	"github.com/keelvm/keel/agent/version"
 	"github.com/keelvm/keel/agent/volume"
 	"github.com/keelvm/keel/init/boot"
@@ -40,6 +43,18 @@ import (
 )
 
 func main() {
+	// The main goroutine becomes the orphan reaper (init/reaper's package
+	// doc); everything else runs beside it, so no start can block reaping.
+	if err := reaper.RunMain(agentMain); err != nil {
+		fmt.Fprintln(os.Stderr, "keel-agent:", err)
+		if os.Getpid() != 1 {
+			os.Exit(1)
+		}
+		select {} // PID 1 never returns
+	}
+}
+
+func agentMain() {
 	if os.Getpid() != 1 {
 		if err := run(os.Args[1:]); err != nil {
 			fmt.Fprintln(os.Stderr, "keel-agent:", err)
@@ -138,6 +153,16 @@ func run(args []string) error {
 	slog.SetDefault(log)
 
 	reg := metrics.New()
+	// Hot-plugged devices (storages, devices, NICs) are awaited through one
+	// uevent registry, fed by one listener opened before any RPC is served.
+	uevents := uevent.NewRegistry(uevent.DefaultSysfs, cfg.HotplugTimeout)
+	if ul, err := uevent.Listen(uevents, log); err != nil {
+		// Waits still find devices by looking in sysfs, only later.
+		log.Warn("no uevent listener: hot-plugged devices are found by polling sysfs", "err", err)
+	} else {
+		defer ul.Close()
+	}
+	reg.Gauge("keel_uevent_waiters", "RPCs waiting for a hot-plugged device.", func() float64 { return float64(uevents.Waiting()) })
 	oomWatcher := oom.New()
 	defer oomWatcher.Close()
 
@@ -166,6 +191,17 @@ func run(args []string) error {
 		return float64(n)
 	})
 	reg.Gauge("keel_reaped_processes", "Child processes reaped by the agent since it started.", func() float64 { return float64(reaper.Reaped()) })
+
+	// The network RPCs configure the agent's own network namespace, which
+	// Kata's containers share (the runtime drops their network namespace).
+	netw, err := network.New(network.Config{
+		DeviceTimeout: cfg.HotplugTimeout,
+		Log:           log,
+	})
+	if err != nil {
+		return fmt.Errorf("unable to set up network configuration: %w", err)
+	}
+	defer netw.Close()
 
 	var pfd containers.PassFD
 	if cfg.PassfdListenerPort != 0 {
@@ -199,6 +235,7 @@ func run(args []string) error {
 			},
 		}),
 		OOM:     oomWatcher,
+		Network: networks.New(netw),
 		Hotplug: &hotplug.Handler{Log: log},
 		Swap:    &swap.Handler{Log: log},
 		Volumes: &volume.Handler{Log: log},

@@ -1,34 +1,67 @@
-// Package reaper is Keel's single owner of wait(2).
+// Package reaper is Keel's owner of wait(2) for processes nobody else waits.
 //
 // Keel runs as PID 1 in the guest (or as a child subreaper in host mode), so
 // every orphan in the guest is re-parented to it and must be reaped, while
-// some children are waited for by other code: container processes (whose exit
-// status WaitProcess reports), libcontainer's intermediate bootstrap
-// processes, and os/exec commands.
+// other code waits its own children: libcontainer's Start/Run wait their
+// bootstrap processes, OCI hooks and os/exec commands wait theirs.
 //
-// The model is the Kata 1.x agent's: one goroutine reaps every exited child on
-// SIGCHLD with wait4(-1, WNOHANG) and delivers the status of pids that someone
-// registered. Code that must wait(2) a child itself (libcontainer's Start/Run
-// and exec, which wait their bootstrap processes) holds Lock for that time so
-// the loop does not steal those children. A status reaped before its pid was
-// registered is kept for EarlyRetention (at most MaxEarly entries), so
-// "start, then Register" is race-free. os/exec users call Command instead of
-// cmd.Run.
+// # Design: no lock across a process start
 //
-// The agent's main calls Start first, before any child is created.
+// An earlier design reaped everything with wait4(-1) and made code that
+// waits its own children hold a global lock meanwhile. One stalled start (a
+// hook that never returns, a bootstrap process stopped by a workload) then
+// held the lock forever: nothing was reaped and every other start hung. Now
+// the two kinds of children are told apart by the kernel, so nobody needs a
+// lock:
+//
+//   - Orphans are re-parented to the main thread (the thread group leader):
+//     the kernel hands a dead parent's children to the first live thread of
+//     the subreaper or init process, which is the leader. This package's
+//     init locks the main goroutine to the main thread, so no other
+//     goroutine ever runs there and nothing forks from it. RunMain makes the
+//     main goroutine reap with wait4(-1, __WNOTHREAD|WNOHANG) on SIGCHLD:
+//     __WNOTHREAD limits wait to the calling thread's own children, which
+//     are exactly the orphans. Children forked by any other thread (every
+//     os/exec command, every libcontainer process, including its CLONE_PARENT
+//     bootstrap stages) are never touched, so their owners wait them freely.
+//   - Processes whose exit someone wants to know but that nobody waits
+//     (a container's init and exec'd processes once libcontainer's start
+//     returned) are registered with Watch: a pidfd is opened (the process is
+//     our unreaped child, so its pid cannot be reused meanwhile), polled
+//     through Go's netpoller (no thread per process), and reaped with
+//     waitid(P_PIDFD) the moment it becomes readable.
+//
+// Both paths deliver through one table: a status reaped for a pid nobody
+// registered yet is kept EarlyRetention (at most MaxEarly entries). That
+// covers the one case where a forked child reaches the main thread: Go lets a
+// locked OS thread die, and the children of a dying thread are re-parented
+// to the leader, so the orphan loop reaps them and delivers to Watch.
+//
+// os/exec users simply run their command (Command is kept as a helper that
+// converts the exit status). The agent's main calls RunMain first; Start
+// (idempotent) makes a host-mode process a child subreaper.
 package reaper
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"sync"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
+
+// The main goroutine stays on the main thread (see the package doc): no
+// other goroutine runs, and so forks, there. Go documents that LockOSThread
+// in an init function makes main run on the main thread.
+func init() { runtime.LockOSThread() }
 
 const (
 	// EarlyRetention bounds how long the status of an unregistered pid is
@@ -37,6 +70,9 @@ const (
 	// MaxEarly bounds how many unregistered statuses are kept; the oldest
 	// are dropped first (they are almost always plain orphans).
 	MaxEarly = 1024
+	// orphanPoll is the orphan loop's periodic pass, which covers a
+	// SIGCHLD the kernel coalesced with one meant for another thread.
+	orphanPoll = time.Second
 )
 
 // ExitStatus is how a reaped process ended.
@@ -75,22 +111,20 @@ type orderEntry struct {
 }
 
 type reaper struct {
-	// reapMu is held by the loop while it reaps and by Lock's callers while
-	// they wait(2) children themselves.
-	reapMu sync.Mutex
-
-	mu      sync.Mutex // guards the fields below
-	started bool
-	waiters map[int]chan ExitStatus
-	early   map[int]early
-	order   []orderEntry // early's pids in reap order, for eviction
-	reaped  uint64
+	mu          sync.Mutex // guards the fields below
+	started     bool
+	mainRunning bool
+	waiters     map[int]chan ExitStatus
+	watched     map[int]bool // pids with a pidfd watcher
+	early       map[int]early
+	order       []orderEntry // early's pids in reap order, for eviction
+	reaped      uint64
 }
 
-var r = &reaper{waiters: map[int]chan ExitStatus{}, early: map[int]early{}}
+var r = &reaper{waiters: map[int]chan ExitStatus{}, watched: map[int]bool{}, early: map[int]early{}}
 
-// Start makes this process a child subreaper and starts the reap loop. It is
-// idempotent; main calls it before creating any child.
+// Start makes this process a child subreaper (host mode; PID 1 is the
+// reaper of its namespace anyway). It is idempotent.
 func Start() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -102,24 +136,7 @@ func Start() error {
 			return fmt.Errorf("unable to become child subreaper: %w", err)
 		}
 	}
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, unix.SIGCHLD)
 	r.started = true
-	go func() {
-		// A periodic pass covers a SIGCHLD that coalesced while a Lock
-		// holder waited its own child and another one exited.
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ch:
-			case <-t.C:
-			}
-			r.reapAll()
-		}
-	}()
-	// Children that exited before Start.
-	go r.reapAll()
 	return nil
 }
 
@@ -130,24 +147,176 @@ func Started() bool {
 	return r.started
 }
 
-// Lock stops the reap loop until Unlock, for code that waits a specific child
-// itself (libcontainer Start/Run, exec). Keep it short: orphans stay zombies
-// meanwhile.
-func Lock() { r.reapMu.Lock() }
+// OrphansReaped reports whether RunMain's orphan loop runs.
+func OrphansReaped() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mainRunning
+}
 
-// Unlock resumes reaping and reaps what exited meanwhile.
-func Unlock() {
-	r.reapMu.Unlock()
-	if Started() {
-		go r.reapAll()
+// ErrNotMainThread is returned by RunMain when it is not called from the
+// main goroutine (which this package's init locks to the main thread).
+var ErrNotMainThread = errors.New("reaper: RunMain must be called from the main goroutine")
+
+// RunMain calls Start, runs f on a new goroutine and reaps orphans on the
+// calling (main) thread until f returns. Call it first thing in main (or
+// TestMain): a child forked by the main goroutine before would be taken for
+// an orphan. Off the main thread it runs f without reaping orphans and
+// returns ErrNotMainThread after f returns.
+func RunMain(f func()) error {
+	if err := Start(); err != nil {
+		return err
+	}
+	if unix.Gettid() != unix.Getpid() {
+		f()
+		return ErrNotMainThread
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, unix.SIGCHLD)
+	defer signal.Stop(sig)
+	r.mu.Lock()
+	r.mainRunning = true
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.mainRunning = false
+		r.mu.Unlock()
+	}()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	t := time.NewTicker(orphanPoll)
+	defer t.Stop()
+	for {
+		r.reapOrphans()
+		select {
+		case <-sig:
+		case <-t.C:
+		case <-done:
+			return nil
+		}
 	}
 }
 
-// Register returns a channel that receives pid's exit status exactly once.
-// Call it with Lock held between starting the process and Unlock, or at any
-// time up to EarlyRetention after the process exited. Prefer RegisterSince
-// when the start time is known: a kept status may belong to an earlier
-// process that had the same pid.
+// reapOrphans reaps the main thread's own children: the orphans. Must run on
+// the main thread.
+func (r *reaper) reapOrphans() {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG|unix.WALL|unix.WNOTHREAD, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || pid <= 0 {
+			return
+		}
+		if !ws.Exited() && !ws.Signaled() {
+			continue
+		}
+		r.deliver(FromWaitStatus(pid, ws))
+	}
+}
+
+// Watch reaps pid, an unreaped child of this process that nobody else
+// waits (a container process after libcontainer's start returned), as soon
+// as it exits, and delivers its status once on the returned channel. started
+// is when the process was started (see RegisterSince).
+func Watch(pid int, started time.Time) (<-chan ExitStatus, error) {
+	// Open the pidfd first: the pid is our unreaped child, so it names
+	// this process even if it already exited.
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if errors.Is(err, unix.ESRCH) {
+		// Already reaped by the orphan loop (its parent thread died):
+		// the status is kept for a registration.
+		return RegisterSince(pid, started), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("unable to open pidfd of %d: %w", pid, err)
+	}
+	ch := RegisterSince(pid, started)
+	r.mu.Lock()
+	r.watched[pid] = true
+	r.mu.Unlock()
+	go r.watch(pid, fd)
+	return ch, nil
+}
+
+// Watched reports whether pid is registered with Watch and not yet reaped.
+func Watched(pid int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.watched[pid]
+}
+
+func (r *reaper) watch(pid, fd int) {
+	f := os.NewFile(uintptr(fd), "pidfd")
+	defer f.Close()
+	var (
+		st  ExitStatus
+		got bool
+	)
+	try := func(opts int) bool {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WALL|opts, nil)
+		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+			return false
+		}
+		if err != nil {
+			// ECHILD: reaped by the orphan loop (its parent thread
+			// died), which delivered the status.
+			return true
+		}
+		if s, ok := fromSiginfo(&info); ok {
+			st, got = s, true
+			return true
+		}
+		return false
+	}
+	rc, err := f.SyscallConn()
+	if err == nil {
+		// Read waits for readability (the process exited) through the
+		// netpoller whenever try returns false.
+		err = rc.Read(func(uintptr) bool { return try(unix.WNOHANG) })
+	}
+	if err != nil && !got {
+		// Not pollable: block in waitid on this goroutine's thread.
+		for !try(0) {
+		}
+	}
+	r.mu.Lock()
+	delete(r.watched, pid)
+	r.mu.Unlock()
+	if got {
+		r.deliver(st)
+	}
+}
+
+// fromSiginfo decodes waitid's CLD_* siginfo; ok is false when no child
+// changed state (WNOHANG).
+func fromSiginfo(info *unix.Siginfo) (ExitStatus, bool) {
+	// Linux siginfo: signo, errno, code (int32 each), padding to 8, then
+	// for SIGCHLD: pid, uid, status (int32 each).
+	b := (*[unsafe.Sizeof(unix.Siginfo{})]byte)(unsafe.Pointer(info))
+	pid := int(int32(binary.NativeEndian.Uint32(b[16:])))
+	status := int(int32(binary.NativeEndian.Uint32(b[24:])))
+	if info.Signo != int32(unix.SIGCHLD) || pid == 0 {
+		return ExitStatus{}, false
+	}
+	switch info.Code {
+	case 1: // CLD_EXITED
+		return ExitStatus{Pid: pid, Code: status}, true
+	case 2, 3: // CLD_KILLED, CLD_DUMPED
+		return ExitStatus{Pid: pid, Code: 128 + status, Signal: unix.Signal(status)}, true
+	}
+	return ExitStatus{}, false
+}
+
+// Register returns a channel that receives pid's exit status exactly once,
+// when the orphan loop reaps it (or reaped it up to EarlyRetention ago).
+// Prefer RegisterSince when the start time is known: a kept status may
+// belong to an earlier process that had the same pid.
 func Register(pid int) <-chan ExitStatus { return RegisterSince(pid, time.Time{}) }
 
 // RegisterSince is Register for a process started at or after started: a
@@ -168,38 +337,18 @@ func RegisterSince(pid int, started time.Time) <-chan ExitStatus {
 	return ch
 }
 
-// Unregister forgets a registration made by Register (e.g. when the start
-// that followed failed and libcontainer waited the pid itself).
+// Unregister forgets a registration made by Register.
 func Unregister(pid int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.waiters, pid)
 }
 
-// Reaped returns how many children the loop reaped so far.
+// Reaped returns how many children this package reaped so far.
 func Reaped() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.reaped
-}
-
-func (r *reaper) reapAll() {
-	r.reapMu.Lock()
-	defer r.reapMu.Unlock()
-	for {
-		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil || pid <= 0 {
-			return
-		}
-		if !ws.Exited() && !ws.Signaled() {
-			continue
-		}
-		r.deliver(FromWaitStatus(pid, ws))
-	}
 }
 
 func (r *reaper) deliver(st ExitStatus) {
@@ -230,34 +379,19 @@ func (r *reaper) deliver(st ExitStatus) {
 	r.order = append(r.order, orderEntry{st.Pid, now})
 }
 
-// Command starts cmd and waits for it through the reaper, which os/exec users
-// must do instead of cmd.Run once Start was called. The returned error is
-// about starting cmd; the exit status is in ExitStatus (a non-zero status is
-// not an error). Without Start it falls back to cmd.Run.
+// Command runs cmd to completion and returns its exit status. The returned
+// error is about starting cmd; a non-zero status is not an error. The
+// command is waited by os/exec (the orphan loop never takes another
+// thread's child).
 func Command(cmd *exec.Cmd) (ExitStatus, error) {
-	if !Started() {
-		err := cmd.Run()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			ws, _ := ee.Sys().(unix.WaitStatus)
-			return FromWaitStatus(ee.Pid(), ws), nil
-		}
-		if err != nil {
-			return ExitStatus{}, err
-		}
-		return ExitStatus{Pid: cmd.ProcessState.Pid()}, nil
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		ws, _ := ee.Sys().(syscall.WaitStatus)
+		return FromWaitStatus(ee.Pid(), unix.WaitStatus(ws)), nil
 	}
-	Lock()
-	started := time.Now()
-	if err := cmd.Start(); err != nil {
-		Unlock()
+	if err != nil {
 		return ExitStatus{}, err
 	}
-	ch := RegisterSince(cmd.Process.Pid, started)
-	Unlock()
-	st := <-ch
-	// The process is reaped already: Wait fails with ECHILD but still
-	// finishes the copying goroutines and closes the pipes.
-	_ = cmd.Wait()
-	return st, nil
+	return ExitStatus{Pid: cmd.ProcessState.Pid()}, nil
 }

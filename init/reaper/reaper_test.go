@@ -2,10 +2,14 @@ package reaper
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,11 +17,18 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if err := Start(); err != nil {
+	code := 0
+	if err := RunMain(func() { code = m.Run() }); err != nil {
 		panic(err)
 	}
-	os.Exit(m.Run())
+	if code == 0 && !ranOnMain {
+		fmt.Println("orphan loop did not run on the main thread")
+		code = 1
+	}
+	os.Exit(code)
 }
+
+var ranOnMain = func() bool { return unix.Gettid() == unix.Getpid() }()
 
 // children lists this process's children as "pid state".
 func children(t *testing.T) []string {
@@ -95,24 +106,24 @@ func TestOrphansReaped(t *testing.T) {
 		}
 	}
 	waitNoChildren(t)
-	if n := Reaped() - before; n < 24 {
-		t.Errorf("reaped %d processes, want >= 24", n)
+	if n := Reaped() - before; n < 20 {
+		t.Errorf("reaped %d processes, want >= 20", n)
 	}
 }
 
-func TestRegisterExactlyOnce(t *testing.T) {
-	// Start under Lock and register before Unlock (the libcontainer path).
-	Lock()
+func TestWatchExactlyOnce(t *testing.T) {
 	cmd := exec.Command("/bin/sh", "-c", "exit 7")
+	started := time.Now()
 	if err := cmd.Start(); err != nil {
-		Unlock()
 		t.Fatal(err)
 	}
-	ch := Register(cmd.Process.Pid)
-	Unlock()
+	ch, err := Watch(cmd.Process.Pid, started)
+	if err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case st := <-ch:
-		if st.Code != 7 {
+		if st.Code != 7 || st.Pid != cmd.Process.Pid {
 			t.Errorf("got %+v", st)
 		}
 	case <-time.After(5 * time.Second):
@@ -123,43 +134,159 @@ func TestRegisterExactlyOnce(t *testing.T) {
 		t.Fatalf("second delivery %+v %v", st, ok)
 	case <-time.After(100 * time.Millisecond):
 	}
+	if Watched(cmd.Process.Pid) {
+		t.Error("pid still watched after delivery")
+	}
 	_ = cmd.Wait()
+	waitNoChildren(t)
 }
 
-func TestRegisterAfterExit(t *testing.T) {
-	// Register after the loop reaped the pid: the status is kept.
-	Lock()
-	cmd := exec.Command("/bin/sh", "-c", "exit 5")
+func TestWatchAfterExitAndSignal(t *testing.T) {
+	// The process is a zombie before Watch: its pidfd is readable at once.
+	cmd := exec.Command("/bin/sh", "-c", "kill -TERM $$")
+	started := time.Now()
 	if err := cmd.Start(); err != nil {
-		Unlock()
 		t.Fatal(err)
 	}
 	pid := cmd.Process.Pid
-	Unlock()
-	waitNoChildren(t)
+	deadline := time.Now().Add(5 * time.Second)
+	for !slices.Contains(children(t), strconv.Itoa(pid)+" Z") {
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d never became a zombie: %v", pid, children(t))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ch, err := Watch(pid, started)
+	if err != nil {
+		t.Fatal(err)
+	}
 	select {
-	case st := <-Register(pid):
-		if st.Code != 5 || st.Pid != pid {
+	case st := <-ch:
+		if st.Code != 128+int(unix.SIGTERM) || st.Signal != unix.SIGTERM {
 			t.Errorf("got %+v", st)
 		}
-	case <-time.After(time.Second):
-		t.Fatal("early status lost")
+	case <-time.After(5 * time.Second):
+		t.Fatal("no status")
 	}
 	_ = cmd.Wait()
 }
 
-func TestLockKeepsChildForCaller(t *testing.T) {
-	// While Lock is held the caller's own wait(2) must win.
-	Lock()
-	cmd := exec.Command("/bin/sh", "-c", "exit 2")
-	if err := cmd.Start(); err != nil {
-		Unlock()
+// TestOwnWaitsNotStolen: children waited by their own goroutine (os/exec,
+// libcontainer) are never taken by the orphan loop, while it reaps the
+// orphans they leave, with no lock between the two.
+func TestOwnWaitsNotStolen(t *testing.T) {
+	before := Reaped()
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for i := range 40 {
+		wg.Go(func() {
+			code := i % 7
+			cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf("sleep 0.3 & exit %d", code))
+			err := cmd.Run()
+			if got := cmd.ProcessState; got == nil || got.ExitCode() != code {
+				errs <- fmt.Errorf("child %d: want exit %d, got %v (%v)", i, code, got, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	waitNoChildren(t)
+	if n := Reaped() - before; n < 40 {
+		t.Errorf("orphan loop reaped %d, want the 40 orphaned sleeps", n)
+	}
+}
+
+// TestBlockedWaiterBlocksNothing: a goroutine that started a child and
+// never waits it (a stalled start) does not stop orphans from being reaped
+// nor other processes from being watched.
+func TestBlockedWaiterBlocksNothing(t *testing.T) {
+	stalled := exec.Command("/bin/sh", "-c", "exit 0")
+	if err := stalled.Start(); err != nil {
 		t.Fatal(err)
 	}
-	err := cmd.Wait()
-	Unlock()
-	if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 2 {
-		t.Fatalf("caller lost its child: %v", err)
+	pid := strconv.Itoa(stalled.Process.Pid)
+	before := Reaped()
+	st, err := Command(exec.Command("/bin/sh", "-c", "sleep 0.01 & sleep 0.01 & exit 0"))
+	if err != nil || st.Code != 0 {
+		t.Fatal(st, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for Reaped()-before < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("orphans not reaped while a child was unwaited: %v", children(t))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !slices.Contains(children(t), pid+" Z") {
+		t.Errorf("the unwaited child %s was taken from its owner: %v", pid, children(t))
+	}
+	if err := stalled.Wait(); err != nil || stalled.ProcessState.ExitCode() != 0 {
+		t.Errorf("owner's wait: %v", err)
+	}
+}
+
+// TestWatchUsesNoThreadPerProcess: watching many processes costs no OS
+// thread each (pidfds are polled by the netpoller).
+func TestWatchUsesNoThreadPerProcess(t *testing.T) {
+	const n = 200
+	var cmds []*exec.Cmd
+	var chans []<-chan ExitStatus
+	for range n {
+		cmd := exec.Command("/bin/sleep", "30")
+		started := time.Now()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		ch, err := Watch(cmd.Process.Pid, started)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmds, chans = append(cmds, cmd), append(chans, ch)
+	}
+	threads := threadCount(t)
+	for _, c := range cmds {
+		_ = c.Process.Kill()
+	}
+	for i, ch := range chans {
+		select {
+		case st := <-ch:
+			if st.Signal != unix.SIGKILL {
+				t.Errorf("process %d: %+v", i, st)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("process %d: no status", i)
+		}
+	}
+	if threads > n/4 {
+		t.Errorf("%d OS threads while watching %d processes", threads, n)
+	}
+	for _, c := range cmds {
+		_ = c.Wait()
+	}
+}
+
+func threadCount(t *testing.T) int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	t.Fatal("no Threads line")
+	return 0
+}
+
+func TestRunMainOffMainThread(t *testing.T) {
+	ran := false
+	if err := RunMain(func() { ran = true }); !errors.Is(err, ErrNotMainThread) || !ran {
+		t.Fatalf("RunMain from a test goroutine: err %v, ran %v", err, ran)
 	}
 }
 

@@ -161,13 +161,11 @@ func vmRSSKiB() (int, error) {
 // wait(2); the channel gets its exit status. cmd's stdio must be files or
 // nil, so that no copying goroutine outlives the process.
 func startReaped(cmd *exec.Cmd) (<-chan reaper.ExitStatus, error) {
-	reaper.Lock()
-	defer reaper.Unlock()
 	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	return reaper.RegisterSince(cmd.Process.Pid, started), nil
+	return reaper.Watch(cmd.Process.Pid, started)
 }
 
 // runcTool runs Debian's runc with its own state root and a log file.

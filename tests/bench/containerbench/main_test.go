@@ -3,6 +3,7 @@ package containerbench
 import (
 	"flag"
 	"fmt"
+	"github.com/keelvm/keel/init/reaper"
 	"os"
 	"runtime"
 	"testing"
@@ -41,7 +42,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	rootfs = dir
-	code := m.Run()
+	// The main goroutine reaps orphans (init/reaper); tests run beside it.
+	code := 0
+	if err := reaper.RunMain(func() { code = m.Run() }); err != nil {
+		panic(err)
+	}
 	os.RemoveAll(dir)
 	removeCgroupParents()
 	os.Exit(code)

@@ -1,0 +1,173 @@
+package uevent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// fakeDevice creates a sysfs-like device directory under root.
+func fakeDevice(t *testing.T, root, devpath, subsystem, uevent string) {
+	t.Helper()
+	dir := filepath.Join(root, devpath)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "uevent"), []byte(uevent), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(root, "class", subsystem)
+	os.MkdirAll(sub, 0o755)
+	if err := os.Symlink(sub, filepath.Join(dir, "subsystem")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const vdaPath = "/devices/pci0000:00/0000:00:02.0/0000:01:00.0/virtio3/block/vda"
+
+func vdaMatcher() Matcher {
+	return Matcher{
+		What: "vda",
+		Match: func(ev *Event) bool {
+			return ev.Action == ActionAdd && ev.Subsystem == "block" && ev.DevPath == vdaPath
+		},
+		Present: func(sysfs string) []string { return Glob(sysfs, "/devices/pci0000:00/0000:00:02.0/*/virtio*/block/*") },
+	}
+}
+
+func TestWaitFindsPresentDevice(t *testing.T) {
+	root := t.TempDir()
+	fakeDevice(t, root, vdaPath, "block", "MAJOR=254\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\n")
+	r := NewRegistry(root, time.Second)
+	start := time.Now()
+	ev, err := r.Wait(context.Background(), vdaMatcher(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.DevName != "vda" || ev.Subsystem != "block" || ev.Major != "254" || ev.DevPath != vdaPath {
+		t.Fatalf("got %+v", ev)
+	}
+	if d := time.Since(start); d > 200*time.Millisecond {
+		t.Fatalf("present device took %s", d)
+	}
+	if r.Waiting() != 0 {
+		t.Fatalf("%d waiters left", r.Waiting())
+	}
+}
+
+func TestWaitGetsEvent(t *testing.T) {
+	r := NewRegistry(t.TempDir(), 0)
+	go func() {
+		for r.Waiting() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		r.Deliver(Event{Action: ActionAdd, DevPath: "/devices/other", Subsystem: "block"})
+		r.Deliver(Event{Action: ActionAdd, DevPath: vdaPath, Subsystem: "block", DevName: "vda", Seqnum: 7})
+	}()
+	ev, err := r.Wait(context.Background(), vdaMatcher(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Seqnum != 7 || ev.DevName != "vda" {
+		t.Fatalf("got %+v", ev)
+	}
+}
+
+// A device whose event was lost (or came between the first look and the
+// registration, which Wait orders against) is still found in sysfs.
+func TestWaitRecoversLostEvent(t *testing.T) {
+	root := t.TempDir()
+	r := NewRegistry(root, 0)
+	go func() {
+		for r.Waiting() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		fakeDevice(t, root, vdaPath, "block", "DEVNAME=vda\n")
+		r.Lost()
+	}()
+	start := time.Now()
+	ev, err := r.Wait(context.Background(), vdaMatcher(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.DevName != "vda" {
+		t.Fatalf("got %+v", ev)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("took %s", d)
+	}
+}
+
+func TestWaitTimeout(t *testing.T) {
+	r := NewRegistry(t.TempDir(), 300*time.Millisecond)
+	start := time.Now()
+	_, err := r.Wait(context.Background(), vdaMatcher(), 0)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Fatalf("gave up after %s, before the timeout", d)
+	}
+	if r.Waiting() != 0 {
+		t.Fatalf("%d waiters left", r.Waiting())
+	}
+}
+
+func TestWaitCanceled(t *testing.T) {
+	r := NewRegistry(t.TempDir(), 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		for r.Waiting() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	if _, err := r.Wait(ctx, vdaMatcher(), time.Minute); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestMaxWaiters(t *testing.T) {
+	r := NewRegistry(t.TempDir(), 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	never := Matcher{What: "nothing", Match: func(*Event) bool { return false }}
+	errs := make(chan error, MaxWaiters)
+	for range MaxWaiters {
+		go func() { _, err := r.Wait(ctx, never, time.Minute); errs <- err }()
+	}
+	for r.Waiting() < MaxWaiters {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := r.Wait(ctx, never, time.Minute); !errors.Is(err, ErrTooManyWaiters) {
+		t.Fatalf("err = %v", err)
+	}
+	cancel()
+	for range MaxWaiters {
+		<-errs
+	}
+	if r.Waiting() != 0 {
+		t.Fatalf("%d waiters left", r.Waiting())
+	}
+}
+
+// BenchmarkDeliver: the listener's cost per event with 100 waiters.
+func BenchmarkDeliver(b *testing.B) {
+	r := NewRegistry(b.TempDir(), 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for range 100 {
+		go r.Wait(ctx, vdaMatcher(), time.Hour)
+	}
+	for r.Waiting() < 100 {
+		time.Sleep(time.Millisecond)
+	}
+	ev := Event{Action: ActionAdd, DevPath: "/devices/other", Subsystem: "block"}
+	b.ResetTimer()
+	for range b.N {
+		r.Deliver(ev)
+	}
+}
