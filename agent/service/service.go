@@ -38,7 +38,8 @@ type Service struct {
 	*FileCopier // CopyFile
 	*OOM        // GetOOMEvent
 	*Hotplug    // OnlineCPUMem, MemHotplugByProbe
-	*Swap       // AddSwap, AddSwapPath
+	*Swap       // AddSwapPath
+	*SwapPCI    // AddSwap
 	*Volumes    // GetVolumeStats, ResizeVolume
 	*Networks   // interfaces, routes, ARP neighbours, iptables
 }
@@ -51,6 +52,7 @@ type (
 	OOM        = oom.Watcher
 	Hotplug    = hotplug.Handler
 	Swap       = swap.Handler
+	SwapPCI    = swap.PCIHandler
 	Volumes    = volume.Handler
 	Networks   = networks.Handler
 )
@@ -66,6 +68,7 @@ type Handlers struct {
 	OOM        *oom.Watcher
 	Hotplug    *hotplug.Handler
 	Swap       *swap.Handler
+	SwapPCI    *swap.PCIHandler // nil: AddSwap answers Unimplemented
 	Volumes    *volume.Handler
 	Network    *networks.Handler // nil: the network RPCs answer Unavailable
 }
@@ -98,6 +101,9 @@ func New(h Handlers) *Service {
 	}
 	if s.Swap == nil {
 		s.Swap = &swap.Handler{}
+	}
+	if s.SwapPCI == nil {
+		s.SwapPCI = &swap.PCIHandler{}
 	}
 	if s.Volumes == nil {
 		s.Volumes = &volume.Handler{}

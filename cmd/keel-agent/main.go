@@ -219,7 +219,7 @@ func run(args []string) error {
 	// as PID 1, main powers off.
 	destroyed := make(chan struct{})
 	var destroyOnce sync.Once
-	devs := &devices.Manager{}
+	devs := &devices.Manager{Locator: devices.Uevents{Reg: uevents}}
 	svc := service.New(service.Handlers{
 		Guest: &service.Guest{Metrics: reg, ExtraFeatures: extraFeatures, DeviceHandlers: devices.Types},
 		Containers: containers.New(containers.Options{
@@ -238,6 +238,7 @@ func run(args []string) error {
 		Network: networks.New(netw),
 		Hotplug: &hotplug.Handler{Log: log},
 		Swap:    &swap.Handler{Log: log},
+		SwapPCI: &swap.PCIHandler{Blocks: devs, Log: log},
 		Volumes: &volume.Handler{Log: log},
 	})
 	srv, err := server.New(svc, service.Health{}, reg, log)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -13,17 +14,22 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/keelvm/keel/protocol/client"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/tests/vmm/qemu"
+	"github.com/keelvm/keel/tests/vmm/qmp"
 )
 
 // devGuest is the one guest the device and hotplug subtests share.
 type devGuest struct {
-	g   *Guest
-	c   *client.Client
-	n   atomic.Int32
-	dir string
+	g     *Guest
+	c     *client.Client
+	n     atomic.Int32
+	ports atomic.Int32 // root ports handed out
+	dir   string
 }
 
 // sh runs script in a fresh busybox container (with /sys mounted
@@ -146,6 +152,153 @@ func TestDevicesAndHotplug(t *testing.T) {
 	t.Run("cpu", func(t *testing.T) { testHotplugCPU(ctx, t, d, w) })
 	t.Run("memory", func(t *testing.T) { testHotplugMemory(ctx, t, d, w) })
 	t.Run("swap_path", func(t *testing.T) { testSwapPath(ctx, t, d) })
+	t.Run("blk_pci", func(t *testing.T) { testBlkPCI(ctx, t, d) })
+	t.Run("scsi", func(t *testing.T) { testSCSI(ctx, t, d) })
+	t.Run("swap_pci", func(t *testing.T) { testSwapPCI(ctx, t, d) })
+	t.Run("vfio", func(t *testing.T) { testVFIO(ctx, t, d) })
+}
+
+// hotAdd device_adds driver into root port rpN (one per device) and
+// returns the Kata PCI path the runtime would send ("SS/00").
+func (d *devGuest) hotAdd(ctx context.Context, t *testing.T, driver, id string, props map[string]any) string {
+	t.Helper()
+	port := qemu.PCIeRootPortID(int(d.ports.Add(1)) - 1)
+	pr := map[string]any{"bus": port}
+	for k, v := range props {
+		pr[k] = v
+	}
+	q := d.g.VM.QMP()
+	if err := q.DeviceAdd(ctx, driver, id, pr); err != nil {
+		t.Fatal(err)
+	}
+	buses, err := q.QueryPCI(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp, ok := qmp.FindPCIDevice(buses, port)
+	if !ok {
+		t.Fatalf("root port %s not found", port)
+	}
+	return fmt.Sprintf("%02x/00", rp.Slot)
+}
+
+// blockdevAdd adds a raw image as a block node for device_add.
+func (d *devGuest) blockdevAdd(ctx context.Context, t *testing.T, node, file string) {
+	t.Helper()
+	if err := d.g.VM.QMP().Execute(ctx, "blockdev-add", map[string]any{
+		"node-name": node, "driver": "raw", "file": map[string]any{"driver": "file", "filename": file},
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// withDevice adds a spec device entry with numbers no guest device has (as the
+// host's would be).
+func withDevice(path, typ string, major, minor int64, dev *pb.Device) func(*pb.CreateContainerRequest) {
+	return func(r *pb.CreateContainerRequest) {
+		r.OCI.Linux.Devices = append(r.OCI.Linux.Devices, &pb.LinuxDevice{Path: path, Type: typ, Major: major, Minor: minor, FileMode: 0o660})
+		if r.OCI.Linux.Resources == nil {
+			r.OCI.Linux.Resources = &pb.LinuxResources{}
+		}
+		r.OCI.Linux.Resources.Devices = append(r.OCI.Linux.Resources.Devices,
+			&pb.LinuxDeviceCgroup{Allow: false, Access: "rwm", Major: -1, Minor: -1},
+			&pb.LinuxDeviceCgroup{Allow: true, Type: typ, Major: major, Minor: minor, Access: "rw"})
+		r.Devices = append(r.Devices, dev)
+	}
+}
+
+// testBlkPCI: a disk hot-added into a root port and passed as a "blk"
+// device by PCI path appears in the container with the guest's numbers
+// and its bytes.
+func testBlkPCI(ctx context.Context, t *testing.T, d *devGuest) {
+	img := diskImage(t, d.dir, "blk.img", 16<<20, "keel-hotplug-blk-marker")
+	d.blockdevAdd(ctx, t, "blk1", img)
+	start := time.Now()
+	path := d.hotAdd(ctx, t, "virtio-blk-pci", "blk1dev", map[string]any{"drive": "blk1"})
+	out := d.sh(ctx, t, "stat -c '%t:%T %F' /dev/xvdc; head -c 23 /dev/xvdc; echo; cat /sys/dev/block/$(stat -c '%t' /dev/xvdc | xargs printf '%d'):$(stat -c '%T' /dev/xvdc | xargs printf '%d')/size",
+		withDevice("/dev/xvdc", "b", 253, 42, &pb.Device{Type: "blk", Id: path, VmPath: "/dev/vdz", ContainerPath: "/dev/xvdc"}))
+	took := time.Since(start)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.HasSuffix(lines[0], " block special file") || strings.HasPrefix(lines[0], "fd:2a") ||
+		lines[1] != "keel-hotplug-blk-marker" || lines[2] != strconv.Itoa(16<<20/512) {
+		t.Errorf("container saw %q", out)
+	}
+	t.Logf("blk at PCI path %s: device_add -> container that read it ended %v (node %s)", path, took.Round(time.Millisecond), lines[0])
+}
+
+// testSCSI: a disk on a hot-added virtio-scsi controller, passed as a
+// "scsi" device by target:lun.
+func testSCSI(ctx context.Context, t *testing.T, d *devGuest) {
+	img := diskImage(t, d.dir, "scsi.img", 8<<20, "keel-scsi-disk-marker")
+	d.hotAdd(ctx, t, "virtio-scsi-pci", "scsi0", nil)
+	d.blockdevAdd(ctx, t, "scsi1", img)
+	if err := d.g.VM.QMP().DeviceAdd(ctx, "scsi-hd", "scsi1dev", map[string]any{"bus": "scsi0.0", "drive": "scsi1", "channel": 0, "scsi-id": 0, "lun": 1}); err != nil {
+		t.Fatal(err)
+	}
+	out := d.sh(ctx, t, "stat -c '%F' /dev/xvdd; head -c 21 /dev/xvdd",
+		withDevice("/dev/xvdd", "b", 253, 43, &pb.Device{Type: "scsi", Id: "0:1", ContainerPath: "/dev/xvdd"}))
+	if out != "block special file\nkeel-scsi-disk-marker" {
+		t.Errorf("container saw %q", out)
+	}
+}
+
+// testSwapPCI: AddSwap by the PCI path of a hot-added, mkswap'd disk.
+func testSwapPCI(ctx context.Context, t *testing.T, d *devGuest) {
+	img := diskImage(t, d.dir, "swap2.img", 24<<20, "")
+	run(t, "mkswap", img)
+	d.blockdevAdd(ctx, t, "swap2", img)
+	path := d.hotAdd(ctx, t, "virtio-blk-pci", "swap2dev", map[string]any{"drive": "swap2"})
+	slot, err := strconv.ParseUint(strings.Split(path, "/")[0], 16, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.c.Agent.AddSwap(ctx, &pb.AddSwapRequest{PCIPath: []uint32{uint32(slot), 0}}); err != nil {
+		t.Fatal(err)
+	}
+	out := d.sh(ctx, t, "cat /proc/swaps")
+	if !strings.Contains(out, strconv.Itoa(24<<10-4)) { // swap size in KiB minus the header page
+		t.Errorf("no 24 MiB swap device in /proc/swaps: %q", out)
+	}
+	// A PCI path where nothing is plugged: DeadlineExceeded after the
+	// hotplug timeout, nothing swapped on.
+	_, err = d.c.Agent.AddSwap(ctx, &pb.AddSwapRequest{PCIPath: []uint32{0x1e, 0}})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("AddSwap at an empty slot: %v", err)
+	}
+}
+
+// testVFIO: a virtio-rng function (driven by virtio-pci) hot-added behind
+// the emulated Intel IOMMU is passed as "vfio-pci": the agent rebinds it
+// to vfio-pci, and the container gets the guest's /dev/vfio/<group> (the
+// spec named the host's group 99), which it can open. A second one passed
+// as "vfio-pci-gk" keeps its guest driver; PCIDEVICE_* variables name the
+// guest addresses.
+func testVFIO(ctx context.Context, t *testing.T, d *devGuest) {
+	pciPath := d.hotAdd(ctx, t, "virtio-rng-pci", "rng1", nil)
+	req := withDevice("/dev/vfio/99", "c", 511, 99, &pb.Device{Type: "vfio-pci", Id: "99", ContainerPath: "/dev/vfio/99", Options: []string{"0000:3b:00.0=" + pciPath}})
+	env := func(r *pb.CreateContainerRequest) {
+		r.OCI.Process.Env = append(r.OCI.Process.Env, "PCIDEVICE_KEEL_COM_RNG=0000:3b:00.0")
+	}
+	out := d.sh(ctx, t, `echo "env $PCIDEVICE_KEEL_COM_RNG"; for f in /dev/vfio/*; do echo "node $f $(stat -c '%t:%T %F' $f)"; done; `+
+		`exec 3<>$(ls /dev/vfio/* | head -1) && echo opened; readlink /sys/bus/pci/devices/$PCIDEVICE_KEEL_COM_RNG/driver; readlink /sys/bus/pci/devices/$PCIDEVICE_KEEL_COM_RNG/iommu_group`, req, env)
+	t.Logf("vfio-pci at %s, container saw:\n%s", pciPath, out)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 5 || !strings.HasPrefix(lines[0], "env 0000:") || lines[0] == "env 0000:3b:00.0" ||
+		!strings.HasPrefix(lines[1], "node /dev/vfio/") || strings.HasPrefix(lines[1], "node /dev/vfio/99 ") || !strings.HasSuffix(lines[1], "character special file") ||
+		lines[2] != "opened" || !strings.HasSuffix(lines[3], "/vfio-pci") || path.Base(lines[4]) != strings.Fields(lines[1])[1][len("/dev/vfio/"):] {
+		t.Errorf("unexpected container view:\n%s", out)
+	}
+
+	path2 := d.hotAdd(ctx, t, "virtio-rng-pci", "rng2", nil)
+	gk := func(r *pb.CreateContainerRequest) {
+		r.Devices = append(r.Devices, &pb.Device{Type: "vfio-pci-gk", Id: "98", ContainerPath: "/dev/vfio/98", Options: []string{"0000:3b:00.1=" + path2}})
+		r.OCI.Process.Env = append(r.OCI.Process.Env, "PCIDEVICE_KEEL_COM_RNG=0000:3b:00.1")
+	}
+	out = d.sh(ctx, t, `echo $PCIDEVICE_KEEL_COM_RNG; readlink /sys/bus/pci/devices/$PCIDEVICE_KEEL_COM_RNG/driver`, gk)
+	lines = strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || lines[0] == "0000:3b:00.1" || !strings.HasSuffix(lines[1], "/virtio-pci") {
+		t.Errorf("vfio-pci-gk: container saw %q, want the guest address and virtio-pci still bound", out)
+	}
 }
 
 // guestBlock finds the guest's /dev name of the virtio disk of size bytes.
