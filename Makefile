@@ -15,7 +15,7 @@ HOST_LDFLAGS  := -s -w -X github.com/keelvm/keel/agent/version.Version=$(VERSION
 
 TEST_TIMEOUT ?= 18m
 
-.PHONY: demo host-demo all agent host proto proto-check lint test test-slow bench vm-demo kernel clean
+.PHONY: demo host-demo all agent host proto proto-check lint test test-slow bench vm-demo vm-shell kernel clean
 
 all: agent host
 
@@ -40,14 +40,21 @@ lint:
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
 
-# The default test run: unit, host-mode and VM tests (root needed).
-test: all
-	KEEL_AGENT_BIN=$(CURDIR)/build/keel-agent KEELCTL_BIN=$(CURDIR)/build/keelctl \
-		$(GO) test -timeout $(TEST_TIMEOUT) -count=1 ./...
+# The default test run: unit, host-mode and VM tests (root needed). It
+# builds (or reuses, cached under $(KEEL_CACHE)/kernel/<digest>) Keel's
+# guest kernel first, so the own-kernel tests run as in CI, and ends with
+# the list of skipped tests and why (tests/testsummary).
+TEST_ENV = KEEL_AGENT_BIN=$(CURDIR)/build/keel-agent KEELCTL_BIN=$(CURDIR)/build/keelctl GO=$(GO)
 
-test-slow: all
-	KEEL_SLOW=1 KEEL_AGENT_BIN=$(CURDIR)/build/keel-agent KEELCTL_BIN=$(CURDIR)/build/keelctl \
-		$(GO) test -timeout 60m -count=1 ./...
+build/testsummary: tests/testsummary/main.go
+	$(GO) build -o $@ ./tests/testsummary
+
+test: all kernel build/testsummary
+	$(TEST_ENV) ./build/testsummary -timeout $(TEST_TIMEOUT) -count=1 ./...
+
+# The slow tier too (KEEL_SLOW_TESTS=1: erofs DAX, Debian container, ...).
+test-slow: all kernel build/testsummary
+	KEEL_SLOW_TESTS=1 $(TEST_ENV) ./build/testsummary -timeout 60m -count=1 ./...
 
 bench: all
 	./tests/bench/run.sh

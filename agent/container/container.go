@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -58,6 +59,7 @@ type Container struct {
 	spec         *specs.Spec
 	privatePidns bool
 	init         *Process
+	log          *slog.Logger
 
 	mu      sync.Mutex
 	state   State
@@ -224,6 +226,9 @@ func (c *Container) Exec(execID string, sp *specs.Process, io *stdio.IO) (_ *Pro
 	}
 	if _, ok := c.execs[execID]; ok || execID == c.init.ID {
 		return nil, fmt.Errorf("exec_id %q: already exists in container %q: %w", execID, c.id, ErrExists)
+	}
+	if cleared := hostOnlyFields(sp, "process", nil); len(cleared) > 0 {
+		c.log.Info("host-only fields ignored (no such policy in the guest)", "container_id", c.id, "exec_id", execID, "fields", cleared)
 	}
 	lp, err := newLibcontainerProcess(sp, io, false)
 	if err != nil {

@@ -99,14 +99,14 @@ func (p *Process) signal(sig unix.Signal) error {
 // the stdio; it does not start it.
 func newLibcontainerProcess(sp *specs.Process, io *stdio.IO, init bool) (*libcontainer.Process, error) {
 	lp := &libcontainer.Process{
-		Args:            sp.Args,
-		Env:             sp.Env,
-		Cwd:             sp.Cwd,
-		UID:             int(sp.User.UID),
-		GID:             int(sp.User.GID),
-		AppArmorProfile: sp.ApparmorProfile,
-		Label:           sp.SelinuxLabel,
-		Init:            init,
+		Args: sp.Args,
+		Env:  sp.Env,
+		Cwd:  sp.Cwd,
+		UID:  int(sp.User.UID),
+		GID:  int(sp.User.GID),
+		Init: init,
+		// No AppArmorProfile or Label: they name host policies (see
+		// hostOnlyFields), cleared before this point.
 	}
 	for _, g := range sp.User.AdditionalGids {
 		lp.AdditionalGroups = append(lp.AdditionalGroups, int(g))
@@ -125,13 +125,20 @@ func newLibcontainerProcess(sp *specs.Process, io *stdio.IO, init bool) (*libcon
 				Ambient:     sp.Capabilities.Ambient,
 			}
 		}
-		for i, r := range sp.Rlimits {
-			t, ok := rlimits[r.Type]
-			if !ok {
-				return nil, fmt.Errorf("process.rlimits[%d].type %q: unknown rlimit: %w", i, r.Type, ErrInvalid)
-			}
-			lp.Rlimits = append(lp.Rlimits, configs.Rlimit{Type: t, Hard: r.Hard, Soft: r.Soft})
+	}
+	// rlimits are the process's own, init's included: runc's spec
+	// conversion no longer puts them in the container config, and without
+	// them the first process would inherit the agent's limits.
+	field := "process"
+	if init {
+		field = "OCI.process"
+	}
+	for i, r := range sp.Rlimits {
+		t, ok := rlimits[r.Type]
+		if !ok {
+			return nil, fmt.Errorf("%s.rlimits[%d].type %q: unknown rlimit: %w", field, i, r.Type, ErrInvalid)
 		}
+		lp.Rlimits = append(lp.Rlimits, configs.Rlimit{Type: t, Hard: r.Hard, Soft: r.Soft})
 	}
 	if sp.Terminal != (io != nil && io.Terminal()) {
 		return nil, fmt.Errorf("process.terminal %v: does not match the stdio: %w", sp.Terminal, ErrInvalid)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/keelvm/keel/agent/ociconv"
+	"github.com/keelvm/keel/agent/podns"
 	"github.com/keelvm/keel/agent/stdio"
 	"github.com/keelvm/keel/init/kmod"
 	"github.com/keelvm/keel/init/reaper"
@@ -42,7 +43,8 @@ const (
 // Config configures the sandbox manager.
 type Config struct {
 	// StateRoot holds libcontainer's state (StateRoot/containers) and the
-	// sandbox files (StateRoot/sandbox/resolv.conf).
+	// sandbox files (StateRoot/sandbox/resolv.conf, the pinned pod
+	// namespaces in StateRoot/sandbox/ns).
 	StateRoot string
 	// CgroupParent is the cgroup of containers without linux.cgroupsPath.
 	CgroupParent string
@@ -80,8 +82,9 @@ type ContainerConfig struct {
 	ID     string
 	ExecID string // id of the init process (Kata passes one); "" = ID
 	Spec   *specs.Spec
-	// SandboxPidns joins the sandbox's shared pid namespace: the first such
-	// container keeps a private pid namespace and becomes its holder.
+	// SandboxPidns joins the sandbox's shared pid namespace, which is the
+	// pid namespace of the sandbox's first container (Kata's semantics).
+	// Without it the container gets a new pid namespace of its own.
 	SandboxPidns bool
 	// IO is the init process's stdio; the container owns it from now on
 	// (closed on failure and on Remove).
@@ -101,8 +104,11 @@ type Sandbox struct {
 	hostname    string
 	resolvConf  string // "" when no DNS was given
 	pidnsHolder *Container
-	containers  map[string]*Container
-	reserved    map[string]bool // ids being created
+	// Pinned pod namespaces: IPC and UTS from CreateSandbox on, pid from
+	// the first container on (see package podns).
+	ipcNS, utsNS, pidNS *podns.Pinned
+	containers          map[string]*Container
+	reserved            map[string]bool // ids being created
 }
 
 // New returns an empty sandbox manager and starts the reaper.
@@ -132,8 +138,10 @@ func New(cfg Config) (*Sandbox, error) {
 	return s, nil
 }
 
-// Create records the sandbox (Kata CreateSandbox): hostname, DNS, pid
-// namespace sharing, kernel modules. Storages are the caller's business.
+// Create records the sandbox (Kata CreateSandbox): hostname, DNS, kernel
+// modules, and creates the pod's IPC and UTS namespaces (the latter with
+// the hostname) that every container joins. Storages are the caller's
+// business.
 func (s *Sandbox) Create(sc SandboxConfig) (retErr error) {
 	if sc.ID != "" {
 		if err := ValidateID("sandbox_id", sc.ID); err != nil {
@@ -176,17 +184,27 @@ func (s *Sandbox) Create(sc SandboxConfig) (retErr error) {
 			return fmt.Errorf("unable to write resolv.conf: %w", err)
 		}
 	}
+	defer func() {
+		if retErr != nil && resolv != "" {
+			os.Remove(resolv)
+		}
+	}()
 	if sc.Hostname != "" && s.cfg.SetHostname {
 		if err := unix.Sethostname([]byte(sc.Hostname)); err != nil {
-			if resolv != "" {
-				os.Remove(resolv)
-			}
 			return fmt.Errorf("unable to set hostname %q: %w", sc.Hostname, err)
 		}
 	}
+	ipc, uts, err := podns.NewIPCUTS(s.nsDir(), sc.Hostname)
+	if err != nil {
+		return err
+	}
 	s.created, s.id, s.hostname, s.resolvConf = true, sc.ID, sc.Hostname, resolv
+	s.ipcNS, s.utsNS = ipc, uts
 	return nil
 }
+
+// nsDir holds the pinned pod namespaces.
+func (s *Sandbox) nsDir() string { return filepath.Join(s.cfg.StateRoot, "sandbox", "ns") }
 
 // Destroy removes every container (killing them) and forgets the sandbox.
 func (s *Sandbox) Destroy(ctx context.Context) error {
@@ -201,6 +219,12 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	if s.resolvConf != "" {
 		os.Remove(s.resolvConf)
 	}
+	for _, p := range []*podns.Pinned{s.ipcNS, s.utsNS, s.pidNS} {
+		if err := p.Release(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.ipcNS, s.utsNS, s.pidNS, s.pidnsHolder = nil, nil, nil, nil
 	s.created, s.id, s.hostname, s.resolvConf = false, "", "", ""
 	return errors.Join(errs...)
 }
@@ -255,6 +279,9 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	if fi, err := os.Stat(cc.Spec.Root.Path); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("OCI.root.path %q: not a directory: %w", cc.Spec.Root.Path, ErrInvalid)
 	}
+	if err := checkNamespacePaths(cc.Spec); err != nil {
+		return nil, err
+	}
 
 	s.mu.Lock()
 	if _, ok := s.containers[cc.ID]; ok || s.reserved[cc.ID] {
@@ -262,7 +289,14 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		return nil, fmt.Errorf("container_id %q: %w", cc.ID, ErrExists)
 	}
 	s.reserved[cc.ID] = true
-	holder, hostname, resolv := s.pidnsHolder, s.hostname, s.resolvConf
+	pod := podNamespaces{holder: s.pidnsHolder}
+	if s.ipcNS != nil {
+		pod.ipc, pod.uts = s.ipcNS.Path, s.utsNS.Path
+	}
+	if s.pidNS != nil {
+		pod.pid = s.pidNS.Path
+	}
+	hostname, resolv := s.hostname, s.resolvConf
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -277,25 +311,14 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	if spec.Linux == nil {
 		spec.Linux = &specs.Linux{}
 	}
-	becomesHolder := false
-	if cc.SandboxPidns {
-		spec.Linux.Namespaces = slices.DeleteFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.PIDNamespace })
-		if holder != nil && holder.init.State() == ProcessRunning {
-			spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: fmt.Sprintf("/proc/%d/ns/pid", holder.init.Pid)})
-		} else {
-			spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace})
-			becomesHolder = true
-		}
+	if cleared := hostOnlyFields(spec.Process, "OCI.process", spec.Linux); len(cleared) > 0 {
+		s.log.Info("host-only fields ignored (no such policy in the guest)", "container_id", cc.ID, "fields", cleared)
 	}
-	privateUTS, privatePid := false, false
-	for _, n := range spec.Linux.Namespaces {
-		switch n.Type {
-		case specs.UTSNamespace:
-			privateUTS = n.Path == ""
-		case specs.PIDNamespace:
-			privatePid = n.Path == ""
-		}
+	plan, err := setNamespaces(spec, pod, cc.SandboxPidns, s.log)
+	if err != nil {
+		return nil, err
 	}
+	privateUTS := slices.ContainsFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.UTSNamespace && n.Path == "" })
 	if spec.Hostname == "" && privateUTS {
 		spec.Hostname = hostname
 	}
@@ -318,7 +341,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		}
 		return nil, fmt.Errorf("OCI: %v: %w", err, ErrInvalid)
 	}
-	c := &Container{id: cc.ID, lc: lc, spec: spec, privatePidns: privatePid, state: StateCreated, execs: map[string]*Process{}, retired: map[string]*Process{}}
+	c := &Container{id: cc.ID, lc: lc, spec: spec, privatePidns: plan.privatePid, log: s.log, state: StateCreated, execs: map[string]*Process{}, retired: map[string]*Process{}}
 	p, err := startProcess(lc, lp, execID, cc.IO, c.initExited)
 	if err != nil {
 		// libcontainer killed and waited its init; remove cgroup and state.
@@ -328,6 +351,17 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		return nil, fmt.Errorf("unable to create container %q: %w", cc.ID, classifyStartErr(err))
 	}
 	c.init = p
+	var pidPin *podns.Pinned
+	if plan.becomesHolder {
+		// Pinned while init waits for Start, so it is alive.
+		if pidPin, err = podns.PinPid(p.Pid, filepath.Join(s.nsDir(), "pid")); err != nil {
+			_ = c.kill(context.Background())
+			if derr := c.destroy(); derr != nil {
+				s.log.Warn("rollback of failed create", "container_id", cc.ID, "err", derr)
+			}
+			return nil, fmt.Errorf("unable to create container %q: %w", cc.ID, err)
+		}
+	}
 	if s.cfg.OOM != nil {
 		if st, err := lc.State(); err == nil {
 			if err := s.cfg.OOM.WatchPaths(cc.ID, st.CgroupPaths); err != nil {
@@ -338,8 +372,12 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 
 	s.mu.Lock()
 	s.containers[cc.ID] = c
-	if becomesHolder {
-		s.pidnsHolder = c
+	if plan.becomesHolder {
+		if s.pidnsHolder == nil {
+			s.pidnsHolder, s.pidNS = c, pidPin
+		} else if err := pidPin.Release(); err != nil { // lost a race for the first place
+			s.log.Warn("unable to release a pid namespace pin", "err", err)
+		}
 	}
 	s.mu.Unlock()
 	return c, nil
@@ -366,9 +404,13 @@ func (s *Sandbox) RemoveContainer(ctx context.Context, id string, timeout time.D
 	if s.containers[id] == c {
 		delete(s.containers, id)
 	}
+	var pin *podns.Pinned
 	if s.pidnsHolder == c {
-		s.pidnsHolder = nil
+		pin, s.pidnsHolder, s.pidNS = s.pidNS, nil, nil
 	}
 	s.mu.Unlock()
+	if err := pin.Release(); err != nil {
+		derr = errors.Join(derr, err)
+	}
 	return derr
 }

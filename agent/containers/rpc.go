@@ -18,6 +18,8 @@ import (
 	"github.com/keelvm/keel/agent/devices"
 	"github.com/keelvm/keel/agent/ociconv"
 	"github.com/keelvm/keel/agent/stdio"
+	"github.com/keelvm/keel/agent/storage"
+	"github.com/keelvm/keel/agent/uevent"
 	"github.com/keelvm/keel/init/kmod"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"golang.org/x/sys/unix"
@@ -59,7 +61,10 @@ type Options struct {
 	// Devices hands CreateContainer's devices to the container; nil
 	// refuses them with Unimplemented.
 	Devices *devices.Manager
-	Log     *slog.Logger
+	// Storages mounts CreateSandbox's and CreateContainer's storages; nil
+	// refuses them with Unimplemented.
+	Storages *storage.Manager
+	Log      *slog.Logger
 }
 
 // RPC implements the container, process and stdio RPCs of
@@ -92,6 +97,12 @@ func toStatus(err error) error {
 	}
 	code := codes.Internal
 	switch {
+	case errors.Is(err, storage.ErrInvalid):
+		code = codes.InvalidArgument
+	case errors.Is(err, storage.ErrUnsupported):
+		code = codes.Unimplemented
+	case errors.Is(err, uevent.ErrTooManyWaiters):
+		code = codes.ResourceExhausted
 	case errors.Is(err, container.ErrInvalid), errors.Is(err, devices.ErrInvalid):
 		code = codes.InvalidArgument
 	case errors.Is(err, devices.ErrNotFound):
@@ -133,8 +144,8 @@ func (r *RPC) CreateSandbox(ctx context.Context, req *pb.CreateSandboxRequest) (
 	if r.o.Sandbox == nil {
 		return nil, errNoSandbox
 	}
-	if len(req.Storages) > 0 {
-		return nil, unimplementedf("storages: %d sandbox storages given; Keel does not mount sandbox storages yet", len(req.Storages))
+	if len(req.Storages) > 0 && r.o.Storages == nil {
+		return nil, unimplementedf("storages: %d sandbox storages given; storage handling is not enabled", len(req.Storages))
 	}
 	if req.GuestHookPath != "" {
 		return nil, unimplementedf("guest_hook_path %q: guest hooks are not supported", req.GuestHookPath)
@@ -146,7 +157,18 @@ func (r *RPC) CreateSandbox(ctx context.Context, req *pb.CreateSandboxRequest) (
 		}
 		sc.KernelModules = append(sc.KernelModules, kmod.ModuleSpec{Name: m.Name, Params: strings.Join(m.Parameters, " ")})
 	}
-	return empty, toStatus(r.o.Sandbox.Create(sc))
+	if len(req.Storages) > 0 {
+		if err := r.o.Storages.Add(ctx, "", "storages", storage.FromPB(req.Storages)); err != nil {
+			return nil, toStatus(err)
+		}
+	}
+	if err := r.o.Sandbox.Create(sc); err != nil {
+		if len(req.Storages) > 0 {
+			r.o.Storages.Close()
+		}
+		return nil, toStatus(err)
+	}
+	return empty, nil
 }
 
 // DestroySandbox removes every container, then runs OnDestroySandbox.
@@ -155,6 +177,11 @@ func (r *RPC) DestroySandbox(ctx context.Context, _ *pb.DestroySandboxRequest) (
 		return nil, errNoSandbox
 	}
 	err := r.o.Sandbox.Destroy(ctx)
+	if r.o.Storages != nil {
+		if serr := r.o.Storages.Close(); serr != nil {
+			r.o.Log.Warn("unmounting storages", "err", serr)
+		}
+	}
 	if r.o.OnDestroySandbox != nil {
 		r.o.OnDestroySandbox()
 	}
@@ -196,7 +223,7 @@ func (r *RPC) newIO(terminal bool, in, out, errp uint32) (_ *stdio.IO, retErr er
 }
 
 // CreateContainer creates the container and its (not yet started) init.
-func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerRequest) (*emptypb.Empty, error) {
+func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerRequest) (_ *emptypb.Empty, retErr error) {
 	if r.o.Sandbox == nil {
 		return nil, errNoSandbox
 	}
@@ -208,8 +235,8 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 			return nil, toStatus(err)
 		}
 	}
-	if len(req.Storages) > 0 {
-		return nil, unimplementedf("storages: %d container storages given; Keel does not mount storages yet", len(req.Storages))
+	if len(req.Storages) > 0 && r.o.Storages == nil {
+		return nil, unimplementedf("storages: %d container storages given; storage handling is not enabled", len(req.Storages))
 	}
 	if len(req.Devices) > 0 && r.o.Devices == nil {
 		return nil, unimplementedf("devices: %d devices given; device handling is not enabled", len(req.Devices))
@@ -227,6 +254,17 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	}
 	if _, err := r.o.Sandbox.Container(req.ContainerId); err == nil {
 		return nil, status.Errorf(codes.AlreadyExists, "container_id %q: already exists", req.ContainerId)
+	}
+	if len(req.Storages) > 0 {
+		// Mounted before the container is created: its rootfs may be one.
+		if err := r.o.Storages.Add(ctx, req.ContainerId, "storages", storage.FromPB(req.Storages)); err != nil {
+			return nil, toStatus(err)
+		}
+		defer func() {
+			if retErr != nil {
+				r.o.Storages.Release(req.ContainerId)
+			}
+		}()
 	}
 	if len(req.Devices) > 0 {
 		if err := r.o.Devices.Apply(ctx, devicesFromPB(req.Devices), spec); err != nil {
@@ -283,7 +321,16 @@ func (r *RPC) RemoveContainer(ctx context.Context, req *pb.RemoveContainerReques
 	if r.o.Sandbox == nil {
 		return nil, errNoSandbox
 	}
-	return empty, toStatus(r.o.Sandbox.RemoveContainer(ctx, req.ContainerId, time.Duration(req.Timeout)*time.Second))
+	if err := r.o.Sandbox.RemoveContainer(ctx, req.ContainerId, time.Duration(req.Timeout)*time.Second); err != nil {
+		return nil, toStatus(err)
+	}
+	if r.o.Storages != nil {
+		// The container's storages lose a user; the last one unmounts.
+		if err := r.o.Storages.Release(req.ContainerId); err != nil {
+			r.o.Log.Warn("releasing container storages", "container_id", req.ContainerId, "err", err)
+		}
+	}
+	return empty, nil
 }
 
 // ExecProcess starts a process in a running container; a missing program

@@ -27,6 +27,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Sentinel errors; the RPC edge maps them to gRPC codes.
@@ -142,14 +143,17 @@ func New(cfg Config) (*Network, error) {
 	}
 	n := &Network{cfg: cfg, log: cfg.Log, ns: netns.None()}
 	var err error
+	// Only NETLINK_ROUTE: without families the handle would also open
+	// NETLINK_XFRM and NETLINK_NETFILTER sockets, which a guest kernel
+	// without those modules refuses (EPROTONOSUPPORT).
 	if cfg.NetNS == "" {
-		n.h, err = netlink.NewHandle()
+		n.h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	} else {
 		n.ns, err = netns.GetFromPath(cfg.NetNS)
 		if err != nil {
 			return nil, fmt.Errorf("unable to open network namespace %s: %w", cfg.NetNS, err)
 		}
-		n.h, err = netlink.NewHandleAt(n.ns)
+		n.h, err = netlink.NewHandleAt(n.ns, unix.NETLINK_ROUTE)
 	}
 	if err != nil {
 		n.Close()

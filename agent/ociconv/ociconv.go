@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -94,11 +95,10 @@ func Validate(s *specs.Spec) error {
 				return invalid(fmt.Sprintf("OCI.linux.namespaces[%d].path", i), "%q must be absolute", ns.Path)
 			}
 		}
-		if p := s.Linux.CgroupsPath; p != "" && !path.IsAbs(p) {
-			return invalid("OCI.linux.cgroupsPath", "%q must be absolute (the cgroupfs driver is used)", p)
-		}
-		if strings.Contains(s.Linux.CgroupsPath, "..") {
-			return invalid("OCI.linux.cgroupsPath", "%q must not contain \"..\"", s.Linux.CgroupsPath)
+		if p := s.Linux.CgroupsPath; p != "" {
+			if _, err := CgroupsPath(p); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -156,6 +156,8 @@ func ToConfig(s *specs.Spec, o Options) (*configs.Config, error) {
 			parent = "/keel"
 		}
 		c.Linux.CgroupsPath = path.Join(parent, o.ID)
+	} else if c.Linux.CgroupsPath, err = CgroupsPath(c.Linux.CgroupsPath); err != nil {
+		return nil, err
 	}
 	// Intel RDT needs resctrl, which a guest does not have: ignored.
 	c.Linux.IntelRdt = nil
@@ -164,6 +166,38 @@ func ToConfig(s *specs.Spec, o Options) (*configs.Config, error) {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// systemdCgroupsPath is the systemd driver's "slice:prefix:name" form of
+// linux.cgroupsPath (kubelet's systemd cgroup driver), as Kata's agent
+// recognises it.
+var systemdCgroupsPath = regexp.MustCompile(`^[\w\-.]*:[\w\-.]*:[\w\-.]*$`)
+
+// CgroupsPath returns the cgroupfs path (from the root of the hierarchy)
+// for a spec's linux.cgroupsPath, converting as Kata's agent does in a
+// guest without systemd: the systemd form "slice:prefix:name" becomes
+// "/slice/prefix/name"; a relative path is taken from the root of the
+// hierarchy (the guest agent's own cgroup); an absolute one is kept. The
+// root cgroup itself and ".." components are refused.
+func CgroupsPath(p string) (string, error) {
+	const field = "OCI.linux.cgroupsPath"
+	q := p
+	if systemdCgroupsPath.MatchString(p) {
+		q = strings.ReplaceAll(p, ":", "/")
+	}
+	if strings.ContainsRune(q, 0) {
+		return "", invalid(field, "%q contains a NUL byte", p)
+	}
+	for _, c := range strings.Split(q, "/") {
+		if c == ".." {
+			return "", invalid(field, "%q must not contain \"..\"", p)
+		}
+	}
+	out := path.Clean("/" + q)
+	if out == "/" {
+		return "", invalid(field, "%q names the root cgroup", p)
+	}
+	return out, nil
 }
 
 // convert calls specconv, turning a panic on hostile input (which the fuzz

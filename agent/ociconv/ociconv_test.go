@@ -126,6 +126,9 @@ func TestInvalidSpecs(t *testing.T) {
 		}},
 		{"relative mount", "OCI.mounts[0].destination", func(s *specs.Spec) { s.Mounts[0].Destination = "proc" }},
 		{"cgroup escape", "OCI.linux.cgroupsPath", func(s *specs.Spec) { s.Linux.CgroupsPath = "/a/../../b" }},
+		{"systemd cgroup escape", "OCI.linux.cgroupsPath", func(s *specs.Spec) { s.Linux.CgroupsPath = "..:..:x" }},
+		{"root cgroup", "OCI.linux.cgroupsPath", func(s *specs.Spec) { s.Linux.CgroupsPath = "/" }},
+		{"root cgroup systemd", "OCI.linux.cgroupsPath", func(s *specs.Spec) { s.Linux.CgroupsPath = "::" }},
 		{"bad rootfs propagation", "OCI", func(s *specs.Spec) { s.Linux.RootfsPropagation = "weird" }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -247,5 +250,34 @@ func TestOOMScoreAdjAlwaysExplicit(t *testing.T) {
 	p, err := ProcessFromPB(&pb.Process{Args: []string{"sh"}, Cwd: "/", OOMScoreAdj: -5}, "process")
 	if err != nil || p.OOMScoreAdj == nil || *p.OOMScoreAdj != -5 {
 		t.Fatalf("oom_score_adj -5 converted to %v, %v", p.OOMScoreAdj, err)
+	}
+}
+
+// TestCgroupsPath: the systemd driver's form converts as Kata's agent
+// converts it without systemd (':' → '/', from the hierarchy's root);
+// relative and cgroupfs paths keep working; the result is what libcontainer
+// gets.
+func TestCgroupsPath(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"kubepods-besteffort-pod1234.slice:cri-containerd:abcd", "/kubepods-besteffort-pod1234.slice/cri-containerd/abcd"},
+		{"system.slice:kata_agent:c1", "/system.slice/kata_agent/c1"},
+		{"a.slice::c1", "/a.slice/c1"},
+		{"/kubepods/burstable/pod1/c1", "/kubepods/burstable/pod1/c1"},
+		{"kubepods/pod1/c1", "/kubepods/pod1/c1"},
+		{"/a//b/", "/a/b"},
+	} {
+		got, err := CgroupsPath(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("CgroupsPath(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+		s := specconv.Example()
+		s.Root.Path = "/rootfs"
+		s.Linux.CgroupsPath = tc.in
+		cfg, err := ToConfig(s, Options{ID: "x"})
+		if err != nil {
+			t.Errorf("ToConfig with %q: %v", tc.in, err)
+		} else if cfg.Cgroups.Path != tc.want || cfg.Cgroups.Systemd {
+			t.Errorf("ToConfig with %q: path %q systemd %v", tc.in, cfg.Cgroups.Path, cfg.Cgroups.Systemd)
+		}
 	}
 }

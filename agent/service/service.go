@@ -20,6 +20,7 @@ import (
 	"github.com/keelvm/keel/agent/hotplug"
 	"github.com/keelvm/keel/agent/networks"
 	"github.com/keelvm/keel/agent/oom"
+	"github.com/keelvm/keel/agent/storage"
 	"github.com/keelvm/keel/agent/swap"
 	"github.com/keelvm/keel/agent/version"
 	"github.com/keelvm/keel/agent/volume"
@@ -42,6 +43,7 @@ type Service struct {
 	*SwapPCI    // AddSwap
 	*Volumes    // GetVolumeStats, ResizeVolume
 	*Networks   // interfaces, routes, ARP neighbours, iptables
+	*Storage    // UpdateEphemeralMounts, RemoveStaleVirtiofsShareMounts
 }
 
 // Aliases name the embedded handlers (two packages call theirs Handler).
@@ -55,6 +57,7 @@ type (
 	SwapPCI    = swap.PCIHandler
 	Volumes    = volume.Handler
 	Networks   = networks.Handler
+	Storage    = storage.Handler
 )
 
 var _ pb.AgentServiceService = (*Service)(nil)
@@ -71,6 +74,7 @@ type Handlers struct {
 	SwapPCI    *swap.PCIHandler // nil: AddSwap answers Unimplemented
 	Volumes    *volume.Handler
 	Network    *networks.Handler // nil: the network RPCs answer Unavailable
+	Storage    *storage.Handler  // nil: the storage RPCs answer Unavailable
 }
 
 // New assembles a Service. Containers is required; any other handler left
@@ -83,7 +87,7 @@ func New(h Handlers) *Service {
 		panic("service.New: Handlers.Containers is required")
 	}
 	s := &Service{Guest: h.Guest, Containers: h.Containers, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM,
-		Hotplug: h.Hotplug, Swap: h.Swap, Volumes: h.Volumes, Networks: h.Network}
+		Hotplug: h.Hotplug, Swap: h.Swap, Volumes: h.Volumes, Networks: h.Network, Storage: h.Storage}
 	if s.Guest == nil {
 		s.Guest = &Guest{}
 	}
@@ -110,6 +114,9 @@ func New(h Handlers) *Service {
 	}
 	if s.Networks == nil {
 		s.Networks = &networks.Handler{}
+	}
+	if s.Storage == nil {
+		s.Storage = &storage.Handler{}
 	}
 	return s
 }

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/keelvm/keel/agent/container"
 	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/devices"
@@ -30,6 +32,7 @@ import (
 	"github.com/keelvm/keel/agent/passfd"
 	"github.com/keelvm/keel/agent/server"
 	"github.com/keelvm/keel/agent/service"
+	"github.com/keelvm/keel/agent/storage"
 	"github.com/keelvm/keel/agent/swap"
 	"github.com/keelvm/keel/agent/uevent"
 	"github.com/keelvm/keel/agent/version"
@@ -162,6 +165,9 @@ func run(args []string) error {
 	} else {
 		defer ul.Close()
 	}
+	// Storages (Kata's shared dir, shm, volumes, block rootfs) for the
+	// sandbox's lifetime; hot-plugged disks are found through uevents.
+	storages := storage.New(storage.Config{Devices: uevents, Log: log})
 	reg.Gauge("keel_uevent_waiters", "RPCs waiting for a hot-plugged device.", func() float64 { return float64(uevents.Waiting()) })
 	oomWatcher := oom.New()
 	defer oomWatcher.Close()
@@ -178,6 +184,7 @@ func run(args []string) error {
 	// Stopping the guest (SIGTERM/SIGPWR, a fatal error) kills and removes
 	// every container first.
 	shutdown.OnStop("remove all containers", sandbox.Destroy)
+	shutdown.OnStop("unmount storages", func(context.Context) error { return storages.Close() })
 	reg.Gauge("keel_containers", "Containers in the sandbox.", func() float64 { return float64(len(sandbox.ContainerIDs())) })
 	reg.Gauge("keel_container_processes", "Processes in the containers' cgroups.", func() float64 {
 		n := 0
@@ -194,14 +201,19 @@ func run(args []string) error {
 
 	// The network RPCs configure the agent's own network namespace, which
 	// Kata's containers share (the runtime drops their network namespace).
-	netw, err := network.New(network.Config{
+	// A guest without rtnetlink still serves everything else; the network
+	// RPCs then answer Unavailable.
+	netHandler := &networks.Handler{}
+	if netw, err := network.New(network.Config{
+		Devices:       network.UeventDevices{Registry: uevents},
 		DeviceTimeout: cfg.HotplugTimeout,
 		Log:           log,
-	})
-	if err != nil {
-		return fmt.Errorf("unable to set up network configuration: %w", err)
+	}); err != nil {
+		log.Error("network RPCs unavailable", "err", err)
+	} else {
+		defer netw.Close()
+		netHandler = networks.New(netw)
 	}
-	defer netw.Close()
 
 	var pfd containers.PassFD
 	if cfg.PassfdListenerPort != 0 {
@@ -227,6 +239,7 @@ func run(args []string) error {
 			PassFD:   pfd,
 			PipeSize: cfg.ContainerPipeSize,
 			Devices:  devs,
+			Storages: storages,
 			Log:      log,
 			OnDestroySandbox: func() {
 				if res.PID1 {
@@ -235,11 +248,12 @@ func run(args []string) error {
 			},
 		}),
 		OOM:     oomWatcher,
-		Network: networks.New(netw),
+		Network: netHandler,
 		Hotplug: &hotplug.Handler{Log: log},
 		Swap:    &swap.Handler{Log: log},
 		SwapPCI: &swap.PCIHandler{Blocks: devs, Log: log},
 		Volumes: &volume.Handler{Log: log},
+		Storage: &storage.Handler{M: storages},
 	})
 	srv, err := server.New(svc, service.Health{}, reg, log)
 	if err != nil {
@@ -294,13 +308,17 @@ func run(args []string) error {
 }
 
 // extraFeatures reports, in AgentDetails.extra_features, the boot timeline
-// ("keel.boot.<milestone>=<guest uptime in seconds>") and every option Keel
+// ("keel.boot.<milestone>=<guest uptime in seconds>"), whether the agent's
+// own binary is mapped by DAX ("keel.dax.agent_binary=true|false") and every option Keel
 // needs that the running kernel lacks ("keel.kernel.missing=<FEATURE>:<OPTION>=<got>"),
 // or "keel.kernel.config=unavailable" without /proc/config.gz.
 func extraFeatures() []string {
 	var out []string
 	for _, e := range timeline.Entries() {
 		out = append(out, fmt.Sprintf("keel.boot.%s=%.6f", e.Name, e.Since.Seconds()))
+	}
+	if dax, err := binaryIsDAX(); err == nil {
+		out = append(out, fmt.Sprintf("keel.dax.agent_binary=%t", dax))
 	}
 	missing, err := required.CheckRunning()
 	if err != nil {
@@ -310,4 +328,18 @@ func extraFeatures() []string {
 		out = append(out, fmt.Sprintf("keel.kernel.missing=%s:%s=%s", m.Feature, m.Option, m.Got))
 	}
 	return out
+}
+
+// binaryIsDAX says whether the running agent binary has STATX_ATTR_DAX: on
+// a dax=always root the agent executes in place from the host's pages
+// rather than from copies in the guest page cache.
+func binaryIsDAX() (bool, error) {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, "/proc/self/exe", 0, unix.STATX_BASIC_STATS, &st); err != nil {
+		return false, err
+	}
+	if st.Attributes_mask&unix.STATX_ATTR_DAX == 0 {
+		return false, errors.New("the filesystem does not report STATX_ATTR_DAX")
+	}
+	return st.Attributes&unix.STATX_ATTR_DAX != 0, nil
 }

@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,7 +29,8 @@ import (
 const usage = `usage:
   keel-rootfs build --recipe minimal|oci|debian --agent PATH --output image|initrd|dir
                     [--fs ext4|erofs] [--dax [--dax-mode ram|pmem]] [--size SIZE] [--busybox[=PATH]]
-                    [--oci PATH] [--release R] [--mirror URL]
+                    [--oci PATH [--platform OS/ARCH[/VARIANT]] [--max-unpacked-size SIZE] [--max-files N]
+                     [--keep-selinux-labels]] [--release R] [--mirror URL]
                     [--modules-dir DIR --modules a,b] [--compression gzip|zstd|none] -o OUT
   keel-rootfs inspect ARTIFACT
 `
@@ -110,6 +112,7 @@ func runBuild(ctx context.Context, args []string, stderr io.Writer) int {
 		comp    = fs.String("compression", "gzip", "initrd compression: gzip, zstd or none")
 		daxMode = fs.String("dax-mode", "", "with --dax: ram (struct pages in guest RAM, Kata's layout; default) or pmem (on the device)")
 		modules = fs.String("modules", "", "comma-separated kernel modules (with --modules-dir)")
+		maxSize = fs.String("max-unpacked-size", "", "oci recipe: cap on the image's total unpacked file size (e.g. 32G; default 16G)")
 		busy    busyboxFlag
 	)
 	fs.StringVar(&c.Recipe, "recipe", "minimal", "recipe: "+strings.Join(recipe.Names(), ", "))
@@ -119,6 +122,9 @@ func runBuild(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.BoolVar(&c.DAX, "dax", false, "prepend the NVDIMM PFN info block (fs at 2 MiB) for -device nvdimm")
 	fs.Var(&busy, "busybox", "install static busybox (default /bin/busybox, or --busybox=PATH)")
 	fs.StringVar(&c.OCI, "oci", "", "OCI image layout dir or docker save tarball (oci recipe)")
+	fs.StringVar(&c.Platform, "platform", "", "oci recipe: OS/ARCH[/VARIANT] to take from a multi-platform image (default linux/"+runtime.GOARCH+")")
+	fs.Int64Var(&c.MaxFiles, "max-files", 0, "oci recipe: cap on the number of entries the image unpacks to (default 1048576)")
+	fs.BoolVar(&c.KeepSELinux, "keep-selinux-labels", false, "oci recipe: keep security.selinux xattrs from the layers (dropped by default)")
 	fs.StringVar(&c.Release, "release", recipe.DefaultRelease, "Debian release (debian recipe)")
 	fs.StringVar(&c.Mirror, "mirror", "", "Debian mirror URL (default: from /etc/apt)")
 	fs.StringVar(&c.CacheDir, "cache-dir", recipe.DefaultCacheDir, "cache directory")
@@ -135,6 +141,14 @@ func runBuild(ctx context.Context, args []string, stderr io.Writer) int {
 	var err error
 	if c.Size, err = parseSize(*size); err != nil {
 		fmt.Fprintf(stderr, "keel-rootfs build: --size: %v\n", err)
+		return 2
+	}
+	if c.MaxUnpackedSize, err = parseSize(*maxSize); err != nil {
+		fmt.Fprintf(stderr, "keel-rootfs build: --max-unpacked-size: %v\n", err)
+		return 2
+	}
+	if c.MaxFiles < 0 {
+		fmt.Fprintf(stderr, "keel-rootfs build: --max-files must be positive\n")
 		return 2
 	}
 	if c.Output == build.OutputImage {

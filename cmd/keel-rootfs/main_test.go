@@ -35,6 +35,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"build", "--agent", "/bin/busybox", "stray", "-o", out}, 2, "unexpected arguments"},
 		{[]string{"build", "--dax-mode", "pmem", "--agent", "/bin/busybox", "-o", out}, 2, "--dax-mode needs --dax"},
 		{[]string{"build", "--dax", "--dax-mode", "disk", "--agent", "/bin/busybox", "-o", out}, 2, `unknown --dax-mode "disk"`},
+		{[]string{"build", "--recipe", "oci", "--platform", "amd64", "--agent", "/bin/busybox", "-o", out}, 2, `invalid platform "amd64"`},
+		{[]string{"build", "--recipe", "oci", "--max-unpacked-size", "lots", "--agent", "/bin/busybox", "-o", out}, 2, "--max-unpacked-size"},
+		{[]string{"build", "--recipe", "oci", "--max-files", "-1", "--agent", "/bin/busybox", "-o", out}, 2, "--max-files"},
 		{[]string{"inspect"}, 2, "exactly one"},
 		{[]string{"inspect", filepath.Join(dir, "none")}, 1, "no such file"},
 	}

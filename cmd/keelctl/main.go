@@ -1,12 +1,18 @@
 // Command keelctl drives a Keel (or Kata) agent from the host, in the spirit
 // of ctr and Kata's agent-ctl:
 //
+//	keelctl --addr ADDR run [--tty] [--rm] --rootfs DIR [--id ID] [--env K=V] -- CMD...
+//	keelctl --addr ADDR exec [--tty] ID -- CMD...
+//	keelctl --addr ADDR kill ID [SIGNAL] | rm ID | stats [--json] ID | logs [--follow]
 //	keelctl --addr ADDR health | version | guest-details | metrics | rpcs
 //	keelctl --addr ADDR call RPC [--json '{...}']
 //
-// "call" sends any grpc.AgentService request written as protobuf JSON and
-// prints the response as JSON. Exit status: 0 success, 1 the RPC (or the
-// connection) failed, 2 usage error.
+// run and exec stream the process's stdout and stderr live, forward stdin,
+// follow the terminal's size with --tty and exit with the process's status
+// (125 when keelctl or the agent failed). "call" sends any
+// grpc.AgentService request written as protobuf JSON and prints the
+// response as JSON. Exit status of the other commands: 0 success, 1 the RPC
+// (or the connection) failed, 2 usage error.
 package main
 
 import (
@@ -38,6 +44,17 @@ const (
 const usage = `usage: keelctl [--addr ADDR] [--timeout D] COMMAND
 
 commands:
+  run [--tty] [--rm] --rootfs DIR [--id ID] [--env K=V] [--cwd DIR] [--read-only] -- CMD [ARG...]
+                           run CMD in a new container (a sandbox is created if the agent has
+                           none): output streamed live, stdin forwarded, keelctl exits with
+                           CMD's status (125: keelctl or the agent failed)
+  exec [--tty] [--env K=V] ID -- CMD [ARG...]
+                           run CMD in running container ID, same streams and status as run
+  kill ID [SIGNAL]         signal the container's init process (default TERM)
+  rm ID                    remove a container (stopping it)
+  stats [--json] ID        CPU, memory and pids of a container
+  logs [--follow] [--port PORT]
+                           the agent's log (vsock port agent.log_vport, default 1025)
   health                   grpc.Health/Check
   version                  grpc.Health/Version
   guest-details            AgentService.GetGuestDetails (memory block size, probe, agent details)
@@ -65,6 +82,17 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	e := env{addr: *address, timeout: *timeout, stdin: stdin, stdout: stdout, stderr: stderr}
+	switch cmd {
+	case "run":
+		return runCmd(e, rest)
+	case "exec":
+		return execCmd(e, rest)
+	case "kill", "rm", "stats":
+		return simpleCmd(e, cmd, rest)
+	case "logs":
+		return logsCmd(e, rest)
+	}
 
 	if cmd == "rpcs" {
 		svc := pb.File_agent_proto.Services().ByName("AgentService")

@@ -15,6 +15,7 @@ import (
 	"github.com/keelvm/keel/rootfs-builder/image"
 	"github.com/keelvm/keel/rootfs-builder/kmod"
 	"github.com/keelvm/keel/rootfs-builder/manifest"
+	"github.com/keelvm/keel/rootfs-builder/oci"
 	"github.com/keelvm/keel/rootfs-builder/pfn"
 	"github.com/keelvm/keel/rootfs-builder/recipe"
 )
@@ -45,7 +46,8 @@ type Config struct {
 	// modules to include with their dependencies.
 	ModulesDir string
 	Modules    []string
-	// Epoch is the timestamp for every file (SOURCE_DATE_EPOCH).
+	// Epoch (SOURCE_DATE_EPOCH) clamps every file's mtime: later ones
+	// become Epoch, older ones are kept.
 	Epoch int64
 }
 
@@ -96,6 +98,14 @@ func (c *Config) Validate() error {
 	}
 	if (c.ModulesDir == "") != (len(c.Modules) == 0) {
 		return usagef("--modules-dir and --modules go together")
+	}
+	if c.Platform != "" {
+		if _, err := oci.ParsePlatform(c.Platform); err != nil {
+			return usagef("--platform: %v", err)
+		}
+	}
+	if c.MaxUnpackedSize < 0 || c.MaxFiles < 0 {
+		return usagef("negative --max-unpacked-size or --max-files")
 	}
 	if c.Agent == "" {
 		return usagef("missing --agent PATH")
@@ -162,7 +172,7 @@ func Run(ctx context.Context, c Config) (*manifest.Manifest, error) {
 	mpath := manifest.Path(c.Out)
 	switch c.Output {
 	case OutputDir:
-		if err := image.SetTimes(stage, c.Epoch); err != nil {
+		if err := image.ClampTimes(stage, c.Epoch); err != nil {
 			return nil, err
 		}
 		if err := os.Rename(stage, c.Out); err != nil {

@@ -2,10 +2,8 @@ package build
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/keelvm/keel/rootfs-builder/cpio"
 	"github.com/keelvm/keel/rootfs-builder/image"
+	"github.com/keelvm/keel/rootfs-builder/internal/ocitest"
 	"github.com/keelvm/keel/rootfs-builder/pfn"
 )
 
@@ -235,21 +234,11 @@ func TestBadInput(t *testing.T) {
 // evilLayout is an OCI layout whose only layer writes ../evil.
 func evilLayout(t *testing.T) string {
 	t.Helper()
-	var layer bytes.Buffer
-	tw := tar.NewWriter(&layer)
-	tw.WriteHeader(&tar.Header{Name: "../evil", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1})
-	tw.Write([]byte("x"))
-	tw.Close()
+	layer := ocitest.Tar(ocitest.Entry{Hdr: tar.Header{Name: "../evil", Typeflag: tar.TypeReg, Mode: 0o644}, Body: "x"})
 	d := t.TempDir()
-	os.MkdirAll(filepath.Join(d, "blobs/sha256"), 0o755)
-	put := func(b []byte) string {
-		s := sha256.Sum256(b)
-		h := hex.EncodeToString(s[:])
-		os.WriteFile(filepath.Join(d, "blobs/sha256", h), b, 0o644)
-		return "sha256:" + h
+	if _, err := ocitest.WriteLayout(d, ocitest.Image{Layers: [][]byte{layer}}); err != nil {
+		t.Fatal(err)
 	}
-	man := fmt.Sprintf(`{"schemaVersion":2,"layers":[{"digest":%q}]}`, put(layer.Bytes()))
-	os.WriteFile(filepath.Join(d, "index.json"), []byte(fmt.Sprintf(`{"manifests":[{"digest":%q}]}`, put([]byte(man)))), 0o644)
 	return d
 }
 

@@ -2,10 +2,13 @@
 // 070701) format that the Linux kernel unpacks as an initramfs.
 //
 // Reproducibility rules: entries are sorted by path (so every directory
-// precedes its contents), missing parent directories are synthesised, all
-// owners are 0:0, all mtimes are one fixed value (SOURCE_DATE_EPOCH or 0),
-// inode numbers are assigned sequentially, and every regular file is stored
-// with nlink 1 (no hard links, so the kernel never tries to link entries).
+// precedes its contents), missing parent directories are synthesised,
+// owners are the entries' own (0:0 unless set), mtimes are clamped to one
+// fixed value (SOURCE_DATE_EPOCH or 0; older entry times are kept) and
+// inode numbers are assigned sequentially. Regular files that share an
+// Inode key are written as one hard-link group: the same inode number and
+// nlink in every member and the data in the last member, as GNU cpio
+// writes newc and as the kernel's initramfs unpacker links them.
 package cpio
 
 import (
@@ -47,6 +50,17 @@ type Entry struct {
 	Linkname string
 	Major    uint32
 	Minor    uint32
+	// UID and GID are the owner.
+	UID, GID uint32
+	// MTime, when non-zero and older than Options.MTime, is kept;
+	// otherwise the entry gets Options.MTime.
+	MTime int64
+	// Inode, when non-zero, groups regular files that are hard links of
+	// one another (any key shared by exactly the members of the group).
+	Inode uint64
+	// open, when set, opens the content instead of Source (TreeEntries
+	// reads through an os.Root).
+	open func() (*os.File, error)
 }
 
 // Dir returns a directory entry.
@@ -171,11 +185,25 @@ func (w *Writer) pad(align int64) error {
 	return nil
 }
 
-func (w *Writer) header(name string, mode, nlink uint32, size int64, major, minor uint32, ino uint32) error {
+// hdr is the per-entry part of a header.
+type hdr struct {
+	mode, uid, gid, nlink uint32
+	mtime                 int64
+	major, minor          uint32
+	ino                   uint32
+}
+
+func (w *Writer) mtimeOf(e Entry) int64 {
+	if e.MTime > 0 && e.MTime < w.opts.MTime {
+		return e.MTime
+	}
+	return w.opts.MTime
+}
+
+func (w *Writer) header(name string, h hdr, size int64) error {
 	var b bytes.Buffer
 	b.WriteString(Magic)
-	mtime := uint32(w.opts.MTime)
-	for _, v := range []uint32{ino, mode, 0, 0, nlink, mtime, uint32(size), 0, 0, major, minor, uint32(len(name) + 1), 0} {
+	for _, v := range []uint32{h.ino, h.mode, h.uid, h.gid, h.nlink, uint32(h.mtime), uint32(size), 0, 0, h.major, h.minor, uint32(len(name) + 1), 0} {
 		fmt.Fprintf(&b, "%08x", v)
 	}
 	b.WriteString(name)
@@ -188,7 +216,15 @@ func (w *Writer) header(name string, mode, nlink uint32, size int64, major, mino
 
 // WriteEntry appends one entry. Regular files with a Source are read from
 // the host here; the file's size must not change while it is copied.
+// Hard-link groups (Entry.Inode) need WriteEntries.
 func (w *Writer) WriteEntry(e Entry) error {
+	return w.writeEntry(e, 0, 1, true)
+}
+
+// writeEntry writes e; for a hard-link member ino is the group's inode
+// number (0: allocate one), nlink the group size, and data whether this
+// member carries the content.
+func (w *Writer) writeEntry(e Entry, ino, nlink uint32, data bool) error {
 	if w.closed {
 		return errors.New("cpio: write after Close")
 	}
@@ -203,16 +239,20 @@ func (w *Writer) WriteEntry(e Entry) error {
 	if err != nil {
 		return fmt.Errorf("cpio: %s: %w", name, err)
 	}
-	w.ino++
-	ino := w.ino
+	if ino == 0 {
+		w.ino++
+		ino = w.ino
+	}
+	h := hdr{mode: mode, uid: e.UID, gid: e.GID, nlink: 1, mtime: w.mtimeOf(e), ino: ino}
 	switch {
 	case e.Mode.IsDir():
-		return w.header(name, mode, 2, 0, 0, 0, ino)
+		h.nlink = 2
+		return w.header(name, h, 0)
 	case e.Mode&fs.ModeSymlink != 0:
 		if e.Linkname == "" {
 			return fmt.Errorf("cpio: %s: symlink without target", name)
 		}
-		if err := w.header(name, mode, 1, int64(len(e.Linkname)), 0, 0, ino); err != nil {
+		if err := w.header(name, h, int64(len(e.Linkname))); err != nil {
 			return err
 		}
 		if err := w.write([]byte(e.Linkname)); err != nil {
@@ -220,19 +260,30 @@ func (w *Writer) WriteEntry(e Entry) error {
 		}
 		return w.pad(4)
 	case e.Mode.IsRegular():
-		return w.writeFile(name, mode, ino, e)
+		h.nlink = nlink
+		if !data {
+			return w.header(name, h, 0)
+		}
+		return w.writeFile(name, h, e)
 	default:
-		return w.header(name, mode, 1, 0, e.Major, e.Minor, ino)
+		h.major, h.minor = e.Major, e.Minor
+		return w.header(name, h, 0)
 	}
 }
 
-func (w *Writer) writeFile(name string, mode, ino uint32, e Entry) error {
+func (w *Writer) writeFile(name string, h hdr, e Entry) error {
 	var r io.Reader
 	var size int64
-	if e.Data != nil || e.Source == "" {
+	if e.Data != nil || e.Source == "" && e.open == nil {
 		r, size = bytes.NewReader(e.Data), int64(len(e.Data))
 	} else {
-		f, err := os.Open(e.Source)
+		var f *os.File
+		var err error
+		if e.open != nil {
+			f, err = e.open()
+		} else {
+			f, err = os.Open(e.Source)
+		}
 		if err != nil {
 			return fmt.Errorf("cpio: %s: %w", name, err)
 		}
@@ -249,7 +300,7 @@ func (w *Writer) writeFile(name string, mode, ino uint32, e Entry) error {
 	if size > maxFileSize {
 		return fmt.Errorf("cpio: %s: %d bytes is more than newc can store (4 GiB)", name, size)
 	}
-	if err := w.header(name, mode, 1, size, 0, 0, ino); err != nil {
+	if err := w.header(name, h, size); err != nil {
 		return err
 	}
 	n, err := io.Copy(writerFunc(w.write), io.LimitReader(r, size))
@@ -278,7 +329,7 @@ func (w *Writer) Close() error {
 		return nil
 	}
 	w.closed = true
-	if err := w.header(Trailer, 0, 1, 0, 0, 0, 0); err != nil {
+	if err := w.header(Trailer, hdr{nlink: 1, mtime: w.opts.MTime}, 0); err != nil {
 		return err
 	}
 	return w.pad(512)
@@ -331,9 +382,32 @@ func WriteEntries(w io.Writer, entries []Entry, opts Options) error {
 	if err != nil {
 		return err
 	}
-	cw := NewWriter(w, opts)
+	// Hard-link groups: count members and find the last one, which
+	// carries the data.
+	count := map[uint64]uint32{}
+	last := map[uint64]string{}
 	for _, e := range sorted {
-		if err := cw.WriteEntry(e); err != nil {
+		if e.Inode != 0 && e.Mode.IsRegular() {
+			count[e.Inode]++
+			last[e.Inode] = e.Path
+		}
+	}
+	cw := NewWriter(w, opts)
+	groupIno := map[uint64]uint32{}
+	for _, e := range sorted {
+		if e.Inode == 0 || !e.Mode.IsRegular() || count[e.Inode] < 2 {
+			if err := cw.WriteEntry(e); err != nil {
+				return err
+			}
+			continue
+		}
+		ino, ok := groupIno[e.Inode]
+		if !ok {
+			cw.ino++
+			ino = cw.ino
+			groupIno[e.Inode] = ino
+		}
+		if err := cw.writeEntry(e, ino, count[e.Inode], last[e.Inode] == e.Path); err != nil {
 			return err
 		}
 	}

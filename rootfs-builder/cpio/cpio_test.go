@@ -11,6 +11,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // newcHeader builds the expected header bytes independently of the writer.
@@ -84,6 +87,7 @@ func TestWriteTreeRoundTrip(t *testing.T) {
 	r := NewReader(bytes.NewReader(buf.Bytes()))
 	var names []string
 	seenIno := map[uint32]bool{}
+	var linkIno []uint32
 	for {
 		h, err := r.Next()
 		if err == io.EOF {
@@ -96,22 +100,31 @@ func TestWriteTreeRoundTrip(t *testing.T) {
 		if h.UID != 0 || h.GID != 0 || h.MTime != 42 {
 			t.Errorf("%s: uid/gid/mtime = %d/%d/%d, want 0/0/42", h.Name, h.UID, h.GID, h.MTime)
 		}
+		data, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// a-b/suid and hardlink are one hard-link group: one inode, nlink
+		// 2, the data in the last member (as GNU cpio writes newc).
+		if h.Name == "a-b/suid" || h.Name == "hardlink" {
+			linkIno = append(linkIno, h.Ino)
+			if h.Nlink != 2 || h.Mode != 0o104755 {
+				t.Errorf("%s: nlink %d mode %o, want 2 and 104755", h.Name, h.Nlink, h.Mode)
+			}
+			want := map[string]string{"a-b/suid": "", "hardlink": "s"}[h.Name]
+			if string(data) != want {
+				t.Errorf("%s: data %q, want %q", h.Name, data, want)
+			}
+			continue
+		}
 		if seenIno[h.Ino] {
 			t.Errorf("%s: inode %d reused", h.Name, h.Ino)
 		}
 		seenIno[h.Ino] = true
 		if h.Mode&0o170000 == 0o100000 && h.Nlink != 1 {
-			t.Errorf("%s: nlink %d, want 1 (hardlink-free)", h.Name, h.Nlink)
-		}
-		data, err := io.ReadAll(r)
-		if err != nil {
-			t.Fatal(err)
+			t.Errorf("%s: nlink %d, want 1", h.Name, h.Nlink)
 		}
 		switch h.Name {
-		case "a-b/suid", "hardlink":
-			if h.Mode != 0o104755 || string(data) != "s" {
-				t.Errorf("%s: mode %o data %q", h.Name, h.Mode, data)
-			}
 		case "mods":
 			if string(data) != "lib/modules" {
 				t.Errorf("symlink target %q", data)
@@ -125,6 +138,9 @@ func TestWriteTreeRoundTrip(t *testing.T) {
 				t.Errorf("a-b mode %o", h.Mode)
 			}
 		}
+	}
+	if len(linkIno) != 2 || linkIno[0] != linkIno[1] || seenIno[linkIno[0]] {
+		t.Errorf("hard-link group inodes %v (others %v)", linkIno, seenIno)
 	}
 	want := "a-b a-b/suid hardlink lib lib/modules lib/modules/6.1 lib/modules/6.1/x.ko mods"
 	if got := strings.Join(names, " "); got != want {
@@ -156,6 +172,55 @@ func TestGNUCpioExtracts(t *testing.T) {
 	}
 	if l, err := os.Readlink(filepath.Join(out, "mods")); err != nil || l != "lib/modules" {
 		t.Fatalf("extracted symlink: %q %v", l, err)
+	}
+	// The hard-link group comes back as one inode with its content.
+	a, errA := os.Stat(filepath.Join(out, "a-b/suid"))
+	b, errB := os.Stat(filepath.Join(out, "hardlink"))
+	if errA != nil || errB != nil || !os.SameFile(a, b) {
+		t.Fatalf("hard link not restored: %v %v", errA, errB)
+	}
+	if got, _ := os.ReadFile(filepath.Join(out, "hardlink")); string(got) != "s" {
+		t.Fatalf("hard link content %q", got)
+	}
+}
+
+// TestTreeOwnersTimesAndXattrs: owners and older mtimes are kept, newer
+// ones clamped, and a tree with xattrs is refused naming the file.
+func TestTreeOwnersTimesAndXattrs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	root := t.TempDir()
+	p := filepath.Join(root, "shadow")
+	os.WriteFile(p, []byte("x"), 0o640)
+	os.Chown(p, 0, 42)
+	os.Chtimes(p, time.Unix(1000, 0), time.Unix(1000, 0))
+	os.WriteFile(filepath.Join(root, "new"), []byte("y"), 0o644)
+	var buf bytes.Buffer
+	if err := WriteTree(&buf, root, Options{MTime: 5000}); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(&buf)
+	got := map[string]*Header{}
+	for {
+		h, err := r.Next()
+		if err != nil {
+			break
+		}
+		got[h.Name] = h
+	}
+	if h := got["shadow"]; h == nil || h.GID != 42 || h.MTime != 1000 {
+		t.Fatalf("shadow header %+v, want gid 42 mtime 1000", h)
+	}
+	if h := got["new"]; h == nil || h.MTime != 5000 {
+		t.Fatalf("new header %+v, want mtime clamped to 5000", h)
+	}
+	if err := unix.Lsetxattr(p, "user.keel", []byte("v"), 0); err != nil {
+		t.Fatalf("setxattr: %v", err)
+	}
+	_, err := TreeEntries(root)
+	if err == nil || !strings.Contains(err.Error(), "/shadow has extended attributes (user.keel)") {
+		t.Fatalf("tree with xattrs: %v", err)
 	}
 }
 

@@ -3,8 +3,8 @@
 // inline data so DAX works), optionally behind an NVDIMM PFN info block
 // (see rootfs-builder/pfn) so the file can back `-device nvdimm`.
 //
-// Images are reproducible: every timestamp in the tree is set to the
-// build's epoch before mkfs runs, and mkfs gets a fixed UUID, hash seed and
+// Images are reproducible: every timestamp in the tree is clamped to the
+// build's epoch before mkfs runs (older ones are kept), and mkfs gets a fixed UUID, hash seed and
 // fake clock (E2FSPROGS_FAKE_TIME). The result is written to a temporary
 // name and renamed into place only when complete.
 package image
@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keelvm/keel/rootfs-builder/internal/atomicfile"
+	"github.com/keelvm/keel/rootfs-builder/internal/confine"
 	"github.com/keelvm/keel/rootfs-builder/pfn"
 )
 
@@ -96,10 +97,16 @@ type Usage struct {
 	Inodes int64
 }
 
-// Measure walks dir and estimates the blocks and inodes it needs.
+// Measure walks dir (through an os.Root, not following symlinks) and
+// estimates the blocks and inodes it needs.
 func Measure(dir string) (Usage, error) {
 	var u Usage
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return u, err
+	}
+	defer root.Close()
+	err = confine.Walk(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -138,19 +145,17 @@ func AutoExt4Size(u Usage) int64 {
 	return alignUp(m+m/4+16<<20, SizeAlign)
 }
 
-// SetTimes sets atime and mtime of every entry under dir (symlinks
-// included, not followed) to epoch, so mkfs copies stable times.
-func SetTimes(dir string, epoch int64) error {
-	ts := []unix.Timespec{unix.NsecToTimespec(epoch * 1e9), unix.NsecToTimespec(epoch * 1e9)}
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return fmt.Errorf("unable to set times on %s: %w", p, err)
-		}
-		return nil
-	})
+// ClampTimes clamps every mtime under dir to epoch (keeping older ones, as
+// reproducible-builds tools clamp to SOURCE_DATE_EPOCH, so timestamp-checked
+// caches such as Python's .pyc stay valid) and sets atimes to the mtimes.
+// It works through an os.Root and never follows symlinks.
+func ClampTimes(dir string, epoch int64) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	return confine.ClampTimes(root, epoch)
 }
 
 func (s Spec) progress(format string, args ...any) {
@@ -174,7 +179,7 @@ func Build(ctx context.Context, dir, out string, spec Spec) (*Result, error) {
 	if err := checkOutputDir(out); err != nil {
 		return nil, err
 	}
-	if err := SetTimes(dir, spec.Epoch); err != nil {
+	if err := ClampTimes(dir, spec.Epoch); err != nil {
 		return nil, err
 	}
 	// The bare filesystem is built in a temp file next to out, so DAX
@@ -316,7 +321,7 @@ func mkfsExt4(ctx context.Context, dir, file string, spec Spec) (int64, error) {
 // staging tree but which the tree cannot hold stable: ctime (the kernel
 // sets it to "now" on every metadata change, including our utimes) and
 // atime (reading the tree updates it). debugfs rewrites them for every
-// inode in use; mtime was already set by SetTimes.
+// inode in use; mtime was already clamped by ClampTimes.
 func normalizeExt4Times(ctx context.Context, file string, epoch int64) error {
 	hdr, err := run(ctx, nil, "dumpe2fs", "-h", file)
 	if err != nil {
@@ -377,14 +382,17 @@ func debugfs(ctx context.Context, file string, write bool, epoch int64, script s
 func mkfsErofs(ctx context.Context, dir, file string, spec Spec) (int64, error) {
 	args := []string{
 		"--quiet",
-		"-T" + strconv.FormatInt(spec.Epoch, 10),
 		"-U" + spec.UUID,
 		// Uncompressed, and no tail packing into inodes: DAX only maps
 		// block-aligned, uncompressed file data.
 		"-Enoinline_data",
 		file, dir,
 	}
-	if _, err := run(ctx, nil, "mkfs.erofs", args...); err != nil {
+	// SOURCE_DATE_EPOCH (erofs-utils 1.5+) fixes the superblock's build
+	// time and clamps inode mtimes to it, keeping each file's own older
+	// mtime; -T would stamp one time on every inode instead.
+	env := []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(spec.Epoch, 10)}
+	if _, err := run(ctx, env, "mkfs.erofs", args...); err != nil {
 		return 0, err
 	}
 	st, err := os.Stat(file)

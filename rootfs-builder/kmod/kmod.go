@@ -22,6 +22,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keelvm/keel/rootfs-builder/internal/confine"
 )
 
 // Module is one resolved module.
@@ -159,37 +163,55 @@ func readBuiltin(modulesDir string) (map[string]bool, error) {
 // finit_module them without in-kernel decompression, and writes the pruned
 // modules.dep, modules.load and the kernel's modules.builtin. It returns the
 // kernel version. On error every file and directory it created is removed.
+//
+// root may hold an untrusted image: every write goes through an os.Root on
+// it, so a planted lib/modules symlink (to the host's / or anywhere outside
+// root) makes Install fail instead of writing through it, and an entry the
+// image put where a module goes is replaced, never written through.
 func Install(ctx context.Context, root, modulesDir string, mods []Module) (_ string, err error) {
 	kver := filepath.Base(filepath.Clean(modulesDir))
-	dst := filepath.Join(root, "lib/modules", kver)
-	var created []string // in creation order; removed in reverse on error
+	if kver == "." || kver == ".." || kver == "/" {
+		return "", fmt.Errorf("modules dir %s does not name a kernel version", modulesDir)
+	}
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return "", err
+	}
+	defer r.Close()
+	dst := path.Join("lib/modules", kver)
+	var created []string // root-relative, in creation order; removed in reverse on error
 	defer func() {
 		if err != nil {
 			for i := len(created) - 1; i >= 0; i-- {
-				_ = os.Remove(created[i])
+				_ = r.Remove(created[i])
 			}
 		}
 	}()
 	mkdirs := func(dir string) error {
 		var missing []string
-		for d := dir; d != root && d != "." && d != "/"; d = filepath.Dir(d) {
-			if _, err := os.Lstat(d); err == nil {
+		for d := dir; d != "." && d != "/"; d = path.Dir(d) {
+			if _, err := r.Lstat(d); err == nil {
 				break
+			} else if !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("unable to create /%s in the image: %w", dir, err)
 			}
 			missing = append(missing, d)
 		}
 		for i := len(missing) - 1; i >= 0; i-- {
-			if err := os.Mkdir(missing[i], 0o755); err != nil {
-				return err
+			if err := r.Mkdir(missing[i], 0o755); err != nil {
+				return fmt.Errorf("unable to create /%s in the image: %w", missing[i], err)
 			}
 			created = append(created, missing[i])
 		}
 		return nil
 	}
 	write := func(name string, data []byte) error {
-		p := filepath.Join(dst, name)
-		if err := os.WriteFile(p, data, 0o644); err != nil {
+		p := path.Join(dst, name)
+		if err := checkReplaceable(r, p); err != nil {
 			return err
+		}
+		if err := confine.WriteFile(r, p, data, 0o644); err != nil {
+			return fmt.Errorf("unable to write /%s in the image: %w", p, err)
 		}
 		created = append(created, p)
 		return nil
@@ -211,14 +233,11 @@ func Install(ctx context.Context, root, modulesDir string, mods []Module) (_ str
 		if path.IsAbs(m.Src) || strings.Contains("/"+m.Src+"/", "/../") || m.Dst != plain(m.Src) {
 			return "", fmt.Errorf("module %s: unsafe path %q", m.Name, m.Src)
 		}
-		out := filepath.Join(dst, filepath.FromSlash(m.Dst))
-		if err := mkdirs(filepath.Dir(out)); err != nil {
+		out := path.Join(dst, path.Clean(m.Dst))
+		if err := mkdirs(path.Dir(out)); err != nil {
 			return "", err
 		}
-		err := decompress(ctx, filepath.Join(modulesDir, filepath.FromSlash(m.Src)), out)
-		if _, serr := os.Lstat(out); serr == nil {
-			created = append(created, out)
-		}
+		err := decompress(ctx, filepath.Join(modulesDir, filepath.FromSlash(m.Src)), r, out, func() { created = append(created, out) })
 		if err != nil {
 			return "", fmt.Errorf("module %s: %w", m.Name, err)
 		}
@@ -247,16 +266,54 @@ func Install(ctx context.Context, root, modulesDir string, mods []Module) (_ str
 	return kver, nil
 }
 
-func decompress(ctx context.Context, src, dst string) error {
+// checkReplaceable refuses to replace anything but a regular file (or
+// nothing) at name: the image planted it, and a symlink or device where a
+// module or modules.dep goes is an escape attempt.
+func checkReplaceable(r *os.Root, name string) error {
+	st, err := r.Lstat(name)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("unable to write /%s in the image: %w", name, err)
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("refusing to replace /%s in the image: it is a %s, not a regular file", name, typeName(st.Mode()))
+	}
+	return r.Remove(name)
+}
+
+func typeName(m os.FileMode) string {
+	switch {
+	case m&os.ModeSymlink != 0:
+		return "symlink"
+	case m.IsDir():
+		return "directory"
+	case m&os.ModeDevice != 0:
+		return "device"
+	}
+	return "special file"
+}
+
+// decompress writes the (possibly compressed) host module src to dst inside
+// r, calling created once dst exists.
+func decompress(ctx context.Context, src string, r *os.Root, dst string, created func()) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	// Replace a file the image had at dst; never write through it, and
+	// refuse anything but a regular file there (a planted symlink is an
+	// attack, not content).
+	if err := checkReplaceable(r, dst); err != nil {
+		return err
+	}
+	out, err := r.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o644)
 	if err != nil {
 		return err
 	}
+	created()
 	defer out.Close()
 	var tool string
 	switch {

@@ -16,9 +16,13 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"sort"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/keelvm/keel/rootfs-builder/internal/confine"
 )
 
 // Whiteout markers from the OCI image spec (layer.md).
@@ -105,10 +109,34 @@ type ApplyOptions struct {
 	// DefaultMaxFileSize. A sparse tar entry can claim exabytes in a few
 	// bytes of input, so a bound is needed to fail instead of filling the disk.
 	MaxFileSize int64
+	// MaxUnpackedSize bounds the logical bytes of all files of all layers
+	// together; 0 means DefaultMaxUnpackedSize.
+	MaxUnpackedSize int64
+	// MaxFiles bounds the entries created by all layers together; 0 means
+	// DefaultMaxFiles.
+	MaxFiles int64
+	// KeepSELinux applies security.selinux xattrs from the layers. They
+	// are dropped by default: labels from the image's build host rarely
+	// match the guest's policy.
+	KeepSELinux bool
 }
 
-// DefaultMaxFileSize is the largest file a layer may contain by default.
-const DefaultMaxFileSize = 16 << 30
+// Limits on what an image may unpack to. Errors name the option so a
+// genuinely large image can raise it (keel-rootfs --max-unpacked-size,
+// --max-files).
+const (
+	DefaultMaxFileSize     = 16 << 30
+	DefaultMaxUnpackedSize = 16 << 30
+	DefaultMaxFiles        = 1 << 20
+)
+
+// ErrLimit marks a layer refused for exceeding a size or count limit.
+var ErrLimit = errors.New("image exceeds a limit")
+
+// budget is what the layers of one image have used so far.
+type budget struct {
+	bytes, files int64
+}
 
 // applier applies one layer to root.
 type applier struct {
@@ -116,6 +144,10 @@ type applier struct {
 	opts    ApplyOptions
 	created map[string]bool // paths written by this layer (for opaque dirs)
 	isRoot  bool
+	used    *budget
+	// dirTimes are directory mtimes from the layers, applied once all
+	// entries are in (adding an entry changes its directory's mtime).
+	dirTimes map[string]time.Time
 }
 
 // ApplyLayer extracts one uncompressed layer tar into dir, honouring
@@ -126,7 +158,27 @@ func ApplyLayer(dir string, r io.Reader, opts ApplyOptions) error {
 		return err
 	}
 	defer root.Close()
-	a := &applier{root: root, opts: opts, created: map[string]bool{}, isRoot: os.Geteuid() == 0}
+	a := newApplier(root, opts, &budget{}, map[string]time.Time{})
+	if err := a.applyTar(r); err != nil {
+		return err
+	}
+	return restoreDirTimes(root, a.dirTimes)
+}
+
+func newApplier(root *os.Root, opts ApplyOptions, used *budget, dirTimes map[string]time.Time) *applier {
+	if opts.MaxFileSize <= 0 {
+		opts.MaxFileSize = DefaultMaxFileSize
+	}
+	if opts.MaxUnpackedSize <= 0 {
+		opts.MaxUnpackedSize = DefaultMaxUnpackedSize
+	}
+	if opts.MaxFiles <= 0 {
+		opts.MaxFiles = DefaultMaxFiles
+	}
+	return &applier{root: root, opts: opts, created: map[string]bool{}, isRoot: os.Geteuid() == 0, used: used, dirTimes: dirTimes}
+}
+
+func (a *applier) applyTar(r io.Reader) error {
 	tr := tar.NewReader(r)
 	for {
 		hdr, err := tr.Next()
@@ -137,9 +189,28 @@ func ApplyLayer(dir string, r io.Reader, opts ApplyOptions) error {
 			return fmt.Errorf("reading layer: %w", err)
 		}
 		if err := a.apply(hdr, tr); err != nil {
-			return fmt.Errorf("layer entry %q: %w", hdr.Name, err)
+			return fmt.Errorf("entry %q: %w", hdr.Name, err)
 		}
 	}
+}
+
+// restoreDirTimes sets the recorded directory mtimes, deepest first.
+func restoreDirTimes(root *os.Root, times map[string]time.Time) error {
+	names := make([]string, 0, len(times))
+	for n := range times {
+		names = append(names, n)
+	}
+	sort.Slice(names, func(i, j int) bool { return names[i] > names[j] })
+	for _, n := range names {
+		st, err := root.Lstat(n)
+		if err != nil || !st.IsDir() {
+			continue // removed or replaced by a later layer
+		}
+		if err := confine.Lutimes(root, n, times[n], times[n]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
@@ -157,7 +228,7 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 	}
 	if strings.HasPrefix(base, whiteoutPrefix) {
 		target := strings.TrimPrefix(base, whiteoutPrefix)
-		if target == "" || target == "." || target == ".." {
+		if target == "" || target == "." || target == ".." || strings.HasPrefix(target, whiteoutPrefix) {
 			return fmt.Errorf("%w: whiteout names %q", ErrUnsafePath, target)
 		}
 		victim := path.Join(dir, target)
@@ -166,9 +237,16 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 		}
 		return nil
 	}
+	if hdr.Typeflag == tar.TypeXGlobalHeader {
+		return nil
+	}
 	if name == "." {
 		// The root directory's own metadata; the output dir keeps its own.
 		return nil
+	}
+	a.used.files++
+	if a.used.files > a.opts.MaxFiles {
+		return fmt.Errorf("%w: more than %d entries (raise --max-files)", ErrLimit, a.opts.MaxFiles)
 	}
 	if dir != "." {
 		if err := a.root.MkdirAll(dir, 0o755); err != nil {
@@ -197,26 +275,8 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 			}
 		}
 	case tar.TypeReg:
-		limit := a.opts.MaxFileSize
-		if limit <= 0 {
-			limit = DefaultMaxFileSize
-		}
-		if hdr.Size < 0 || hdr.Size > limit {
-			return fmt.Errorf("file size %d exceeds the %d-byte limit", hdr.Size, limit)
-		}
-		f, err := a.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
-		if err != nil {
+		if err := a.writeFile(name, hdr, r); err != nil {
 			return err
-		}
-		n, err := io.CopyN(f, r, hdr.Size)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-		if n != hdr.Size {
-			return fmt.Errorf("short file: %d of %d bytes", n, hdr.Size)
 		}
 	case tar.TypeSymlink:
 		if err := CheckSymlink(name, hdr.Linkname); err != nil {
@@ -225,7 +285,13 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 		if err := a.root.Symlink(hdr.Linkname, name); err != nil {
 			return err
 		}
-		return a.chown(name, hdr)
+		if err := a.chown(name, hdr); err != nil {
+			return err
+		}
+		if err := a.xattrs(name, hdr); err != nil {
+			return err
+		}
+		return confine.Lutimes(a.root, name, hdr.ModTime, hdr.ModTime)
 	case tar.TypeLink:
 		target, err := CheckHardlink(name, hdr.Linkname)
 		if err != nil {
@@ -238,6 +304,7 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 		if st.IsDir() {
 			return fmt.Errorf("%w: hard link %s -> %s is a directory", ErrUnsafePath, name, target)
 		}
+		// The inode (owner, mode, xattrs, times) is the target's.
 		return a.root.Link(target, name)
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 		if hdr.Typeflag != tar.TypeFifo && (!a.opts.AllowDevices || !a.isRoot) {
@@ -246,8 +313,6 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 		if err := a.mknod(name, hdr); err != nil {
 			return err
 		}
-	case tar.TypeXGlobalHeader:
-		return nil
 	default:
 		return fmt.Errorf("unsupported tar entry type %q", hdr.Typeflag)
 	}
@@ -255,7 +320,113 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 		return err
 	}
 	// Chmod after chown: chown clears setuid/setgid bits.
-	return a.root.Chmod(name, mode&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky))
+	if err := a.root.Chmod(name, mode&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)); err != nil {
+		return err
+	}
+	// xattrs after chown too: chown drops security.capability.
+	if err := a.xattrs(name, hdr); err != nil {
+		return err
+	}
+	if hdr.Typeflag == tar.TypeDir {
+		a.dirTimes[name] = hdr.ModTime
+		return nil
+	}
+	return confine.Lutimes(a.root, name, hdr.ModTime, hdr.ModTime)
+}
+
+// writeFile creates a regular file, within the size limits, leaving holes
+// where the entry has runs of zero blocks (sparse entries read as zeros),
+// so a sparse layer is unpacked sparse.
+func (a *applier) writeFile(name string, hdr *tar.Header, r io.Reader) error {
+	if hdr.Size < 0 || hdr.Size > a.opts.MaxFileSize {
+		return fmt.Errorf("%w: file size %d exceeds the %d-byte per-file limit", ErrLimit, hdr.Size, a.opts.MaxFileSize)
+	}
+	a.used.bytes += hdr.Size
+	if a.used.bytes > a.opts.MaxUnpackedSize {
+		return fmt.Errorf("%w: unpacked size exceeds the %d-byte limit (raise --max-unpacked-size)", ErrLimit, a.opts.MaxUnpackedSize)
+	}
+	f, err := a.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	n, err := copySparse(f, io.LimitReader(r, hdr.Size))
+	if err == nil && n == hdr.Size {
+		err = f.Truncate(n) // materialise a trailing hole
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if n != hdr.Size {
+		return fmt.Errorf("short file: %d of %d bytes", n, hdr.Size)
+	}
+	return nil
+}
+
+const holeBlock = 4096
+
+// copySparse copies r to f, seeking over whole zero blocks instead of
+// writing them. f must be empty; the caller truncates to the final size.
+func copySparse(f *os.File, r io.Reader) (int64, error) {
+	buf := make([]byte, 64<<10)
+	var total int64
+	for {
+		n, err := io.ReadFull(r, buf)
+		for off := 0; off < n; off += holeBlock {
+			end := min(off+holeBlock, n)
+			blk := buf[off:end]
+			if isZero(blk) {
+				if _, serr := f.Seek(int64(len(blk)), io.SeekCurrent); serr != nil {
+					return total, serr
+				}
+			} else if _, werr := f.Write(blk); werr != nil {
+				return total, werr
+			}
+			total += int64(len(blk))
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// xattrPrefix is how PAX records carry extended attributes (GNU tar, bsdtar,
+// Docker, buildah and umoci all write it).
+const xattrPrefix = "SCHILY.xattr."
+
+// xattrs applies the entry's PAX xattr records, in name order.
+func (a *applier) xattrs(name string, hdr *tar.Header) error {
+	var keys []string
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, xattrPrefix) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		attr := strings.TrimPrefix(k, xattrPrefix)
+		if attr == "security.selinux" && !a.opts.KeepSELinux {
+			continue
+		}
+		if err := confine.Lsetxattr(a.root, name, attr, []byte(hdr.PAXRecords[k])); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (a *applier) chown(name string, hdr *tar.Header) error {
@@ -265,14 +436,8 @@ func (a *applier) chown(name string, hdr *tar.Header) error {
 	return a.root.Lchown(name, hdr.Uid, hdr.Gid)
 }
 
-// mknod creates a device or fifo through a directory fd obtained from the
-// root, so the parent is resolved safely.
+// mknod creates a device or fifo with its parent resolved inside the root.
 func (a *applier) mknod(name string, hdr *tar.Header) error {
-	d, err := a.root.Open(path.Dir(name))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
 	var typ uint32
 	switch hdr.Typeflag {
 	case tar.TypeChar:
@@ -282,11 +447,7 @@ func (a *applier) mknod(name string, hdr *tar.Header) error {
 	default:
 		typ = unix.S_IFIFO
 	}
-	dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
-	if err := unix.Mknodat(int(d.Fd()), path.Base(name), typ|0o600, int(dev)); err != nil {
-		return fmt.Errorf("mknod %s: %w", name, err)
-	}
-	return nil
+	return confine.Mknod(a.root, name, typ|0o600, unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))
 }
 
 // opaque hides everything under dir that lower layers put there, keeping

@@ -4,16 +4,20 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keelvm/keel/rootfs-builder/internal/ocitest"
 )
 
 type ent struct {
@@ -81,33 +85,14 @@ func gz(b []byte) []byte {
 	return buf.Bytes()
 }
 
-func digest(b []byte) string {
-	s := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(s[:])
-}
-
-// writeLayout creates an OCI image layout with the given layer blobs.
+// writeLayout creates an OCI image layout with the given (uncompressed)
+// layers, stored gzip-compressed.
 func writeLayout(t *testing.T, layers ...[]byte) string {
 	t.Helper()
 	d := t.TempDir()
-	os.MkdirAll(filepath.Join(d, "blobs/sha256"), 0o755)
-	put := func(b []byte) string {
-		dg := digest(b)
-		os.WriteFile(filepath.Join(d, "blobs/sha256", strings.TrimPrefix(dg, "sha256:")), b, 0o644)
-		return dg
+	if _, err := ocitest.WriteLayout(d, ocitest.Image{Layers: layers, Gzip: true}); err != nil {
+		t.Fatal(err)
 	}
-	var ls []map[string]any
-	for _, l := range layers {
-		ls = append(ls, map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(l), "size": len(l)})
-	}
-	cfg := put([]byte(`{"architecture":"amd64","os":"linux"}`))
-	man, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-		"config": map[string]any{"digest": cfg, "size": 10}, "layers": ls})
-	idx, _ := json.Marshal(map[string]any{"schemaVersion": 2, "manifests": []any{map[string]any{
-		"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": put(man), "size": len(man),
-		"platform": map[string]any{"architecture": "amd64", "os": "linux"}}}})
-	os.WriteFile(filepath.Join(d, "index.json"), idx, 0o644)
-	os.WriteFile(filepath.Join(d, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644)
 	return d
 }
 
@@ -128,12 +113,12 @@ func baseLayers(t *testing.T) [][]byte {
 		dir("var/lib/sub/"), file("var/lib/sub/fresh", "upper"),
 		file("etc/keep", "2"),
 	)
-	return [][]byte{l1, gz(l2)}
+	return [][]byte{l1, l2}
 }
 
 func TestUnpackLayoutWhiteoutsAndOpaque(t *testing.T) {
 	layout := writeLayout(t, baseLayers(t)...)
-	img, err := Open(layout)
+	img, err := Open(layout, Platform{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,20 +146,11 @@ func TestUnpackLayoutWhiteoutsAndOpaque(t *testing.T) {
 }
 
 func TestDockerSaveTarball(t *testing.T) {
-	ls := baseLayers(t)
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	add := func(name string, b []byte) {
-		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg})
-		tw.Write(b)
-	}
-	add("aaa/layer.tar", ls[0])
-	add("bbb/layer.tar", ls[1])
-	add("manifest.json", []byte(`[{"Config":"c.json","RepoTags":["t:1"],"Layers":["aaa/layer.tar","bbb/layer.tar"]}]`))
-	tw.Close()
 	p := filepath.Join(t.TempDir(), "img.tar")
-	os.WriteFile(p, buf.Bytes(), 0o644)
-	img, err := Open(p)
+	if _, err := ocitest.WriteDockerSave(p, ocitest.Image{Layers: baseLayers(t)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	img, err := Open(p, Platform{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,12 +171,12 @@ func TestDockerSaveTarball(t *testing.T) {
 
 func TestDigestMismatch(t *testing.T) {
 	layout := writeLayout(t, layerTar(t, file("a", "b")))
-	img, err := Open(layout)
+	img, err := Open(layout, Platform{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	blob := filepath.Join(layout, img.Layers[0].Name)
-	os.WriteFile(blob, layerTar(t, file("a", "c")), 0o644)
+	os.WriteFile(blob, gz(layerTar(t, file("a", "c"))), 0o644)
 	if err := img.Unpack(t.TempDir(), ApplyOptions{}, nil); err == nil || !strings.Contains(err.Error(), "digest mismatch") {
 		t.Fatalf("err = %v", err)
 	}
@@ -263,14 +239,14 @@ func TestCheckSymlink(t *testing.T) {
 
 func TestOpenRejects(t *testing.T) {
 	d := t.TempDir()
-	if _, err := Open(d); err == nil || !strings.Contains(err.Error(), "neither an OCI layout") {
+	if _, err := Open(d, Platform{}); err == nil || !strings.Contains(err.Error(), "neither an OCI layout") {
 		t.Fatalf("empty dir: %v", err)
 	}
 	os.WriteFile(filepath.Join(d, "index.json"), []byte(`{"manifests":[{"digest":"sha256:../../etc"}]}`), 0o644)
-	if _, err := Open(d); err == nil || !strings.Contains(err.Error(), "malformed digest") {
+	if _, err := Open(d, Platform{}); err == nil || !strings.Contains(err.Error(), "malformed digest") {
 		t.Fatalf("bad digest: %v", err)
 	}
-	if _, err := Open(filepath.Join(d, "missing")); err == nil {
+	if _, err := Open(filepath.Join(d, "missing"), Platform{}); err == nil {
 		t.Fatal("missing path accepted")
 	}
 }
@@ -342,5 +318,93 @@ func TestDevicesAsRoot(t *testing.T) {
 	st, err = os.Lstat(filepath.Join(root, "run/fifo"))
 	if err != nil || st.Mode()&os.ModeNamedPipe == 0 {
 		t.Fatalf("fifo: %v %v", st, err)
+	}
+}
+
+// TestSparseFileWrittenAsHoles: a sparse entry (GNU tar PAX sparse) is
+// unpacked with holes, not as gigabytes of zeros.
+func TestSparseFileWrittenAsHoles(t *testing.T) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("GNU tar not installed")
+	}
+	src := t.TempDir()
+	f, _ := os.Create(filepath.Join(src, "sparse"))
+	f.WriteAt([]byte("middle"), 128<<20)
+	f.Truncate(256 << 20)
+	f.Close()
+	layer, err := exec.Command("tar", "-C", src, "--sparse", "--format=pax", "-cf", "-", "sparse").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("256 MiB sparse file in a %d-byte layer", len(layer))
+	root := t.TempDir()
+	if err := ApplyLayer(root, bytes.NewReader(layer), ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(root, "sparse")
+	st, err := os.Stat(p)
+	if err != nil || st.Size() != 256<<20 {
+		t.Fatalf("size %v %v", st, err)
+	}
+	if blocks := st.Sys().(*syscall.Stat_t).Blocks * 512; blocks > 1<<20 {
+		t.Fatalf("256 MiB sparse file uses %d bytes on disk, want holes", blocks)
+	}
+	g, _ := os.Open(p)
+	defer g.Close()
+	buf := make([]byte, 6)
+	if _, err := g.ReadAt(buf, 128<<20); err != nil || string(buf) != "middle" {
+		t.Fatalf("data at 128 MiB: %q %v", buf, err)
+	}
+}
+
+// TestXattrsOwnersAndTimes: PAX SCHILY.xattr records (file capability,
+// user and trusted xattrs) are applied, security.selinux only when asked;
+// owners, setuid and mtimes come from the headers (hard links share them).
+func TestXattrsOwnersAndTimes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("security.capability, trusted.* and chown need root")
+	}
+	// VFS v2 capability: cap_net_raw (bit 13) permitted + effective.
+	capNetRaw := "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+	mt := time.Unix(1234567890, 0)
+	l := ocitest.Tar(
+		ocitest.Entry{Hdr: tar.Header{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: time.Unix(1000, 0)}},
+		ocitest.Entry{Hdr: tar.Header{Name: "bin/ping", Typeflag: tar.TypeReg, Mode: 0o4755, Uid: 0, Gid: 7, ModTime: mt,
+			PAXRecords: map[string]string{"SCHILY.xattr.security.capability": capNetRaw, "SCHILY.xattr.user.note": "v",
+				"SCHILY.xattr.trusted.t": "w", "SCHILY.xattr.security.selinux": "system_u:object_r:bin_t:s0"}}, Body: "ping"},
+		ocitest.Hardlink("bin/ping2", "bin/ping"),
+	)
+	for _, keep := range []bool{false, true} {
+		root := t.TempDir()
+		if err := ApplyLayer(root, bytes.NewReader(l), ApplyOptions{KeepSELinux: keep}); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(root, "bin/ping")
+		for attr, want := range map[string]string{"security.capability": capNetRaw, "user.note": "v", "trusted.t": "w"} {
+			buf := make([]byte, 64)
+			n, err := unix.Lgetxattr(p, attr, buf)
+			if err != nil || string(buf[:n]) != want {
+				t.Errorf("%s = %q %v, want %q", attr, buf[:n], err, want)
+			}
+		}
+		buf := make([]byte, 64)
+		_, err := unix.Lgetxattr(p, "security.selinux", buf)
+		if keep != (err == nil) {
+			// Hosts without an LSM that stores security.selinux refuse it.
+			if !(keep && errors.Is(err, unix.EOPNOTSUPP)) {
+				t.Errorf("keep=%v: security.selinux err %v", keep, err)
+			}
+		}
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sys := st.Sys().(*syscall.Stat_t)
+		if st.Mode()&os.ModeSetuid == 0 || sys.Gid != 7 || !st.ModTime().Equal(mt) || sys.Nlink != 2 {
+			t.Errorf("ping: mode %v gid %d mtime %v nlink %d", st.Mode(), sys.Gid, st.ModTime(), sys.Nlink)
+		}
+		if d, _ := os.Stat(filepath.Join(root, "bin")); !d.ModTime().Equal(time.Unix(1000, 0)) {
+			t.Errorf("bin mtime %v, want 1000 (restored after its entries)", d.ModTime())
+		}
 	}
 }

@@ -2,9 +2,10 @@ package recipe
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/keelvm/keel/rootfs-builder/oci"
@@ -25,21 +26,33 @@ func (OCI) Build(ctx context.Context, dir string, opts Options) (*Result, error)
 	if opts.Agent == "" {
 		return nil, fmt.Errorf("oci recipe needs --agent")
 	}
-	if err := CheckStaticBinary(opts.Agent); err != nil {
+	err := CheckStaticBinary(opts.Agent)
+	if err != nil {
 		return nil, err
 	}
-	img, err := oci.Open(opts.OCI)
+	var platform oci.Platform
+	if opts.Platform != "" {
+		if platform, err = oci.ParsePlatform(opts.Platform); err != nil {
+			return nil, err
+		}
+	}
+	img, err := oci.Open(opts.OCI, platform)
 	if err != nil {
 		return nil, err
 	}
 	res := &Result{}
 	for _, l := range img.Layers {
-		res.Inputs = append(res.Inputs, Input{Role: "layer", Path: opts.OCI + ":" + l.Name, SHA256: strings.TrimPrefix(l.Digest, "sha256:"), Note: img.Format})
+		res.Inputs = append(res.Inputs, Input{Role: "layer", Path: opts.OCI + ":" + l.Name, SHA256: strings.TrimPrefix(l.Digest, "sha256:"), Note: img.Format + " " + img.Platform.String()})
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if err := img.Unpack(dir, oci.ApplyOptions{AllowDevices: os.Geteuid() == 0}, opts.Progress); err != nil {
+	if err := img.Unpack(dir, oci.ApplyOptions{
+		AllowDevices:    os.Geteuid() == 0,
+		MaxUnpackedSize: opts.MaxUnpackedSize,
+		MaxFiles:        opts.MaxFiles,
+		KeepSELinux:     opts.KeepSELinux,
+	}, opts.Progress); err != nil {
 		return nil, err
 	}
 	if err := ensureMountPoints(dir); err != nil {
@@ -53,17 +66,34 @@ func (OCI) Build(ctx context.Context, dir string, opts Options) (*Result, error)
 	return res, nil
 }
 
+// mountPoints are the directories PID 1 mounts on.
+var mountPoints = []struct {
+	path string
+	perm os.FileMode
+}{
+	{"dev", 0o755}, {"proc", 0o555}, {"sys", 0o555}, {"run", 0o755}, {"tmp", 0o1777},
+}
+
 // ensureMountPoints creates the directories PID 1 mounts on, if missing.
+// The tree is an untrusted image, so this goes through an os.Root: an
+// entry already there (whatever it is) is left alone, and nothing is
+// created through a symlink.
 func ensureMountPoints(dir string) error {
-	for _, d := range skeletonDirs {
-		p := filepath.Join(dir, d.path)
-		if _, err := os.Lstat(p); err == nil {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	for _, d := range mountPoints {
+		if _, err := root.Lstat(d.path); err == nil {
 			continue
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("mount point /%s: %w", d.path, err)
 		}
-		if err := os.MkdirAll(p, 0o755); err != nil {
-			return err
+		if err := root.Mkdir(d.path, 0o755); err != nil {
+			return fmt.Errorf("unable to create mount point /%s: %w", d.path, err)
 		}
-		if err := os.Chmod(p, d.perm|modeBits(d.perm)); err != nil {
+		if err := root.Chmod(d.path, d.perm|modeBits(d.perm)); err != nil {
 			return err
 		}
 	}

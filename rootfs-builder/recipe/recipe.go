@@ -29,6 +29,13 @@ type Options struct {
 	Busybox string
 	// OCI is an OCI image layout directory or a `docker save` tarball.
 	OCI string
+	// Platform is "os/arch[/variant]" of the image to take from a
+	// multi-platform index; empty means linux on the build machine's arch.
+	Platform string
+	// Limits bound what the image may unpack to (zero: the oci package's
+	// defaults); KeepSELinux keeps security.selinux labels from layers.
+	MaxUnpackedSize, MaxFiles int64
+	KeepSELinux               bool
 	// Release and Mirror select the Debian suite and apt mirror.
 	Release string
 	Mirror  string

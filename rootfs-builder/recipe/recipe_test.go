@@ -1,17 +1,15 @@
 package recipe
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/keelvm/keel/rootfs-builder/internal/ocitest"
 )
 
 const busybox = "/bin/busybox"
@@ -129,32 +127,14 @@ func TestInstallAgentRefusesEscapingSbin(t *testing.T) {
 
 func TestOCIRecipe(t *testing.T) {
 	needBusybox(t)
-	var layer bytes.Buffer
-	tw := tar.NewWriter(&layer)
-	for _, h := range []*tar.Header{
-		{Name: "usr/", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "usr/sbin/", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "sbin", Typeflag: tar.TypeSymlink, Linkname: "usr/sbin"},
-		{Name: "usr/sbin/init", Typeflag: tar.TypeReg, Mode: 0o755, Size: 3},
-		{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644, Size: 3},
-	} {
-		tw.WriteHeader(h)
-		if h.Size > 0 {
-			tw.Write([]byte("old"))
-		}
-	}
-	tw.Close()
+	layer := ocitest.Tar(
+		ocitest.Dir("usr/", 0o755), ocitest.Dir("usr/sbin/", 0o755), ocitest.Symlink("sbin", "usr/sbin"),
+		ocitest.File("usr/sbin/init", "old", 0o755), ocitest.File("etc/os-release", "old", 0o644),
+	)
 	d := t.TempDir()
-	os.MkdirAll(filepath.Join(d, "blobs/sha256"), 0o755)
-	put := func(b []byte) string {
-		s := sha256.Sum256(b)
-		h := hex.EncodeToString(s[:])
-		os.WriteFile(filepath.Join(d, "blobs/sha256", h), b, 0o644)
-		return "sha256:" + h
+	if _, err := ocitest.WriteLayout(d, ocitest.Image{Layers: [][]byte{layer}}); err != nil {
+		t.Fatal(err)
 	}
-	man := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[{"digest":%q}]}`, put(layer.Bytes()))
-	os.WriteFile(filepath.Join(d, "index.json"), []byte(fmt.Sprintf(`{"manifests":[{"digest":%q}]}`, put([]byte(man)))), 0o644)
-
 	out := t.TempDir()
 	res, err := OCI{}.Build(context.Background(), out, Options{Agent: busybox, OCI: d})
 	if err != nil {

@@ -3,13 +3,13 @@ package recipe
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
+	"path"
 	"sort"
 	"strings"
-	"syscall"
+
+	"github.com/keelvm/keel/rootfs-builder/internal/confine"
 )
 
 // Minimal is the smallest useful guest: the agent as init, an /etc with
@@ -50,18 +50,22 @@ func (Minimal) Build(ctx context.Context, dir string, opts Options) (*Result, er
 		return nil, err
 	}
 	res := &Result{}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
 	for _, d := range skeletonDirs {
-		p := filepath.Join(dir, d.path)
-		if err := os.MkdirAll(p, 0o755); err != nil {
+		if err := root.MkdirAll(d.path, 0o755); err != nil {
 			return nil, err
 		}
 		// Chmod after MkdirAll: the umask must not change the image.
-		if err := os.Chmod(p, d.perm|modeBits(d.perm)); err != nil {
+		if err := root.Chmod(d.path, d.perm|modeBits(d.perm)); err != nil {
 			return nil, err
 		}
 	}
 	for _, f := range skeletonFiles {
-		if err := writeFile(filepath.Join(dir, f.path), []byte(f.content), 0o644); err != nil {
+		if err := confine.WriteFile(root, f.path, []byte(f.content), 0o644); err != nil {
 			return nil, err
 		}
 	}
@@ -89,16 +93,6 @@ func modeBits(p os.FileMode) os.FileMode {
 	return 0
 }
 
-func writeFile(path string, data []byte, perm os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	if err := os.WriteFile(path, data, perm); err != nil {
-		return err
-	}
-	return os.Chmod(path, perm)
-}
-
 // copyFile copies src to name inside root. The destination is resolved
 // through os.Root, so a tree whose /sbin is an absolute or escaping symlink
 // (possible in an OCI image) cannot redirect the write onto the host.
@@ -108,24 +102,7 @@ func copyFile(root *os.Root, name, src string, perm os.FileMode) error {
 		return err
 	}
 	defer in.Close()
-	if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
-		return err
-	}
-	if err := root.Remove(name); err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	out, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	return root.Chmod(name, perm)
+	return confine.Copy(root, name, in, perm)
 }
 
 // InstallAgent copies the (already checked) agent to /sbin/init and points
@@ -183,25 +160,35 @@ func InstallBusybox(ctx context.Context, dir, busybox string) (Input, error) {
 	applets := strings.Fields(string(out))
 	sort.Strings(applets)
 	for _, a := range applets {
-		a = filepath.Clean(a)
-		if filepath.IsAbs(a) || strings.HasPrefix(a, "..") || a == "bin/busybox" || a == "linuxrc" {
+		a = path.Clean(a)
+		if path.IsAbs(a) || a == ".." || strings.HasPrefix(a, "../") || a == "." || a == "bin/busybox" || a == "linuxrc" {
 			continue
 		}
-		p := filepath.Join(dir, a)
-		if _, err := os.Lstat(p); err == nil {
+		if _, err := root.Lstat(a); err == nil {
 			continue
 		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		if err := root.MkdirAll(path.Dir(a), 0o755); err != nil {
 			return Input{}, err
 		}
-		rel, err := filepath.Rel(filepath.Dir(p), filepath.Join(dir, "bin/busybox"))
-		if err != nil {
-			return Input{}, err
-		}
-		if err := os.Symlink(rel, p); err != nil {
+		rel := relTo(path.Dir(a), "bin/busybox")
+		if err := root.Symlink(rel, a); err != nil {
 			return Input{}, err
 		}
 	}
 	in.Note = fmt.Sprintf("%d applets", len(applets))
 	return in, nil
+}
+
+// relTo returns the relative path from directory dir to target (both
+// root-relative and clean): "busybox" from bin, "../bin/busybox" from sbin.
+func relTo(dir, target string) string {
+	if dir == "." {
+		return target
+	}
+	d, t := strings.Split(dir, "/"), strings.Split(target, "/")
+	i := 0
+	for i < len(d) && i < len(t)-1 && d[i] == t[i] {
+		i++
+	}
+	return strings.Repeat("../", len(d)-i) + strings.Join(t[i:], "/")
 }

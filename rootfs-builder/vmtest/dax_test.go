@@ -24,18 +24,23 @@ const busybox = "/bin/busybox"
 
 // buildInit compiles testdata/init as a static binary.
 func buildInit(ctx context.Context, t *testing.T) string {
+	return buildGo(ctx, t, "./testdata/init")
+}
+
+// buildGo compiles the command pkg as a static linux/amd64 binary.
+func buildGo(ctx context.Context, t *testing.T, pkg string) string {
 	t.Helper()
 	gobin, err := exec.LookPath("go")
 	if err != nil {
 		gobin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
 	}
-	out := filepath.Join(t.TempDir(), "init")
-	cmd := exec.CommandContext(ctx, gobin, "build", "-trimpath", "-ldflags=-s -w", "-o", out, "./testdata/init")
+	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	cmd := exec.CommandContext(ctx, gobin, "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("building test init: %v: %s", err, stderr.String())
+		t.Fatalf("building %s: %v: %s", pkg, err, stderr.String())
 	}
 	return out
 }

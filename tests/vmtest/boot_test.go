@@ -55,8 +55,8 @@ func TestBootContainerPowerOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	// oom_score_adj 0: the container must not inherit the agent's -997.
-	if out != "keel-demo 1 0\n" || status != 3 {
-		t.Errorf("container stdout %q status %d, want \"keel-demo 1 0\\n\" (spec hostname, pid 1, oom_score_adj 0) and 3", out, status)
+	if out != "vmtest 1 0\n" || status != 3 {
+		t.Errorf("container stdout %q status %d, want \"vmtest 1 0\\n\" (the sandbox's hostname over the spec's, as in Kata; pid 1, oom_score_adj 0) and 3", out, status)
 	}
 	if !strings.Contains(errOut, "0::/") {
 		t.Errorf("container cgroup (v2 in the guest) %q", errOut)

@@ -23,8 +23,8 @@ func run(cmd *exec.Cmd) (stdout, combined string, err error) {
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	st, err := reaper.Command(cmd)
-	if err == nil && st.Code != 0 {
-		err = fmt.Errorf("%s: %v", cmd.Path, st)
+	if err == nil && (st.Code != 0 || (cmd.ProcessState != nil && !cmd.ProcessState.Success())) {
+		err = fmt.Errorf("%s: %v %v", cmd.Path, st, cmd.ProcessState)
 	}
 	return out.String(), out.String() + errb.String(), err
 }

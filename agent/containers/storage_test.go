@@ -1,0 +1,102 @@
+package containers_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keelvm/keel/agent/container"
+	"github.com/keelvm/keel/agent/containers"
+	"github.com/keelvm/keel/agent/storage"
+	pb "github.com/keelvm/keel/protocol/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// TestStoragesOverRPC: the Kata sandbox shape in host mode — an ephemeral
+// shm storage in CreateSandbox, two containers sharing an overlay-free
+// tmpfs volume storage through CreateContainer, each bind-mounting it;
+// what one writes the host reads; the volume goes with the last container;
+// a bad storage fails CreateContainer with the field named and leaves
+// neither a container nor a mount.
+func TestStoragesOverRPC(t *testing.T) {
+	root := t.TempDir()
+	f := false
+	sb, err := container.New(container.Config{StateRoot: t.TempDir(), CgroupParent: "/" + cgParent, NoPivotRoot: &f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := storage.New(storage.Config{Roots: []string{root}})
+	r := containers.New(containers.Options{Sandbox: sb, Storages: st, ExecIOLinger: time.Second})
+	ctx := context.Background()
+	shm := filepath.Join(root, "sandbox/shm")
+	if _, err := r.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: "sb", Storages: []*pb.Storage{{
+		Driver: "ephemeral", Source: "shm", Fstype: "tmpfs", MountPoint: shm, Options: []string{"nosuid", "nodev", "mode=1777", "size=1048576"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	destroyed := false
+	defer func() {
+		if !destroyed {
+			r.DestroySandbox(ctx, &pb.DestroySandboxRequest{})
+		}
+	}()
+	vol := filepath.Join(root, "shared/containers/vol")
+	volStorage := &pb.Storage{Driver: "ephemeral", Source: "tmpfs", Fstype: "tmpfs", MountPoint: vol, Options: []string{"size=1048576"}, Shared: false}
+	withMounts := func(args ...string) *pb.Spec {
+		s := spec(args...)
+		s.Mounts = append(s.Mounts,
+			&pb.Mount{Destination: "/vol", Type: "bind", Source: vol, Options: []string{"rbind", "rw"}},
+			&pb.Mount{Destination: "/dev/shm", Type: "bind", Source: shm, Options: []string{"rbind", "rw"}})
+		return s
+	}
+	for _, id := range []string{"c1", "c2"} {
+		if _, err := r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: id, ExecId: id, OCI: withMounts("/bin/sh", "-c", "echo from-"+id+" > /vol/"+id+"; echo shm > /dev/shm/"+id),
+			Storages: []*pb.Storage{volStorage}}); err != nil {
+			t.Fatalf("CreateContainer %s: %v", id, err)
+		}
+		if _, err := r.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id}); err != nil {
+			t.Fatal(err)
+		}
+		if code := wait(t, r, id, id); code != 0 {
+			t.Fatalf("%s exited %d", id, code)
+		}
+	}
+	for _, id := range []string{"c1", "c2"} {
+		if b, err := os.ReadFile(filepath.Join(vol, id)); err != nil || strings.TrimSpace(string(b)) != "from-"+id {
+			t.Fatalf("volume file of %s: %q %v", id, b, err)
+		}
+		if b, err := os.ReadFile(filepath.Join(shm, id)); err != nil || strings.TrimSpace(string(b)) != "shm" {
+			t.Fatalf("shm file of %s: %q %v", id, b, err)
+		}
+	}
+	// Ephemeral volumes are emptyDirs: they live as long as the sandbox.
+	if _, err := r.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if st.Refs(vol) != 1 {
+		t.Fatalf("refs after one removal: %d", st.Refs(vol))
+	}
+	// A bad storage: InvalidArgument naming the field, no container, nothing mounted.
+	_, err = r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "bad", ExecId: "bad", OCI: spec("/bin/true"),
+		Storages: []*pb.Storage{{Driver: "ephemeral", Fstype: "tmpfs", MountPoint: filepath.Join(root, "bad")}, {Driver: "local", MountPoint: "/etc/evil"}}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "storages[1].mount_point") {
+		t.Fatalf("bad storage: %v", err)
+	}
+	if _, err := sb.Container("bad"); err == nil {
+		t.Fatal("container created despite the bad storage")
+	}
+	if _, err := os.Stat(filepath.Join(root, "bad")); !os.IsNotExist(err) {
+		t.Fatalf("first storage of the failed request left: %v", err)
+	}
+	if _, err := r.DestroySandbox(ctx, &pb.DestroySandboxRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	destroyed = true
+	data, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(data), root) {
+		t.Fatalf("mounts under %s left after DestroySandbox", root)
+	}
+}

@@ -1,0 +1,547 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/keelvm/keel/agent/pcipath"
+	"github.com/keelvm/keel/agent/uevent"
+	"golang.org/x/sys/unix"
+)
+
+// setUpFunc sets up one storage and returns how to tear it down.
+type setUpFunc func(m *Manager, ctx context.Context, owner, field string, s Storage) (func() error, error)
+
+var drivers = map[string]setUpFunc{
+	DriverVirtioFS:      (*Manager).setUpShare,
+	Driver9p:            (*Manager).setUpShare,
+	DriverEphemeral:     (*Manager).setUpEphemeral,
+	DriverLocal:         (*Manager).setUpLocal,
+	DriverBlk:           (*Manager).setUpDisk,
+	DriverMmioBlk:       (*Manager).setUpDisk,
+	DriverSCSI:          (*Manager).setUpDisk,
+	DriverNvdimm:        (*Manager).setUpDisk,
+	DriverOverlayfs:     (*Manager).setUpOverlay,
+	DriverWatchableBind: (*Manager).setUpWatchable,
+}
+
+// kataOnly are Kata drivers Keel knows and does not serve.
+var kataOnly = map[string]string{
+	"blk-ccw":          "virtio-blk on CCW exists only on s390x",
+	"image_guest_pull": "pulling images in the guest is not supported",
+	"erofs":            "multi-layer EROFS is not supported",
+}
+
+func driverNames() string {
+	names := make([]string, 0, len(drivers))
+	for n := range drivers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
+
+func (m *Manager) setUp(ctx context.Context, owner, field string, s Storage) (func() error, error) {
+	return drivers[s.Driver](m, ctx, owner, field, s)
+}
+
+// mount mounts source on s.MountPoint (created safely under its root),
+// then applies fs_group; the returned func unmounts and removes what was
+// created.
+func (m *Manager) mount(field string, s Storage, source, fstype string, opts []string, dir bool) (func() error, error) {
+	root, err := checkMountPoint(field+".mount_point", s.MountPoint, m.cfg.Roots)
+	if err != nil {
+		return nil, err
+	}
+	flags, data, err := parseOptions(field+".options", opts)
+	if err != nil {
+		return nil, err
+	}
+	t, f, err := makeTarget(root, s.MountPoint, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if err := mountAt(f, source, fstype, flags, data); err != nil {
+		t.removeCreated()
+		return nil, fmt.Errorf("unable to mount %s (%s, options %q) on %s: %w", source, fstype, data, s.MountPoint, err)
+	}
+	undo := func() error {
+		err := unmount(s.MountPoint)
+		t.removeCreated()
+		return err
+	}
+	if flags&unix.MS_BIND != 0 && flags&unix.MS_RDONLY != 0 {
+		// A bind mount ignores MS_RDONLY until remounted.
+		if err := unix.Mount("", s.MountPoint, "", flags|unix.MS_REMOUNT, ""); err != nil {
+			undo()
+			return nil, fmt.Errorf("unable to make %s read-only: %w", s.MountPoint, err)
+		}
+	}
+	if s.FSGroup != nil {
+		if err := setOwnership(s.MountPoint, *s.FSGroup, flags&unix.MS_RDONLY != 0); err != nil {
+			undo()
+			return nil, err
+		}
+	}
+	return undo, nil
+}
+
+// setUpShare mounts a virtio-fs or 9p tag.
+func (m *Manager) setUpShare(_ context.Context, _, field string, s Storage) (func() error, error) {
+	if s.Source == "" {
+		return nil, invalidf("%s.source: empty (want the %s tag, e.g. %s)", field, s.Driver, SharedTag)
+	}
+	fstype, opts := s.Fstype, s.Options
+	if s.Driver == DriverVirtioFS {
+		if fstype == "" {
+			fstype = "virtiofs"
+		}
+		if fstype != "virtiofs" {
+			return nil, invalidf("%s.fstype %q: a virtio-fs storage is virtiofs", field, trunc(fstype))
+		}
+		// Kata's guest may have premounted the share (initrd): keep it.
+		if s.Source == SharedTag && isMountPoint(s.MountPoint) {
+			return nil, nil
+		}
+	} else {
+		if fstype == "" {
+			fstype = "9p"
+		}
+		if fstype != "9p" {
+			return nil, invalidf("%s.fstype %q: a 9p storage is 9p", field, trunc(fstype))
+		}
+		if _, ok := optionValue(opts, "trans"); !ok {
+			opts = append(append([]string{}, opts...), "trans=virtio")
+		}
+	}
+	return m.mount(field, s, s.Source, fstype, opts, true)
+}
+
+// setUpEphemeral mounts a tmpfs or a hugetlbfs.
+func (m *Manager) setUpEphemeral(_ context.Context, _, field string, s Storage) (func() error, error) {
+	fstype := s.Fstype
+	if fstype == "" {
+		fstype = "tmpfs"
+	}
+	source := s.Source
+	if source == "" {
+		source = fstype
+	}
+	opts := s.Options
+	switch fstype {
+	case "tmpfs":
+		var gid *uint32
+		if v, ok := optionValue(opts, "fsgid"); ok {
+			g, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				return nil, invalidf("%s.options fsgid=%q: want a group id", field, trunc(v))
+			}
+			g32 := uint32(g)
+			gid = &g32
+			opts = withoutOption(opts, "fsgid")
+		}
+		undo, err := m.mount(field, s, source, fstype, opts, true)
+		if err != nil || gid == nil {
+			return undo, err
+		}
+		if err := chownSetgid(s.MountPoint, *gid); err != nil {
+			undo()
+			return nil, err
+		}
+		return undo, nil
+	case "hugetlbfs":
+		if err := m.reserveHugepages(field, opts); err != nil {
+			return nil, err
+		}
+		return m.mount(field, s, source, fstype, opts, true)
+	}
+	return nil, invalidf("%s.fstype %q: an ephemeral storage is tmpfs or hugetlbfs", field, trunc(fstype))
+}
+
+// reserveHugepages makes sure size bytes of pagesize pages are reserved
+// (Kata: options pagesize=<bytes>, size=<bytes>).
+func (m *Manager) reserveHugepages(field string, opts []string) error {
+	ps, ok1 := optionValue(opts, "pagesize")
+	sz, ok2 := optionValue(opts, "size")
+	if !ok1 || !ok2 {
+		return invalidf("%s.options: hugetlbfs needs pagesize= and size= (bytes)", field)
+	}
+	pagesize, err1 := strconv.ParseUint(ps, 10, 64)
+	size, err2 := strconv.ParseUint(sz, 10, 64)
+	if err1 != nil || err2 != nil || pagesize < 4096 || size%pagesize != 0 {
+		return invalidf("%s.options pagesize=%q size=%q: want byte counts, size a multiple of pagesize", field, trunc(ps), trunc(sz))
+	}
+	nr := filepath.Join(m.cfg.Sysfs, "kernel/mm/hugepages", fmt.Sprintf("hugepages-%dkB", pagesize/1024), "nr_hugepages")
+	cur, err := readUint(nr)
+	if err != nil {
+		return invalidf("%s.options pagesize=%s: the kernel has no such huge page size (%v)", field, ps, err)
+	}
+	want := size / pagesize
+	if cur >= want {
+		return nil
+	}
+	if err := os.WriteFile(nr, []byte(strconv.FormatUint(want, 10)), 0); err != nil {
+		return fmt.Errorf("unable to reserve %d huge pages: %w", want, err)
+	}
+	if got, err := readUint(nr); err != nil || got < want {
+		return fmt.Errorf("unable to reserve %d huge pages of %d bytes: only %d", want, pagesize, got)
+	}
+	return nil
+}
+
+func readUint(p string) (uint64, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+}
+
+// setUpLocal creates a directory (options mode=<octal>, fsgid=<gid>).
+func (m *Manager) setUpLocal(_ context.Context, _, field string, s Storage) (func() error, error) {
+	root, err := checkMountPoint(field+".mount_point", s.MountPoint, m.cfg.Roots)
+	if err != nil {
+		return nil, err
+	}
+	var mode os.FileMode
+	hasMode := false
+	if v, ok := optionValue(s.Options, "mode"); ok {
+		n, err := strconv.ParseUint(v, 8, 32)
+		if err != nil || n > 0o7777 {
+			return nil, invalidf("%s.options mode=%q: want an octal mode", field, trunc(v))
+		}
+		mode, hasMode = os.FileMode(n), true
+	}
+	var gid *uint32
+	if v, ok := optionValue(s.Options, "fsgid"); ok {
+		g, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			return nil, invalidf("%s.options fsgid=%q: want a group id", field, trunc(v))
+		}
+		g32 := uint32(g)
+		gid = &g32
+	}
+	t, f, err := makeTarget(root, s.MountPoint, true)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	undo := func() error { t.removeCreated(); return nil }
+	// Through the opened directory: no path lookup after the checks.
+	p := fmt.Sprintf("/proc/self/fd/%d", f.Fd())
+	if gid != nil {
+		if err := os.Chown(p, -1, int(*gid)); err != nil {
+			undo()
+			return nil, fmt.Errorf("unable to chown %s: %w", s.MountPoint, err)
+		}
+	}
+	if hasMode || gid != nil {
+		if !hasMode {
+			st, err := os.Stat(p)
+			if err != nil {
+				undo()
+				return nil, err
+			}
+			mode = st.Mode().Perm()
+		}
+		perm := uint32(mode)
+		if gid != nil {
+			perm |= unix.S_ISGID
+		}
+		if err := unix.Fchmodat(unix.AT_FDCWD, p, perm, 0); err != nil {
+			undo()
+			return nil, fmt.Errorf("unable to chmod %s: %w", s.MountPoint, err)
+		}
+	}
+	return undo, nil
+}
+
+// setUpDisk finds the disk of a blk, mmioblk, scsi or nvdimm storage and
+// mounts it.
+func (m *Manager) setUpDisk(ctx context.Context, _, field string, s Storage) (func() error, error) {
+	if s.Fstype == "" {
+		return nil, invalidf("%s.fstype: empty (the disk's filesystem)", field)
+	}
+	for _, o := range s.DriverOptions {
+		if o == "encryption_key=ephemeral" || o == "create_filesystem" {
+			return nil, fmt.Errorf("%w: %s.driver_options %q", ErrUnsupported, field, o)
+		}
+	}
+	dev, err := m.findDisk(ctx, field, s)
+	if err != nil {
+		return nil, err
+	}
+	opts := s.Options
+	if s.Driver == DriverNvdimm && !hasOption(opts, "dax") && !hasOption(opts, "dax=always") && supportsDax(m.cfg.Sysfs, filepath.Base(dev), s.Fstype) {
+		opts = append(append([]string{}, opts...), "dax")
+	}
+	return m.mount(field, s, dev, s.Fstype, opts, true)
+}
+
+// findDisk returns the /dev path of the storage's disk, waiting for it.
+func (m *Manager) findDisk(ctx context.Context, field string, s Storage) (string, error) {
+	devName := func() (string, error) {
+		name, ok := strings.CutPrefix(s.Source, "/dev/")
+		if !ok || name == "" || strings.Contains(name, "/") {
+			return "", invalidf("%s.source %q: want /dev/<disk>", field, trunc(s.Source))
+		}
+		return name, nil
+	}
+	var mt uevent.Matcher
+	switch s.Driver {
+	case DriverBlk:
+		if strings.HasPrefix(s.Source, "/dev/") {
+			if err := isBlockDevice(s.Source); err != nil {
+				return "", invalidf("%s.source %q: %v", field, trunc(s.Source), err)
+			}
+			return s.Source, nil
+		}
+		p, err := pcipath.Parse(s.Source)
+		if err != nil {
+			return "", invalidf("%s.source: %v (want a PCI path like 02/00 or a /dev path)", field, err)
+		}
+		mt = p.Block()
+	case DriverMmioBlk, DriverNvdimm:
+		name, err := devName()
+		if err != nil {
+			return "", err
+		}
+		mt = uevent.ByName("block", name)
+	case DriverSCSI:
+		id, lun, err := parseSCSIAddr(s.Source)
+		if err != nil {
+			return "", invalidf("%s.source %q: %v", field, trunc(s.Source), err)
+		}
+		if err := scanSCSI(m.cfg.Sysfs, id, lun); err != nil {
+			return "", err
+		}
+		mt = scsiMatcher(id, lun)
+	}
+	ev, err := m.devices().Wait(ctx, mt, 0)
+	if err != nil {
+		return "", fmt.Errorf("%s.source %q: %w", field, trunc(s.Source), err)
+	}
+	if ev.DevName == "" {
+		return "", fmt.Errorf("%s.source %q: %s has no device node", field, s.Source, ev.DevPath)
+	}
+	return "/dev/" + ev.DevName, nil
+}
+
+func (m *Manager) devices() *uevent.Registry {
+	if m.cfg.Devices == nil {
+		m.cfg.Devices = uevent.NewRegistry(m.cfg.Sysfs, 0)
+	}
+	return m.cfg.Devices
+}
+
+func isBlockDevice(p string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return errors.New("not a block device")
+	}
+	return nil
+}
+
+// supportsDax: the pmem disk advertises DAX and the filesystem can use it.
+func supportsDax(sysfs, disk, fstype string) bool {
+	if fstype != "ext4" && fstype != "xfs" && fstype != "erofs" {
+		return false
+	}
+	b, err := os.ReadFile(filepath.Join(sysfs, "block", disk, "queue/dax"))
+	return err == nil && strings.TrimSpace(string(b)) == "1"
+}
+
+// parseSCSIAddr reads Kata's "target:lun".
+func parseSCSIAddr(s string) (int, int, error) {
+	a, b, ok := strings.Cut(s, ":")
+	id, err1 := strconv.ParseUint(a, 10, 16)
+	lun, err2 := strconv.ParseUint(b, 10, 32)
+	if !ok || err1 != nil || err2 != nil {
+		return 0, 0, errors.New("want <scsi target>:<lun>")
+	}
+	return int(id), int(lun), nil
+}
+
+// scanSCSI asks every SCSI host to scan channel 0, target id, lun.
+func scanSCSI(sysfs string, id, lun int) error {
+	hosts, _ := filepath.Glob(filepath.Join(sysfs, "class/scsi_host/host*/scan"))
+	if len(hosts) == 0 {
+		return fmt.Errorf("unable to scan for SCSI disk %d:%d: no SCSI host", id, lun)
+	}
+	for _, h := range hosts {
+		if err := os.WriteFile(h, []byte(fmt.Sprintf("0 %d %d", id, lun)), 0); err != nil {
+			return fmt.Errorf("unable to scan %s: %w", h, err)
+		}
+	}
+	return nil
+}
+
+// scsiMatcher matches the disk at H:0:id:lun on any host.
+func scsiMatcher(id, lun int) uevent.Matcher {
+	suffix := fmt.Sprintf(":0:%d:%d", id, lun)
+	match := func(ev *uevent.Event) bool {
+		if ev.Subsystem != "block" || ev.DevType != "disk" || ev.DevName == "" || ev.Action != uevent.ActionAdd {
+			return false
+		}
+		dir, _, ok := strings.Cut(ev.DevPath, "/block/")
+		if !ok {
+			return false
+		}
+		return strings.HasSuffix(dir, suffix) && strings.Count(filepath.Base(dir), ":") == 3
+	}
+	return uevent.Matcher{
+		What:  fmt.Sprintf("SCSI disk %d:%d", id, lun),
+		Match: match,
+		Present: func(sysfs string) []string {
+			links, _ := filepath.Glob(filepath.Join(sysfs, "bus/scsi/devices/*"+suffix, "block/*"))
+			root, _ := filepath.EvalSymlinks(sysfs)
+			var out []string
+			for _, l := range links {
+				if real, err := filepath.EvalSymlinks(l); err == nil {
+					if rel, err := filepath.Rel(root, real); err == nil && !strings.HasPrefix(rel, "..") {
+						out = append(out, "/"+rel)
+					}
+				}
+			}
+			return out
+		},
+	}
+}
+
+// setUpOverlay mounts an overlay.
+func (m *Manager) setUpOverlay(_ context.Context, owner, field string, s Storage) (func() error, error) {
+	opts := append([]string{}, s.Options...)
+	var created []string
+	cleanup := func() {
+		for i := len(created) - 1; i >= 0; i-- {
+			os.RemoveAll(created[i])
+		}
+	}
+	const rwOpt = "io.katacontainers.fs-opt.overlay-rw"
+	if hasOption(opts, rwOpt) {
+		if owner == "" {
+			return nil, invalidf("%s.options %s: only for a container's storage", field, rwOpt)
+		}
+		base := filepath.Join(m.cfg.ContainerBase, owner)
+		if _, err := checkMountPoint(field+".options", base, m.cfg.Roots); err != nil {
+			return nil, err
+		}
+		for _, d := range []string{"upper", "work"} {
+			p := filepath.Join(base, "overlay-"+d)
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				cleanup()
+				return nil, fmt.Errorf("unable to create %s: %w", p, err)
+			}
+			created = append(created, p)
+		}
+		kept := opts[:0]
+		for _, o := range opts {
+			if o != rwOpt {
+				kept = append(kept, o)
+			}
+		}
+		opts = append(kept, "upperdir="+created[0], "workdir="+created[1])
+	}
+	const mkdirOpt = "io.katacontainers.volume.overlayfs.create_directory="
+	for i, o := range s.DriverOptions {
+		if d, ok := strings.CutPrefix(o, mkdirOpt); ok {
+			if _, err := checkMountPoint(fmt.Sprintf("%s.driver_options[%d]", field, i), d, m.cfg.Roots); err != nil {
+				cleanup()
+				return nil, err
+			}
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				cleanup()
+				return nil, fmt.Errorf("unable to create %s: %w", d, err)
+			}
+		}
+	}
+	source := s.Source
+	if source == "" {
+		source = "overlay"
+	}
+	undo, err := m.mount(field, s, source, "overlay", opts, true)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	return func() error { err := undo(); cleanup(); return err }, nil
+}
+
+// Ownership masks (Kubernetes' volume ownership rules, as Kata applies them).
+const (
+	rwMask   = 0o660
+	roMask   = 0o440
+	execMask = 0o110
+)
+
+// setOwnership gives the volume at root to group fg.GID, recursively,
+// making files group-readable (and writable unless ro), directories
+// group-searchable and setgid. Symlinks are left alone.
+func setOwnership(root string, fg FSGroup, ro bool) error {
+	mask := uint32(rwMask)
+	if ro {
+		mask = roMask
+	}
+	if fg.OnRootMismatch {
+		var st unix.Stat_t
+		if err := unix.Lstat(root, &st); err == nil && st.Gid == fg.GID {
+			want := mask | execMask
+			if st.Mode&want == want && st.Mode&unix.S_ISGID != 0 {
+				return nil
+			}
+		}
+	}
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			return nil
+		}
+		if err := os.Lchown(p, -1, int(fg.GID)); err != nil {
+			return fmt.Errorf("unable to set fs_group on %s: %w", p, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		add := mask
+		if d.IsDir() {
+			add |= execMask | unix.S_ISGID
+		}
+		return unix.Fchmodat(unix.AT_FDCWD, p, (st.Mode&0o7777)|add, 0)
+	})
+}
+
+func chownSetgid(p string, gid uint32) error {
+	if err := os.Chown(p, -1, int(gid)); err != nil {
+		return fmt.Errorf("unable to chown %s: %w", p, err)
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	return os.Chmod(p, st.Mode()|os.ModeSetgid)
+}
+
+// sortDeepestFirst orders mount points so nested ones come first.
+func sortDeepestFirst(mps []string) {
+	sort.Slice(mps, func(i, j int) bool {
+		ci, cj := strings.Count(mps[i], "/"), strings.Count(mps[j], "/")
+		if ci != cj {
+			return ci > cj
+		}
+		return mps[i] > mps[j]
+	})
+}

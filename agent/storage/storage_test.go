@@ -1,0 +1,351 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keelvm/keel/agent/uevent"
+	"github.com/keelvm/keel/tests/loopdev"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+)
+
+// newManager returns a Manager rooted in a fresh directory (mounts there
+// are cleaned up with the test).
+func newManager(t *testing.T) (*Manager, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("storages are mounted: needs root")
+	}
+	root := t.TempDir()
+	m := New(Config{Roots: []string{root}, ContainerBase: filepath.Join(root, "containers"),
+		Devices: uevent.NewRegistry("", 500*time.Millisecond), WatchInterval: 50 * time.Millisecond})
+	t.Cleanup(func() {
+		m.Close()
+		assertNoMountsUnder(t, root)
+	})
+	return m, root
+}
+
+// mountsUnder lists mount points at or below dir.
+func mountsUnder(dir string) []string {
+	data, _ := os.ReadFile("/proc/self/mountinfo")
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 {
+			mp := unescapeMount(f[4])
+			if mp == dir || strings.HasPrefix(mp, dir+"/") {
+				out = append(out, mp)
+			}
+		}
+	}
+	return out
+}
+
+func assertNoMountsUnder(t *testing.T, dir string) {
+	t.Helper()
+	if ms := mountsUnder(dir); len(ms) > 0 {
+		t.Errorf("mounts left under %s: %v", dir, ms)
+		for _, mp := range ms {
+			unix.Unmount(mp, unix.MNT_DETACH)
+		}
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func fsType(t *testing.T, p string) int64 {
+	t.Helper()
+	var st unix.Statfs_t
+	must(t, unix.Statfs(p, &st))
+	return st.Type
+}
+
+func TestEphemeral(t *testing.T) {
+	m, root := newManager(t)
+	shm := filepath.Join(root, "sandbox/shm")
+	must(t, m.Add(context.Background(), "", "storages", []Storage{{
+		Driver: DriverEphemeral, Source: "shm", Fstype: "tmpfs", MountPoint: shm,
+		Options: []string{"noexec", "nosuid", "nodev", "mode=1777", "size=2097152", "fsgid=4321"},
+	}}))
+	var st unix.Statfs_t
+	must(t, unix.Statfs(shm, &st))
+	if st.Type != unix.TMPFS_MAGIC || st.Blocks*uint64(st.Bsize) != 2<<20 {
+		t.Fatalf("shm: type %x, %d bytes; want tmpfs of 2 MiB", st.Type, st.Blocks*uint64(st.Bsize))
+	}
+	if st.Flags&unix.ST_NOEXEC == 0 || st.Flags&unix.ST_NODEV == 0 {
+		t.Errorf("shm flags %x: want noexec, nodev", st.Flags)
+	}
+	fi, err := os.Stat(shm)
+	must(t, err)
+	if fi.Sys().(*syscall.Stat_t).Gid != 4321 || fi.Mode()&os.ModeSetgid == 0 || fi.Mode()&os.ModeSticky == 0 {
+		t.Errorf("shm: gid %d mode %v; want fsgid 4321, setgid, sticky 1777", fi.Sys().(*syscall.Stat_t).Gid, fi.Mode())
+	}
+	// Sandbox storages stay until Close.
+	must(t, m.Release(""))
+	if fsType(t, shm) != unix.TMPFS_MAGIC {
+		t.Fatal("sandbox shm unmounted by Release")
+	}
+	// UpdateEphemeralMounts: remount with a new size.
+	h := &Handler{M: m}
+	if _, err := h.UpdateEphemeralMounts(context.Background(), pbUpdate(shm, "size=4194304")); err != nil {
+		t.Fatal(err)
+	}
+	must(t, unix.Statfs(shm, &st))
+	if st.Blocks*uint64(st.Bsize) != 4<<20 {
+		t.Fatalf("after UpdateEphemeralMounts: %d bytes, want 4 MiB", st.Blocks*uint64(st.Bsize))
+	}
+	must(t, m.Close())
+	if _, err := os.Stat(shm); !os.IsNotExist(err) {
+		t.Errorf("shm mount point left after Close: %v", err)
+	}
+}
+
+func TestLocal(t *testing.T) {
+	m, root := newManager(t)
+	dir := filepath.Join(root, "sandbox/local/vol")
+	must(t, m.Add(context.Background(), "c1", "storages", []Storage{{Driver: DriverLocal, MountPoint: dir, Options: []string{"mode=0750", "fsgid=77"}}}))
+	fi, err := os.Stat(dir)
+	must(t, err)
+	if fi.Mode().Perm() != 0o750 || fi.Mode()&os.ModeSetgid == 0 || fi.Sys().(*syscall.Stat_t).Gid != 77 {
+		t.Fatalf("local dir: mode %v gid %d", fi.Mode(), fi.Sys().(*syscall.Stat_t).Gid)
+	}
+}
+
+func TestOverlayfsRW(t *testing.T) {
+	m, root := newManager(t)
+	lower := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(lower, "a"), []byte("lower"), 0o644))
+	mp := filepath.Join(root, "c1/rootfs")
+	must(t, m.Add(context.Background(), "c1", "storages", []Storage{{Driver: DriverOverlayfs, Source: "overlay", Fstype: "overlay", MountPoint: mp,
+		Options: []string{"lowerdir=" + lower, "io.katacontainers.fs-opt.overlay-rw"}}}))
+	if b, err := os.ReadFile(filepath.Join(mp, "a")); err != nil || string(b) != "lower" {
+		t.Fatalf("read through overlay: %q %v", b, err)
+	}
+	must(t, os.WriteFile(filepath.Join(mp, "b"), []byte("upper"), 0o644))
+	if _, err := os.Stat(filepath.Join(lower, "b")); !os.IsNotExist(err) {
+		t.Fatal("write reached the lower dir")
+	}
+	must(t, m.Release("c1"))
+	if len(mountsUnder(root)) != 0 {
+		t.Fatal("overlay still mounted after its container left")
+	}
+	if _, err := os.Stat(filepath.Join(root, "containers/c1/overlay-upper")); !os.IsNotExist(err) {
+		t.Errorf("upper dir left: %v", err)
+	}
+}
+
+// TestBlockRefcount: a disk (loop device, ext4) used by two containers is
+// mounted once and unmounted with the last of them.
+func TestBlockRefcount(t *testing.T) {
+	m, root := newManager(t)
+	img := loopdev.File(t, 32<<20)
+	loopdev.Run(t, "mkfs.ext4", "-q", "-F", img)
+	dev := loopdev.Attach(t, img)
+	mp := filepath.Join(root, "shared/containers/vol1")
+	s := Storage{Driver: DriverBlk, Source: dev, Fstype: "ext4", MountPoint: mp, FSGroup: &FSGroup{GID: 555}}
+	must(t, m.Add(context.Background(), "c1", "storages", []Storage{s}))
+	must(t, os.WriteFile(filepath.Join(mp, "f"), []byte("x"), 0o600))
+	must(t, m.Add(context.Background(), "c2", "storages", []Storage{s}))
+	if n := m.Refs(mp); n != 2 {
+		t.Fatalf("refs = %d, want 2", n)
+	}
+	if got := len(mountsUnder(mp)); got != 1 {
+		t.Fatalf("%d mounts at %s, want 1", got, mp)
+	}
+	fi, err := os.Stat(mp)
+	must(t, err)
+	if fi.Sys().(*syscall.Stat_t).Gid != 555 || fi.Mode()&os.ModeSetgid == 0 {
+		t.Errorf("fs_group not applied: %v gid %d", fi.Mode(), fi.Sys().(*syscall.Stat_t).Gid)
+	}
+	must(t, m.Release("c1"))
+	if b, err := os.ReadFile(filepath.Join(mp, "f")); err != nil || string(b) != "x" {
+		t.Fatalf("volume gone with the first container: %v", err)
+	}
+	must(t, m.Release("c2"))
+	if len(mountsUnder(root)) != 0 {
+		t.Fatal("disk still mounted after the last container left")
+	}
+	if _, err := os.Stat(mp); !os.IsNotExist(err) {
+		t.Errorf("mount point left: %v", err)
+	}
+	// A shared storage survives its container.
+	s.Shared = true
+	must(t, m.Add(context.Background(), "c3", "storages", []Storage{s}))
+	must(t, m.Release("c3"))
+	if len(mountsUnder(mp)) != 1 {
+		t.Fatal("shared storage unmounted with its container")
+	}
+}
+
+func TestWatchableBind(t *testing.T) {
+	m, root := newManager(t)
+	src := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(src, "key"), []byte("v1"), 0o644))
+	mp := filepath.Join(root, "shared/containers/watchable/cm1")
+	must(t, m.Add(context.Background(), "c1", "storages", []Storage{{Driver: DriverWatchableBind, Source: src, MountPoint: mp}}))
+	if fsType(t, filepath.Dir(mp)) != unix.TMPFS_MAGIC {
+		t.Fatal("watchable dir is not a tmpfs")
+	}
+	eventually(t, filepath.Join(mp, "key"), "v1")
+	// An update (later mtime) and a new file reach the copy.
+	must(t, os.WriteFile(filepath.Join(src, "key"), []byte("v2"), 0o644))
+	future := time.Now().Add(time.Second)
+	os.Chtimes(filepath.Join(src, "key"), future, future)
+	must(t, os.WriteFile(filepath.Join(src, "new"), []byte("n"), 0o644))
+	eventually(t, filepath.Join(mp, "key"), "v2")
+	eventually(t, filepath.Join(mp, "new"), "n")
+	must(t, os.Remove(filepath.Join(src, "new")))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(mp, "new")); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("removed file still mirrored")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Over Kata's limit of 16 files: a bind mount instead.
+	big := t.TempDir()
+	for i := range WatchMaxEntries + 1 {
+		must(t, os.WriteFile(filepath.Join(big, "f"+string(rune('a'+i))), []byte("x"), 0o644))
+	}
+	mp2 := filepath.Join(root, "shared/containers/watchable/cm2")
+	must(t, m.Add(context.Background(), "c1", "storages", []Storage{{Driver: DriverWatchableBind, Source: big, MountPoint: mp2}}))
+	if !isMountPoint(mp2) {
+		t.Fatal("a storage over the limits is not bind-mounted")
+	}
+	must(t, m.Release("c1"))
+	if ms := mountsUnder(root); len(ms) != 0 {
+		t.Fatalf("left after Release: %v", ms)
+	}
+}
+
+func eventually(t *testing.T, p, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, err := os.ReadFile(p)
+		if err == nil && string(b) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %q (%v), want %q", p, b, err, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestBadStorages: each bad storage gets a clear error of the right class
+// and leaves nothing mounted or created; a good storage before it in the
+// same request is undone too.
+func TestBadStorages(t *testing.T) {
+	m, root := newManager(t)
+	outside := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(root, "planted"), 0o755))
+	must(t, os.Symlink(outside, filepath.Join(root, "planted/link")))
+	good := Storage{Driver: DriverEphemeral, Fstype: "tmpfs", MountPoint: filepath.Join(root, "first")}
+	for _, c := range []struct {
+		name string
+		s    Storage
+		code codes.Code
+		msg  string
+	}{
+		{"unknown driver", Storage{Driver: "nfs-magic", MountPoint: root + "/x"}, codes.InvalidArgument, "storages[1].driver"},
+		{"kata-only driver", Storage{Driver: "blk-ccw", MountPoint: root + "/x"}, codes.Unimplemented, "s390x"},
+		{"missing share tag", Storage{Driver: DriverVirtioFS, MountPoint: root + "/x"}, codes.InvalidArgument, "storages[1].source"},
+		{"missing block device", Storage{Driver: DriverBlk, Source: "/dev/keel-nope", Fstype: "ext4", MountPoint: root + "/x"}, codes.InvalidArgument, "storages[1].source"},
+		{"missing watched source", Storage{Driver: DriverWatchableBind, Source: "/nonexistent/cm", MountPoint: root + "/w/x"}, codes.InvalidArgument, "storages[1].source"},
+		{"outside roots", Storage{Driver: DriverEphemeral, Fstype: "tmpfs", MountPoint: outside + "/x"}, codes.InvalidArgument, "outside"},
+		{"dotdot", Storage{Driver: DriverEphemeral, Fstype: "tmpfs", MountPoint: root + "/../x"}, codes.InvalidArgument, "clean absolute"},
+		{"relative", Storage{Driver: DriverEphemeral, Fstype: "tmpfs", MountPoint: "run/x"}, codes.InvalidArgument, "clean absolute"},
+		{"symlink on the way", Storage{Driver: DriverEphemeral, Fstype: "tmpfs", MountPoint: root + "/planted/link/x"}, codes.InvalidArgument, "symlink"},
+		{"option adds options", Storage{Driver: DriverEphemeral, Fstype: "tmpfs", MountPoint: root + "/x", Options: []string{"size=1m,mode=4777"}}, codes.InvalidArgument, "storages[1].options[0]"},
+		{"NUL in option", Storage{Driver: DriverEphemeral, Fstype: "tmpfs", MountPoint: root + "/x", Options: []string{"size=1m\x00x"}}, codes.InvalidArgument, "options[0]"},
+		{"bad fstype", Storage{Driver: DriverEphemeral, Fstype: "ext4", MountPoint: root + "/x"}, codes.InvalidArgument, "fstype"},
+		{"bad pci path", Storage{Driver: DriverBlk, Source: "zz/00", Fstype: "ext4", MountPoint: root + "/x"}, codes.InvalidArgument, "PCI path"},
+		{"pci path never appears", Storage{Driver: DriverBlk, Source: "1e/1f", Fstype: "ext4", MountPoint: root + "/x"}, codes.DeadlineExceeded, "1e/1f"},
+		{"mount fails", Storage{Driver: DriverBlk, Source: "/dev/null", Fstype: "ext4", MountPoint: root + "/x"}, codes.InvalidArgument, "not a block device"},
+		{"mount point reused by another driver", Storage{Driver: DriverLocal, MountPoint: filepath.Join(root, "first")}, codes.InvalidArgument, "already used"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := listTree(t, root)
+			start := time.Now()
+			err := m.Add(context.Background(), "c1", "storages", []Storage{good, c.s})
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if Code(err) != c.code || !strings.Contains(err.Error(), c.msg) {
+				t.Fatalf("err = %v (%s), want %s containing %q", err, Code(err), c.code, c.msg)
+			}
+			if c.code == codes.DeadlineExceeded && time.Since(start) < 500*time.Millisecond {
+				t.Errorf("gave up after %s, before the 500ms hotplug timeout", time.Since(start))
+			}
+			if ms := mountsUnder(root); len(ms) > 0 {
+				t.Fatalf("mounts left: %v", ms)
+			}
+			if after := listTree(t, root); after != before {
+				t.Fatalf("files left:\nbefore %s\nafter  %s", before, after)
+			}
+			if n := m.Refs(good.MountPoint); n != 0 {
+				t.Fatalf("refs on the first storage: %d", n)
+			}
+			if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+				t.Fatalf("created outside the roots: %v", ents)
+			}
+		})
+	}
+}
+
+func listTree(t *testing.T, root string) string {
+	var b strings.Builder
+	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err == nil {
+			b.WriteString(strings.TrimPrefix(p, root) + " ")
+		}
+		return nil
+	})
+	return b.String()
+}
+
+func TestParseOptions(t *testing.T) {
+	flags, data, err := parseOptions("o", []string{"ro", "nosuid", "size=1m", "", "mode=755", "rw"})
+	if err != nil || flags != unix.MS_NOSUID || data != "size=1m,mode=755" {
+		t.Fatalf("got %x %q %v", flags, data, err)
+	}
+	if _, _, err := parseOptions("o", []string{"lowerdir=/a,upperdir=/b"}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("comma accepted: %v", err)
+	}
+}
+
+func FuzzParseOptions(f *testing.F) {
+	f.Add("size=1m", "ro")
+	f.Add("a,b", "c")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		_, data, err := parseOptions("o", []string{a, b})
+		if err != nil {
+			return
+		}
+		// Each accepted item is at most one option in the data string.
+		n := 0
+		if data != "" {
+			n = strings.Count(data, ",") + 1
+		}
+		if n > 2 || strings.ContainsRune(data, 0) {
+			t.Fatalf("%q %q -> data %q", a, b, data)
+		}
+	})
+}

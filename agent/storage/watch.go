@@ -1,0 +1,377 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kata's watchable-bind limits: beyond them the storage becomes a plain
+// bind mount (no longer updated by copy).
+const (
+	WatchMaxEntries = 16
+	WatchMaxBytes   = 1 << 20
+)
+
+// watcher mirrors watchable-bind storages: the source (in the host's
+// share, where inotify does not reach) is copied into a tmpfs and copied
+// again on every poll when it changed.
+type watcher struct {
+	m *Manager
+
+	mu      sync.Mutex // guards the maps; never held during I/O
+	entries map[string]*watched
+	tmpfs   map[string]int          // watchable tmpfs root -> storages in it
+	undos   map[string]func() error // tmpfs root -> unmount
+	stopc   chan struct{}
+	started bool
+
+	syncMu sync.Mutex // serialises copies and teardowns of entries
+}
+
+type watched struct {
+	src, dst string
+	bind     bool                 // over the limits: bind-mounted instead
+	seen     map[string]time.Time // relative path -> mtime copied
+}
+
+func newWatcher(m *Manager) *watcher {
+	return &watcher{m: m, entries: map[string]*watched{}, tmpfs: map[string]int{}, stopc: make(chan struct{})}
+}
+
+func (m *Manager) setUpWatchable(_ context.Context, _, field string, s Storage) (func() error, error) {
+	if s.Source == "" || !filepath.IsAbs(s.Source) {
+		return nil, invalidf("%s.source %q: want the absolute path of the watched file or directory", field, trunc(s.Source))
+	}
+	st, err := os.Stat(s.Source)
+	if err != nil {
+		return nil, invalidf("%s.source %q: %v", field, trunc(s.Source), err)
+	}
+	w := m.watch
+	dir := filepath.Dir(s.MountPoint)
+	root, err := checkMountPoint(field+".mount_point", dir, m.cfg.Roots)
+	if err != nil {
+		return nil, err
+	}
+	// The watchable tmpfs: one per directory, mounted with its first storage.
+	w.mu.Lock()
+	n := w.tmpfs[dir]
+	w.tmpfs[dir] = n + 1
+	w.mu.Unlock()
+	var tmpfsUndo func() error
+	dropTmpfs := func() error {
+		w.mu.Lock()
+		w.tmpfs[dir]--
+		last := w.tmpfs[dir] == 0
+		if last {
+			delete(w.tmpfs, dir)
+			delete(w.undos, dir)
+		}
+		w.mu.Unlock()
+		if last && tmpfsUndo != nil {
+			return tmpfsUndo()
+		}
+		return nil
+	}
+	if n == 0 {
+		t, f, err := makeTarget(root, dir, true)
+		if err != nil {
+			dropTmpfs()
+			return nil, err
+		}
+		err = mountAt(f, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=755")
+		f.Close()
+		if err != nil {
+			t.removeCreated()
+			dropTmpfs()
+			return nil, fmt.Errorf("unable to mount the watchable tmpfs on %s: %w", dir, err)
+		}
+		tmpfsUndo = func() error { err := unmount(dir); t.removeCreated(); return err }
+		w.mu.Lock()
+		w.tmpfsUndo(dir, tmpfsUndo)
+		w.mu.Unlock()
+	} else {
+		w.mu.Lock()
+		tmpfsUndo = w.undos[dir]
+		w.mu.Unlock()
+	}
+	e := &watched{src: s.Source, dst: s.MountPoint, seen: map[string]time.Time{}}
+	if st.IsDir() {
+		err = os.Mkdir(e.dst, 0o755)
+	} else {
+		err = os.WriteFile(e.dst, nil, 0o644)
+	}
+	if err != nil && !errors.Is(err, os.ErrExist) {
+		dropTmpfs()
+		return nil, fmt.Errorf("unable to create %s: %w", e.dst, err)
+	}
+	w.syncMu.Lock()
+	err = w.sync(e)
+	w.syncMu.Unlock()
+	if err != nil {
+		os.RemoveAll(e.dst)
+		dropTmpfs()
+		return nil, fmt.Errorf("%s: unable to copy %s: %w", field, s.Source, err)
+	}
+	w.mu.Lock()
+	w.entries[e.dst] = e
+	w.start()
+	w.mu.Unlock()
+	return func() error {
+		w.mu.Lock()
+		delete(w.entries, e.dst)
+		w.mu.Unlock()
+		w.syncMu.Lock()
+		var err error
+		if e.bind {
+			err = unmount(e.dst)
+		}
+		os.RemoveAll(e.dst)
+		w.syncMu.Unlock()
+		return errors.Join(err, dropTmpfs())
+	}, nil
+}
+
+// undos of the tmpfs roots (set with tmpfsUndo).
+func (w *watcher) tmpfsUndo(dir string, f func() error) {
+	if w.undos == nil {
+		w.undos = map[string]func() error{}
+	}
+	w.undos[dir] = f
+}
+
+// start runs the polling loop (once).
+func (w *watcher) start() {
+	if w.started {
+		return
+	}
+	w.started = true
+	go func() {
+		t := time.NewTicker(w.m.cfg.WatchInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-w.stopc:
+				return
+			case <-t.C:
+			}
+			w.mu.Lock()
+			list := make([]*watched, 0, len(w.entries))
+			for _, e := range w.entries {
+				list = append(list, e)
+			}
+			w.mu.Unlock()
+			for _, e := range list {
+				w.syncMu.Lock()
+				w.mu.Lock()
+				_, live := w.entries[e.dst]
+				w.mu.Unlock()
+				if live {
+					if err := w.sync(e); err != nil {
+						w.m.cfg.Log.Warn("watchable storage", "source", e.src, "err", err)
+					}
+				}
+				w.syncMu.Unlock()
+			}
+		}
+	}()
+}
+
+func (w *watcher) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	select {
+	case <-w.stopc:
+	default:
+		close(w.stopc)
+	}
+}
+
+// errTooBig: the source is over Kata's limits.
+var errTooBig = errors.New("over the watchable limits")
+
+// sync makes e.dst mirror e.src. Over the limits, it bind-mounts the
+// source instead and stops copying.
+func (w *watcher) sync(e *watched) error {
+	if e.bind {
+		return nil
+	}
+	err := mirror(e)
+	if !errors.Is(err, errTooBig) {
+		return err
+	}
+	os.RemoveAll(e.dst)
+	st, err := os.Stat(e.src)
+	if err != nil {
+		return err
+	}
+	if st.IsDir() {
+		err = os.Mkdir(e.dst, 0o755)
+	} else {
+		err = os.WriteFile(e.dst, nil, 0o644)
+	}
+	if err != nil {
+		return err
+	}
+	if err := unix.Mount(e.src, e.dst, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("unable to bind %s (over the watchable limits): %w", e.src, err)
+	}
+	e.bind = true
+	w.m.cfg.Log.Info("watchable storage over the limits: bind-mounted", "source", e.src, "limit_files", WatchMaxEntries, "limit_bytes", WatchMaxBytes)
+	return nil
+}
+
+// mirror copies what changed in e.src to e.dst and removes what went.
+// Nothing in dst is followed: entries whose type changed are replaced,
+// files are written to a temporary name and renamed over.
+func mirror(e *watched) error {
+	type item struct {
+		rel string
+		d   fs.FileInfo
+	}
+	var items []item
+	var files int
+	var bytes int64
+	st, err := os.Lstat(e.src)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		if !st.Mode().IsRegular() {
+			return fmt.Errorf("%s is not a regular file or directory", e.src)
+		}
+		if st.Size() > WatchMaxBytes {
+			return errTooBig
+		}
+		if t, ok := e.seen[""]; ok && t.Equal(st.ModTime()) {
+			return nil
+		}
+		if err := copyFile(e.src, e.dst, st); err != nil {
+			return err
+		}
+		e.seen[""] = st.ModTime()
+		return nil
+	}
+	err = filepath.Walk(e.src, func(p string, fi fs.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == e.src {
+			return nil
+		}
+		rel, _ := filepath.Rel(e.src, p)
+		if fi.Mode().IsRegular() || fi.Mode()&fs.ModeSymlink != 0 {
+			files++
+			bytes += fi.Size()
+			if files > WatchMaxEntries || bytes > WatchMaxBytes {
+				return errTooBig
+			}
+		} else if !fi.IsDir() {
+			return nil // devices, fifos, sockets: not mirrored
+		}
+		items = append(items, item{rel, fi})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	for _, it := range items {
+		keep[it.rel] = true
+		dst := filepath.Join(e.dst, it.rel)
+		cur, cerr := os.Lstat(dst)
+		if cerr == nil && cur.Mode().Type() != it.d.Mode().Type() {
+			os.RemoveAll(dst)
+			delete(e.seen, it.rel)
+			cerr = os.ErrNotExist
+		}
+		switch {
+		case it.d.IsDir():
+			if cerr != nil {
+				if err := os.Mkdir(dst, it.d.Mode().Perm()); err != nil {
+					return err
+				}
+			}
+		case it.d.Mode()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(filepath.Join(e.src, it.rel))
+			if err != nil {
+				return err
+			}
+			if old, err := os.Readlink(dst); err == nil && old == target {
+				continue
+			}
+			os.Remove(dst)
+			if err := os.Symlink(target, dst); err != nil {
+				return err
+			}
+		default:
+			if t, ok := e.seen[it.rel]; ok && cerr == nil && t.Equal(it.d.ModTime()) {
+				continue
+			}
+			if err := copyFile(filepath.Join(e.src, it.rel), dst, it.d); err != nil {
+				return err
+			}
+			e.seen[it.rel] = it.d.ModTime()
+		}
+	}
+	// Remove what is gone from the source, deepest first.
+	var gone []string
+	filepath.Walk(e.dst, func(p string, fi fs.FileInfo, err error) error {
+		if err != nil || p == e.dst {
+			return nil
+		}
+		rel, _ := filepath.Rel(e.dst, p)
+		if !keep[rel] {
+			gone = append(gone, p)
+			delete(e.seen, rel)
+			if fi.IsDir() {
+				return filepath.SkipDir
+			}
+		}
+		return nil
+	})
+	for _, p := range gone {
+		os.RemoveAll(p)
+	}
+	return nil
+}
+
+// copyFile writes src's content to dst through a temporary file renamed
+// over dst (a symlink planted at dst is replaced, not followed).
+func copyFile(src, dst string, fi fs.FileInfo) error {
+	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(dst), ".keel-watch-")
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(tmp, io.LimitReader(in, WatchMaxBytes+1))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), fi.Mode().Perm())
+	}
+	if err == nil {
+		if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+			_ = os.Lchown(tmp.Name(), int(sys.Uid), int(sys.Gid))
+		}
+		err = os.Rename(tmp.Name(), dst)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
+}

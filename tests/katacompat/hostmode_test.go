@@ -1,0 +1,174 @@
+package katacompat
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keelvm/keel/agent/container/containertest"
+	"github.com/keelvm/keel/protocol/client"
+)
+
+var agentBin, shmtoolBin string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("skipping: the pod corpus creates containers, which needs root")
+		os.Exit(0)
+	}
+	dir, err := os.MkdirTemp("", "keel-katacompat-")
+	if err != nil {
+		panic(err)
+	}
+	code := func() int {
+		defer os.RemoveAll(dir)
+		build := func(out string, env []string, args ...string) error {
+			cmd := exec.Command("go", append([]string{"build", "-o", out}, args...)...)
+			cmd.Env, cmd.Stderr = append(os.Environ(), env...), os.Stderr
+			return cmd.Run()
+		}
+		agentBin = os.Getenv("KEEL_AGENT_BIN")
+		if agentBin == "" {
+			// The seccomp tag as in `make agent`: the corpus carries
+			// the RuntimeDefault profile.
+			agentBin = filepath.Join(dir, "keel-agent")
+			if err := build(agentBin, nil, "-tags", "seccomp", "github.com/keelvm/keel/cmd/keel-agent"); err != nil {
+				fmt.Fprintln(os.Stderr, "building keel-agent:", err)
+				return 1
+			}
+		}
+		shmtoolBin = filepath.Join(dir, "shmtool")
+		if err := build(shmtoolBin, []string{"CGO_ENABLED=0"}, "github.com/keelvm/keel/tests/katacompat/shmtool"); err != nil {
+			fmt.Fprintln(os.Stderr, "building shmtool:", err)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// hostAgent is keel-agent run as a process on a Unix socket.
+type hostAgent struct {
+	cmd *exec.Cmd
+	log bytes.Buffer
+	c   *client.Client
+}
+
+func startAgent(t *testing.T, stateRoot string) *hostAgent {
+	t.Helper()
+	dir := t.TempDir()
+	addr := "unix://" + filepath.Join(dir, "agent.sock")
+	a := &hostAgent{}
+	a.cmd = exec.Command(agentBin, "--addr", addr, "--state-root", stateRoot)
+	a.cmd.Stdout, a.cmd.Stderr = &a.log, &a.log
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, addr)
+	if err != nil {
+		a.stop(t)
+		t.Fatalf("dial: %v\n%s", err, a.log.String())
+	}
+	a.c = c
+	return a
+}
+
+func (a *hostAgent) stop(t *testing.T) {
+	if a.c != nil {
+		a.c.Close()
+	}
+	a.cmd.Process.Signal(os.Interrupt)
+	done := make(chan error, 1)
+	go func() { done <- a.cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		a.cmd.Process.Kill()
+		<-done
+		t.Error("agent did not stop within 15s")
+	}
+}
+
+// TestKataPodHostMode replays the corpus against keel-agent in host mode,
+// with and without shareProcessNamespace.
+func TestKataPodHostMode(t *testing.T) {
+	for _, share := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shareProcessNamespace=%v", share), func(t *testing.T) {
+			dir := t.TempDir()
+			rootfs := filepath.Join(dir, "rootfs")
+			if err := containertest.MakeRootfs(rootfs); err != nil {
+				t.Fatal(err)
+			}
+			if err := copyFile(shmtoolBin, filepath.Join(rootfs, "bin/shmtool")); err != nil {
+				t.Fatal(err)
+			}
+			pod := Pod{
+				ID: fmt.Sprintf("pause%d%v", os.Getpid(), share), UID: fmt.Sprintf("%d-%v", os.Getpid(), share),
+				Hostname: "kata-pod", DNS: []string{"nameserver 10.96.0.10", "search default.svc.cluster.local"},
+				Rootfs: rootfs, SharedDir: filepath.Join(dir, "shared"), ShareProcessNamespace: share,
+			}
+			a := startAgent(t, filepath.Join(dir, "state"))
+			defer func() {
+				a.stop(t)
+				for _, cid := range pod.containerIDs() {
+					containertest.KillCgroup(pod.cgroupParent(cid), cid)
+					// The agent removes a container's own cgroup; the
+					// pod's slice above it is the test's to remove.
+					for _, d := range []string{pod.cgroupParent(cid), filepath.Dir(pod.cgroupParent(cid))} {
+						dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", d))
+						for _, x := range dirs {
+							os.Remove(x)
+						}
+					}
+				}
+				if t.Failed() {
+					t.Logf("agent log:\n%s", a.log.String())
+				}
+			}()
+			runPod(t, a.c.Agent, pod, hostCgroup{}, func(p string, data []byte) error {
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					return err
+				}
+				return os.WriteFile(p, data, 0o644)
+			})
+		})
+	}
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o755)
+}
+
+// hostCgroup reads a container's cgroup limits from the host's cgroup v1
+// hierarchies at the path Kata's agent would use for the systemd form.
+type hostCgroup struct{}
+
+func (hostCgroup) memoryLimit(t *testing.T, cgroupPath string) string {
+	b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", cgroupPath, "memory.limit_in_bytes"))
+	if err != nil {
+		t.Errorf("memory cgroup at the converted path: %v", err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func (hostCgroup) cpuQuota(t *testing.T, cgroupPath string) string {
+	// "cpu" is a directory or a link to "cpu,cpuacct", depending on how
+	// the host mounted its v1 hierarchies.
+	b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/cpu", cgroupPath, "cpu.cfs_quota_us"))
+	if err != nil {
+		t.Errorf("cpu cgroup at the converted path: %v", err)
+	}
+	return strings.TrimSpace(string(b))
+}
