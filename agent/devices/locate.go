@@ -2,6 +2,7 @@ package devices
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path"
 	"path/filepath"
@@ -85,7 +86,7 @@ func (u Uevents) SCSIBlock(ctx context.Context, addr string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%v: %w", err, ErrInvalid)
 	}
-	if err := scsi.Scan(u.Reg.Sysfs(), a); err != nil {
+	if err := scsi.Scan(u.Reg.Sysfs(), a); err != nil && !errors.Is(err, scsi.ErrNoHost) {
 		return "", err
 	}
 	ev, err := u.wait(ctx, scsi.Disk(a))

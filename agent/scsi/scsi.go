@@ -16,8 +16,14 @@ import (
 	"github.com/keelvm/keel/agent/uevent"
 )
 
-// ErrInvalid marks a malformed address.
-var ErrInvalid = errors.New("invalid SCSI address")
+// Errors.
+var (
+	// ErrInvalid marks a malformed address.
+	ErrInvalid = errors.New("invalid SCSI address")
+	// ErrNoHost: no SCSI host to scan yet (a controller hot-added just
+	// before scans its bus itself once it comes up).
+	ErrNoHost = errors.New("no SCSI host")
+)
 
 // Addr is a SCSI target and LUN on channel 0.
 type Addr struct {
@@ -45,7 +51,7 @@ func Scan(sysfs string, a Addr) error {
 	}
 	hosts, _ := filepath.Glob(filepath.Join(sysfs, "class/scsi_host/host*/scan"))
 	if len(hosts) == 0 {
-		return fmt.Errorf("unable to scan for SCSI disk %s: no SCSI host", a)
+		return fmt.Errorf("unable to scan for SCSI disk %s: %w", a, ErrNoHost)
 	}
 	for _, h := range hosts {
 		if err := os.WriteFile(h, []byte(fmt.Sprintf("0 %d %d", a.Target, a.LUN)), 0); err != nil {

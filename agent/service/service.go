@@ -87,7 +87,7 @@ func New(h Handlers) *Service {
 		panic("service.New: Handlers.Containers is required")
 	}
 	s := &Service{Guest: h.Guest, Containers: h.Containers, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM,
-		Hotplug: h.Hotplug, Swap: h.Swap, Volumes: h.Volumes, Networks: h.Network, Storage: h.Storage}
+		Hotplug: h.Hotplug, Swap: h.Swap, SwapPCI: h.SwapPCI, Volumes: h.Volumes, Networks: h.Network, Storage: h.Storage}
 	if s.Guest == nil {
 		s.Guest = &Guest{}
 	}

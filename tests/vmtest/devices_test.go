@@ -123,14 +123,16 @@ func TestDevicesAndHotplug(t *testing.T) {
 	g, err := Boot(ctx, Config{
 		Busybox:      true,
 		Log:          testWriter{t},
-		ExtraModules: []string{"virtio_blk", "virtio_scsi", "sd_mod", "vfio_pci", "ext4"},
+		ExtraModules: []string{"virtio_blk", "virtio_scsi", "sd_mod", "vfio_pci", "ext4", "crc32c_generic"},
 		Append:       []string{"intel_iommu=on"},
 		QEMU: func(c *qemu.Config) {
 			c.Drives = []qemu.Drive{{Path: swapDisk}, {Path: markDisk, ReadOnly: true}}
 			c.PCIeRootPorts = 6
 			c.HotplugSlots = 4
 			c.MaxMemMiB = 2048
-			c.ExtraArgs = append(c.ExtraArgs, "-smp", "1,maxcpus=2", "-device", "intel-iommu,intremap=off")
+			// Kata's runtime starts the sandbox with its one virtio-scsi
+			// controller and hot-adds disks onto it.
+			c.ExtraArgs = append(c.ExtraArgs, "-smp", "1,maxcpus=2", "-device", "intel-iommu,intremap=off", "-device", "virtio-scsi-pci,id=scsi0")
 		},
 	})
 	if err != nil {
@@ -156,6 +158,80 @@ func TestDevicesAndHotplug(t *testing.T) {
 	t.Run("scsi", func(t *testing.T) { testSCSI(ctx, t, d) })
 	t.Run("swap_pci", func(t *testing.T) { testSwapPCI(ctx, t, d) })
 	t.Run("vfio", func(t *testing.T) { testVFIO(ctx, t, d) })
+	t.Run("volume_resize", func(t *testing.T) { testVolumeResize(ctx, t, d) })
+}
+
+// testVolumeResize: an ext4 disk hot-added as a "blk" storage backs a
+// container volume; the VMM grows the disk (QMP block_resize) and
+// ResizeVolume grows the mounted filesystem online, which GetVolumeStats
+// and df inside a container both see.
+func testVolumeResize(ctx context.Context, t *testing.T, d *devGuest) {
+	img := diskImage(t, d.dir, "vol.img", 32<<20, "")
+	run(t, "mkfs.ext4", "-q", "-F", "-b", "4096", img)
+	d.blockdevAdd(ctx, t, "vol1", img)
+	pciPath := d.hotAdd(ctx, t, "virtio-blk-pci", "vol1dev", map[string]any{"drive": "vol1"})
+	const mp = "/run/kata-containers/sandbox/storage/vol1"
+	vol := func(r *pb.CreateContainerRequest) {
+		r.Storages = append(r.Storages, &pb.Storage{Driver: "blk", Source: pciPath, Fstype: "ext4", MountPoint: mp})
+		r.OCI.Mounts = append(r.OCI.Mounts, &pb.Mount{Destination: "/data", Type: "bind", Source: mp, Options: []string{"rbind", "rw"}})
+	}
+	// The holder keeps the storage mounted across the other containers.
+	holder := &pb.CreateContainerRequest{ContainerId: "volholder", ExecId: "volholder", OCI: BusyboxSpec(ContainerRootfs, "/bin/sh", "-c", "echo kept > /data/file; sleep 600")}
+	vol(holder)
+	if _, err := d.c.Agent.CreateContainer(ctx, holder); err != nil {
+		t.Fatal(err)
+	}
+	defer d.c.Agent.RemoveContainer(context.Background(), &pb.RemoveContainerRequest{ContainerId: "volholder"})
+	if _, err := d.c.Agent.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "volholder"}); err != nil {
+		t.Fatal(err)
+	}
+	stats := func() *pb.VolumeUsage {
+		r, err := d.c.Agent.GetVolumeStats(ctx, &pb.VolumeStatsRequest{VolumeGuestPath: mp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Usage) != 2 || r.Usage[0].Unit != pb.VolumeUsage_BYTES || r.Usage[1].Unit != pb.VolumeUsage_INODES || r.Usage[1].Used == 0 {
+			t.Fatalf("GetVolumeStats %v", r)
+		}
+		return r.Usage[0]
+	}
+	dfKiB := func() int64 {
+		out := strings.Fields(d.sh(ctx, t, "df -k /data | tail -1; cat /data/file", vol))
+		if len(out) < 7 || out[6] != "kept" {
+			t.Fatalf("df in the container: %q", out)
+		}
+		n, err := strconv.ParseInt(out[1], 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before, dfBefore := stats(), dfKiB()
+	if err := d.g.VM.QMP().Execute(ctx, "block_resize", map[string]any{"node-name": "vol1", "size": 64 << 20}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The guest learns the new capacity from virtio's config change.
+	var err error
+	for i := 0; i < 50; i++ {
+		if _, err = d.c.Agent.ResizeVolume(ctx, &pb.ResizeVolumeRequest{VolumeGuestPath: mp}); err == nil {
+			if stats().Total > before.Total+16<<20 {
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, dfAfter := stats(), dfKiB()
+	if after.Total < before.Total+30<<20 || dfAfter < dfBefore+30<<10 {
+		t.Errorf("capacity %d -> %d bytes (GetVolumeStats), %d -> %d KiB (df in a container); want +~32 MiB", before.Total, after.Total, dfBefore, dfAfter)
+	}
+	t.Logf("ext4 volume at PCI path %s grown online: GetVolumeStats %d -> %d bytes, container df %d -> %d KiB", pciPath, before.Total, after.Total, dfBefore, dfAfter)
+	_, err = d.c.Agent.ResizeVolume(ctx, &pb.ResizeVolumeRequest{VolumeGuestPath: mp, Size: 16 << 20})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("shrink: %v", err)
+	}
 }
 
 // hotAdd device_adds driver into root port rpN (one per device) and
@@ -215,7 +291,7 @@ func testBlkPCI(ctx context.Context, t *testing.T, d *devGuest) {
 	d.blockdevAdd(ctx, t, "blk1", img)
 	start := time.Now()
 	path := d.hotAdd(ctx, t, "virtio-blk-pci", "blk1dev", map[string]any{"drive": "blk1"})
-	out := d.sh(ctx, t, "stat -c '%t:%T %F' /dev/xvdc; head -c 23 /dev/xvdc; echo; cat /sys/dev/block/$(stat -c '%t' /dev/xvdc | xargs printf '%d'):$(stat -c '%T' /dev/xvdc | xargs printf '%d')/size",
+	out := d.sh(ctx, t, "stat -c '%t:%T %F' /dev/xvdc; head -c 23 /dev/xvdc; echo; cat /sys/dev/block/$((0x$(stat -c %t /dev/xvdc))):$((0x$(stat -c %T /dev/xvdc)))/size",
 		withDevice("/dev/xvdc", "b", 253, 42, &pb.Device{Type: "blk", Id: path, VmPath: "/dev/vdz", ContainerPath: "/dev/xvdc"}))
 	took := time.Since(start)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
@@ -226,11 +302,10 @@ func testBlkPCI(ctx context.Context, t *testing.T, d *devGuest) {
 	t.Logf("blk at PCI path %s: device_add -> container that read it ended %v (node %s)", path, took.Round(time.Millisecond), lines[0])
 }
 
-// testSCSI: a disk on a hot-added virtio-scsi controller, passed as a
-// "scsi" device by target:lun.
+// testSCSI: a disk hot-added onto the sandbox's virtio-scsi controller,
+// passed as a "scsi" device by target:lun.
 func testSCSI(ctx context.Context, t *testing.T, d *devGuest) {
 	img := diskImage(t, d.dir, "scsi.img", 8<<20, "keel-scsi-disk-marker")
-	d.hotAdd(ctx, t, "virtio-scsi-pci", "scsi0", nil)
 	d.blockdevAdd(ctx, t, "scsi1", img)
 	if err := d.g.VM.QMP().DeviceAdd(ctx, "scsi-hd", "scsi1dev", map[string]any{"bus": "scsi0.0", "drive": "scsi1", "channel": 0, "scsi-id": 0, "lun": 1}); err != nil {
 		t.Fatal(err)
