@@ -62,9 +62,14 @@ bench: all
 # The main job: boot a guest under QEMU, reach the agent over AF_VSOCK, run
 # a container, power off.
 vm-demo: all
-	KEEL_AGENT_BIN=$(CURDIR)/build/keel-agent $(GO) run ./tests/demo
+	KEEL_AGENT_BIN=$(CURDIR)/build/keel-agent KEELCTL_BIN=$(CURDIR)/build/keelctl $(GO) run ./tests/demo
 
 demo: vm-demo
+
+# The same DAX guest, and a shell in a container over AF_VSOCK (keelctl run
+# --tty); ^D ends it and powers the guest off.
+vm-shell: all
+	KEEL_AGENT_BIN=$(CURDIR)/build/keel-agent KEELCTL_BIN=$(CURDIR)/build/keelctl $(GO) run ./tests/demo -shell
 
 # The agent as a plain process on a Unix socket, queried with keelctl.
 host-demo: all

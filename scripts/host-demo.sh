@@ -14,6 +14,10 @@ echo "binary: $(stat -c %s build/keel-agent) bytes, $(file -b build/keel-agent |
 run ./build/keelctl --addr "$addr" health
 run ./build/keelctl --addr "$addr" version
 run ./build/keelctl --addr "$addr" guest-details
+./build/keel-rootfs build --recipe minimal --busybox --agent build/keel-agent --output dir -o "$dir/rootfs" >/dev/null 2>&1
+echo "\$ keelctl run --rm --rootfs $dir/rootfs -- /bin/sh -c 'echo hello from a container; echo pid \$\$ >&2; exit 3'"
+./build/keelctl --addr "$addr" run --rm --rootfs "$dir/rootfs" -- /bin/sh -c 'echo hello from a container; echo pid $$ >&2; exit 3' || echo "(exit $?: the process's status)"
+echo
 echo "agent RSS: $(grep VmRSS /proc/$pid/status | tr -s ' \t' ' ')"
-echo "\$ ./build/keelctl --addr $addr call ResizeVolume --json '{}'   # not implemented: exit 1"
+echo "\$ ./build/keelctl --addr $addr call ResizeVolume --json '{}'   # bad request: exit 1, the agent's message"
 ./build/keelctl --addr "$addr" call ResizeVolume --json '{}' || echo "(exit $?)"

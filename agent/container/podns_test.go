@@ -187,9 +187,18 @@ func TestAgentNamespacePathsRefused(t *testing.T) {
 			t.Errorf("%s %s: %v; want InvalidArgument naming %s and %q", tc.kind, tc.path, err, field, tc.want)
 		}
 	}
+	// net sysctls of a container in the agent's network namespace: not the
+	// pod's in host mode, so refused naming the sysctl (the guest agent
+	// writes them there, see tests/katacompat TestKataPodVM).
+	spec := kataSpec("/bin/true")
+	spec.Linux.Sysctl = map[string]string{"net.ipv4.ip_unprivileged_port_start": "0", "kernel.msgmax": "9000"}
+	_, err := s.CreateContainer(ContainerConfig{ID: uniqueID("sysctl"), Spec: spec, IO: newIO(t, false)})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `OCI.linux.sysctl["net.ipv4.ip_unprivileged_port_start"]`) {
+		t.Errorf("net sysctl without a netns in host mode: %v", err)
+	}
 	// The agent's network namespace is the pod's (Kata's runtime strips
 	// the network namespace, leaving containers in it): allowed.
-	spec := testSpec("/bin/sh", "-c", "readlink /proc/self/ns/net")
+	spec = testSpec("/bin/sh", "-c", "readlink /proc/self/ns/net")
 	i := slices.IndexFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.NetworkNamespace })
 	spec.Linux.Namespaces[i].Path = "/proc/self/ns/net"
 	if out, st, _ := run(t, s, spec); st.Code != 0 || strings.TrimSpace(out) != ownNS(t, "net") {

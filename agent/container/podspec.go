@@ -3,7 +3,11 @@ package container
 import (
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
+	"sort"
+	"strings"
 
 	"github.com/keelvm/keel/agent/podns"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -46,6 +50,10 @@ type podNamespaces struct {
 	ipc, uts string     // pinned paths; "" before CreateSandbox
 	pid      string     // pinned pid namespace of the holder; "" when none
 	holder   *Container // first container, whose pid namespace is the pod's
+	// cgroupNS adds a cgroup namespace to a spec without one, as Kata's
+	// agent does on a cgroup v2 (unified) guest: the container then sees
+	// its own cgroup as the root, not the guest's whole tree.
+	cgroupNS bool
 }
 
 // nsPlan is the outcome of setNamespaces.
@@ -59,7 +67,8 @@ type nsPlan struct {
 // sandbox's (added when missing, so no container stays in the agent's);
 // with sandboxPidns the pid namespace is the sandbox's, else a new one
 // even when the spec has none (Kata's runtime strips it); a mount
-// namespace is always there. The first container with a new pid namespace
+// namespace is always there, and a cgroup namespace on cgroup v2. The
+// first container with a new pid namespace
 // becomes the holder of the sandbox's. A spec hostname cannot change the
 // pod's shared UTS namespace and is dropped, as Kata's agent sets it only
 // in a new UTS namespace.
@@ -95,6 +104,9 @@ func setNamespaces(spec *specs.Spec, pod podNamespaces, sandboxPidns bool, log *
 	}
 	if find(specs.MountNamespace) == nil {
 		set(specs.MountNamespace, "")
+	}
+	if pod.cgroupNS && find(specs.CgroupNamespace) == nil {
+		set(specs.CgroupNamespace, "")
 	}
 	switch {
 	case sandboxPidns && pod.holder != nil:
@@ -136,4 +148,53 @@ func hostOnlyFields(p *specs.Process, field string, l *specs.Linux) []string {
 		l.MountLabel = ""
 	}
 	return cleared
+}
+
+// podNetSysctls applies the net.* sysctls of a container that stays in the
+// agent's network namespace (no network entry, or a path naming the
+// agent's) to that namespace and drops them from the spec: libcontainer
+// refuses them there, while Kata's agent writes them (containerd 2 sets
+// net.ipv4.ip_unprivileged_port_start and ping_group_range on every pause
+// container, whose network namespace Kata's runtime strips).
+func (s *Sandbox) podNetSysctls(id string, spec *specs.Spec) error {
+	var keys []string
+	for k := range spec.Linux.Sysctl {
+		if strings.HasPrefix(k, "net.") || strings.HasPrefix(k, "net/") {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	for _, n := range spec.Linux.Namespaces {
+		if n.Type != specs.NetworkNamespace {
+			continue
+		}
+		if n.Path == "" {
+			return nil // its own: libcontainer applies them
+		}
+		if agents, err := podns.Is(string(n.Type), n.Path); err != nil || !agents {
+			return nil // another namespace: libcontainer's
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		field := fmt.Sprintf("OCI.linux.sysctl[%q]", k)
+		if !s.cfg.PodNetSysctls {
+			return fmt.Errorf("%s: the container has no network namespace of its own and the agent's is not a pod's here (host mode): %w", field, ErrInvalid)
+		}
+		rel := strings.ReplaceAll(k, ".", "/")
+		if strings.Contains(k, "/") {
+			rel = k
+		}
+		if slices.Contains(strings.Split(rel, "/"), "..") || strings.ContainsRune(rel, 0) {
+			return fmt.Errorf("%s: not a sysctl name: %w", field, ErrInvalid)
+		}
+		if err := os.WriteFile(filepath.Join("/proc/sys", rel), []byte(spec.Linux.Sysctl[k]), 0o644); err != nil {
+			return fmt.Errorf("%s %q: unable to set it in the pod's network namespace: %v: %w", field, spec.Linux.Sysctl[k], err, ErrInvalid)
+		}
+		delete(spec.Linux.Sysctl, k)
+	}
+	s.log.Info("net sysctls applied to the pod's network namespace", "container_id", id, "sysctls", keys)
+	return nil
 }

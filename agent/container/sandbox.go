@@ -25,6 +25,7 @@ import (
 	"github.com/keelvm/keel/agent/stdio"
 	"github.com/keelvm/keel/init/kmod"
 	"github.com/keelvm/keel/init/reaper"
+	"github.com/opencontainers/cgroups"
 	// Registers the cgroup device-rule manager libcontainer needs.
 	_ "github.com/opencontainers/cgroups/devices"
 	"github.com/opencontainers/runc/libcontainer"
@@ -43,7 +44,7 @@ const (
 // Config configures the sandbox manager.
 type Config struct {
 	// StateRoot holds libcontainer's state (StateRoot/containers) and the
-	// sandbox files (StateRoot/sandbox/resolv.conf, the pinned pod
+	// sandbox files (StateRoot/sandbox/{resolv.conf,hosts,hostname}, the pinned pod
 	// namespaces in StateRoot/sandbox/ns).
 	StateRoot string
 	// CgroupParent is the cgroup of containers without linux.cgroupsPath.
@@ -54,6 +55,12 @@ type Config struct {
 	// SetHostname applies CreateSandbox's hostname to the agent's UTS
 	// namespace (true in the guest; false in host-mode tests).
 	SetHostname bool
+	// PodNetSysctls: the agent's network namespace is the pod's (the
+	// guest's, as Kata's runtime leaves every container in it), so the
+	// net.* sysctls of a container without a network namespace of its own
+	// are written there, as Kata's agent does. False in host mode, where
+	// they are refused rather than applied to the host.
+	PodNetSysctls bool
 	// LoadModules loads CreateSandbox's kernel modules; nil uses init/kmod.
 	LoadModules func([]kmod.ModuleSpec) error
 	// OOM, when set, watches every container's memory cgroup from its
@@ -102,7 +109,7 @@ type Sandbox struct {
 	created     bool
 	id          string
 	hostname    string
-	resolvConf  string // "" when no DNS was given
+	etcFiles    map[string]string // sandbox /etc files by container path (etcfiles.go)
 	pidnsHolder *Container
 	// Pinned pod namespaces: IPC and UTS from CreateSandbox on, pid from
 	// the first container on (see package podns).
@@ -173,20 +180,13 @@ func (s *Sandbox) Create(sc SandboxConfig) (retErr error) {
 			return fmt.Errorf("kernel_modules: %w", err)
 		}
 	}
-	var resolv string
-	if len(sc.DNS) > 0 {
-		dir := filepath.Join(s.cfg.StateRoot, "sandbox")
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("unable to create sandbox dir: %w", err)
-		}
-		resolv = filepath.Join(dir, "resolv.conf")
-		if err := os.WriteFile(resolv, []byte(strings.Join(sc.DNS, "\n")+"\n"), 0o644); err != nil {
-			return fmt.Errorf("unable to write resolv.conf: %w", err)
-		}
+	etcFiles, err := writeSandboxFiles(filepath.Join(s.cfg.StateRoot, "sandbox"), sc.Hostname, sc.DNS)
+	if err != nil {
+		return err
 	}
 	defer func() {
-		if retErr != nil && resolv != "" {
-			os.Remove(resolv)
+		if retErr != nil {
+			removeSandboxFiles(etcFiles)
 		}
 	}()
 	if sc.Hostname != "" && s.cfg.SetHostname {
@@ -198,7 +198,7 @@ func (s *Sandbox) Create(sc SandboxConfig) (retErr error) {
 	if err != nil {
 		return err
 	}
-	s.created, s.id, s.hostname, s.resolvConf = true, sc.ID, sc.Hostname, resolv
+	s.created, s.id, s.hostname, s.etcFiles = true, sc.ID, sc.Hostname, etcFiles
 	s.ipcNS, s.utsNS = ipc, uts
 	return nil
 }
@@ -216,16 +216,14 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.resolvConf != "" {
-		os.Remove(s.resolvConf)
-	}
+	removeSandboxFiles(s.etcFiles)
 	for _, p := range []*podns.Pinned{s.ipcNS, s.utsNS, s.pidNS} {
 		if err := p.Release(); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	s.ipcNS, s.utsNS, s.pidNS, s.pidnsHolder = nil, nil, nil, nil
-	s.created, s.id, s.hostname, s.resolvConf = false, "", "", ""
+	s.created, s.id, s.hostname, s.etcFiles = false, "", "", nil
 	return errors.Join(errs...)
 }
 
@@ -289,14 +287,14 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		return nil, fmt.Errorf("container_id %q: %w", cc.ID, ErrExists)
 	}
 	s.reserved[cc.ID] = true
-	pod := podNamespaces{holder: s.pidnsHolder}
+	pod := podNamespaces{holder: s.pidnsHolder, cgroupNS: cgroups.IsCgroup2UnifiedMode()}
 	if s.ipcNS != nil {
 		pod.ipc, pod.uts = s.ipcNS.Path, s.utsNS.Path
 	}
 	if s.pidNS != nil {
 		pod.pid = s.pidNS.Path
 	}
-	hostname, resolv := s.hostname, s.resolvConf
+	hostname, etcFiles := s.hostname, s.etcFiles
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -318,13 +316,14 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	if err != nil {
 		return nil, err
 	}
+	if err := s.podNetSysctls(cc.ID, spec); err != nil {
+		return nil, err
+	}
 	privateUTS := slices.ContainsFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.UTSNamespace && n.Path == "" })
 	if spec.Hostname == "" && privateUTS {
 		spec.Hostname = hostname
 	}
-	if resolv != "" && !slices.ContainsFunc(spec.Mounts, func(m specs.Mount) bool { return filepath.Clean(m.Destination) == "/etc/resolv.conf" }) {
-		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: resolv, Options: []string{"rbind", "ro"}})
-	}
+	addSandboxMounts(spec, etcFiles)
 
 	cfg, err := ociconv.ToConfig(spec, ociconv.Options{ID: cc.ID, CgroupParent: s.cfg.CgroupParent, NoPivotRoot: s.noPivotRoot})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/keelvm/keel/agent/pcipath"
 	"github.com/keelvm/keel/agent/uevent"
@@ -320,15 +321,14 @@ func (m *Manager) findDisk(ctx context.Context, field string, s Storage) (string
 		if err != nil {
 			return "", invalidf("%s.source %q: %v", field, trunc(s.Source), err)
 		}
-		if err := scanSCSI(m.cfg.Sysfs, id, lun); err != nil {
-			return "", err
-		}
 		mt = scsiMatcher(id, lun)
 	}
+	start := time.Now()
 	ev, err := m.devices().Wait(ctx, mt, 0)
 	if err != nil {
 		return "", fmt.Errorf("%s.source %q: %w", field, trunc(s.Source), err)
 	}
+	m.cfg.Log.Info("disk found", "driver", s.Driver, "storage_source", s.Source, "devname", ev.DevName, "waited_ms", time.Since(start).Milliseconds())
 	if ev.DevName == "" {
 		return "", fmt.Errorf("%s.source %q: %s has no device node", field, s.Source, ev.DevPath)
 	}
@@ -373,18 +373,15 @@ func parseSCSIAddr(s string) (int, int, error) {
 	return int(id), int(lun), nil
 }
 
-// scanSCSI asks every SCSI host to scan channel 0, target id, lun.
-func scanSCSI(sysfs string, id, lun int) error {
+// scanSCSI asks every SCSI host there is to scan channel 0, target id,
+// lun: a disk added to a running controller is not always announced. A
+// controller hot-plugged just before may have no host yet; the scan is
+// repeated on every look (Matcher.Present) until the disk shows up.
+func scanSCSI(sysfs string, id, lun int) {
 	hosts, _ := filepath.Glob(filepath.Join(sysfs, "class/scsi_host/host*/scan"))
-	if len(hosts) == 0 {
-		return fmt.Errorf("unable to scan for SCSI disk %d:%d: no SCSI host", id, lun)
-	}
 	for _, h := range hosts {
-		if err := os.WriteFile(h, []byte(fmt.Sprintf("0 %d %d", id, lun)), 0); err != nil {
-			return fmt.Errorf("unable to scan %s: %w", h, err)
-		}
+		_ = os.WriteFile(h, []byte(fmt.Sprintf("0 %d %d", id, lun)), 0)
 	}
-	return nil
 }
 
 // scsiMatcher matches the disk at H:0:id:lun on any host.
@@ -404,6 +401,7 @@ func scsiMatcher(id, lun int) uevent.Matcher {
 		What:  fmt.Sprintf("SCSI disk %d:%d", id, lun),
 		Match: match,
 		Present: func(sysfs string) []string {
+			scanSCSI(sysfs, id, lun)
 			links, _ := filepath.Glob(filepath.Join(sysfs, "bus/scsi/devices/*"+suffix, "block/*"))
 			root, _ := filepath.EvalSymlinks(sysfs)
 			var out []string

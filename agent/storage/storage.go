@@ -133,6 +133,10 @@ type entry struct {
 	driver string
 	// undo tears the storage down (unmount, remove what was created).
 	undo func() error
+	// closing is set when the last user left and undo runs; closed when
+	// it is done. A new user of the mount point waits for it: a fresh
+	// mount must not race the unmount of the old one.
+	closing chan struct{}
 }
 
 // New returns a Manager.
@@ -197,6 +201,19 @@ func (m *Manager) Add(ctx context.Context, owner, field string, ss []Storage) (e
 // it is the first.
 func (m *Manager) addOne(ctx context.Context, owner, field string, s Storage) (mp string, isNew bool, err error) {
 	m.mu.Lock()
+	for {
+		e, ok := m.entries[s.MountPoint]
+		if !ok || e.closing == nil {
+			break
+		}
+		m.mu.Unlock()
+		select {
+		case <-e.closing:
+		case <-ctx.Done():
+			return "", false, ctx.Err()
+		}
+		m.mu.Lock()
+	}
 	if e, ok := m.entries[s.MountPoint]; ok {
 		if e.driver != s.Driver {
 			m.mu.Unlock()
@@ -264,19 +281,26 @@ func (m *Manager) releaseOne(mp string, force bool) error {
 		return nil
 	}
 	e.refs--
-	last := e.refs <= 0 && (!e.keep || force)
+	last := e.refs <= 0 && (!e.keep || force) && e.closing == nil
 	if last {
-		delete(m.entries, mp)
+		e.closing = make(chan struct{})
 	}
 	m.mu.Unlock()
 	if !last {
 		return nil
 	}
 	<-e.ready // refs > 0 until setUp ended, so this does not wait
+	var err error
 	if e.undo != nil {
-		return e.undo()
+		err = e.undo()
 	}
-	return nil
+	m.mu.Lock()
+	if m.entries[mp] == e {
+		delete(m.entries, mp)
+	}
+	close(e.closing)
+	m.mu.Unlock()
+	return err
 }
 
 // Close tears every storage down (DestroySandbox), last set up first.
@@ -297,6 +321,10 @@ func (m *Manager) Close() error {
 	for _, mp := range mps {
 		e := entries[mp]
 		<-e.ready
+		if e.closing != nil {
+			<-e.closing // its last user is tearing it down
+			continue
+		}
 		if e.undo != nil {
 			if err := e.undo(); err != nil {
 				errs = append(errs, err)

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -279,6 +280,7 @@ func TestBadStorages(t *testing.T) {
 		{"bad pci path", Storage{Driver: DriverBlk, Source: "zz/00", Fstype: "ext4", MountPoint: root + "/x"}, codes.InvalidArgument, "PCI path"},
 		{"pci path never appears", Storage{Driver: DriverBlk, Source: "1e/1f", Fstype: "ext4", MountPoint: root + "/x"}, codes.DeadlineExceeded, "1e/1f"},
 		{"mount fails", Storage{Driver: DriverBlk, Source: "/dev/null", Fstype: "ext4", MountPoint: root + "/x"}, codes.InvalidArgument, "not a block device"},
+		{"watchable tmpfs over the share", Storage{Driver: DriverWatchableBind, Source: outside, MountPoint: root + "/shared/cm"}, codes.InvalidArgument, "watchable"},
 		{"mount point reused by another driver", Storage{Driver: DriverLocal, MountPoint: filepath.Join(root, "first")}, codes.InvalidArgument, "already used"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -348,4 +350,73 @@ func FuzzParseOptions(f *testing.F) {
 			t.Fatalf("%q %q -> data %q", a, b, data)
 		}
 	})
+}
+
+// TestConcurrentUsers: containers adding and releasing the same storage
+// at once end with it mounted exactly while someone holds it.
+func TestConcurrentUsers(t *testing.T) {
+	m, root := newManager(t)
+	a, b := t.TempDir(), t.TempDir()
+	must(t, os.WriteFile(filepath.Join(a, "f"), []byte("a"), 0o644))
+	mp := filepath.Join(root, "ro-overlay")
+	s := Storage{Driver: DriverOverlayfs, Fstype: "overlay", MountPoint: mp, Options: []string{"lowerdir=" + a + ":" + b}}
+	done := make(chan error)
+	for i := range 8 {
+		go func() {
+			owner := fmt.Sprintf("c%d", i)
+			for range 10 {
+				if err := m.Add(context.Background(), owner, "storages", []Storage{s}); err != nil {
+					done <- err
+					return
+				}
+				if b, err := os.ReadFile(filepath.Join(mp, "f")); err != nil || string(b) != "a" {
+					done <- fmt.Errorf("%s: read %q %v while holding the storage", owner, b, err)
+					return
+				}
+				if err := m.Release(owner); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	if n := m.Refs(mp); n != 0 {
+		t.Fatalf("refs = %d", n)
+	}
+	if ms := mountsUnder(root); len(ms) != 0 {
+		t.Fatalf("left mounted: %v", ms)
+	}
+}
+
+// TestHugetlbfs: the pages are reserved, then hugetlbfs is mounted with
+// the page size asked.
+func TestHugetlbfs(t *testing.T) {
+	m, root := newManager(t)
+	nr := "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+	old, err := os.ReadFile(nr)
+	if err != nil {
+		t.Skipf("no 2 MiB huge pages on this kernel: %v", err)
+	}
+	t.Cleanup(func() { os.WriteFile(nr, old, 0) })
+	mp := filepath.Join(root, "sandbox/hugepages")
+	must(t, m.Add(context.Background(), "", "storages", []Storage{{Driver: DriverEphemeral, Source: "nodev", Fstype: "hugetlbfs", MountPoint: mp,
+		Options: []string{"pagesize=2097152", "size=4194304"}}}))
+	var st unix.Statfs_t
+	must(t, unix.Statfs(mp, &st))
+	if st.Type != unix.HUGETLBFS_MAGIC || st.Bsize != 2<<20 {
+		t.Fatalf("type %x bsize %d: want hugetlbfs with 2 MiB pages", st.Type, st.Bsize)
+	}
+	if n, err := readUint(nr); err != nil || n < 2 {
+		t.Fatalf("nr_hugepages = %d %v, want >= 2", n, err)
+	}
+	if err := m.Add(context.Background(), "", "storages", []Storage{{Driver: DriverEphemeral, Fstype: "hugetlbfs", MountPoint: mp + "2",
+		Options: []string{"pagesize=12345", "size=4194304"}}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("bad page size: %v", err)
+	}
 }

@@ -57,7 +57,13 @@ func (m *Manager) setUpWatchable(_ context.Context, _, field string, s Storage) 
 		return nil, invalidf("%s.source %q: %v", field, trunc(s.Source), err)
 	}
 	w := m.watch
+	// The tmpfs goes on the mount point's directory, which must be a
+	// "watchable" directory (Kata: <shared dir>/watchable): never the
+	// share itself or anything else a tmpfs would hide.
 	dir := filepath.Dir(s.MountPoint)
+	if filepath.Base(dir) != "watchable" {
+		return nil, invalidf("%s.mount_point %q: a watchable-bind mount point is in a directory named watchable (%s/watchable/...)", field, trunc(s.MountPoint), SharedDir)
+	}
 	root, err := checkMountPoint(field+".mount_point", dir, m.cfg.Roots)
 	if err != nil {
 		return nil, err

@@ -173,10 +173,11 @@ func run(args []string) error {
 	defer oomWatcher.Close()
 
 	sandbox, err := container.New(container.Config{
-		StateRoot:   o.stateRoot,
-		SetHostname: res.PID1,
-		OOM:         oomWatcher,
-		Log:         log,
+		StateRoot:     o.stateRoot,
+		SetHostname:   res.PID1,
+		PodNetSysctls: res.PID1,
+		OOM:           oomWatcher,
+		Log:           log,
 	})
 	if err != nil {
 		return fmt.Errorf("unable to set up the container manager: %w", err)

@@ -178,6 +178,8 @@ func runBuild(ctx context.Context, args []string, stderr io.Writer) int {
 	if *modules != "" {
 		c.Modules = strings.Split(*modules, ",")
 	}
+	// Unset SOURCE_DATE_EPOCH: an oci build takes its epoch from the image.
+	c.EpochFromImage = os.Getenv("SOURCE_DATE_EPOCH") == ""
 	if c.Epoch, err = cpio.SourceDateEpoch(); err != nil {
 		fmt.Fprintf(stderr, "keel-rootfs build: %v\n", err)
 		return 2

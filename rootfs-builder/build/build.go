@@ -49,6 +49,12 @@ type Config struct {
 	// Epoch (SOURCE_DATE_EPOCH) clamps every file's mtime: later ones
 	// become Epoch, older ones are kept.
 	Epoch int64
+	// EpochFromImage, when SOURCE_DATE_EPOCH is unset, takes the epoch
+	// from the input instead: the newest mtime in the image's layers (oci
+	// recipe), so no image file's time changes (timestamp-checked caches
+	// such as .pyc stay valid) and the build stays reproducible. Recipes
+	// without a dated input keep Epoch.
+	EpochFromImage bool
 }
 
 func (c *Config) progress(format string, args ...any) {
@@ -144,6 +150,11 @@ func Run(ctx context.Context, c Config) (*manifest.Manifest, error) {
 	res, err := r.Build(ctx, stage, c.Options)
 	if err != nil {
 		return nil, fmt.Errorf("recipe %s: %w", r.Name(), err)
+	}
+	if c.EpochFromImage && res.NewestMTime > 0 {
+		// Newc and 32-bit time fields end in 2106.
+		c.Epoch = min(res.NewestMTime, 1<<32-1)
+		c.progress("epoch %d: the image's newest mtime (SOURCE_DATE_EPOCH unset)", c.Epoch)
 	}
 	m := &manifest.Manifest{
 		Tool:            "keel-rootfs",

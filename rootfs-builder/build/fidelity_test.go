@@ -421,3 +421,48 @@ func TestFidelityAgainstUmoci(t *testing.T) {
 		}
 	}
 }
+
+// TestEpochFromImage: without SOURCE_DATE_EPOCH an oci build takes the
+// image's newest mtime as its epoch, so no image file's time changes, what
+// keel adds gets that time, and two builds are still byte-identical.
+func TestEpochFromImage(t *testing.T) {
+	needTools(t, "mkfs.ext4", "debugfs")
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to loop-mount the image")
+	}
+	at := func(name string, sec int64) ocitest.Entry {
+		e := ocitest.File(name, name, 0o644)
+		e.Hdr.ModTime = time.Unix(sec, 0)
+		return e
+	}
+	src := t.TempDir()
+	if _, err := ocitest.WriteLayout(src, ocitest.Image{Layers: [][]byte{ocitest.Tar(at("usr/lib/python3/x.py", 1600000000), at("etc/old", 1000))}}); err != nil {
+		t.Fatal(err)
+	}
+	var sums []string
+	for i := range 2 {
+		out := filepath.Join(t.TempDir(), "artifact")
+		cfg := Config{Recipe: "oci", Options: optsAgent(), Output: OutputImage, FS: image.Ext4, Out: out, EpochFromImage: true}
+		cfg.OCI = src
+		m, err := Run(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.SourceDateEpoch != 1600000000 {
+			t.Fatalf("epoch %d, want the image's newest mtime 1600000000", m.SourceDateEpoch)
+		}
+		sums = append(sums, m.SHA256)
+		if i == 0 {
+			mnt := mountImage(t, out)
+			for p, want := range map[string]int64{"usr/lib/python3/x.py": 1600000000, "etc/old": 1000, "sbin/init": 1600000000} {
+				st, err := os.Lstat(filepath.Join(mnt, p))
+				if err != nil || st.ModTime().Unix() != want {
+					t.Errorf("%s: mtime %v %v, want %d", p, st.ModTime().Unix(), err, want)
+				}
+			}
+		}
+	}
+	if sums[0] != sums[1] {
+		t.Fatal("two builds with the epoch from the image differ")
+	}
+}

@@ -74,8 +74,10 @@ type Image struct {
 	Layers []Layer
 	// Platform is the platform of the chosen manifest, from its config.
 	Platform Platform
-	want     Platform
-	open     func(name string) (io.ReadCloser, error)
+	// NewestMTime is the newest entry mtime (Unix seconds) Unpack saw.
+	NewestMTime int64
+	want        Platform
+	open        func(name string) (io.ReadCloser, error)
 }
 
 // maxMetadata bounds JSON documents read from an image.
@@ -394,6 +396,7 @@ func (img *Image) Unpack(dir string, opts ApplyOptions, progress func(string, ..
 			return fmt.Errorf("layer %d (%s): %w", i+1, l.Name, err)
 		}
 	}
+	img.NewestMTime = used.newest
 	return restoreDirTimes(root, dirTimes)
 }
 

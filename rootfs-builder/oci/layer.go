@@ -29,6 +29,8 @@ import (
 const (
 	whiteoutPrefix = ".wh."
 	opaqueMarker   = ".wh..wh..opq"
+	// whiteoutMetaPrefix starts aufs metadata names, never image content.
+	whiteoutMetaPrefix = ".wh..wh."
 )
 
 // ErrUnsafePath marks entries refused because they would escape the root.
@@ -136,6 +138,7 @@ var ErrLimit = errors.New("image exceeds a limit")
 // budget is what the layers of one image have used so far.
 type budget struct {
 	bytes, files int64
+	newest       int64 // newest entry mtime, Unix seconds
 }
 
 // applier applies one layer to root.
@@ -226,9 +229,14 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 	if base == opaqueMarker {
 		return a.opaque(dir)
 	}
+	if strings.HasPrefix(name, whiteoutMetaPrefix) || strings.HasPrefix(base, whiteoutMetaPrefix) {
+		// aufs metadata (.wh..wh.plnk, .wh..wh.aufs) in old docker layers:
+		// not content, skipped as Docker does.
+		return nil
+	}
 	if strings.HasPrefix(base, whiteoutPrefix) {
 		target := strings.TrimPrefix(base, whiteoutPrefix)
-		if target == "" || target == "." || target == ".." || strings.HasPrefix(target, whiteoutPrefix) {
+		if target == "" || target == "." || target == ".." {
 			return fmt.Errorf("%w: whiteout names %q", ErrUnsafePath, target)
 		}
 		victim := path.Join(dir, target)
@@ -245,6 +253,7 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) error {
 		return nil
 	}
 	a.used.files++
+	a.used.newest = max(a.used.newest, hdr.ModTime.Unix())
 	if a.used.files > a.opts.MaxFiles {
 		return fmt.Errorf("%w: more than %d entries (raise --max-files)", ErrLimit, a.opts.MaxFiles)
 	}

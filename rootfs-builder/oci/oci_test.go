@@ -110,6 +110,8 @@ func baseLayers(t *testing.T) [][]byte {
 		file("var/lib/new", "upper"),
 		file("var/lib/implicit/x", "upper"),
 		file("var/lib/.wh..wh..opq", ""),
+		// aufs metadata from old docker layers: skipped, not content.
+		dir(".wh..wh.plnk/"), file(".wh..wh.plnk/1.2", "x"), file("etc/.wh..wh.aufs", ""),
 		dir("var/lib/sub/"), file("var/lib/sub/fresh", "upper"),
 		file("etc/keep", "2"),
 	)
@@ -269,7 +271,7 @@ func FuzzApplyLayer(f *testing.F) {
 		os.Mkdir(root, 0o755)
 		sentinel := filepath.Join(parent, "sentinel")
 		os.WriteFile(sentinel, []byte("keep"), 0o644)
-		ApplyLayer(root, bytes.NewReader(data), ApplyOptions{MaxFileSize: 1 << 20})
+		ApplyLayer(root, bytes.NewReader(data), ApplyOptions{MaxFileSize: 1 << 20, MaxUnpackedSize: 4 << 20, MaxFiles: 1000})
 		ents, _ := os.ReadDir(parent)
 		if b, err := os.ReadFile(sentinel); len(ents) != 2 || err != nil || string(b) != "keep" {
 			t.Fatalf("touched outside root: %v %q %v", ents, b, err)

@@ -55,6 +55,7 @@ func (OCI) Build(ctx context.Context, dir string, opts Options) (*Result, error)
 	}, opts.Progress); err != nil {
 		return nil, err
 	}
+	res.NewestMTime = img.NewestMTime
 	if err := ensureMountPoints(dir); err != nil {
 		return nil, err
 	}

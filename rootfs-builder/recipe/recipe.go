@@ -57,6 +57,9 @@ type Input = manifest.Input
 // Result describes what a recipe used.
 type Result struct {
 	Inputs []Input
+	// NewestMTime is the newest mtime (Unix seconds) among the input's
+	// own files, when the recipe's input dates them (oci); 0 otherwise.
+	NewestMTime int64
 }
 
 // Recipe fills dir (which exists and is empty) with a root filesystem.

@@ -63,11 +63,11 @@ func (e *Evidence) CachedGrowth() int64 { return e.CachedAfter - e.CachedBefore 
 func Collect(ctx context.Context, c *client.Client, addr, keelctl string) (*Evidence, error) {
 	v, err := c.Health.Version(ctx, &pb.CheckRequest{})
 	if err != nil {
-		return nil, fmt.Errorf("Version: %w", err)
+		return nil, fmt.Errorf("unable to get the agent version: %w", err)
 	}
 	d, err := c.Agent.GetGuestDetails(ctx, &pb.GuestDetailsRequest{})
 	if err != nil {
-		return nil, fmt.Errorf("GetGuestDetails: %w", err)
+		return nil, fmt.Errorf("unable to get the guest details: %w", err)
 	}
 	e := &Evidence{AgentVersion: v.AgentVersion, PID1: d.AgentDetails.InitDaemon}
 	for _, f := range d.AgentDetails.ExtraFeatures {
@@ -145,7 +145,7 @@ func (e *Evidence) Check() error {
 	if !ready {
 		errs = append(errs, fmt.Errorf("no listener_ready in the boot timeline %v", e.Timeline))
 	}
-	if !strings.HasPrefix(e.Hello, "hello from a Keel container") {
+	if !strings.HasPrefix(e.Hello, "hello from a Keel container on "+Hostname+",") {
 		errs = append(errs, fmt.Errorf("the container printed %q", e.Hello))
 	}
 	return errors.Join(errs...)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/keelvm/keel/agent/container/containertest"
 	"github.com/keelvm/keel/kernel-config/kbuild"
+	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/rootfs-builder/build"
 	"github.com/keelvm/keel/rootfs-builder/image"
 	"github.com/keelvm/keel/tests/daxtest"
@@ -23,6 +24,8 @@ const (
 	ContainerRootfs = "/containers/busybox/rootfs"
 	BigFile         = "/data/big"
 	BigFileSize     = 16 << 20
+	// Hostname is the sandbox's (CreateSandbox), which containers share.
+	Hostname = "keel-demo"
 	// LogPort is the agent's log stream (agent.log_vport), for keelctl logs.
 	LogPort = 1025
 )
@@ -114,6 +117,17 @@ func BootDAX(ctx context.Context, dir string, log io.Writer) (*DAXGuest, error) 
 	cfg.Append = append(cfg.Append, fmt.Sprintf("agent.log_vport=%d", LogPort))
 	if g.Guest, err = vmtest.Boot(ctx, cfg); err != nil {
 		return nil, err
+	}
+	// The sandbox a runtime would create; keelctl run uses it.
+	c, err := g.Dial(ctx)
+	if err != nil {
+		g.Close()
+		return nil, err
+	}
+	defer c.Close()
+	if _, err := c.Agent.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: "demo", Hostname: Hostname}); err != nil {
+		g.Close()
+		return nil, fmt.Errorf("CreateSandbox: %w", err)
 	}
 	return g, nil
 }

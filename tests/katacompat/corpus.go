@@ -29,9 +29,11 @@ package katacompat
 
 import (
 	"fmt"
+	"os"
 	"path"
 
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"golang.org/x/sys/unix"
 )
 
 // Guest paths Kata's runtime uses (kata_agent.go, kata_agent's defaults).
@@ -60,6 +62,10 @@ type Pod struct {
 	// SandboxStorages are sent in CreateSandbox (SharedFSStorage,
 	// ShmStorage); nil = shared_fs=none and no sandbox shm.
 	SandboxStorages []*pb.Storage
+	// UnprivilegedPorts: the pause spec carries the net sysctls containerd
+	// 2 sets on every sandbox not in the host network
+	// (enable_unprivileged_ports/icmp, on by default).
+	UnprivilegedPorts bool
 	// ShmSize > 0 means the sandbox shm exists (ShmStorage was sent) and
 	// every container's /dev/shm binds it (handleShm).
 	ShmSize int64
@@ -108,6 +114,9 @@ func (p Pod) Files(cid string) map[string]string {
 // args replace /pause (the busybox rootfs has none).
 func (p Pod) Pause(args ...string) *pb.CreateContainerRequest {
 	spec := p.criSpec(p.ID, args, Resources{CPUShares: 2, OOMScoreAdj: -998}, true)
+	if p.UnprivilegedPorts {
+		spec.Linux.Sysctl = map[string]string{"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 2147483647"}
+	}
 	return p.kataShape(p.ID, spec)
 }
 
@@ -286,4 +295,31 @@ func RuntimeDefaultSeccomp() *pb.LinuxSeccomp {
 		Architectures: []string{"SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"},
 		Syscalls:      append([]*pb.LinuxSyscall{{Names: allow, Action: "SCMP_ACT_ALLOW"}}, personality...),
 	}
+}
+
+// KataDirMode is the dir_mode Kata's runtime sends in CopyFile: a Go
+// os.FileMode with Go's directory bit (virtcontainers.DirMode).
+const KataDirMode = uint32(os.FileMode(0o750) | os.ModeDir)
+
+// copyChunk is Kata's grpcMaxDataSize.
+const copyChunk = 1 << 20
+
+// CopyFile is copyFile's requests for a regular file (shared_fs=none):
+// file_mode is the source's st_mode, dir_mode KataDirMode, the data in
+// 1 MiB chunks at their offsets (one request when empty).
+func CopyFile(dst string, data []byte, perm uint32, uid, gid int32) []*pb.CopyFileRequest {
+	base := func() *pb.CopyFileRequest {
+		return &pb.CopyFileRequest{Path: dst, DirMode: KataDirMode, FileMode: unix.S_IFREG | perm, Uid: uid, Gid: gid, FileSize: int64(len(data))}
+	}
+	if len(data) == 0 {
+		return []*pb.CopyFileRequest{base()}
+	}
+	var reqs []*pb.CopyFileRequest
+	for off := 0; off < len(data); off += copyChunk {
+		r := base()
+		r.Offset = int64(off)
+		r.Data = data[off:min(off+copyChunk, len(data))]
+		reqs = append(reqs, r)
+	}
+	return reqs
 }

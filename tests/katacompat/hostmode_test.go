@@ -133,12 +133,7 @@ func TestKataPodHostMode(t *testing.T) {
 					t.Logf("agent log:\n%s", a.log.String())
 				}
 			}()
-			runPod(t, a.c.Agent, pod, hostCgroup{}, func(p string, data []byte) error {
-				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-					return err
-				}
-				return os.WriteFile(p, data, 0o644)
-			})
+			runPod(t, a.c.Agent, pod, podEnv{put: hostPut, limits: hostLimits, lowerOOM: canLowerOOMScore()})
 		})
 	}
 }
@@ -151,24 +146,25 @@ func copyFile(src, dst string) error {
 	return os.WriteFile(dst, b, 0o755)
 }
 
-// hostCgroup reads a container's cgroup limits from the host's cgroup v1
-// hierarchies at the path Kata's agent would use for the systemd form.
-type hostCgroup struct{}
-
-func (hostCgroup) memoryLimit(t *testing.T, cgroupPath string) string {
-	b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", cgroupPath, "memory.limit_in_bytes"))
-	if err != nil {
-		t.Errorf("memory cgroup at the converted path: %v", err)
+func hostPut(_ context.Context, p string, data []byte, perm uint32) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
 	}
-	return strings.TrimSpace(string(b))
+	return os.WriteFile(p, data, os.FileMode(perm))
 }
 
-func (hostCgroup) cpuQuota(t *testing.T, cgroupPath string) string {
+// hostLimits reads a container's limits from the host's cgroup v1
+// hierarchies at cgroupPath (the path Kata's agent makes of the systemd
+// form).
+func hostLimits(_ context.Context, t *testing.T, cgroupPath string) (memory, quota string) {
+	read := func(hier, file string) string {
+		b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", hier, cgroupPath, file))
+		if err != nil {
+			t.Errorf("cgroup at the converted path: %v", err)
+		}
+		return strings.TrimSpace(string(b))
+	}
 	// "cpu" is a directory or a link to "cpu,cpuacct", depending on how
 	// the host mounted its v1 hierarchies.
-	b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/cpu", cgroupPath, "cpu.cfs_quota_us"))
-	if err != nil {
-		t.Errorf("cpu cgroup at the converted path: %v", err)
-	}
-	return strings.TrimSpace(string(b))
+	return read("memory", "memory.limit_in_bytes"), read("cpu", "cpu.cfs_quota_us")
 }

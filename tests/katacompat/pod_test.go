@@ -14,10 +14,19 @@ import (
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
 
-// cgroupReader reads a container's limits where the agent put them.
-type cgroupReader interface {
-	memoryLimit(t *testing.T, cgroupPath string) string
-	cpuQuota(t *testing.T, cgroupPath string) string
+// podEnv is what differs between host mode and the VM.
+type podEnv struct {
+	// put writes a file where the agent sees it.
+	put func(ctx context.Context, path string, data []byte, perm uint32) error
+	// limits reads app1's memory limit and CPU quota from the cgroup the
+	// agent placed it in, checking that cgroup is cgroupPath.
+	limits func(ctx context.Context, t *testing.T, cgroupPath string) (memory, quota string)
+	// lowerOOM: the agent can lower oom_score_adj (CAP_SYS_RESOURCE).
+	lowerOOM bool
+	// extraMounts are added to every app container (e.g. shmtool).
+	extraMounts []*pb.Mount
+	// keep skips DestroySandbox (the guest would power off).
+	keep bool
 }
 
 const (
@@ -55,6 +64,7 @@ echo "nofile=$(grep 'open files' /proc/self/limits | tr -s ' ' | cut -d' ' -f4,5
 echo "seccomp=$(grep '^Seccomp:' /proc/self/status | tr -d ' \t' | cut -d: -f2)"
 echo "oom=$(cat /proc/self/oom_score_adj)"
 echo "sleepers=$(ps -o comm | grep -c '^sleep')"
+echo "unpriv=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start)"
 `
 
 // runPod drives the pod through the agent as Kata's runtime would and
@@ -62,7 +72,7 @@ echo "sleepers=$(ps -o comm | grep -c '^sleep')"
 // namespaces per shareProcessNamespace, hostname and the CRI files,
 // rlimits, seccomp, OOM score, and the cgroup limits at the converted
 // systemd path. put writes a file where the agent sees SharedDir.
-func runPod(t *testing.T, a pb.AgentServiceService, p Pod, cg cgroupReader, put func(path string, data []byte) error) {
+func runPod(t *testing.T, a pb.AgentServiceService, p Pod, env podEnv) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	for _, cid := range []string{p.app1ID(), p.app2ID()} {
@@ -73,7 +83,7 @@ func runPod(t *testing.T, a pb.AgentServiceService, p Pod, cg cgroupReader, put 
 			"/etc/resolv.conf":     strings.Join(p.DNS, "\n") + "\n",
 			"/dev/termination-log": "",
 		} {
-			if err := put(files[dst], []byte(content)); err != nil {
+			if err := env.put(ctx, files[dst], []byte(content), 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -90,19 +100,25 @@ func runPod(t *testing.T, a pb.AgentServiceService, p Pod, cg cgroupReader, put 
 		for _, cid := range p.containerIDs() {
 			a.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: cid, Timeout: 10})
 		}
+		if env.keep {
+			return
+		}
 		if _, err := a.DestroySandbox(ctx, &pb.DestroySandboxRequest{}); err != nil {
 			t.Errorf("DestroySandbox: %v", err)
 		}
 	}()
 	start := func(req *pb.CreateContainerRequest) {
 		t.Helper()
+		if req.ContainerId != p.ID {
+			req.OCI.Mounts = append(req.OCI.Mounts, env.extraMounts...)
+		}
 		_, err := a.CreateContainer(ctx, req)
 		must("CreateContainer "+req.ContainerId, err)
 		_, err = a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: req.ContainerId})
 		must("StartContainer "+req.ContainerId, err)
 	}
 	pause := p.Pause("/bin/sleep", "1000000")
-	if !canLowerOOMScore() {
+	if !env.lowerOOM {
 		// Lowering oom_score_adj needs CAP_SYS_RESOURCE, which a test
 		// host may withhold (the guest agent, PID 1, has it).
 		t.Logf("no CAP_SYS_RESOURCE here: the pause's oom_score_adj -998 becomes 0")
@@ -143,6 +159,9 @@ func runPod(t *testing.T, a pb.AgentServiceService, p Pod, cg cgroupReader, put 
 	if r1["oom"] != "968" || r2["oom"] != "1000" {
 		t.Errorf("oom_score_adj %q and %q, want 968 and 1000", r1["oom"], r2["oom"])
 	}
+	if p.UnprivilegedPorts && (r1["unpriv"] != "0" || r2["unpriv"] != "0") {
+		t.Errorf("ip_unprivileged_port_start %q and %q in the pod's network namespace, want the pause's 0", r1["unpriv"], r2["unpriv"])
+	}
 	if r2["shm"] != shmText {
 		t.Errorf("app2 reads SysV segment %s as %q, want %q made by app1 (shared IPC namespace)", shmKey, r2["shm"], shmText)
 	}
@@ -160,11 +179,9 @@ func runPod(t *testing.T, a pb.AgentServiceService, p Pod, cg cgroupReader, put 
 			r1["pidns"], r1["pid"], r2["pidns"], r2["pid"], r2["sleepers"])
 	}
 	cgPath := path.Join("/", p.cgroupParent(p.app1ID()), p.app1ID())
-	if got := cg.memoryLimit(t, cgPath); got != fmt.Sprint(app1Memory) {
-		t.Errorf("app1 memory limit %q at %s, want %d", got, cgPath, app1Memory)
-	}
-	if got := cg.cpuQuota(t, cgPath); got != fmt.Sprint(app1Quota) {
-		t.Errorf("app1 cpu quota %q at %s, want %d", got, cgPath, app1Quota)
+	mem, quota := env.limits(ctx, t, cgPath)
+	if mem != fmt.Sprint(app1Memory) || quota != fmt.Sprint(app1Quota) {
+		t.Errorf("app1 memory limit %q, cpu quota %q at %s; want %d and %d", mem, quota, cgPath, app1Memory, app1Quota)
 	}
 }
 

@@ -19,6 +19,8 @@ import (
 	"github.com/keelvm/keel/tests/vmm/qemu"
 	"github.com/keelvm/keel/tests/vmm/qmp"
 	"github.com/vishvananda/netns"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestPodNetwork wires a pod the two ways Kata does and lets a container
@@ -97,7 +99,8 @@ func TestPodNetwork(t *testing.T) {
 	if err := q.DeviceAdd(ctx, "virtio-net-pci", "nic0", map[string]any{"netdev": "net0", "mac": macA, "bus": qemu.PCIeRootPortID(0)}); err != nil {
 		t.Fatal(err)
 	}
-	configureNIC(ctx, t, a, q, "nic0", nicConfig{name: "eth0", mac: macA, ip: "10.210.0.2", gw: "10.210.0.1", gwMAC: srvMACA, subnet: "10.210.0.0/24"})
+	added := time.Since(start)
+	ifUp := configureNIC(ctx, t, a, q, "nic0", nicConfig{name: "eth0", mac: macA, ip: "10.210.0.2", gw: "10.210.0.1", gwMAC: srvMACA, subnet: "10.210.0.0/24"})
 	firstConfigured := time.Since(start)
 
 	if err := q.Execute(ctx, "netdev_add", map[string]any{"type": "tap", "id": "net1", "fd": "3"}, nil); err != nil {
@@ -109,14 +112,37 @@ func TestPodNetwork(t *testing.T) {
 	configureNIC(ctx, t, a, q, "nic1", nicConfig{name: "eth1", mac: mvtap.Address, ip: "10.211.0.2", subnet: "10.211.0.0/24",
 		routes: []*types.Route{{Dest: "10.212.0.0/16", Gateway: "10.211.0.1", Device: "eth1"}}, gw: "10.211.0.1", gwMAC: macB})
 
+	secondConfigured := time.Since(start)
+	// ListInterfaces sees both NICs as configured; the guest has no
+	// iptables, which GetIPTables says by name.
+	li, err := a.ListInterfaces(ctx, &pb.ListInterfacesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]string{}
+	for _, i := range li.Interfaces {
+		for _, ip := range i.IPAddresses {
+			seen[i.Name+" "+i.HwAddr] += ip.Address + " "
+		}
+	}
+	if !strings.Contains(seen["eth0 "+macA], "10.210.0.2") || !strings.Contains(seen["eth1 "+mvtap.Address], "10.211.0.2") {
+		t.Errorf("ListInterfaces: %v", seen)
+	}
+	if _, err := a.GetIPTables(ctx, &pb.GetIPTablesRequest{}); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "iptables-save") {
+		t.Errorf("GetIPTables in a guest without iptables: %v", err)
+	}
 	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: "pod", Hostname: "pod"}); err != nil {
 		t.Fatal(err)
 	}
+	sandboxed := time.Since(start)
 	script = `set -e
-try() { for i in $(seq 200); do if echo "$1" | nc -w 5 "$2" "$3"; then return 0; fi; sleep 0.1; done; return 1; }
+try() { for i in $(seq 200); do if echo "$1" | nc -w 5 "$2" "$3"; then return 0; fi; echo "retry $2" >&2; sleep 0.1; done; return 1; }
+s=$(cut -d' ' -f1 /proc/uptime)
 try ping-0 10.210.0.1 8080
+e=$(cut -d' ' -f1 /proc/uptime)
 try ping-1 10.211.0.1 8081
-ip route; ip neigh >&2`
+ip route; ip neigh >&2
+echo "uptime $s $e" >&2`
 	out, errOut, st, err := RunContainer(ctx, a, "client", BusyboxSpec(ContainerRootfs, "/bin/sh", "-c", script))
 	if err != nil || st != 0 {
 		t.Fatalf("container: status %d, %v\nstdout %s\nstderr %s\nconsole:\n%s", st, err, out, errOut, tail(g.VM.SerialLog(), 20))
@@ -134,13 +160,21 @@ ip route; ip neigh >&2`
 				t.Errorf("server %s: got %q from %s (%v), want ping from %s", s.name, r.got, r.from, r.err, s.from)
 			}
 			if s.ch == acceptedA {
-				t.Logf("tcfilter NIC: device_add → configured %v, → container TCP reachable %v (TCG)", firstConfigured.Round(time.Millisecond), r.at.Sub(start).Round(time.Millisecond))
+				ms := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+				t.Logf("latency under TCG from netdev_add of the tcfilter NIC: device_add returned %v; UpdateInterface took %v (it waited for the NIC); "+
+					"UpdateRoutes+AddARPNeighbors done %v; macvtap NIC hot-added and configured %v; CreateSandbox %v; container TCP reachable %v",
+					ms(added), ms(ifUp), ms(firstConfigured), ms(secondConfigured), ms(sandboxed), ms(r.at.Sub(start)))
 			}
 		case <-time.After(10 * time.Second):
 			t.Errorf("server %s: no connection", s.name)
 		}
 	}
 	t.Logf("guest routes:\n%s", out)
+	var up0, up1 float64
+	if i := strings.Index(errOut, "uptime "); i >= 0 {
+		fmt.Sscanf(errOut[i:], "uptime %f %f", &up0, &up1)
+	}
+	t.Logf("in the container: first connection took %.2fs (%d retries); stderr:\n%s", up1-up0, strings.Count(errOut, "retry"), errOut)
 }
 
 type nicConfig struct {
@@ -151,12 +185,14 @@ type nicConfig struct {
 // configureNIC is what Kata's runtime sends for one endpoint after
 // hot-adding its NIC: UpdateInterface by PCI path, UpdateRoutes,
 // AddARPNeighbors. The PCI path is the root port's slot, then slot 0.
-func configureNIC(ctx context.Context, t *testing.T, a pb.AgentServiceService, q *qmp.Client, id string, n nicConfig) {
+// It returns how long UpdateInterface took.
+func configureNIC(ctx context.Context, t *testing.T, a pb.AgentServiceService, q *qmp.Client, id string, n nicConfig) time.Duration {
 	t.Helper()
 	path, err := pciPath(ctx, q, id)
 	if err != nil {
 		t.Fatal(err)
 	}
+	start := time.Now()
 	got, err := a.UpdateInterface(ctx, &pb.UpdateInterfaceRequest{Interface: &types.Interface{
 		Device: n.name, Name: n.name, HwAddr: n.mac, Mtu: 1500, DevicePath: path, Type: "virtio",
 		IPAddresses: []*types.IPAddress{{Family: types.IPFamily_v4, Address: n.ip, Mask: "24"}},
@@ -164,6 +200,7 @@ func configureNIC(ctx context.Context, t *testing.T, a pb.AgentServiceService, q
 	if err != nil {
 		t.Fatalf("UpdateInterface %s (PCI path %s): %v", n.name, path, err)
 	}
+	ifUp := time.Since(start)
 	if got.Name != n.name || got.HwAddr != n.mac || len(got.IPAddresses) == 0 {
 		t.Errorf("UpdateInterface %s returned %v", n.name, got)
 	}
@@ -178,6 +215,7 @@ func configureNIC(ctx context.Context, t *testing.T, a pb.AgentServiceService, q
 	}}}); err != nil {
 		t.Fatalf("AddARPNeighbors %s: %v", n.name, err)
 	}
+	return ifUp
 }
 
 // pciPath finds device id behind its root port: "RR/00" in Kata's form.

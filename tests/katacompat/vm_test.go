@@ -1,0 +1,115 @@
+package katacompat
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/vmtest"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+type logWriter struct{ t *testing.T }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// TestKataPodVM replays the corpus (own pid namespaces) against keel-agent
+// as PID 1 of a guest: the files the CRI plugin binds and the shmtool
+// probe arrive by CopyFile as with shared_fs=none; cgroup v2 limits are
+// read from inside app1 along with the cgroup the agent placed it in.
+func TestKataPodVM(t *testing.T) {
+	if why := vmtest.Available(); why != "" {
+		t.Skip(why)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	g, err := vmtest.Boot(ctx, vmtest.Config{Busybox: true, Log: logWriter{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	c, err := g.Dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a := c.Agent
+
+	pod := Pod{ID: "vmpause", UID: "0b1c2d3e", Hostname: "kata-pod", DNS: []string{"nameserver 10.96.0.10"},
+		Rootfs: vmtest.ContainerRootfs, SharedDir: GuestSharedDir, UnprivilegedPorts: true,
+		// The sandbox shm, which every container's /dev/shm binds (handleShm).
+		SandboxStorages: []*pb.Storage{ShmStorage(64 << 20)}, ShmSize: 64 << 20}
+	kataShape := true
+	put := func(ctx context.Context, dst string, data []byte, perm uint32) error {
+		for _, r := range CopyFile(dst, data, perm, 0, 0) {
+			if !kataShape {
+				r.DirMode = KataDirMode &^ uint32(os.ModeDir)
+			}
+			_, err := a.CopyFile(ctx, r)
+			if kataShape && status.Code(err) == codes.InvalidArgument && strings.Contains(err.Error(), "dir_mode") {
+				// Issue 10 item 4 (another helper's): until it lands
+				// the Go directory bit is refused.
+				t.Logf("CopyFile refuses Kata's dir_mode %#x (%v); sending its permission bits only", KataDirMode, err)
+				kataShape = false
+				r.DirMode = KataDirMode &^ uint32(os.ModeDir)
+				_, err = a.CopyFile(ctx, r)
+			}
+			if err != nil {
+				return fmt.Errorf("CopyFile %s: %w", dst, err)
+			}
+		}
+		return nil
+	}
+	shm, err := os.ReadFile(shmtoolBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shmPath := GuestSharedDir + "shmtool"
+	if err := put(ctx, shmPath, shm, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	limits := func(ctx context.Context, t *testing.T, cgroupPath string) (string, string) {
+		// Each container has its own cgroup namespace on v2 (as with
+		// Kata's agent): its cgroup is "/" and /sys/fs/cgroup its own;
+		// host mode checks the converted path.
+		out := execOut(ctx, t, a, pod.app1ID(), "/bin/sh", "-c", "cat /proc/self/cgroup /sys/fs/cgroup/memory.max 2>&1; cut -d' ' -f1 /sys/fs/cgroup/cpu.max 2>&1")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 3 || lines[0] != "0::/" {
+			t.Errorf("app1's cgroup (v2, own namespace) and limits:\n%s", out)
+			return "", ""
+		}
+		return lines[1], lines[2]
+	}
+	runPod(t, a, pod, podEnv{put: put, limits: limits, lowerOOM: true, keep: true,
+		extraMounts: []*pb.Mount{{Destination: "/bin/shmtool", Type: "bind", Source: shmPath, Options: []string{"rbind", "ro"}}}})
+}
+
+// execOut runs args in cid (ExecProcess) and returns its stdout.
+func execOut(ctx context.Context, t *testing.T, a pb.AgentServiceService, cid string, args ...string) string {
+	t.Helper()
+	id := fmt.Sprintf("probe-%d", time.Now().UnixNano())
+	p := &pb.Process{Args: args, Env: []string{"PATH=/bin:/sbin"}, Cwd: "/", User: &pb.User{}}
+	if _, err := a.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: cid, ExecId: id, Process: p}); err != nil {
+		t.Fatalf("ExecProcess in %s: %v", cid, err)
+	}
+	var b strings.Builder
+	for {
+		r, err := a.ReadStdout(ctx, &pb.ReadStreamRequest{ContainerId: cid, ExecId: id, Len: 4096})
+		if err != nil || len(r.Data) == 0 {
+			break
+		}
+		b.Write(r.Data)
+	}
+	if _, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: cid, ExecId: id}); err != nil {
+		t.Errorf("WaitProcess %s: %v", id, err)
+	}
+	return b.String()
+}
