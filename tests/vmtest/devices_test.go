@@ -19,17 +19,17 @@ import (
 
 	"github.com/keelvm/keel/protocol/client"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/vmm/hotplug"
 	"github.com/keelvm/keel/tests/vmm/qemu"
-	"github.com/keelvm/keel/tests/vmm/qmp"
 )
 
 // devGuest is the one guest the device and hotplug subtests share.
 type devGuest struct {
-	g     *Guest
-	c     *client.Client
-	n     atomic.Int32
-	ports atomic.Int32 // root ports handed out
-	dir   string
+	g   *Guest
+	c   *client.Client
+	p   *hotplug.Plugger
+	n   atomic.Int32
+	dir string
 }
 
 // sh runs script in a fresh busybox container (with /sys mounted
@@ -105,6 +105,9 @@ func run(t *testing.T, name string, args ...string) {
 	}
 }
 
+// rootPorts is how many PCIe root ports the devices guest has for hotplug.
+const rootPorts = 6
+
 // TestDevicesAndHotplug boots one guest (Debian's kernel, q35 with an
 // emulated Intel IOMMU, room for one more vCPU and for DIMMs, PCIe root
 // ports) and checks, from inside containers, what the device and hotplug
@@ -129,7 +132,7 @@ func TestDevicesAndHotplug(t *testing.T) {
 		Append:       []string{"intel_iommu=on"},
 		QEMU: func(c *qemu.Config) {
 			c.Drives = []qemu.Drive{{Path: swapDisk}, {Path: markDisk, ReadOnly: true}}
-			c.PCIeRootPorts = 6
+			c.PCIeRootPorts = rootPorts
 			c.HotplugSlots = 4
 			c.MaxMemMiB = 2048
 			// Kata's runtime starts the sandbox with its one virtio-scsi
@@ -149,7 +152,7 @@ func TestDevicesAndHotplug(t *testing.T) {
 	if _, err := c.Agent.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: "devices", Hostname: "devices"}); err != nil {
 		t.Fatal(err)
 	}
-	d := &devGuest{g: g, c: c, dir: dir}
+	d := &devGuest{g: g, c: c, p: hotplug.New(g.VM.QMP(), rootPorts), dir: dir}
 	w := startWatch(ctx, t, c)
 
 	t.Run("cpu", func(t *testing.T) { testHotplugCPU(ctx, t, d, w) })
@@ -170,7 +173,7 @@ func testVolumeResize(ctx context.Context, t *testing.T, d *devGuest) {
 	img := diskImage(t, d.dir, "vol.img", 32<<20, "")
 	run(t, "mkfs.ext4", "-q", "-F", "-b", "4096", img)
 	d.blockdevAdd(ctx, t, "vol1", img)
-	pciPath := d.hotAdd(ctx, t, "virtio-blk-pci", "vol1dev", map[string]any{"drive": "vol1"})
+	pciPath := d.hotAdd(ctx, t, "virtio-blk-pci", map[string]any{"drive": "vol1"})
 	const mp = "/run/kata-containers/sandbox/storage/vol1"
 	vol := func(r *pb.CreateContainerRequest) {
 		r.Storages = append(r.Storages, &pb.Storage{Driver: "blk", Source: pciPath, Fstype: "ext4", MountPoint: mp})
@@ -235,28 +238,15 @@ func testVolumeResize(ctx context.Context, t *testing.T, d *devGuest) {
 	}
 }
 
-// hotAdd device_adds driver into root port rpN (one per device) and
-// returns the Kata PCI path the runtime would send ("SS/00").
-func (d *devGuest) hotAdd(ctx context.Context, t *testing.T, driver, id string, props map[string]any) string {
+// hotAdd device_adds a PCI device into a free root port and returns the
+// Kata PCI path the runtime would send ("SS/00").
+func (d *devGuest) hotAdd(ctx context.Context, t *testing.T, driver string, props map[string]any) string {
 	t.Helper()
-	port := qemu.PCIeRootPortID(int(d.ports.Add(1)) - 1)
-	pr := map[string]any{"bus": port}
-	for k, v := range props {
-		pr[k] = v
-	}
-	q := d.g.VM.QMP()
-	if err := q.DeviceAdd(ctx, driver, id, pr); err != nil {
-		t.Fatal(err)
-	}
-	buses, err := q.QueryPCI(ctx)
+	a, err := d.p.AddPCI(ctx, driver, props)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rp, ok := qmp.FindPCIDevice(buses, port)
-	if !ok {
-		t.Fatalf("root port %s not found", port)
-	}
-	return fmt.Sprintf("%02x/00", rp.Slot)
+	return a.PCIPath
 }
 
 // blockdevAdd adds a raw image as a block node for device_add.
@@ -289,9 +279,12 @@ func withDevice(path, typ string, major, minor int64, dev *pb.Device) func(*pb.C
 // and its bytes.
 func testBlkPCI(ctx context.Context, t *testing.T, d *devGuest) {
 	img := diskImage(t, d.dir, "blk.img", 16<<20, "keel-hotplug-blk-marker")
-	d.blockdevAdd(ctx, t, "blk1", img)
 	start := time.Now()
-	path := d.hotAdd(ctx, t, "virtio-blk-pci", "blk1dev", map[string]any{"drive": "blk1"})
+	added, err := d.p.AddBlock(ctx, img, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := added.PCIPath
 	out := d.sh(ctx, t, "stat -c '%t:%T %F' /dev/xvdc; head -c 23 /dev/xvdc; echo; cat /sys/dev/block/$((0x$(stat -c %t /dev/xvdc))):$((0x$(stat -c %T /dev/xvdc)))/size",
 		withDevice("/dev/xvdc", "b", 253, 42, &pb.Device{Type: "blk", Id: path, VmPath: "/dev/vdz", ContainerPath: "/dev/xvdc"}))
 	took := time.Since(start)
@@ -307,8 +300,7 @@ func testBlkPCI(ctx context.Context, t *testing.T, d *devGuest) {
 // passed as a "scsi" device by target:lun.
 func testSCSI(ctx context.Context, t *testing.T, d *devGuest) {
 	img := diskImage(t, d.dir, "scsi.img", 8<<20, "keel-scsi-disk-marker")
-	d.blockdevAdd(ctx, t, "scsi1", img)
-	if err := d.g.VM.QMP().DeviceAdd(ctx, "scsi-hd", "scsi1dev", map[string]any{"bus": "scsi0.0", "drive": "scsi1", "channel": 0, "scsi-id": 0, "lun": 1}); err != nil {
+	if _, err := d.p.AddSCSIDisk(ctx, hotplug.Added{ID: "scsi0"}, img, 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	out := d.sh(ctx, t, "stat -c '%F' /dev/xvdd; head -c 21 /dev/xvdd",
@@ -322,8 +314,11 @@ func testSCSI(ctx context.Context, t *testing.T, d *devGuest) {
 func testSwapPCI(ctx context.Context, t *testing.T, d *devGuest) {
 	img := diskImage(t, d.dir, "swap2.img", 24<<20, "")
 	run(t, "mkswap", img)
-	d.blockdevAdd(ctx, t, "swap2", img)
-	path := d.hotAdd(ctx, t, "virtio-blk-pci", "swap2dev", map[string]any{"drive": "swap2"})
+	added, err := d.p.AddBlock(ctx, img, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := added.PCIPath
 	slot, err := strconv.ParseUint(strings.Split(path, "/")[0], 16, 8)
 	if err != nil {
 		t.Fatal(err)
@@ -350,7 +345,7 @@ func testSwapPCI(ctx context.Context, t *testing.T, d *devGuest) {
 // as "vfio-pci-gk" keeps its guest driver; PCIDEVICE_* variables name the
 // guest addresses.
 func testVFIO(ctx context.Context, t *testing.T, d *devGuest) {
-	pciPath := d.hotAdd(ctx, t, "virtio-rng-pci", "rng1", nil)
+	pciPath := d.hotAdd(ctx, t, "virtio-rng-pci", nil)
 	req := withDevice("/dev/vfio/99", "c", 511, 99, &pb.Device{Type: "vfio-pci", Id: "99", ContainerPath: "/dev/vfio/99", Options: []string{"0000:3b:00.0=" + pciPath}})
 	env := func(r *pb.CreateContainerRequest) {
 		r.OCI.Process.Env = append(r.OCI.Process.Env, "PCIDEVICE_KEEL_COM_RNG=0000:3b:00.0")
@@ -365,7 +360,7 @@ func testVFIO(ctx context.Context, t *testing.T, d *devGuest) {
 		t.Errorf("unexpected container view:\n%s", out)
 	}
 
-	path2 := d.hotAdd(ctx, t, "virtio-rng-pci", "rng2", nil)
+	path2 := d.hotAdd(ctx, t, "virtio-rng-pci", nil)
 	gk := func(r *pb.CreateContainerRequest) {
 		r.Devices = append(r.Devices, &pb.Device{Type: "vfio-pci-gk", Id: "98", ContainerPath: "/dev/vfio/98", Options: []string{"0000:3b:00.1=" + path2}})
 		r.OCI.Process.Env = append(r.OCI.Process.Env, "PCIDEVICE_KEEL_COM_RNG=0000:3b:00.1")
@@ -461,9 +456,8 @@ func testHotplugCPU(ctx context.Context, t *testing.T, d *devGuest, w *watch) {
 	if _, _, _, err := w.until(ctx, func(int, int64) bool { return true }); err != nil {
 		t.Fatal(err)
 	}
-	qmpc := d.g.VM.QMP()
 	start := time.Now()
-	if err := qmpc.DeviceAdd(ctx, "max-x86_64-cpu", "cpu1", map[string]any{"socket-id": 0, "core-id": 1, "thread-id": 0}); err != nil {
+	if _, err := d.p.AddCPU(ctx); err != nil {
 		t.Fatal(err)
 	}
 	added := time.Since(start)
@@ -490,12 +484,8 @@ func testHotplugMemory(ctx context.Context, t *testing.T, d *devGuest, w *watch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	qmpc := d.g.VM.QMP()
 	start := time.Now()
-	if err := qmpc.Execute(ctx, "object-add", map[string]any{"qom-type": "memory-backend-memfd", "id": "dimm1mem", "size": 256 << 20, "share": true}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := qmpc.DeviceAdd(ctx, "pc-dimm", "dimm1", map[string]any{"memdev": "dimm1mem"}); err != nil {
+	if _, err := d.p.AddDIMM(ctx, 256); err != nil {
 		t.Fatal(err)
 	}
 	added := time.Since(start)
