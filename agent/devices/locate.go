@@ -2,7 +2,6 @@ package devices
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path"
 	"path/filepath"
@@ -85,9 +84,6 @@ func (u Uevents) SCSIBlock(ctx context.Context, addr string) (string, error) {
 	a, err := scsi.ParseAddr(addr)
 	if err != nil {
 		return "", fmt.Errorf("%v: %w", err, ErrInvalid)
-	}
-	if err := scsi.Scan(u.Reg.Sysfs(), a); err != nil && !errors.Is(err, scsi.ErrNoHost) {
-		return "", err
 	}
 	ev, err := u.wait(ctx, scsi.Disk(a))
 	if err != nil {

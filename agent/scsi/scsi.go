@@ -1,8 +1,10 @@
 // Package scsi finds disks on a virtio-scsi controller by Kata's SCSI
 // address, "target:lun" (the runtime puts every disk on channel 0 of the
-// sandbox's one controller): the hosts are asked to scan for the address
-// (a disk hot-added with device_add may not be probed otherwise), then the
-// disk is awaited through agent/uevent.
+// sandbox's one controller), for the "scsi" storage driver and device
+// type: Disk is an agent/uevent matcher whose every look in sysfs first
+// asks the hosts to scan for the address, since a disk added to a running
+// controller is not always announced and a controller hot-plugged just
+// before may have no host yet.
 package scsi
 
 import (
@@ -75,6 +77,7 @@ func Disk(a Addr) uevent.Matcher {
 			return ok && strings.HasSuffix(dir, suffix) && strings.Count(filepath.Base(dir), ":") == 3
 		},
 		Present: func(sysfs string) []string {
+			_ = Scan(sysfs, a) // no host yet: the next look scans again
 			links, _ := filepath.Glob(filepath.Join(sysfs, "bus/scsi/devices/*"+suffix, "block/*"))
 			root, err := filepath.EvalSymlinks(sysfs)
 			if err != nil {
