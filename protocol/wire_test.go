@@ -11,8 +11,6 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/protocol/types"
@@ -168,39 +166,4 @@ func TestServiceNames(t *testing.T) {
 	if n := pb.File_agent_proto.Services().Get(0).Methods().Len(); n != 42 {
 		t.Errorf("AgentService has %d RPCs, Kata's has 42", n)
 	}
-}
-
-// FuzzRequests feeds arbitrary bytes to every AgentService request type: a
-// hostile host must never make decoding panic, and whatever decodes must
-// survive a marshal/unmarshal round trip unchanged.
-func FuzzRequests(f *testing.F) {
-	f.Add([]byte{0x0a, 0x02, 'c', '1'})
-	f.Add((&enc{}).str(1, "c").msg(4, (&enc{}).str(4, "sh")).b)
-	f.Add([]byte{0x32, 0xff, 0xff, 0xff, 0xff, 0x0f})
-	svc := pb.File_agent_proto.Services().Get(0)
-	f.Fuzz(func(t *testing.T, data []byte) {
-		for i := 0; i < svc.Methods().Len(); i++ {
-			mt := svc.Methods().Get(i).Input()
-			m := newMsg(t, string(mt.FullName()))
-			if proto.Unmarshal(data, m) != nil {
-				continue
-			}
-			b, err := proto.Marshal(m)
-			if err != nil {
-				t.Fatalf("%s: re-marshal: %v", mt.FullName(), err)
-			}
-			m2 := newMsg(t, string(mt.FullName()))
-			if err := proto.Unmarshal(b, m2); err != nil || !proto.Equal(m, m2) {
-				t.Fatalf("%s: round trip changed the message: %v", mt.FullName(), err)
-			}
-		}
-	})
-}
-
-func newMsg(t *testing.T, name string) proto.Message {
-	mt, err := protoregistry.GlobalTypes.FindMessageByName(protoreflect.FullName(name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return mt.New().Interface()
 }

@@ -55,7 +55,8 @@ func TestExecLeak(t *testing.T) {
 		cycle(-1 - i)
 	}
 	settle := func() (int, int, []string) {
-		runtime.GC() // os.Process handles are released by GC cleanups
+		// No runtime.GC() first: a descriptor (a pidfd in an os.Process)
+		// that only a GC cleanup would close is a leak to report.
 		time.Sleep(50 * time.Millisecond)
 		snap := containertest.Take("keel-test")
 		return snap.FDs, runtime.NumGoroutine(), snap.Children
@@ -94,6 +95,10 @@ func TestNoLeftovers(t *testing.T) {
 	if err := s.Destroy(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	// TODO(issue 11 item 7): each container lifecycle (not exec) still
+	// leaves one pidfd of an already reaped process until a garbage
+	// collection, not traced yet (perhaps an os.Process inside libcontainer
+	// whose wait failed with ECHILD); TestExecLeak counts without a GC.
 	runtime.GC()
 	time.Sleep(50 * time.Millisecond)
 	before := containertest.Take("keel-test")
@@ -120,7 +125,7 @@ func TestNoLeftovers(t *testing.T) {
 	if err := s.Destroy(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	runtime.GC()
+	runtime.GC() // see the TODO above
 	time.Sleep(100 * time.Millisecond)
 	if d := before.Diff(containertest.Take("keel-test")); d != "" {
 		t.Errorf("leftovers: %s", d)

@@ -2,7 +2,6 @@ package container
 
 import (
 	"flag"
-	"fmt"
 	"github.com/keelvm/keel/agent/container/containertest"
 	"github.com/keelvm/keel/init/reaper"
 	"os"
@@ -32,8 +31,7 @@ var (
 func TestMain(m *testing.M) {
 	flag.Parse()
 	if os.Geteuid() != 0 {
-		fmt.Println("skipping: container tests need root")
-		os.Exit(0)
+		os.Exit(containertest.RunWithoutRoot(m))
 	}
 	dir, err := os.MkdirTemp("", "keel-rootfs-")
 	if err != nil {
@@ -55,3 +53,7 @@ func TestMain(m *testing.M) {
 
 // testSpec is runc's example spec on the busybox rootfs, running args.
 func testSpec(args ...string) *specs.Spec { return containertest.Spec(testRootfs, args...) }
+
+// TestNeedsRoot reports, as a skip with its reason, that this package's
+// tests did not run without root (see containertest.RunWithoutRoot).
+func TestNeedsRoot(t *testing.T) { containertest.SkipUnlessRoot(t, "container tests") }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keelvm/keel/agent/podns"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
@@ -45,6 +46,17 @@ func nsOf(t *testing.T, c *Container, kind string) string {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// podnsIs reports whether path is a namespace file of any of the pinned
+// kinds (error otherwise).
+func podnsIs(_ string, path string) (bool, error) {
+	for _, k := range []string{"ipc", "uts", "pid"} {
+		if a, err := podns.Is(k, path); err == nil {
+			return a, nil
+		}
+	}
+	return false, errors.New("not a pinned namespace")
+}
 
 func startSleeper(t *testing.T, s *Sandbox, id string, spec *specs.Spec, sandboxPidns bool) *Container {
 	t.Helper()
@@ -130,13 +142,18 @@ func TestPodNamespaces(t *testing.T) {
 		t.Errorf("after the holder's removal: pid ns %s and %s, want one new namespace", a, b)
 	}
 
-	nsDir := s.nsDir()
+	s.mu.Lock()
+	pins := []string{s.ipcNS.Path, s.utsNS.Path, s.pidNS.Path}
+	s.mu.Unlock()
 	if err := s.Destroy(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	if strings.Contains(string(b), nsDir) {
-		t.Errorf("namespace pins left mounted under %s", nsDir)
+	// The pins were the agent's descriptors: closed now (a later open
+	// may reuse a number, but not for a namespace file).
+	for _, p := range pins {
+		if _, err := podnsIs("ipc", p); err == nil {
+			t.Errorf("pin %s still open after Destroy", p)
+		}
 	}
 }
 

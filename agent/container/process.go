@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/keelvm/keel/agent/stdio"
@@ -176,6 +177,24 @@ var rlimits = map[string]int{
 	"RLIMIT_RTTIME": unix.RLIMIT_RTTIME,
 }
 
+// reapVia reaps an exited lp through libcontainer: a successful
+// os.Process wait is what closes the pidfd Go keeps for the process (after
+// a failed one, ECHILD because someone else reaped, it stays open until a
+// garbage collection).
+func reapVia(lp *libcontainer.Process) func() (unix.WaitStatus, error) {
+	return func() (unix.WaitStatus, error) {
+		ps, err := lp.Wait() // an exit code other than 0 is an error with a state
+		if ps == nil {
+			return 0, fmt.Errorf("unable to wait for the process: %w", err)
+		}
+		ws, ok := ps.Sys().(syscall.WaitStatus)
+		if !ok {
+			return 0, fmt.Errorf("unexpected wait status %T", ps.Sys())
+		}
+		return unix.WaitStatus(ws), nil
+	}
+}
+
 // startProcess starts lp in lc (init when lp.Init) and has the reaper
 // watch the final pid. No lock is held: libcontainer waits its own
 // bootstrap children, which the reaper never takes (see init/reaper). The
@@ -188,7 +207,7 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 	if err == nil {
 		pid, err = lp.Pid()
 		if err == nil {
-			ch, err = reaper.Watch(pid, started)
+			ch, err = reaper.WatchThen(pid, started, reapVia(lp))
 			if err != nil {
 				_ = lp.Signal(unix.SIGKILL)
 				_, _ = lp.Wait()
@@ -203,10 +222,7 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 	}
 	p := &Process{ID: id, Init: lp.Init, Pid: pid, io: io, lp: lp, done: make(chan struct{}), state: ProcessRunning}
 	go func() {
-		st := <-ch
-		// Already reaped: Wait fails with ECHILD but releases what
-		// libcontainer holds for the process.
-		_, _ = lp.Wait()
+		st := <-ch // reaped by lp.Wait (reapVia), so its pidfd is closed
 		if io != nil {
 			io.ProcessExited()
 		}

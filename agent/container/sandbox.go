@@ -44,8 +44,7 @@ const (
 // Config configures the sandbox manager.
 type Config struct {
 	// StateRoot holds libcontainer's state (StateRoot/containers) and the
-	// sandbox files (StateRoot/sandbox/{resolv.conf,hosts,hostname}, the pinned pod
-	// namespaces in StateRoot/sandbox/ns).
+	// sandbox files (StateRoot/sandbox/{resolv.conf,hosts,hostname}).
 	StateRoot string
 	// CgroupParent is the cgroup of containers without linux.cgroupsPath.
 	CgroupParent string
@@ -194,7 +193,7 @@ func (s *Sandbox) Create(sc SandboxConfig) (retErr error) {
 			return fmt.Errorf("unable to set hostname %q: %w", sc.Hostname, err)
 		}
 	}
-	ipc, uts, err := podns.NewIPCUTS(s.nsDir(), sc.Hostname)
+	ipc, uts, err := podns.NewIPCUTS(sc.Hostname)
 	if err != nil {
 		return err
 	}
@@ -202,9 +201,6 @@ func (s *Sandbox) Create(sc SandboxConfig) (retErr error) {
 	s.ipcNS, s.utsNS = ipc, uts
 	return nil
 }
-
-// nsDir holds the pinned pod namespaces.
-func (s *Sandbox) nsDir() string { return filepath.Join(s.cfg.StateRoot, "sandbox", "ns") }
 
 // Destroy removes every container (killing them) and forgets the sandbox.
 func (s *Sandbox) Destroy(ctx context.Context) error {
@@ -353,7 +349,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	var pidPin *podns.Pinned
 	if plan.becomesHolder {
 		// Pinned while init waits for Start, so it is alive.
-		if pidPin, err = podns.PinPid(p.Pid, filepath.Join(s.nsDir(), "pid")); err != nil {
+		if pidPin, err = podns.PinPid(p.Pid); err != nil {
 			_ = c.kill(context.Background())
 			if derr := c.destroy(); derr != nil {
 				s.log.Warn("rollback of failed create", "container_id", cc.ID, "err", derr)

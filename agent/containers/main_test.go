@@ -1,8 +1,6 @@
 package containers_test
 
 import (
-	"fmt"
-	"github.com/keelvm/keel/init/reaper"
 	"os"
 	"runtime"
 	"testing"
@@ -10,6 +8,7 @@ import (
 	"github.com/keelvm/keel/agent/container/containertest"
 	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/service"
+	"github.com/keelvm/keel/init/reaper"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/opencontainers/runc/libcontainer"
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
@@ -36,8 +35,7 @@ var rootfs string
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
-		fmt.Println("skipping: container tests need root")
-		os.Exit(0)
+		os.Exit(containertest.RunWithoutRoot(m))
 	}
 	dir, err := os.MkdirTemp("", "keel-rpc-rootfs-")
 	if err != nil {
@@ -56,3 +54,7 @@ func TestMain(m *testing.M) {
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
+
+// TestNeedsRoot reports, as a skip with its reason, that this package's
+// tests did not run without root (see containertest.RunWithoutRoot).
+func TestNeedsRoot(t *testing.T) { containertest.SkipUnlessRoot(t, "container tests") }

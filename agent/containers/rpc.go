@@ -511,8 +511,18 @@ func (r *RPC) CloseStdin(ctx context.Context, req *pb.CloseStdinRequest) (*empty
 	return empty, toStatus(s.CloseStdin())
 }
 
+// maxWinSize is the largest row or column count a pty takes (struct
+// winsize holds unsigned shorts).
+const maxWinSize = 0xffff
+
 // TtyWinResize resizes the process's pty.
 func (r *RPC) TtyWinResize(ctx context.Context, req *pb.TtyWinResizeRequest) (*emptypb.Empty, error) {
+	switch {
+	case req.Row > maxWinSize:
+		return nil, invalidf("row %d: exceeds %d", req.Row, maxWinSize)
+	case req.Column > maxWinSize:
+		return nil, invalidf("column %d: exceeds %d", req.Column, maxWinSize)
+	}
 	s, err := r.stdio(req.ContainerId, req.ExecId)
 	if err != nil {
 		return nil, err

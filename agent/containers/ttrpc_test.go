@@ -70,20 +70,25 @@ func TestTTRPCWire(t *testing.T) {
 	}
 }
 
-// TestTerminalExec: an exec with a pty gets a tty, honours TtyWinResize.
+// TestTerminalExec: an exec with a pty gets a tty, and the size set by
+// TtyWinResize is the size the process reads back from its terminal.
 func TestTerminalExec(t *testing.T) {
 	r := newRPC(t)
 	ctx := context.Background()
 	must := noErr(t)
 	must(r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "t", OCI: spec("/bin/sleep", "1000")}))
 	must(r.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "t"}))
-	p := &pb.Process{Terminal: true, Args: []string{"/bin/sh", "-c", "read x; test -t 0 && echo tty:$x"}, Cwd: "/", Env: []string{"PATH=/bin"}, User: &pb.User{}}
+	p := &pb.Process{Terminal: true, Args: []string{"/bin/sh", "-c", "read x; test -t 0 && echo tty:$x; echo size:$(stty size)"}, Cwd: "/", Env: []string{"PATH=/bin"}, User: &pb.User{}}
 	must(r.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: "t", ExecId: "tty", Process: p}))
+	// A size a winsize cannot hold is the host's mistake, not Internal.
+	if _, err := r.TtyWinResize(ctx, &pb.TtyWinResizeRequest{ContainerId: "t", ExecId: "tty", Row: 70000, Column: 100}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "row 70000") {
+		t.Fatalf("resize to 70000 rows: %v, want InvalidArgument naming row", err)
+	}
 	must(r.TtyWinResize(ctx, &pb.TtyWinResizeRequest{ContainerId: "t", ExecId: "tty", Row: 40, Column: 100}))
 	must(r.WriteStdin(ctx, &pb.WriteStreamRequest{ContainerId: "t", ExecId: "tty", Data: []byte("yes\n")}))
 	out := readAll(t, r, "t", "tty")
-	if !strings.Contains(out, "tty:yes") {
-		t.Errorf("tty output %q", out)
+	if !strings.Contains(out, "tty:yes") || !strings.Contains(out, "size:40 100\r\n") {
+		t.Errorf("tty output %q, want tty:yes and size:40 100", out)
 	}
 	if st := wait(t, r, "t", "tty"); st != 0 {
 		t.Errorf("status %d", st)
@@ -95,13 +100,14 @@ func TestTerminalInit(t *testing.T) {
 	r := newRPC(t)
 	ctx := context.Background()
 	must := noErr(t)
-	s := spec("/bin/sh", "-c", "test -t 0 && test -t 1 && echo init-tty")
+	s := spec("/bin/sh", "-c", "test -t 0 && test -t 1 && echo init-tty; echo size:$(stty size)")
 	s.Process.Terminal = true
 	s.Process.ConsoleSize = &pb.Box{Height: 30, Width: 90}
 	must(r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "ti", OCI: s}))
 	must(r.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "ti"}))
-	if out := readAll(t, r, "ti", ""); !strings.Contains(out, "init-tty") {
-		t.Errorf("init tty output %q", out)
+	// The spec's console size is the size the process reads back.
+	if out := readAll(t, r, "ti", ""); !strings.Contains(out, "init-tty") || !strings.Contains(out, "size:30 90\r\n") {
+		t.Errorf("init tty output %q, want init-tty and size:30 90", out)
 	}
 	if st := wait(t, r, "ti", ""); st != 0 {
 		t.Errorf("status %d", st)

@@ -5,15 +5,30 @@
 // Semantics, matching Kata's agent where it is sound:
 //
 //   - path must be absolute, clean and strictly under the root
-//     (DefaultRoot). Missing parent directories are created with dir_mode.
-//   - file_mode's type bits choose the operation: S_IFDIR creates a
-//     directory, S_IFLNK a symlink whose target is data, S_IFREG (or no type
-//     bits) a regular file; its permission bits, uid and gid are applied.
+//     (DefaultRoot). Missing parent directories are created with the
+//     permission bits (0777) of dir_mode, which Kata's Go runtime sends as an
+//     os.FileMode (os.ModeDir|0750 = 0x800001E8); a unix mode (S_IFDIR|0750)
+//     is accepted too.
+//   - file_mode is the source's unix st_mode: its type bits choose the
+//     operation (S_IFDIR a directory, S_IFLNK a symlink whose target is data,
+//     S_IFREG or none a regular file); uid and gid are applied, then the
+//     mode bits including setuid, setgid and sticky (after the chown, which
+//     would clear them).
 //   - Regular files arrive in chunks: data is written at offset into
 //     "<path>.tmp", and when offset+len(data) == file_size the temporary is
 //     truncated to file_size and renamed over path. Offset 0 starts a new
-//     transfer (the temporary is truncated); a chunk may repeat an earlier
-//     range, but may not leave a hole.
+//     transfer (a stale regular temporary is replaced); a chunk may repeat
+//     an earlier range, but may not leave a hole. A chunk that fails removes
+//     the temporary: the host restarts the file at offset 0.
+//
+// Nothing a container plants in the shared directory can make a request
+// block or write through it: the temporary is created with O_EXCL (never
+// opening an existing entry) or, for a later chunk, opened O_PATH and
+// checked with fstat before it is reopened for writing, so a FIFO, socket,
+// device node or symlink at "<path>.tmp" or at path is refused with
+// ErrInTheWay (PermissionDenied) instead of being opened. A symlink
+// request replaces whatever non-directory is at path, as Kata's agent does.
+// Requests for different paths never wait for each other.
 //
 // Confinement does not rely on string checks alone: every open and create
 // goes through openat2(2) on a descriptor of the root with RESOLVE_BENEATH
@@ -66,8 +81,15 @@ func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
-// ErrEscape is wrapped when resolving path would leave the root.
-var ErrEscape = errors.New("path resolves outside the shared directory")
+// Sentinels, mapped to PermissionDenied by the handler.
+var (
+	// ErrEscape is wrapped when resolving path would leave the root.
+	ErrEscape = errors.New("path resolves outside the shared directory")
+	// ErrInTheWay is wrapped when an entry of the wrong type (a FIFO,
+	// socket, device node, symlink, or a directory where a file goes) sits
+	// at path or its temporary.
+	ErrInTheWay = errors.New("refusing an entry of the wrong type")
+)
 
 // Request is one CopyFile call, in domain terms (Kata field names).
 type Request struct {
@@ -117,6 +139,36 @@ func ValidatePath(root, path string) ([]string, error) {
 	return comps, nil
 }
 
+// Go's os.FileMode bits that Kata's runtime may set in dir_mode (the
+// runtime sends os.FileMode(0750)|os.ModeDir); values from io/fs.
+const (
+	goModeDir    = 1 << 31
+	goModeSetuid = 1 << 23
+	goModeSetgid = 1 << 22
+	goModeSticky = 1 << 20
+)
+
+// DirPerm returns the permission bits (0777) that directories created for
+// parents get, from a dir_mode in Go os.FileMode form (ModeDir plus
+// permission, setuid/setgid/sticky bits) or in unix form (S_IFDIR plus
+// 07777). Like Kata's agent it keeps only the 0777 bits; any other type bit
+// is an error naming dir_mode.
+func DirPerm(m uint32) (uint32, error) {
+	rest := m
+	if m&goModeDir != 0 {
+		rest &^= goModeDir | goModeSetuid | goModeSetgid | goModeSticky
+	} else {
+		if m&unix.S_IFMT == unix.S_IFDIR {
+			rest &^= unix.S_IFDIR
+		}
+		rest &^= unix.S_ISUID | unix.S_ISGID | unix.S_ISVTX
+	}
+	if rest&^0o777 != 0 {
+		return 0, fieldErr("dir_mode", "%#x is neither a directory mode nor Go's os.ModeDir with permission bits", m)
+	}
+	return rest, nil
+}
+
 // kind is the operation chosen by file_mode's type bits.
 type kind int
 
@@ -146,8 +198,8 @@ func validate(root string, r *Request) ([]string, kind, error) {
 	if r.FileMode&^uint32(unix.S_IFMT|0o7777) != 0 {
 		return nil, 0, fieldErr("file_mode", "%#o has unknown bits", r.FileMode)
 	}
-	if r.DirMode&^uint32(0o7777|unix.S_IFDIR) != 0 {
-		return nil, 0, fieldErr("dir_mode", "%#o has bits beyond permissions", r.DirMode)
+	if _, err := DirPerm(r.DirMode); err != nil {
+		return nil, 0, err
 	}
 	if r.UID < -1 {
 		return nil, 0, fieldErr("uid", "%d is negative", r.UID)

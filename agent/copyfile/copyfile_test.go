@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -23,9 +25,22 @@ func newHandler(t *testing.T) (*Handler, string) {
 	return &Handler{Copier: Copier{Root: root}}, root
 }
 
+// call runs one CopyFile with a deadline: a request that blocks (a FIFO
+// opened for writing) fails the test instead of hanging it.
 func call(h *Handler, r *pb.CopyFileRequest) error {
-	_, err := h.CopyFile(context.Background(), r)
-	return err
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := h.CopyFile(ctx, r)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(15 * time.Second):
+		panic(fmt.Sprintf("CopyFile %q blocked for 15 s", r.GetPath()))
+	}
 }
 
 func TestChunkedFile(t *testing.T) {
@@ -177,9 +192,25 @@ func TestHoleRefused(t *testing.T) {
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "offset:") {
 		t.Fatalf("hole: %v", err)
 	}
+	// The refused chunk ended the transfer: its temporary is gone and a
+	// later chunk must restart at 0.
+	if _, err := os.Lstat(root + "/f" + TmpSuffix); !os.IsNotExist(err) {
+		t.Fatalf("temporary kept after a refused chunk: %v", err)
+	}
+	if err := call(h, &pb.CopyFileRequest{Path: root + "/f", FileSize: 10, Offset: 1, Data: []byte("bc")}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("chunk after an abandoned transfer: %v", err)
+	}
 	// Repeating a range is fine (a retried chunk).
-	if err := call(h, &pb.CopyFileRequest{Path: root + "/f", FileSize: 10, Offset: 1, Data: []byte("bc")}); err != nil {
-		t.Fatal(err)
+	for _, c := range []struct {
+		off  int64
+		data string
+	}{{0, "abc"}, {1, "bc"}, {3, "defghij"}} {
+		if err := call(h, &pb.CopyFileRequest{Path: root + "/f", FileSize: 10, Offset: c.off, Data: []byte(c.data)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, _ := os.ReadFile(root + "/f"); string(b) != "abcdefghij" {
+		t.Fatalf("got %q", b)
 	}
 }
 
@@ -211,14 +242,28 @@ func TestSymlinkEscapesRefused(t *testing.T) {
 	if b, _ := os.ReadFile(outside + "/victim"); len(ents) != 1 || !bytes.Equal(b, []byte("keep")) {
 		t.Fatalf("outside touched: %d entries, victim %q", len(ents), b)
 	}
-	// A final component that is a symlink is replaced, never followed.
+	// A final component that is a symlink is neither followed nor replaced
+	// by a file or directory request.
 	os.Symlink(outside+"/victim", root+"/final")
-	if err := call(h, &pb.CopyFileRequest{Path: root + "/final", FileSize: 3, Data: []byte("new")}); err != nil {
-		t.Fatal(err)
+	for _, mode := range []uint32{unix.S_IFREG | 0o644, unix.S_IFDIR | 0o755} {
+		err := call(h, &pb.CopyFileRequest{Path: root + "/final", FileSize: 3, FileMode: mode, Data: []byte("new")[:3*btoi(mode&unix.S_IFREG != 0)]})
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "path:") || !strings.Contains(err.Error(), "symlink") {
+			t.Errorf("mode %#o over a symlink: %v, want PermissionDenied naming path and the symlink", mode, err)
+		}
 	}
 	if b, _ := os.ReadFile(outside + "/victim"); string(b) != "keep" {
 		t.Fatal("followed the final symlink")
 	}
+	if l, _ := os.Readlink(root + "/final"); l != outside+"/victim" {
+		t.Fatalf("final symlink changed to %q", l)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func FuzzValidatePath(f *testing.F) {
@@ -274,4 +319,55 @@ func TestConcurrentTransfers(t *testing.T) {
 			t.Fatalf("file %d: %d bytes, %v", i, len(b), err)
 		}
 	}
+}
+
+// FuzzCopy runs whole requests through the handler against a real
+// directory that holds planted FIFOs, symlinks and a directory: whatever the
+// request, it must not panic, block, answer Internal for a request the
+// host could have sent by mistake, or touch anything outside the root.
+func FuzzCopy(f *testing.F) {
+	for _, s := range []struct {
+		rel           string
+		mode, dirMode uint32
+		size, off     int64
+		data          []byte
+	}{
+		{"cid/f", unix.S_IFREG | 0o644, 0o750, 3, 0, []byte("abc")},
+		{"cid/f", unix.S_IFREG | 0o4755, 0x800001E8, 6, 3, []byte("def")},
+		{"fifo", unix.S_IFREG | 0o644, 0o750, 1, 0, []byte("x")},
+		{"plain", unix.S_IFREG | 0o644, 0o750, 1, 0, []byte("x")},
+		{"esc/x", unix.S_IFREG | 0o644, 0o750, 1, 0, []byte("x")},
+		{"dir", unix.S_IFLNK | 0o777, 0o750, 0, 0, []byte("../../outside")},
+		{"link", unix.S_IFDIR | 0o2775, 0x800001E8, 0, 0, nil},
+		{"dir/sub/f", 0o600, unix.S_IFDIR | 0o700, 2, 1, []byte("z")},
+	} {
+		f.Add(s.rel, s.mode, s.dirMode, s.size, s.off, s.data, int32(-1), int32(0))
+	}
+	base := f.TempDir()
+	root := filepath.Join(base, "root")
+	outside := filepath.Join(base, "outside")
+	os.MkdirAll(root+"/dir", 0o755)
+	os.MkdirAll(outside, 0o755)
+	os.WriteFile(outside+"/victim", []byte("keep"), 0o644)
+	unix.Mkfifo(root+"/fifo.tmp", 0o644)
+	unix.Mkfifo(outside+"/fifo", 0o644)
+	os.Symlink("../outside", root+"/esc")
+	os.WriteFile(root+"/plain", nil, 0o644)
+	os.Symlink("plain", root+"/link.tmp")
+	h := &Handler{Copier: Copier{Root: root}}
+	allowed := map[codes.Code]bool{codes.OK: true, codes.InvalidArgument: true, codes.PermissionDenied: true, codes.FailedPrecondition: true}
+	f.Fuzz(func(t *testing.T, rel string, mode, dirMode uint32, size, off int64, data []byte, uid, gid int32) {
+		err := call(h, &pb.CopyFileRequest{Path: root + "/" + rel, FileMode: mode, DirMode: dirMode,
+			FileSize: size, Offset: off, Data: data, Uid: uid, Gid: gid})
+		if c := status.Code(err); !allowed[c] {
+			t.Fatalf("%q mode %#o dir_mode %#x size %d off %d: %v", rel, mode, dirMode, size, off, err)
+		}
+		ents, _ := os.ReadDir(outside)
+		if b, _ := os.ReadFile(outside + "/victim"); len(ents) != 2 || string(b) != "keep" {
+			t.Fatalf("%q: outside touched", rel)
+		}
+		if _, err := os.Lstat(filepath.Join(base, "root.tmp")); err == nil {
+			t.Fatalf("%q: wrote beside the root", rel)
+		}
+	})
 }

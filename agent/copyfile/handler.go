@@ -21,7 +21,7 @@ func (h *Handler) CopyFile(ctx context.Context, req *pb.CopyFileRequest) (*empty
 	if req == nil {
 		return nil, status.Error(codes.InvalidArgument, "copy file: empty request")
 	}
-	err := h.Copier.Copy(&Request{
+	err := h.Copier.Copy(ctx, &Request{
 		Path: req.Path, FileSize: req.FileSize, FileMode: req.FileMode, DirMode: req.DirMode,
 		UID: req.Uid, GID: req.Gid, Offset: req.Offset, Data: req.Data,
 	})
@@ -38,8 +38,12 @@ func toStatus(err error) error {
 		return status.Error(codes.FailedPrecondition, "copy file: "+err.Error())
 	case errors.As(err, &fe):
 		return status.Error(codes.InvalidArgument, "copy file: "+err.Error())
-	case errors.Is(err, ErrEscape):
+	case errors.Is(err, ErrEscape), errors.Is(err, ErrInTheWay):
 		return status.Error(codes.PermissionDenied, "copy file: path: "+err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "copy file: "+err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "copy file: "+err.Error())
 	}
 	return status.Error(codes.Internal, "copy file: "+err.Error())
 }

@@ -1,10 +1,15 @@
 // Package podns keeps the namespaces a Kata sandbox (pod) shares between
 // its containers, as Kata's agent does: CreateSandbox creates one IPC and
 // one UTS namespace (the UTS one carrying the pod's hostname) and keeps
-// them alive without any process in them by bind-mounting their nsfs files
-// under the sandbox's state dir; every container joins them by path. The
-// pod's pid namespace (sandbox_pidns) is its first container's, pinned the
-// same way so that a recycled pid can never redirect a join.
+// them alive without any process in them; every container joins them by
+// path. The pod's pid namespace (sandbox_pidns) is its first container's,
+// pinned the same way so that a recycled pid can never redirect a join.
+//
+// Kata's agent pins with bind mounts of the nsfs files; here the agent
+// holds an open descriptor of each namespace and containers join it
+// through /proc/<agent pid>/fd/<n>. Nothing enters the mount table (no
+// unmount to forget, nothing left behind if the agent dies, nothing other
+// processes of a test host see), and releasing is closing.
 //
 // It also identifies namespace files: Is tells whether a path given in a
 // spec names one of the agent's own namespaces, whatever the path
@@ -16,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 
 	"golang.org/x/sys/unix"
@@ -34,112 +38,91 @@ var cloneFlag = map[string]int{
 	"uts": unix.CLONE_NEWUTS, "user": unix.CLONE_NEWUSER, "cgroup": unix.CLONE_NEWCGROUP, "time": unix.CLONE_NEWTIME,
 }
 
-// Pinned is a namespace kept alive by a bind mount of its nsfs file.
+// Pinned is a namespace kept alive by an open descriptor of the agent.
 type Pinned struct {
 	Kind string // runtime-spec namespace type: "ipc", "uts", "pid"
-	Path string // the bind mount; join it by this path
+	Path string // /proc/<agent pid>/fd/<n>; join it by this path
+	f    *os.File
 }
 
-// Release unmounts and removes the pin. The namespace dies with its last
-// member.
+func pin(kind string, f *os.File) *Pinned {
+	return &Pinned{Kind: kind, Path: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd()), f: f}
+}
+
+// Release drops the pin. The namespace dies with its last member.
 func (p *Pinned) Release() error {
-	if p == nil || p.Path == "" {
+	if p == nil || p.f == nil {
 		return nil
 	}
-	err := unix.Unmount(p.Path, unix.MNT_DETACH)
-	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unable to unmount %s namespace %s: %w", p.Kind, p.Path, err)
-	}
-	if err := os.Remove(p.Path); err != nil && !os.IsNotExist(err) {
-		return fmt.Errorf("unable to remove %s: %w", p.Path, err)
+	err := p.f.Close()
+	p.f = nil
+	if err != nil {
+		return fmt.Errorf("unable to release the %s namespace: %w", p.Kind, err)
 	}
 	return nil
 }
 
 // NewIPCUTS creates a new IPC namespace and a new UTS namespace whose
-// hostname is hostname (when not empty) and pins them at dir/ipc and
-// dir/uts. No process of the agent enters them: the work happens on a
-// locked OS thread that exits afterwards (Go discards a thread that is
-// still locked when its goroutine returns, so the unshared thread is never
-// reused). The process's main thread must be locked to its goroutine
-// (runtime.LockOSThread in an init function, as keel-agent does): Go never
-// discards the main thread, so unsharing it would move the whole agent; the
-// unshare is refused on it. On failure nothing is left.
-func NewIPCUTS(dir, hostname string) (ipc, uts *Pinned, err error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("unable to create namespace dir: %w", err)
+// hostname is hostname (when not empty) and pins them. No process of the
+// agent enters them: the work happens on a locked OS thread that exits
+// afterwards (Go discards a thread that is still locked when its goroutine
+// returns, so the unshared thread is never reused). The process's main
+// thread must be locked to its goroutine (runtime.LockOSThread in an init
+// function, as keel-agent does): Go never discards the main thread, so
+// unsharing it would move the whole agent; the unshare is refused on it.
+func NewIPCUTS(hostname string) (ipc, uts *Pinned, err error) {
+	type result struct {
+		ipc, uts *os.File
+		err      error
 	}
-	ipc = &Pinned{Kind: "ipc", Path: filepath.Join(dir, "ipc")}
-	uts = &Pinned{Kind: "uts", Path: filepath.Join(dir, "uts")}
-	for _, p := range []*Pinned{ipc, uts} {
-		if err := createTarget(p.Path); err != nil {
-			os.Remove(ipc.Path)
-			return nil, nil, err
-		}
-	}
-	errc := make(chan error, 1)
+	res := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
 		// No UnlockOSThread: the thread is in namespaces the agent's
 		// other goroutines must never run in.
-		errc <- unshareAndPin(hostname, ipc.Path, uts.Path)
+		i, u, err := unshareAndOpen(hostname)
+		res <- result{i, u, err}
 	}()
-	if err := <-errc; err != nil {
-		ipc.Release()
-		uts.Release()
-		return nil, nil, err
+	r := <-res
+	if r.err != nil {
+		return nil, nil, r.err
 	}
-	return ipc, uts, nil
-}
-
-func unshareAndPin(hostname, ipcPath, utsPath string) error {
-	if unix.Gettid() == unix.Getpid() {
-		return errMainThread
-	}
-	if err := unix.Unshare(unix.CLONE_NEWIPC | unix.CLONE_NEWUTS); err != nil {
-		return fmt.Errorf("unable to create the sandbox's IPC and UTS namespaces: %w", err)
-	}
-	if hostname != "" {
-		if err := unix.Sethostname([]byte(hostname)); err != nil {
-			return fmt.Errorf("unable to set the sandbox hostname %q: %w", hostname, err)
-		}
-	}
-	tid := unix.Gettid()
-	for _, b := range []struct{ file, target string }{{"ipc", ipcPath}, {"uts", utsPath}} {
-		src := fmt.Sprintf("/proc/self/task/%d/ns/%s", tid, b.file)
-		if err := unix.Mount(src, b.target, "", unix.MS_BIND, ""); err != nil {
-			return fmt.Errorf("unable to pin the sandbox's %s namespace at %s: %w", b.file, b.target, err)
-		}
-	}
-	return nil
+	return pin("ipc", r.ipc), pin("uts", r.uts), nil
 }
 
 var errMainThread = errors.New("unable to create the sandbox's namespaces: on the main thread, which must be locked by the program's init")
 
-// PinPid pins the pid namespace of process pid at path (the sandbox's
-// shared pid namespace, taken from its first container's init).
-func PinPid(pid int, path string) (*Pinned, error) {
-	if err := createTarget(path); err != nil {
-		return nil, err
+func unshareAndOpen(hostname string) (ipc, uts *os.File, err error) {
+	if unix.Gettid() == unix.Getpid() {
+		return nil, nil, errMainThread
 	}
-	if err := unix.Mount(fmt.Sprintf("/proc/%d/ns/pid", pid), path, "", unix.MS_BIND, ""); err != nil {
-		os.Remove(path)
-		return nil, fmt.Errorf("unable to pin the pid namespace of pid %d at %s: %w", pid, path, err)
+	if err := unix.Unshare(unix.CLONE_NEWIPC | unix.CLONE_NEWUTS); err != nil {
+		return nil, nil, fmt.Errorf("unable to create the sandbox's IPC and UTS namespaces: %w", err)
 	}
-	return &Pinned{Kind: "pid", Path: path}, nil
+	if hostname != "" {
+		if err := unix.Sethostname([]byte(hostname)); err != nil {
+			return nil, nil, fmt.Errorf("unable to set the sandbox hostname %q: %w", hostname, err)
+		}
+	}
+	tid := unix.Gettid()
+	if ipc, err = os.Open(fmt.Sprintf("/proc/self/task/%d/ns/ipc", tid)); err != nil {
+		return nil, nil, fmt.Errorf("unable to pin the sandbox's IPC namespace: %w", err)
+	}
+	if uts, err = os.Open(fmt.Sprintf("/proc/self/task/%d/ns/uts", tid)); err != nil {
+		ipc.Close()
+		return nil, nil, fmt.Errorf("unable to pin the sandbox's UTS namespace: %w", err)
+	}
+	return ipc, uts, nil
 }
 
-func createTarget(path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("unable to create namespace dir: %w", err)
-	}
-	// A stale pin (an agent that died) is dropped first.
-	_ = unix.Unmount(path, unix.MNT_DETACH)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o400)
+// PinPid pins the pid namespace of process pid (the sandbox's shared pid
+// namespace, taken from its first container's init while it is alive).
+func PinPid(pid int) (*Pinned, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/pid", pid))
 	if err != nil {
-		return fmt.Errorf("unable to create namespace pin %s: %w", path, err)
+		return nil, fmt.Errorf("unable to pin the pid namespace of pid %d: %w", pid, err)
 	}
-	return f.Close()
+	return pin("pid", f), nil
 }
 
 // ErrNotNamespace is returned by Is for a path that is not a namespace file

@@ -3,7 +3,6 @@ package podns
 import (
 	"errors"
 	"os"
-	"path/filepath"
 	"runtime"
 	"testing"
 
@@ -19,7 +18,7 @@ func TestPinsAndIdentity(t *testing.T) {
 		t.Skip("pinning namespaces needs root")
 	}
 	dir := t.TempDir()
-	ipc, uts, err := NewIPCUTS(filepath.Join(dir, "ns"), "pinned-host")
+	ipc, uts, err := NewIPCUTS("pinned-host")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,15 +56,23 @@ func TestPinsAndIdentity(t *testing.T) {
 	if _, err := Is("ipc", uts.Path); !errors.Is(err, ErrNotNamespace) {
 		t.Errorf("UTS pin as ipc: %v", err)
 	}
-	if _, err := Is("ipc", filepath.Join(dir, "ns")); !errors.Is(err, ErrNotNamespace) {
+	if _, err := Is("ipc", dir); !errors.Is(err, ErrNotNamespace) {
 		t.Errorf("a directory: %v", err)
 	}
 	for _, p := range []*Pinned{ipc, uts} {
 		if err := p.Release(); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := os.Stat(p.Path); !os.IsNotExist(err) {
-			t.Errorf("%s left after Release: %v", p.Path, err)
+		if _, err := Is(p.Kind, p.Path); err == nil {
+			t.Errorf("%s still a %s namespace after Release", p.Path, p.Kind)
 		}
+	}
+	// Another process (a container's runc init) joins by the path.
+	if p, err := PinPid(os.Getpid()); err != nil {
+		t.Fatal(err)
+	} else if agents, err := Is("pid", p.Path); err != nil || !agents {
+		t.Errorf("pid pin of ourselves: %v %v", agents, err)
+	} else {
+		p.Release()
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/keelvm/keel/agent/connlimit"
 	"github.com/keelvm/keel/agent/metrics"
 	"github.com/keelvm/keel/protocol/addr"
 	pb "github.com/keelvm/keel/protocol/grpc"
@@ -64,8 +65,9 @@ func Listen(address string) (net.Listener, error) {
 
 // Server is a ttrpc server with the agent's services registered.
 type Server struct {
-	ttrpc *ttrpc.Server
-	log   *slog.Logger
+	ttrpc   *ttrpc.Server
+	log     *slog.Logger
+	metrics *metrics.Registry
 }
 
 // New registers agent and health on a new ttrpc server. m may be nil.
@@ -73,7 +75,7 @@ func New(agent pb.AgentServiceService, health pb.HealthService, m *metrics.Regis
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{log: log}
+	s := &Server{log: log, metrics: m}
 	ts, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(s.intercept(m)))
 	if err != nil {
 		return nil, fmt.Errorf("unable to create ttrpc server: %w", err)
@@ -84,9 +86,23 @@ func New(agent pb.AgentServiceService, health pb.HealthService, m *metrics.Regis
 	return s, nil
 }
 
-// Serve accepts connections on ln until Shutdown or Close.
+// Serve accepts connections on ln until Shutdown or Close, within the
+// connection limits of package connlimit (a cap on connections with the
+// idle ones evicted first, a deadline for a half-sent frame and a blocked
+// reply, room kept under RLIMIT_NOFILE).
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	err := s.ttrpc.Serve(ctx, ln)
+	cl := connlimit.Wrap(ln, connlimit.Options{Log: s.log})
+	s.log.Debug("connection limits", "max_conns", cl.Max(), "frame_timeout", connlimit.FrameTimeout, "write_timeout", connlimit.WriteTimeout)
+	if s.metrics != nil {
+		s.metrics.Gauge("keel_connections", "Open ttrpc connections.", func() float64 { return float64(cl.Stats().Open) })
+		s.metrics.Gauge("keel_connections_evicted", "Idle connections closed to make room for a new one.", func() float64 { return float64(cl.Stats().Evicted) })
+		s.metrics.Gauge("keel_connections_refused", "Connections refused at the cap with every connection busy.", func() float64 { return float64(cl.Stats().Refused) })
+		s.metrics.Gauge("keel_connections_timed_out", "Connections closed for a half-sent frame or a blocked reply.", func() float64 {
+			st := cl.Stats()
+			return float64(st.FrameTimeouts + st.WriteTimeouts)
+		})
+	}
+	err := s.ttrpc.Serve(ctx, cl)
 	if errors.Is(err, ttrpc.ErrServerClosed) {
 		return nil
 	}

@@ -2,6 +2,7 @@ package stdio
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -173,4 +174,42 @@ func dupFile(f *os.File) (*os.File, error) {
 		}
 	})
 	return nf, derr
+}
+
+// BenchmarkReadStdout calls IO.ReadStdout directly (no ttrpc) with small
+// and large len, so a change to how readRPC takes its buffer shows on both.
+func BenchmarkReadStdout(b *testing.B) {
+	for _, ln := range []int{32 << 10, MaxReadLen} {
+		b.Run(fmt.Sprintf("len=%d", ln), func(b *testing.B) {
+			b.SetBytes(benchBytes)
+			ctx := context.Background()
+			for b.Loop() {
+				b.StopTimer()
+				s, err := New(Options{PipeSize: 1 << 20})
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, w, _ := s.ChildFiles()
+				wdup, _ := dupFile(w)
+				s.CloseChildSide()
+				b.StartTimer()
+				benchWriter(b, wdup)
+				n := 0
+				for {
+					d, err := s.ReadStdout(ctx, ln)
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					n += len(d)
+				}
+				if n != benchBytes {
+					b.Fatalf("got %d bytes", n)
+				}
+				s.Close()
+			}
+		})
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -123,9 +124,19 @@ func TestBackgroundGrandchildDoesNotHoldEOF(t *testing.T) {
 // delivered after the grace; EOF comes at the first empty moment after it.
 func TestDataAfterGraceStillDelivered(t *testing.T) {
 	s := newIO(t, Options{})
-	p := start(t, s, "sh", "-c", "(i=0; while [ $i -lt 5 ]; do echo tick; i=$((i+1)); sleep 0.1; done) & echo hi")
+	done := filepath.Join(t.TempDir(), "done")
+	p := start(t, s, "sh", "-c", "(i=0; while [ $i -lt 5 ]; do echo tick; i=$((i+1)); sleep 0.1; done; touch "+done+") & echo hi")
 	<-p.exited
 	time.Sleep(ExitGrace + 100*time.Millisecond)
+	// On a busy machine the ticks may take longer than the grace: wait
+	// until all were written, which is what the test is about.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(done); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatal("the grandchild did not finish its ticks in 10 s")
+		}
+	}
 	ctx := ctxT(t, 10*time.Second)
 	got, err := readAll(ctx, s.ReadStdout, 100, 0)
 	if err != nil {

@@ -98,7 +98,10 @@ func (s *outStream) file() *os.File {
 	return s.f
 }
 
-// readRPC serves ReadStdout/ReadStderr.
+// readRPC serves ReadStdout/ReadStderr. While the stream is empty it holds
+// no buffer: one is taken from a pool only when data (or EOF) is there, so
+// a pending call costs its goroutine and a few words however large its len,
+// and N pending calls never pin N buffers.
 func (s *outStream) readRPC(ctx context.Context, max int) ([]byte, error) {
 	if s == nil {
 		return nil, ErrNoStream
@@ -107,13 +110,29 @@ func (s *outStream) readRPC(ctx context.Context, max int) ([]byte, error) {
 		return nil, fmt.Errorf("read %s: length %d must be positive", s.name, max)
 	}
 	max = min(max, MaxReadLen)
-	bp := rpcBufs.Get().(*[]byte)
-	defer rpcBufs.Put(bp)
-	buf := (*bp)[:max]
-	n, err := s.read(ctx, buf, false)
+	var bp *[]byte
+	pool := &smallBufs
+	if max > smallReadLen {
+		pool = &largeBufs
+	}
+	get := func() []byte {
+		if bp == nil {
+			bp = pool.Get().(*[]byte)
+		}
+		return (*bp)[:max]
+	}
+	put := func() {
+		if bp != nil {
+			pool.Put(bp)
+			bp = nil
+		}
+	}
+	defer put()
+	n, err := s.readLazy(ctx, lazyBuf{get, put}, false)
 	if err != nil {
 		return nil, err
 	}
+	buf := get()
 	// One pipe read returns at most what the pipe holds (64 KiB by
 	// default). While more is already waiting, gather it into the same
 	// answer: fewer RPCs per byte, and never a wait for data that is not
@@ -129,13 +148,22 @@ func (s *outStream) readRPC(ctx context.Context, max int) ([]byte, error) {
 			break // EOF or an error: the next call reports it
 		}
 	}
-	// Copy out exactly n bytes: the pooled buffer is MaxReadLen long, and
-	// allocating that per call made large requests slower than small ones.
+	// Copy out exactly n bytes: the pooled buffer is reused, and allocating
+	// a MaxReadLen buffer per call made large requests slower than small.
 	return append([]byte(nil), buf[:n]...), nil
 }
 
-// rpcBufs holds MaxReadLen buffers for readRPC.
-var rpcBufs = sync.Pool{New: func() any { b := make([]byte, MaxReadLen); return &b }}
+// smallReadLen splits readRPC's pools: Kata's shims ask for 32 KiB, and a
+// small request should not take a MaxReadLen buffer even for the few
+// microseconds it reads.
+const smallReadLen = 64 << 10
+
+// smallBufs and largeBufs hold readRPC's buffers, only while they are
+// being filled and copied out.
+var (
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, smallReadLen); return &b }}
+	largeBufs = sync.Pool{New: func() any { b := make([]byte, MaxReadLen); return &b }}
+)
 
 // available reports how many bytes the stream's pipe or pty holds now
 // (FIONREAD, spelled TIOCINQ in x/sys), or 0 when that cannot be known.
@@ -157,6 +185,19 @@ func (s *outStream) available() int {
 // read fills p with what is available (at least one byte) or returns io.EOF.
 // fromAttach is true for the passfd copier that owns an attached stream.
 func (s *outStream) read(ctx context.Context, p []byte, fromAttach bool) (int, error) {
+	return s.readLazy(ctx, lazyBuf{get: func() []byte { return p }}, fromAttach)
+}
+
+// lazyBuf is a buffer taken only for a read that is about to happen and
+// given back (put, when set) while the reader waits.
+type lazyBuf struct {
+	get func() []byte
+	put func()
+}
+
+// readLazy is read with the buffer taken from b only while the stream is
+// readable: a caller waiting for data holds no buffer.
+func (s *outStream) readLazy(ctx context.Context, b lazyBuf, fromAttach bool) (int, error) {
 	switch {
 	case s.closed.Load():
 		return 0, ErrClosed
@@ -181,7 +222,7 @@ func (s *outStream) read(ctx context.Context, p []byte, fromAttach bool) (int, e
 		if err := ctx.Err(); err != nil {
 			return 0, err
 		}
-		n, err := s.f.Read(p)
+		n, err := s.readWhenReady(b)
 		if n > 0 {
 			return n, nil
 		}
@@ -199,7 +240,7 @@ func (s *outStream) read(ctx context.Context, p []byte, fromAttach bool) (int, e
 			if !s.exit.graceOver() {
 				continue // a stale wake-up, or the exit deadline moved
 			}
-			n, err := s.readNow(p)
+			n, err := s.readNow(b.get())
 			if n > 0 {
 				return n, nil
 			}
@@ -216,6 +257,44 @@ func (s *outStream) read(ctx context.Context, p []byte, fromAttach bool) (int, e
 			return 0, fmt.Errorf("read %s: %w", s.name, err)
 		}
 	}
+}
+
+// readWhenReady waits in the poller until the stream is readable, then
+// reads into b; it is os.File.Read except that the buffer is held only
+// across the read(2) itself and given back before waiting.
+func (s *outStream) readWhenReady(b lazyBuf) (int, error) {
+	rc, err := s.f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		for {
+			n, rerr = unix.Read(int(fd), b.get())
+			if rerr != unix.EINTR {
+				break
+			}
+		}
+		if rerr == unix.EAGAIN {
+			if b.put != nil {
+				b.put()
+			}
+			return false // wait in the poller, holding nothing
+		}
+		return true
+	})
+	switch {
+	case err != nil && s.closed.Load():
+		return 0, os.ErrClosed // poll's "use of closed file", as File.Read says it
+	case err != nil:
+		return 0, err
+	case rerr != nil:
+		return 0, rerr
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }
 
 // readNow reads without waiting; (0, EAGAIN) means the pipe is empty.

@@ -305,12 +305,16 @@ func (m *Manager) releaseOne(mp string, force bool) error {
 
 // Close tears every storage down (DestroySandbox), last set up first.
 func (m *Manager) Close() error {
-	m.watch.stop()
 	m.mu.Lock()
 	entries := m.entries
 	m.entries = map[string]*entry{}
 	m.owners = map[string][]string{}
+	// A new sandbox (host mode) gets a fresh polling loop; the storages
+	// torn down below keep the old watcher until their undo ran.
+	old := m.watch
+	m.watch = newWatcher(m)
 	m.mu.Unlock()
+	old.stop()
 	// Unmount deeper mount points first (a volume inside the share).
 	mps := make([]string, 0, len(entries))
 	for mp := range entries {

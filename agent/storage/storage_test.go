@@ -420,3 +420,72 @@ func TestHugetlbfs(t *testing.T) {
 		t.Fatalf("bad page size: %v", err)
 	}
 }
+
+// TestDiskByName: mmioblk and nvdimm name their disk by /dev path; the
+// agent waits for it by name (here a loop device, already present), and
+// adds dax only when the device supports it (a loop device does not).
+func TestDiskByName(t *testing.T) {
+	m, root := newManager(t)
+	img := loopdev.File(t, 32<<20)
+	loopdev.Run(t, "mkfs.ext4", "-q", "-F", img)
+	dev := loopdev.Attach(t, img)
+	for _, driver := range []string{DriverMmioBlk, DriverNvdimm} {
+		mp := filepath.Join(root, driver)
+		must(t, m.Add(context.Background(), driver, "storages", []Storage{{Driver: driver, Source: dev, Fstype: "ext4", MountPoint: mp}}))
+		if fsType(t, mp) != unix.EXT4_SUPER_MAGIC {
+			t.Fatalf("%s: not an ext4 mount", driver)
+		}
+		data, _ := os.ReadFile("/proc/self/mountinfo")
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) > 5 && f[4] == mp && strings.Contains(line, "dax") {
+				t.Errorf("%s: dax on a device without DAX: %s", driver, line)
+			}
+		}
+		must(t, m.Release(driver))
+	}
+	err := m.Add(context.Background(), "x", "storages", []Storage{{Driver: DriverMmioBlk, Source: "/dev/vdzz", Fstype: "ext4", MountPoint: filepath.Join(root, "never")}})
+	if Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("a disk that never appears: %v", err)
+	}
+}
+
+// TestFSGroupOnRootMismatch: with OnRootMismatch a volume whose root
+// already has the group and modes is left alone; Always re-owns it all.
+func TestFSGroupOnRootMismatch(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	dir := t.TempDir()
+	inner := filepath.Join(dir, "inner")
+	must(t, os.WriteFile(inner, nil, 0o600))
+	must(t, os.Chown(dir, 0, 900))
+	must(t, os.Chmod(dir, 0o770|os.ModeSetgid))
+	must(t, setOwnership(dir, FSGroup{GID: 900, OnRootMismatch: true}, false))
+	if st, _ := os.Stat(inner); st.Sys().(*syscall.Stat_t).Gid != 0 {
+		t.Fatal("OnRootMismatch re-owned a volume whose root matched")
+	}
+	must(t, setOwnership(dir, FSGroup{GID: 900}, false))
+	st, _ := os.Stat(inner)
+	if st.Sys().(*syscall.Stat_t).Gid != 900 || st.Mode().Perm() != 0o660 {
+		t.Fatalf("Always: inner gid %d mode %v, want 900 and 0660", st.Sys().(*syscall.Stat_t).Gid, st.Mode())
+	}
+}
+
+// TestWatchableAfterClose: a sandbox created after DestroySandbox (host
+// mode) still gets its watchable storages polled.
+func TestWatchableAfterClose(t *testing.T) {
+	m, root := newManager(t)
+	src := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(src, "k"), []byte("1"), 0o644))
+	mp := filepath.Join(root, "watchable/cm")
+	add := func() {
+		must(t, m.Add(context.Background(), "c", "storages", []Storage{{Driver: DriverWatchableBind, Source: src, MountPoint: mp}}))
+	}
+	add()
+	must(t, m.Close())
+	add()
+	must(t, os.WriteFile(filepath.Join(src, "k"), []byte("2"), 0o644))
+	future := time.Now().Add(2 * time.Second)
+	os.Chtimes(filepath.Join(src, "k"), future, future)
+	eventually(t, filepath.Join(mp, "k"), "2")
+}

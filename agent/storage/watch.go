@@ -56,7 +56,9 @@ func (m *Manager) setUpWatchable(_ context.Context, _, field string, s Storage) 
 	if err != nil {
 		return nil, invalidf("%s.source %q: %v", field, trunc(s.Source), err)
 	}
+	m.mu.Lock()
 	w := m.watch
+	m.mu.Unlock()
 	// The tmpfs goes on the mount point's directory, which must be a
 	// "watchable" directory (Kata: <shared dir>/watchable): never the
 	// share itself or anything else a tmpfs would hide.

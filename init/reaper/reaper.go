@@ -224,6 +224,16 @@ func (r *reaper) reapOrphans() {
 // as it exits, and delivers its status once on the returned channel. started
 // is when the process was started (see RegisterSince).
 func Watch(pid int, started time.Time) (<-chan ExitStatus, error) {
+	return WatchThen(pid, started, nil)
+}
+
+// WatchThen is Watch for a process whose other owner holds a handle on it
+// (libcontainer's os.Process, with its own pidfd that only a successful
+// wait releases): once pid has exited it is left unreaped and reap is
+// called, which must reap it (e.g. libcontainer.Process.Wait) and return
+// its wait status. Should reap fail, the process is reaped here. A nil reap
+// is Watch.
+func WatchThen(pid int, started time.Time, reap func() (unix.WaitStatus, error)) (<-chan ExitStatus, error) {
 	// Open the pidfd first: the pid is our unreaped child, so it names
 	// this process even if it already exited.
 	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
@@ -239,7 +249,7 @@ func Watch(pid int, started time.Time) (<-chan ExitStatus, error) {
 	r.mu.Lock()
 	r.watched[pid] = true
 	r.mu.Unlock()
-	go r.watch(pid, fd)
+	go r.watch(pid, fd, reap)
 	return ch, nil
 }
 
@@ -250,7 +260,7 @@ func Watched(pid int) bool {
 	return r.watched[pid]
 }
 
-func (r *reaper) watch(pid, fd int) {
+func (r *reaper) watch(pid, fd int, reap func() (unix.WaitStatus, error)) {
 	f := os.NewFile(uintptr(fd), "pidfd")
 	defer f.Close()
 	var (
@@ -258,6 +268,9 @@ func (r *reaper) watch(pid, fd int) {
 		got bool
 	)
 	try := func(opts int) bool {
+		if reap != nil {
+			opts |= unix.WNOWAIT // see it exit, leave the reaping to reap
+		}
 		var info unix.Siginfo
 		err := unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WALL|opts, nil)
 		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
@@ -268,11 +281,24 @@ func (r *reaper) watch(pid, fd int) {
 			// died), which delivered the status.
 			return true
 		}
-		if s, ok := fromSiginfo(&info); ok {
-			st, got = s, true
-			return true
+		s, ok := fromSiginfo(&info)
+		if !ok {
+			return false
 		}
-		return false
+		st, got = s, true
+		if reap != nil {
+			if ws, err := reap(); err == nil {
+				st = FromWaitStatus(pid, ws)
+			} else {
+				// reap could not: reap here, or learn the orphan
+				// loop did (ECHILD, status delivered there).
+				var info unix.Siginfo
+				if err := unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WALL|unix.WNOHANG, nil); err != nil {
+					got = false
+				}
+			}
+		}
+		return true
 	}
 	rc, err := f.SyscallConn()
 	if err == nil {

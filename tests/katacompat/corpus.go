@@ -20,11 +20,11 @@
 //     off, the default).
 //
 // Storages: Kata sends the shared-fs (virtio-fs) storage and the ephemeral
-// shm storage in CreateSandbox; Keel does not mount storages yet, so a Pod
-// without SandboxStorages builds the requests of a Kata configured with
-// shared_fs=none and no sandbox shm (the per-container files are then in
-// SharedDir as CopyFile would put them). Setting SandboxStorages/ShmSize
-// adds those shapes when the agent supports them.
+// shm storage in CreateSandbox. Pod.SandboxStorages carries them
+// (SharedFSStorage, ShmStorage) and Pod.ShmSize makes every /dev/shm bind
+// the sandbox shm; a Pod without them builds the requests of a Kata
+// configured with shared_fs=none and no sandbox shm, the per-container files
+// then arriving by CopyFile (CopyFile builds those requests).
 package katacompat
 
 import (

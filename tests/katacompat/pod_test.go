@@ -65,6 +65,7 @@ echo "seccomp=$(grep '^Seccomp:' /proc/self/status | tr -d ' \t' | cut -d: -f2)"
 echo "oom=$(cat /proc/self/oom_score_adj)"
 echo "sleepers=$(ps -o comm | grep -c '^sleep')"
 echo "unpriv=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start)"
+echo "devshm=$(cat /dev/shm/marker 2>/dev/null)"
 `
 
 // runPod drives the pod through the agent as Kata's runtime would and
@@ -127,7 +128,7 @@ func runPod(t *testing.T, a pb.AgentServiceService, p Pod, env podEnv) {
 	start(pause)
 
 	app1 := p.App(p.app1ID(), Resources{MemoryLimit: app1Memory, CPUShares: 256, CPUQuota: app1Quota, CPUPeriod: 100000, OOMScoreAdj: 968},
-		"/bin/sh", "-c", "shmtool make "+shmKey+" "+shmText+" || exit 1\n"+report+"echo END\nexec sleep 1000000")
+		"/bin/sh", "-c", "shmtool make "+shmKey+" "+shmText+" || exit 1\necho pod-shm > /dev/shm/marker\n"+report+"echo END\nexec sleep 1000000")
 	if app1.SandboxPidns != p.ShareProcessNamespace {
 		t.Fatalf("corpus: app sandbox_pidns %v", app1.SandboxPidns)
 	}
@@ -161,6 +162,11 @@ func runPod(t *testing.T, a pb.AgentServiceService, p Pod, env podEnv) {
 	}
 	if p.UnprivilegedPorts && (r1["unpriv"] != "0" || r2["unpriv"] != "0") {
 		t.Errorf("ip_unprivileged_port_start %q and %q in the pod's network namespace, want the pause's 0", r1["unpriv"], r2["unpriv"])
+	}
+	// /dev/shm: the sandbox's (ephemeral storage) in every container when
+	// Kata sent one, else a private tmpfs each (handleShm).
+	if want := map[bool]string{true: "pod-shm", false: ""}[p.ShmSize > 0]; r1["devshm"] != "pod-shm" || r2["devshm"] != want {
+		t.Errorf("/dev/shm/marker written by app1: app1 reads %q, app2 %q (want %q: shm size %d)", r1["devshm"], r2["devshm"], want, p.ShmSize)
 	}
 	if r2["shm"] != shmText {
 		t.Errorf("app2 reads SysV segment %s as %q, want %q made by app1 (shared IPC namespace)", shmKey, r2["shm"], shmText)

@@ -22,9 +22,11 @@ func (w logWriter) Write(p []byte) (int, error) {
 }
 
 // TestKataPodVM replays the corpus (own pid namespaces) against keel-agent
-// as PID 1 of a guest: the files the CRI plugin binds and the shmtool
-// probe arrive by CopyFile as with shared_fs=none; cgroup v2 limits are
-// read from inside app1 along with the cgroup the agent placed it in.
+// as PID 1 of a guest, with the sandbox shm storage every container's
+// /dev/shm binds; the files the CRI plugin binds and the shmtool probe
+// arrive by CopyFile as with shared_fs=none; cgroup v2 limits are
+// read from inside app1, which has its own cgroup namespace. The guest then
+// runs the spec-field table's cases (TestSpecFieldsMatchRunc) that apply.
 func TestKataPodVM(t *testing.T) {
 	if why := vmtest.Available(); why != "" {
 		t.Skip(why)
@@ -45,7 +47,10 @@ func TestKataPodVM(t *testing.T) {
 
 	pod := Pod{ID: "vmpause", UID: "0b1c2d3e", Hostname: "kata-pod", DNS: []string{"nameserver 10.96.0.10"},
 		Rootfs: vmtest.ContainerRootfs, SharedDir: GuestSharedDir, UnprivilegedPorts: true,
-		// The sandbox shm, which every container's /dev/shm binds (handleShm).
+		// The ephemeral shm storage (setupStorages) and the /dev/shm binds
+		// of handleShm. The virtio-fs share needs virtiofsd and a
+		// vhost-user-fs device, which this harness does not give a guest:
+		// the files come by CopyFile as with shared_fs=none.
 		SandboxStorages: []*pb.Storage{ShmStorage(64 << 20)}, ShmSize: 64 << 20}
 	kataShape := true
 	put := func(ctx context.Context, dst string, data []byte, perm uint32) error {
@@ -90,6 +95,10 @@ func TestKataPodVM(t *testing.T) {
 	}
 	runPod(t, a, pod, podEnv{put: put, limits: limits, lowerOOM: true, keep: true,
 		extraMounts: []*pb.Mount{{Destination: "/bin/shmtool", Type: "bind", Source: shmPath, Options: []string{"rbind", "ro"}}}})
+	// The same guest then runs the spec-field table (minus the
+	// host-only cases), its containers joining the pod's IPC and UTS
+	// namespaces.
+	t.Run("fields", func(t *testing.T) { testFieldsInGuest(t, a, vmtest.ContainerRootfs) })
 }
 
 // execOut runs args in cid (ExecProcess) and returns its stdout.

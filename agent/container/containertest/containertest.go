@@ -8,11 +8,13 @@ package containertest
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/keelvm/keel/rootfs-builder/recipe"
@@ -175,3 +177,24 @@ func dirExists(p string) bool {
 }
 
 func syscallKill(pid int) error { return unix.Kill(pid, unix.SIGKILL) }
+
+// RunWithoutRoot is what a TestMain that needs root runs instead of exiting
+// 0 in silence when it is not root: only the package's TestNeedsRoot (which
+// calls SkipUnlessRoot), so the skip and its reason are reported by go test
+// (-v, -json, make test's list of skips) rather than hidden.
+func RunWithoutRoot(m *testing.M) int {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	flag.Set("test.run", "^TestNeedsRoot$")
+	flag.Set("test.bench", "^$")
+	return m.Run()
+}
+
+// SkipUnlessRoot skips t, naming what needs root, when not running as root.
+func SkipUnlessRoot(t testing.TB, what string) {
+	t.Helper()
+	if uid := os.Geteuid(); uid != 0 {
+		t.Skipf("%s need root (running as uid %d): every test of this package is skipped", what, uid)
+	}
+}

@@ -2,13 +2,12 @@ package containerbench
 
 import (
 	"flag"
-	"fmt"
-	"github.com/keelvm/keel/init/reaper"
 	"os"
 	"runtime"
 	"testing"
 
 	"github.com/keelvm/keel/agent/container/containertest"
+	"github.com/keelvm/keel/init/reaper"
 	"github.com/opencontainers/runc/libcontainer"
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
 )
@@ -30,8 +29,7 @@ var (
 func TestMain(m *testing.M) {
 	flag.Parse()
 	if os.Geteuid() != 0 {
-		fmt.Println("skipping: container benchmarks need root")
-		os.Exit(0)
+		os.Exit(containertest.RunWithoutRoot(m))
 	}
 	dir, err := os.MkdirTemp("", "keel-bench-rootfs-")
 	if err != nil {
@@ -51,3 +49,7 @@ func TestMain(m *testing.M) {
 	removeCgroupParents()
 	os.Exit(code)
 }
+
+// TestNeedsRoot reports, as a skip with its reason, that this package's
+// tests did not run without root (see containertest.RunWithoutRoot).
+func TestNeedsRoot(t *testing.T) { containertest.SkipUnlessRoot(t, "container benchmarks") }

@@ -68,12 +68,17 @@ type agent struct {
 	log  *bytes.Buffer
 }
 
-func startAgent(t *testing.T) *agent {
+func startAgent(t *testing.T) *agent { t.Helper(); return startAgentVia(t) }
+
+// startAgentVia starts the agent through a wrapper command (e.g. prlimit
+// with its arguments), or directly when wrapper is empty.
+func startAgentVia(t *testing.T, wrapper ...string) *agent {
 	t.Helper()
 	dir := t.TempDir()
 	a := &agent{sock: filepath.Join(dir, "agent.sock"), log: &bytes.Buffer{}}
 	a.addr = "unix://" + a.sock
-	a.cmd = exec.Command(agentBin, "--addr", a.addr, "--log-level", "debug", "--state-root", filepath.Join(dir, "state"))
+	argv := append(wrapper, agentBin, "--addr", a.addr, "--log-level", "debug", "--state-root", filepath.Join(dir, "state"))
+	a.cmd = exec.Command(argv[0], argv[1:]...)
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)

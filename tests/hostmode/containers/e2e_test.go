@@ -24,8 +24,7 @@ var agentBin, rootfs string
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
-		fmt.Println("skipping: container tests need root")
-		os.Exit(0)
+		os.Exit(containertest.RunWithoutRoot(m))
 	}
 	dir, err := os.MkdirTemp("", "keel-e2e-")
 	if err != nil {
@@ -181,3 +180,7 @@ func TestAgentRunsContainers(t *testing.T) {
 		t.Errorf("processes left: %v", ch)
 	}
 }
+
+// TestNeedsRoot reports, as a skip with its reason, that this package's
+// tests did not run without root (see containertest.RunWithoutRoot).
+func TestNeedsRoot(t *testing.T) { containertest.SkipUnlessRoot(t, "container tests") }
