@@ -325,7 +325,7 @@ func (m *Manager) findDisk(ctx context.Context, field string, s Storage) (string
 		mt = scsi.Disk(a)
 	}
 	start := time.Now()
-	ev, err := m.devices().Wait(ctx, mt, 0)
+	ev, err := m.cfg.Devices.Wait(ctx, mt, 0)
 	if err != nil {
 		return "", fmt.Errorf("%s.source %q: %w", field, trunc(s.Source), err)
 	}
@@ -334,13 +334,6 @@ func (m *Manager) findDisk(ctx context.Context, field string, s Storage) (string
 		return "", fmt.Errorf("%s.source %q: %s has no device node", field, s.Source, ev.DevPath)
 	}
 	return "/dev/" + ev.DevName, nil
-}
-
-func (m *Manager) devices() *uevent.Registry {
-	if m.cfg.Devices == nil {
-		m.cfg.Devices = uevent.NewRegistry(m.cfg.Sysfs, 0)
-	}
-	return m.cfg.Devices
 }
 
 func isBlockDevice(p string) error {

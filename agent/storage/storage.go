@@ -97,7 +97,7 @@ type Storage struct {
 // Config configures a Manager.
 type Config struct {
 	// Devices finds hot-plugged disks (blk, mmioblk, scsi, nvdimm); nil
-	// takes only /dev paths that exist already.
+	// gets a registry without a listener, which polls sysfs.
 	Devices *uevent.Registry
 	// Roots are the directories mount points must be under; default
 	// [KataRoot].
@@ -149,6 +149,10 @@ func New(cfg Config) *Manager {
 	}
 	if cfg.Sysfs == "" {
 		cfg.Sysfs = uevent.DefaultSysfs
+	}
+	if cfg.Devices == nil {
+		// No listener: devices are found by looking in sysfs (every 500 ms).
+		cfg.Devices = uevent.NewRegistry(cfg.Sysfs, 0)
 	}
 	if cfg.WatchInterval <= 0 {
 		cfg.WatchInterval = 2 * time.Second

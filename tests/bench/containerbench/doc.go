@@ -4,6 +4,13 @@
 //   - BenchmarkExec vs BenchmarkRuncExec (P2): exec of /bin/true in a
 //     running container through the agent's RPC handlers, in-process, vs
 //     `runc exec` of the same bundle with Debian's runc.
+//   - BenchmarkAgentLifecycle vs BenchmarkRuncRunTmpfs (P1, wire tier) and
+//     BenchmarkAgentExec vs BenchmarkRuncExecTmpfs (P2, wire tier): the real
+//     keel-agent binary ($KEEL_AGENT_BIN, else built) in host mode, state on
+//     a tmpfs as in the guest, driven over a unix socket with
+//     protocol/client; runc's state on a tmpfs too, same spec and rootfs.
+//     Here every container init is the agent binary re-executed, so its
+//     start-up cost counts.
 //   - BenchmarkCreate200 (P7): 200 live containers; create latency of the
 //     first ten vs the last ten (p99-ratio) and the agent's RSS per
 //     container (rss-KiB/container); everything removed and checked gone.

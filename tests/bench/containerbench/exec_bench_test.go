@@ -2,21 +2,18 @@ package containerbench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/keelvm/keel/agent/containers"
-	"github.com/keelvm/keel/agent/ociconv"
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
 
 // execTrue is what the Kata shim does for `exec /bin/true` without a
 // terminal: ExecProcess, ReadStdout until EOF, WaitProcess.
-func execTrue(ctx context.Context, r *containers.RPC, cid, eid string) error {
+func execTrue(ctx context.Context, r containerAPI, cid, eid string) error {
 	if _, err := r.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: cid, ExecId: eid, Process: pbProcess("/bin/true")}); err != nil {
 		return fmt.Errorf("ExecProcess: %w", err)
 	}
@@ -58,21 +55,12 @@ func BenchmarkExec(b *testing.B) {
 // BenchmarkRuncExec: `runc exec` of /bin/true in a container that
 // `runc run -d` started from the same spec, with Debian's runc.
 func BenchmarkRuncExec(b *testing.B) {
-	rt := newRunc(b)
-	spec, err := ociconv.FromPB(pbSpec("/bin/sleep", "1000"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	id := fmt.Sprintf("keel-bench-exec-%d", os.Getpid())
-	spec.Linux.CgroupsPath = "/" + runcCgParent + "/" + id
-	bundle := b.TempDir()
-	js, err := json.Marshal(spec)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(bundle, "config.json"), js, 0o644); err != nil {
-		b.Fatal(err)
-	}
+	benchRuncExec(b, newRunc(b), fmt.Sprintf("keel-bench-exec-%d", os.Getpid()))
+}
+
+// benchRuncExec times `runc exec id /bin/true` in a container rt started.
+func benchRuncExec(b *testing.B, rt *runcTool, id string) {
+	bundle := runcBundle(b, id, "/bin/sleep", "1000")
 	if err := rt.run("run", "-d", "--bundle", bundle, id); err != nil {
 		b.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/keelvm/keel/agent/service"
 	"github.com/keelvm/keel/init/reaper"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 // Cgroup parents: Keel's containers go under cgParent, runc's under
@@ -99,8 +100,18 @@ func pbSpec(args ...string) *pb.Spec {
 	}
 }
 
+// containerAPI is the part of grpc.AgentService the benchmarks drive,
+// served in-process (*containers.RPC) or over the wire (a client).
+type containerAPI interface {
+	CreateContainer(context.Context, *pb.CreateContainerRequest) (*emptypb.Empty, error)
+	StartContainer(context.Context, *pb.StartContainerRequest) (*emptypb.Empty, error)
+	ExecProcess(context.Context, *pb.ExecProcessRequest) (*emptypb.Empty, error)
+	WaitProcess(context.Context, *pb.WaitProcessRequest) (*pb.WaitProcessResponse, error)
+	stdoutReader
+}
+
 // runContainer creates and starts a container through the handlers.
-func runContainer(ctx context.Context, r *containers.RPC, id string, args ...string) error {
+func runContainer(ctx context.Context, r containerAPI, id string, args ...string) error {
 	if _, err := r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: id, OCI: pbSpec(args...)}); err != nil {
 		return fmt.Errorf("CreateContainer %s: %w", id, err)
 	}
@@ -175,6 +186,12 @@ type runcTool struct {
 
 func newRunc(tb testing.TB) *runcTool {
 	tb.Helper()
+	return newRuncOn(tb, tb.TempDir())
+}
+
+// newRuncOn is newRunc with runc's state and log in dir.
+func newRuncOn(tb testing.TB, dir string) *runcTool {
+	tb.Helper()
 	bin, err := exec.LookPath("runc")
 	if err != nil {
 		tb.Skip("runc not installed")
@@ -182,7 +199,6 @@ func newRunc(tb testing.TB) *runcTool {
 	if err := reaper.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	dir := tb.TempDir()
 	return &runcTool{bin: bin, root: filepath.Join(dir, "state"), log: filepath.Join(dir, "out.log")}
 }
 

@@ -2,6 +2,8 @@ package containerbench
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -76,5 +78,38 @@ func TestLeftoversSeesALiveContainer(t *testing.T) {
 	d := before.Diff(leftovers(root))
 	if !strings.Contains(d, "children") || !strings.Contains(d, "cgroups") {
 		t.Errorf("a live container shows as %q", d)
+	}
+}
+
+// TestAgentWirePath checks what the wire-tier benchmarks time, through the
+// real keel-agent binary: the lifecycle of /bin/true and an exec succeed,
+// a container that exits 1 fails the lifecycle check, and RemoveContainer
+// really removed the container.
+func TestAgentWirePath(t *testing.T) {
+	id := fmt.Sprintf("wire-smoke-%d", os.Getpid())
+	ids := []string{id, id + "-true", id + "-false"}
+	a := startAgent(t, &ids)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := lifecycleTrue(ctx, a, id+"-true"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id + "-true"}); err == nil {
+		t.Error("StartContainer of a removed container succeeded")
+	}
+	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: id + "-false", OCI: pbSpec("/bin/false")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id + "-false"}); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: id + "-false"}); err != nil || w.Status != 1 {
+		t.Errorf("/bin/false: %v %v, want status 1", w, err)
+	}
+	if err := runContainer(ctx, a, id, "/bin/sleep", "1000"); err != nil {
+		t.Fatal(err)
+	}
+	if err := execTrue(ctx, a, id, "t"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -21,6 +21,8 @@ type pair struct {
 var pairs = []pair{
 	{"P1 create+start+wait+remove /bin/true vs runc run", "BenchmarkLifecycle", "BenchmarkRuncRun", "ns/op", "<= 0.5"},
 	{"P2 exec /bin/true vs runc exec", "BenchmarkExec", "BenchmarkRuncExec", "ns/op", "<= 0.5"},
+	{"P1 wire: keel-agent binary vs runc run, tmpfs state", "BenchmarkAgentLifecycle", "BenchmarkRuncRunTmpfs", "ns/op", "<= 0.5"},
+	{"P2 wire: keel-agent binary vs runc exec, tmpfs state", "BenchmarkAgentExec", "BenchmarkRuncExecTmpfs", "ns/op", "<= 0.5"},
 	{"P3 stdout fast path vs raw unix copy", "BenchmarkStdoutFastPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.8"},
 	{"P3 stdout RPC path vs raw unix copy", "BenchmarkStdoutRPCPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.3"},
 	{"P3 stdout RPC path, 1 MiB reads, 1 MiB pipe, vs raw", "BenchmarkStdoutRPCPath1MiB/pipe=1MiB", "BenchmarkRawUnixCopy1MiB/pipe=1MiB", "MB/s", ">= 0.3"},
