@@ -76,7 +76,7 @@ func TestDemoBootsFromDAX(t *testing.T) {
 	if err := follow.Start(); err != nil {
 		t.Fatal(err)
 	}
-	keelctltest.Check(t, keelctl, g.AgentAddr(), ContainerRootfs, 2*time.Minute)
+	keelctltest.Check(t, keelctl, g.AgentAddr(), ContainerRootfs, KeelctlTimeout)
 	deadline := time.Now().Add(time.Minute)
 	for !strings.Contains(followOut.String(), "ExecProcess") && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)

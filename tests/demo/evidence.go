@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/keelvm/keel/protocol/client"
 	pb "github.com/keelvm/keel/protocol/grpc"
@@ -24,6 +25,10 @@ echo @@; cat /proc/meminfo
 cat ` + BigFile + ` >/dev/null; find / -xdev -type f -exec cat {} + >/dev/null
 echo @@; cat /proc/meminfo
 echo @@; cat /proc/self/mountinfo`
+
+// KeelctlTimeout bounds keelctl's connect and container setup: creating
+// a container under TCG on a busy machine was seen to take 40 s.
+const KeelctlTimeout = 3 * time.Minute
 
 // Evidence is what the demo shows and its test asserts.
 type Evidence struct {
@@ -84,7 +89,7 @@ func Collect(ctx context.Context, c *client.Client, addr, keelctl string) (*Evid
 	// The size of what the workload reads: the big file plus the rest of
 	// the container's root (busybox).
 	e.BytesRead = BigFileSize
-	e.KeelctlCommand = []string{keelctl, "--addr", addr, "run", "--rm", "--rootfs", ContainerRootfs, "--", "/bin/sh", "-c", workload}
+	e.KeelctlCommand = []string{keelctl, "--addr", addr, "--timeout", KeelctlTimeout.String(), "run", "--rm", "--rootfs", ContainerRootfs, "--", "/bin/sh", "-c", workload}
 	cmd := exec.CommandContext(ctx, e.KeelctlCommand[0], e.KeelctlCommand[1:]...)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut

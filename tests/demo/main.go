@@ -166,7 +166,7 @@ func runShell(timeout time.Duration, keep bool) error {
 		return err
 	}
 	defer done()
-	args := []string{"--addr", g.AgentAddr(), "run", "--tty", "--rm", "--rootfs", ContainerRootfs, "--env", "PS1=\\h:\\w# ", "--", "/bin/sh"}
+	args := []string{"--addr", g.AgentAddr(), "--timeout", KeelctlTimeout.String(), "run", "--tty", "--rm", "--rootfs", ContainerRootfs, "--env", "PS1=\\h:\\w# ", "--", "/bin/sh"}
 	step("$ keelctl %s", strings.Join(args, " "))
 	step("a shell in a container in the guest, over AF_VSOCK; ^D (or exit) ends it and powers the guest off")
 	step("from another terminal: keelctl --addr %s logs --follow   (the agent's log)", g.AgentAddr())

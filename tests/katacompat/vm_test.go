@@ -10,8 +10,6 @@ import (
 
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/tests/vmtest"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 type logWriter struct{ t *testing.T }
@@ -50,24 +48,13 @@ func TestKataPodVM(t *testing.T) {
 		// The ephemeral shm storage (setupStorages) and the /dev/shm binds
 		// of handleShm. The virtio-fs share needs virtiofsd and a
 		// vhost-user-fs device, which this harness does not give a guest:
-		// the files come by CopyFile as with shared_fs=none.
+		// the files come by CopyFile (Kata's exact requests) as with shared_fs=none.
 		SandboxStorages: []*pb.Storage{ShmStorage(64 << 20)}, ShmSize: 64 << 20}
-	kataShape := true
+	// CopyFile exactly as Kata's runtime sends it (dir_mode with Go's
+	// directory bit).
 	put := func(ctx context.Context, dst string, data []byte, perm uint32) error {
 		for _, r := range CopyFile(dst, data, perm, 0, 0) {
-			if !kataShape {
-				r.DirMode = KataDirMode &^ uint32(os.ModeDir)
-			}
-			_, err := a.CopyFile(ctx, r)
-			if kataShape && status.Code(err) == codes.InvalidArgument && strings.Contains(err.Error(), "dir_mode") {
-				// Issue 10 item 4 (another helper's): until it lands
-				// the Go directory bit is refused.
-				t.Logf("CopyFile refuses Kata's dir_mode %#x (%v); sending its permission bits only", KataDirMode, err)
-				kataShape = false
-				r.DirMode = KataDirMode &^ uint32(os.ModeDir)
-				_, err = a.CopyFile(ctx, r)
-			}
-			if err != nil {
+			if _, err := a.CopyFile(ctx, r); err != nil {
 				return fmt.Errorf("CopyFile %s: %w", dst, err)
 			}
 		}

@@ -40,12 +40,13 @@ type Result struct {
 	Stdout, Stderr string
 }
 
-// Run runs keelctl --addr addr ARGS with stdin, waiting at most timeout.
+// Run runs keelctl --addr addr --timeout timeout ARGS with stdin (so
+// connecting and setting up get timeout), waiting at most twice that.
 func Run(t testing.TB, bin, addr string, stdin string, timeout time.Duration, args ...string) Result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, append([]string{"--addr", addr}, args...)...)
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--addr", addr, "--timeout", timeout.String()}, args...)...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -57,7 +58,7 @@ func Run(t testing.TB, bin, addr string, stdin string, timeout time.Duration, ar
 		t.Fatalf("keelctl %v: %v", args, err)
 	}
 	if ctx.Err() != nil {
-		t.Fatalf("keelctl %v did not finish in %v; stdout %q stderr %q", args, timeout, r.Stdout, r.Stderr)
+		t.Fatalf("keelctl %v did not finish in %v; stdout %q stderr %q", args, 2*timeout, r.Stdout, r.Stderr)
 	}
 	t.Logf("keelctl %s -> exit %d, stdout %q, stderr %q", strings.Join(args, " "), r.Code, headOf(r.Stdout, 300), headOf(r.Stderr, 300))
 	return r
@@ -89,7 +90,7 @@ func Check(t *testing.T, bin, addr, rootfs string, timeout time.Duration) {
 		id := fmt.Sprintf("keelctl-test-%d", time.Now().UnixNano()%1e6)
 		ctx, cancel := context.WithTimeout(context.Background(), 3*timeout)
 		defer cancel()
-		bg := exec.CommandContext(ctx, bin, "--addr", addr, "run", "--id", id, "--rootfs", rootfs, "--", "/bin/sh", "-c", "echo started; exec sleep 1000")
+		bg := exec.CommandContext(ctx, bin, "--addr", addr, "--timeout", timeout.String(), "run", "--id", id, "--rootfs", rootfs, "--", "/bin/sh", "-c", "echo started; exec sleep 1000")
 		var bgOut lockedBuffer
 		bg.Stdout, bg.Stderr = &bgOut, &bgOut
 		if err := bg.Start(); err != nil {
@@ -169,7 +170,7 @@ func checkTTY(t *testing.T, bin, addr, rootfs string, timeout time.Duration) {
 	setSize(t, master, 33, 101)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "--addr", addr, "run", "--rm", "--tty", "--rootfs", rootfs, "--",
+	cmd := exec.CommandContext(ctx, bin, "--addr", addr, "--timeout", timeout.String(), "run", "--rm", "--tty", "--rootfs", rootfs, "--",
 		"/bin/sh", "-c", `echo "size $(stty size) tty $(tty)"; while read line; do echo "got $line size $(stty size)"; done; exit 4`)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true, Setctty: true}
