@@ -59,12 +59,17 @@ type Container struct {
 	spec         *specs.Spec
 	privatePidns bool
 	init         *Process
+	launch       launchOpts // bounds Start and Exec
 	log          *slog.Logger
 
 	mu      sync.Mutex
 	state   State
 	execs   map[string]*Process
 	retired map[string]*Process // collected execs whose stdio lingers
+	pending map[string]bool     // exec ids being started
+	// starting is set while Start runs (without c.mu: a start may block
+	// until its launch deadline).
+	starting bool
 }
 
 // ID returns the container id.
@@ -161,17 +166,43 @@ func (c *Container) initExited(*Process) {
 }
 
 // Start releases the init process created by Sandbox.CreateContainer
-// (runc start: libcontainer Exec opens the exec fifo).
+// (runc start: libcontainer Exec opens the exec fifo and runs the poststart
+// hooks). It is bounded by the launch timeout: past it the container is
+// killed (it stops) and Start fails with ErrTimeout.
 func (c *Container) Start() error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state != StateCreated {
-		return fmt.Errorf("container %q is %v, not created: %w", c.id, c.state, ErrState)
+	if c.state != StateCreated || c.starting {
+		st := c.state
+		c.mu.Unlock()
+		if st == StateCreated {
+			return fmt.Errorf("container %q is being started: %w", c.id, ErrState)
+		}
+		return fmt.Errorf("container %q is %v, not created: %w", c.id, st, ErrState)
 	}
-	if err := c.lc.Exec(); err != nil {
+	c.starting = true
+	c.mu.Unlock()
+	lo := c.launch
+	// A stopped init never writes the exec fifo: killing it ends Exec.
+	lo.kill = func() { _ = c.init.signal(unix.SIGKILL) }
+	err := launch(lo, fmt.Sprintf("start container %q", c.id), c.lc.Exec, func(error) {
+		ctx, cancel := context.WithTimeout(context.Background(), launchGrace)
+		defer cancel()
+		if err := c.kill(ctx); err != nil {
+			slog.Warn("kill of timed-out start", "container_id", c.id, "err", err)
+		}
+	})
+	c.mu.Lock()
+	c.starting = false
+	if err == nil && c.state == StateCreated {
+		c.state = StateRunning
+	}
+	c.mu.Unlock()
+	if errors.Is(err, errLaunchTimeout) {
+		return err
+	}
+	if err != nil {
 		return fmt.Errorf("unable to start container %q: %w", c.id, err)
 	}
-	c.state = StateRunning
 	c.awaitExecve()
 	return nil
 }
@@ -220,13 +251,21 @@ func (c *Container) Exec(execID string, sp *specs.Process, io *stdio.IO) (_ *Pro
 		return nil, err
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.state != StateRunning {
+		defer c.mu.Unlock()
 		return nil, fmt.Errorf("container %q is %v, not running: %w", c.id, c.state, ErrState)
 	}
-	if _, ok := c.execs[execID]; ok || execID == c.init.ID {
+	if _, ok := c.execs[execID]; ok || c.pending[execID] || execID == c.init.ID {
+		defer c.mu.Unlock()
 		return nil, fmt.Errorf("exec_id %q: already exists in container %q: %w", execID, c.id, ErrExists)
 	}
+	c.pending[execID] = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.pending, execID)
+		c.mu.Unlock()
+	}()
 	if cleared := hostOnlyFields(sp, "process", nil); len(cleared) > 0 {
 		c.log.Info("host-only fields ignored (no such policy in the guest)", "container_id", c.id, "exec_id", execID, "fields", cleared)
 	}
@@ -234,9 +273,30 @@ func (c *Container) Exec(execID string, sp *specs.Process, io *stdio.IO) (_ *Pro
 	if err != nil {
 		return nil, err
 	}
-	p, err := startProcess(c.lc, lp, execID, io, nil)
+	var p *Process
+	// Execs run no hooks: the container's hookCtl belongs to Start.
+	lo := launchOpts{timeout: c.launch.timeout, procs: c.launch.procs, mntns: nsInode(c.init.Pid, "mnt")}
+	err = launch(lo, fmt.Sprintf("exec %q in container %q", execID, c.id), func() error {
+		var err error
+		p, err = startProcess(c.lc, lp, execID, io, nil)
+		return err
+	}, func(startErr error) {
+		if startErr == nil {
+			p.killAndWait()
+		}
+	})
+	if errors.Is(err, errLaunchTimeout) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("unable to exec %q in container %q: %w", sp.Args[0], c.id, classifyStartErr(err))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == StateRemoved {
+		// Removed while starting: nothing will collect it.
+		go p.killAndWait()
+		return nil, fmt.Errorf("container %q was removed: %w", c.id, ErrState)
 	}
 	c.execs[execID] = p
 	return p, nil

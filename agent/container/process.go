@@ -99,6 +99,9 @@ func (p *Process) signal(sig unix.Signal) error {
 // newLibcontainerProcess builds libcontainer's process from the spec and
 // the stdio; it does not start it.
 func newLibcontainerProcess(sp *specs.Process, io *stdio.IO, init bool) (*libcontainer.Process, error) {
+	if err := checkExecArgs(sp, "process"); err != nil {
+		return nil, err
+	}
 	lp := &libcontainer.Process{
 		Args: sp.Args,
 		Env:  sp.Env,
@@ -218,6 +221,7 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 		io.CloseChildSide()
 	}
 	if err != nil {
+		reapAbandonedStages()
 		return nil, err
 	}
 	p := &Process{ID: id, Init: lp.Init, Pid: pid, io: io, lp: lp, done: make(chan struct{}), state: ProcessRunning}
@@ -237,4 +241,48 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// Kernel limits on execve's arguments (fs/exec.c): one string is at most
+// maxArgStrlen bytes with its NUL; all strings plus their pointers fit in a
+// quarter of the stack rlimit, capped at 3/4 of _STK_LIM, at least argMax.
+const (
+	maxArgStrlen = 32 * 4096
+	argMax       = 32 * 4096
+	stkLimCap    = 8 << 20 / 4 * 3
+)
+
+// checkExecArgs refuses a process whose args and env execve would reject
+// with E2BIG: libcontainer reports the execve failure only in its log (the
+// start looked fine and the process exited 255), so it is caught here with
+// a message naming the field.
+func checkExecArgs(sp *specs.Process, field string) error {
+	stack := uint64(8 << 20)
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_STACK, &rl) == nil {
+		stack = rl.Cur
+	}
+	for _, r := range sp.Rlimits {
+		if r.Type == "RLIMIT_STACK" {
+			stack = r.Soft
+		}
+	}
+	limit := uint64(stkLimCap)
+	if stack/4 < limit {
+		limit = stack / 4
+	}
+	limit = max(limit, argMax)
+	total := uint64(len(sp.Args)+len(sp.Env)) * 8
+	for name, list := range map[string][]string{"args": sp.Args, "env": sp.Env} {
+		for i, s := range list {
+			if len(s)+1 > maxArgStrlen {
+				return fmt.Errorf("%s.%s[%d]: %d bytes, the kernel takes at most %d per string (E2BIG): %w", field, name, i, len(s), maxArgStrlen-1, ErrInvalid)
+			}
+			total += uint64(len(s) + 1)
+		}
+	}
+	if total > limit {
+		return fmt.Errorf("%s.args and %s.env: %d bytes, over the kernel's %d-byte limit for a new program (E2BIG): %w", field, field, total, limit, ErrInvalid)
+	}
+	return nil
 }

@@ -62,6 +62,11 @@ type Config struct {
 	PodNetSysctls bool
 	// LoadModules loads CreateSandbox's kernel modules; nil uses init/kmod.
 	LoadModules func([]kmod.ModuleSpec) error
+	// LaunchTimeout bounds CreateContainer, StartContainer and
+	// ExecProcess (agent.launch_process_timeout); 0 means
+	// DefaultLaunchTimeout. Past it the start fails with ErrTimeout and is
+	// rolled back.
+	LaunchTimeout time.Duration
 	// OOM, when set, watches every container's memory cgroup from its
 	// creation to its removal (agent/oom.Watcher implements it).
 	OOM OOMWatcher
@@ -81,6 +86,9 @@ type SandboxConfig struct {
 	DNS           []string
 	SandboxPidns  bool
 	KernelModules []kmod.ModuleSpec
+	// GuestHookPath holds OCI hooks found in the guest image (Kata's
+	// layout, guesthooks.go) that run for every container; "" = none.
+	GuestHookPath string
 }
 
 // ContainerConfig is CreateContainer's request.
@@ -109,6 +117,7 @@ type Sandbox struct {
 	id          string
 	hostname    string
 	etcFiles    map[string]string // sandbox /etc files by container path (etcfiles.go)
+	guestHooks  *specs.Hooks      // from CreateSandbox's guest_hook_path
 	pidnsHolder *Container
 	// Pinned pod namespaces: IPC and UTS from CreateSandbox on, pid from
 	// the first container on (see package podns).
@@ -188,6 +197,13 @@ func (s *Sandbox) Create(sc SandboxConfig) (retErr error) {
 			removeSandboxFiles(etcFiles)
 		}
 	}()
+	var guestHooks *specs.Hooks
+	if sc.GuestHookPath != "" {
+		var err error
+		if guestHooks, err = scanGuestHooks(sc.GuestHookPath); err != nil {
+			return err
+		}
+	}
 	if sc.Hostname != "" && s.cfg.SetHostname {
 		if err := unix.Sethostname([]byte(sc.Hostname)); err != nil {
 			return fmt.Errorf("unable to set hostname %q: %w", sc.Hostname, err)
@@ -197,6 +213,7 @@ func (s *Sandbox) Create(sc SandboxConfig) (retErr error) {
 	if err != nil {
 		return err
 	}
+	s.guestHooks = guestHooks
 	s.created, s.id, s.hostname, s.etcFiles = true, sc.ID, sc.Hostname, etcFiles
 	s.ipcNS, s.utsNS = ipc, uts
 	return nil
@@ -219,7 +236,7 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		}
 	}
 	s.ipcNS, s.utsNS, s.pidNS, s.pidnsHolder = nil, nil, nil, nil
-	s.created, s.id, s.hostname, s.etcFiles = false, "", "", nil
+	s.created, s.id, s.hostname, s.etcFiles, s.guestHooks = false, "", "", nil, nil
 	return errors.Join(errs...)
 }
 
@@ -290,7 +307,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	if s.pidNS != nil {
 		pod.pid = s.pidNS.Path
 	}
-	hostname, etcFiles := s.hostname, s.etcFiles
+	hostname, etcFiles, guestHooks := s.hostname, s.etcFiles, s.guestHooks
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -302,6 +319,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	if err != nil {
 		return nil, err
 	}
+	addGuestHooks(spec, guestHooks)
 	if spec.Linux == nil {
 		spec.Linux = &specs.Linux{}
 	}
@@ -329,6 +347,8 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	if err != nil {
 		return nil, err
 	}
+	hooks := &hookCtl{}
+	boundHooks(cfg, hooks)
 	lc, err := libcontainer.Create(s.root, cc.ID, cfg)
 	if err != nil {
 		if errors.Is(err, libcontainer.ErrExist) {
@@ -336,8 +356,27 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		}
 		return nil, fmt.Errorf("OCI: %v: %w", err, ErrInvalid)
 	}
-	c := &Container{id: cc.ID, lc: lc, spec: spec, privatePidns: plan.privatePid, log: s.log, state: StateCreated, execs: map[string]*Process{}, retired: map[string]*Process{}}
-	p, err := startProcess(lc, lp, execID, cc.IO, c.initExited)
+	c := &Container{id: cc.ID, lc: lc, spec: spec, privatePidns: plan.privatePid, log: s.log, state: StateCreated, execs: map[string]*Process{}, retired: map[string]*Process{}, pending: map[string]bool{}}
+	c.launch = launchOpts{timeout: s.cfg.LaunchTimeout, hooks: hooks}
+	if st, err := lc.State(); err == nil {
+		c.launch.procs = procsFile(st.CgroupPaths)
+	}
+	var p *Process
+	err = launch(c.launch, fmt.Sprintf("create container %q", cc.ID), func() error {
+		var err error
+		p, err = startProcess(lc, lp, execID, cc.IO, c.initExited)
+		return err
+	}, func(startErr error) {
+		if startErr == nil {
+			p.killAndWait()
+		}
+		if derr := destroyLocked(lc); derr != nil {
+			s.log.Warn("rollback of timed-out create", "container_id", cc.ID, "err", derr)
+		}
+	})
+	if errors.Is(err, errLaunchTimeout) {
+		return nil, err
+	}
 	if err != nil {
 		// libcontainer killed and waited its init; remove cgroup and state.
 		if derr := destroyLocked(lc); derr != nil {

@@ -147,10 +147,7 @@ func (r *RPC) CreateSandbox(ctx context.Context, req *pb.CreateSandboxRequest) (
 	if len(req.Storages) > 0 && r.o.Storages == nil {
 		return nil, unimplementedf("storages: %d sandbox storages given; storage handling is not enabled", len(req.Storages))
 	}
-	if req.GuestHookPath != "" {
-		return nil, unimplementedf("guest_hook_path %q: guest hooks are not supported", req.GuestHookPath)
-	}
-	sc := container.SandboxConfig{ID: req.SandboxId, Hostname: req.Hostname, DNS: req.Dns, SandboxPidns: req.SandboxPidns}
+	sc := container.SandboxConfig{ID: req.SandboxId, Hostname: req.Hostname, DNS: req.Dns, SandboxPidns: req.SandboxPidns, GuestHookPath: req.GuestHookPath}
 	for i, m := range req.KernelModules {
 		if m == nil || m.Name == "" || strings.ContainsAny(m.Name, "/\x00 ") {
 			return nil, invalidf("kernel_modules[%d].name: must be a module name", i)

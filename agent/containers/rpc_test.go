@@ -402,3 +402,73 @@ func TestNoSandboxNoPanic(t *testing.T) {
 		t.Errorf("RPC implements %d AgentService methods, want 17", n)
 	}
 }
+
+// TestRPCLaunchTimeoutIsDeadlineExceeded: a create stalled by a hook that
+// never returns answers DeadlineExceeded at the launch timeout, and the id
+// is free again (nothing left behind).
+func TestRPCLaunchTimeoutIsDeadlineExceeded(t *testing.T) {
+	f := false
+	sb, err := container.New(container.Config{StateRoot: t.TempDir(), CgroupParent: "/" + cgParent, NoPivotRoot: &f, LaunchTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := containers.New(containers.Options{Sandbox: sb})
+	t.Cleanup(func() { _, _ = r.DestroySandbox(context.Background(), &pb.DestroySandboxRequest{}) })
+	ctx := context.Background()
+	s := spec("/bin/true")
+	s.Hooks = &pb.Hooks{CreateRuntime: []*pb.Hook{{Path: "/bin/sleep", Args: []string{"sleep", "1000"}}}}
+	start := time.Now()
+	_, err = r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "stalled", OCI: s})
+	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "launch_process_timeout") {
+		t.Fatalf("stalled create: %v after %v", err, time.Since(start))
+	}
+	if d := time.Since(start); d < 2*time.Second || d > 30*time.Second {
+		t.Errorf("answered after %v, want about the 2 s launch timeout", d)
+	}
+	// Rolled back: the same id can be created again.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err = r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "stalled", OCI: spec("/bin/true")})
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("create of the same id after the rollback: %v", err)
+	}
+}
+
+// TestRPCExecArgsTooBig: an exec whose arguments execve would reject with
+// E2BIG fails at once with InvalidArgument naming the limit (it used to
+// start "OK" and exit 255); arguments under the limit still run.
+func TestRPCExecArgsTooBig(t *testing.T) {
+	r := newRPC(t)
+	ctx := context.Background()
+	must := noErr(t)
+	must(r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "c", OCI: spec("/bin/sleep", "1000")}))
+	must(r.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "c"}))
+	chunk := strings.Repeat("x", 100<<10)
+	big := []string{"/bin/true"}
+	for range 30 { // 3 MiB
+		big = append(big, chunk)
+	}
+	for name, args := range map[string][]string{
+		"3 MiB of args":   big,
+		"one 200 KiB arg": {"/bin/true", strings.Repeat("y", 200<<10)},
+	} {
+		_, err := r.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: "c", ExecId: "big", Process: &pb.Process{Args: args, Cwd: "/", User: &pb.User{}}})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "E2BIG") {
+			t.Errorf("%s: %v, want InvalidArgument naming E2BIG", name, err)
+		}
+	}
+	// 100 KiB in 10 args is fine.
+	ok := []string{"/bin/true"}
+	for range 10 {
+		ok = append(ok, strings.Repeat("z", 10<<10))
+	}
+	must(r.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: "c", ExecId: "ok", Process: &pb.Process{Args: ok, Cwd: "/", User: &pb.User{}}}))
+	if code := wait(t, r, "c", "ok"); code != 0 {
+		t.Errorf("exec with 100 KiB of args exited %d", code)
+	}
+}

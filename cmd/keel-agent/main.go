@@ -81,6 +81,7 @@ type options struct {
 	addr      string
 	logLevel  slog.Level
 	stateRoot string
+	launch    time.Duration
 }
 
 // parseFlags reads host-mode flags on top of the cmdline defaults.
@@ -90,6 +91,7 @@ func parseFlags(args []string, def cmdline.Config) (options, error) {
 	fs.StringVar(&o.addr, "addr", def.ServerAddr, "listen address: vsock://CID:PORT (CID -1 = any) or unix:///path (kernel cmdline: agent.server_addr)")
 	level := fs.String("log-level", def.LogLevel.String(), "debug, info, warn or error (kernel cmdline: agent.log)")
 	fs.StringVar(&o.stateRoot, "state-root", defaultStateRoot, "directory for container state and sandbox files")
+	fs.DurationVar(&o.launch, "launch-timeout", def.LaunchProcessTimeout, "bound of a container or process start; past it the start fails with DeadlineExceeded and is rolled back (kernel cmdline: agent.launch_process_timeout)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -100,6 +102,9 @@ func parseFlags(args []string, def cmdline.Config) (options, error) {
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if o.launch <= 0 {
+		return o, fmt.Errorf("--launch-timeout %v: want a positive duration", o.launch)
 	}
 	if !filepath.IsAbs(o.stateRoot) {
 		return o, fmt.Errorf("--state-root %q: want an absolute directory", o.stateRoot)
@@ -151,6 +156,7 @@ func run(args []string) error {
 			return err
 		}
 		cfg.ServerAddr = o.addr
+		cfg.LaunchProcessTimeout = o.launch
 		res.Level.Set(o.logLevel)
 	}
 	slog.SetDefault(log)
@@ -175,6 +181,7 @@ func run(args []string) error {
 	sandbox, err := container.New(container.Config{
 		StateRoot:     o.stateRoot,
 		SetHostname:   res.PID1,
+		LaunchTimeout: cfg.LaunchProcessTimeout,
 		PodNetSysctls: res.PID1,
 		OOM:           oomWatcher,
 		Log:           log,

@@ -1,6 +1,7 @@
 // Package boot is PID 1's bring-up, in order, as a script of named steps:
 //
 //	reaper.Start                         (before any child exists)
+//	hold every fatal or stopping signal   (sigguard; PID 1 only)
 //	mount /proc /sys /dev /dev/pts /dev/shm /run /tmp   (mounts.Base)
 //	setsid; TIOCSCTTY /dev/console; dup onto 0,1,2
 //	parse /proc/cmdline (+ agent.config_file)
@@ -47,6 +48,7 @@ import (
 	"github.com/keelvm/keel/init/mounts"
 	"github.com/keelvm/keel/init/reaper"
 	"github.com/keelvm/keel/init/shutdown"
+	"github.com/keelvm/keel/init/sigguard"
 	"github.com/keelvm/keel/init/step"
 	"github.com/keelvm/keel/init/switchroot"
 	"github.com/keelvm/keel/init/timeline"
@@ -126,6 +128,10 @@ func RunWith(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	res := &Result{PID1: os.Getpid() == 1, LogStream: console.NewStream()}
+	if res.PID1 {
+		// Before anything else: no signal may end or stop PID 1.
+		sigguard.Hold()
+	}
 	if !res.PID1 {
 		res.Config = cmdline.Default()
 		res.Logger, res.Level = console.NewLogger(res.Config.LogLevel, os.Stderr, res.LogStream)

@@ -2,11 +2,15 @@ package vmtest
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestBootContainerPowerOff is the spine end to end in one boot: the agent
@@ -17,7 +21,7 @@ func TestBootContainerPowerOff(t *testing.T) {
 	if why := Available(); why != "" {
 		t.Skip(why)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	g, err := Boot(ctx, Config{Busybox: true, Log: testWriter{t}})
 	if err != nil {
@@ -61,6 +65,7 @@ func TestBootContainerPowerOff(t *testing.T) {
 	if !strings.Contains(errOut, "0::/") {
 		t.Errorf("container cgroup (v2 in the guest) %q", errOut)
 	}
+	pid1Unkillable(ctx, t, a)
 	if _, err := a.DestroySandbox(ctx, &pb.DestroySandboxRequest{}); err != nil {
 		t.Fatal(err)
 	}
@@ -82,4 +87,61 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// pid1Unkillable: no path from a workload into the agent's pid namespace
+// can stop or kill PID 1. OCI hooks run in the agent's namespaces: one sends
+// PID 1 every signal (SIGKILL and SIGSTOP included) except the three that
+// power the guest off on purpose (INT, TERM, PWR), and the agent goes on
+// answering. A container naming the agent's pid namespace is refused, one
+// naming none gets its own, and a container process starts with no signal
+// ignored (the agent catches signals with handlers, never SIG_IGN).
+func pid1Unkillable(ctx context.Context, t *testing.T, a pb.AgentServiceService) {
+	t.Helper()
+	var sigs []string
+	for s := 1; s <= 64; s++ {
+		if s != int(unix.SIGINT) && s != int(unix.SIGTERM) && s != int(unix.SIGPWR) {
+			sigs = append(sigs, strconv.Itoa(s))
+		}
+	}
+	// The hook leaves its count where the container can read it back.
+	script := "n=0; for s in " + strings.Join(sigs, " ") + "; do kill -$s 1 || exit 1; n=$((n+1)); done; echo sent $n > " + ContainerRootfs + "/signals-sent"
+	spec := BusyboxSpec(ContainerRootfs, "/bin/cat", "/signals-sent", "/proc/self/status")
+	spec.Hooks = &pb.Hooks{CreateRuntime: []*pb.Hook{{Path: ContainerRootfs + "/bin/busybox", Args: []string{"busybox", "sh", "-c", script}}}}
+	out, errOut, code, err := RunContainer(ctx, a, "signaller", spec)
+	if err != nil || code != 0 {
+		t.Fatalf("container whose hook signals PID 1: status %d, %v (%s)", code, err, errOut)
+	}
+	if want := "sent " + strconv.Itoa(len(sigs)) + "\n"; !strings.HasPrefix(out, want) {
+		t.Fatalf("the hook did not signal PID 1: container output %q, want it to start with %q", out, want)
+	}
+	ign := ""
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, "SigIgn:"); ok {
+			ign = strings.TrimSpace(v)
+		}
+	}
+	if ign != "0000000000000000" {
+		t.Errorf("container process starts with ignored signals: SigIgn %q", ign)
+	}
+	// Signals are handled asynchronously: give the agent time to die if
+	// it were going to, then check it answers and still runs containers.
+	time.Sleep(2 * time.Second)
+	if _, err := a.GetGuestDetails(ctx, &pb.GuestDetailsRequest{}); err != nil {
+		t.Fatalf("agent after %d signals to PID 1: %v", len(sigs), err)
+	}
+	// The agent's pid namespace is refused; no pid namespace means a
+	// private one (pid 1 inside), never the agent's. That container also
+	// shows the agent still runs containers after the signals.
+	agentNS := BusyboxSpec(ContainerRootfs, "/bin/true")
+	agentNS.Linux.Namespaces[0] = &pb.LinuxNamespace{Type: "pid", Path: "/proc/1/ns/pid"}
+	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "agent-pidns", OCI: agentNS}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("container in the agent's pid namespace: %v, want InvalidArgument", err)
+	}
+	noNS := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c", "echo $$")
+	noNS.Linux.Namespaces = noNS.Linux.Namespaces[1:]
+	out, _, st, err := RunContainer(ctx, a, "no-pidns", noNS)
+	if err != nil || st != 0 || out != "1\n" {
+		t.Errorf("container with no pid namespace: %q status %d %v (want its own namespace, pid 1)", out, st, err)
+	}
 }

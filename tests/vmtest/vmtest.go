@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -86,6 +87,11 @@ type Guest struct {
 }
 
 // AgentAddr is the agent's hybrid-vsock address.
+
+// TCGLaunchTimeout is the agent.launch_process_timeout (seconds) the guests
+// of these tests boot with.
+const TCGLaunchTimeout = 120
+
 func (g *Guest) AgentAddr() string { return fmt.Sprintf("hvsock://%s:%d", g.UDS, AgentPort) }
 
 // PortAddr is the hybrid-vsock address of any guest port.
@@ -214,7 +220,10 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 		return nil, fmt.Errorf("unable to start the vsock device: %w", err)
 	}
 
-	cmdline := []string{"console=ttyS0", "panic=-1", "quiet", "agent.log=debug"}
+	// Under TCG on a shared host a container start takes seconds; the 6 s
+	// default launch bound (meant for real VMs) would fail healthy starts.
+	// cfg.Append comes later, so a test can set its own.
+	cmdline := []string{"console=ttyS0", "panic=-1", "quiet", "agent.log=debug", "agent.launch_process_timeout=" + strconv.Itoa(TCGLaunchTimeout)}
 	if len(mods) > 0 {
 		cmdline = append(cmdline, "agent.modules="+strings.Join(mods, ","))
 	}

@@ -10,6 +10,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/keelvm/keel/init/reaper"
 	"net"
 	"os"
 	"path/filepath"
@@ -22,6 +23,12 @@ import (
 )
 
 func main() {
+	// As keel-agent: the main goroutine reaps orphans (init/reaper).
+	_ = reaper.RunMain(guestMain)
+	select {} // PID 1 never returns
+}
+
+func guestMain() {
 	defer shutdown.Guard()
 	var extra []step.Step
 	if os.Getenv(boot.EnvStage) == "" { // not yet re-executed after switch_root

@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/keelvm/keel/init/reaper"
 	"os"
 	"strings"
 
@@ -16,6 +17,12 @@ import (
 )
 
 func main() {
+	// As keel-agent: the main goroutine reaps orphans (init/reaper).
+	_ = reaper.RunMain(guestMain)
+	select {} // PID 1 never returns
+}
+
+func guestMain() {
 	defer shutdown.Guard()
 	res, err := boot.Run(context.Background())
 	if err != nil {

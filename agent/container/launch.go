@@ -1,0 +1,378 @@
+package container
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/keelvm/keel/init/reaper"
+	"github.com/opencontainers/runc/libcontainer/configs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// DefaultLaunchTimeout bounds CreateContainer, StartContainer and
+	// ExecProcess when Config.LaunchTimeout is 0 (Kata's
+	// agent.launch_process_timeout default).
+	DefaultLaunchTimeout = 6 * time.Second
+	// DefaultHookTimeout is the timeout of an OCI hook whose spec gives
+	// none (Kata's DEFAULT_HOOK_TIMEOUT_SEC).
+	DefaultHookTimeout = 10 * time.Second
+	// launchGrace is how long a start past its deadline may take to give
+	// up once its processes are killed, before the RPC answers anyway and
+	// the rollback finishes in the background.
+	launchGrace = 2 * time.Second
+	// launchKillEvery is how often a start past its deadline has its
+	// processes killed again (a bootstrap stage forked meanwhile).
+	launchKillEvery = 50 * time.Millisecond
+	// hookOutputMax bounds the hook output kept for the error message.
+	hookOutputMax = 4 << 10
+	// hookWaitDelay bounds how long a finished hook's stdout may be held
+	// open by a background child it left.
+	hookWaitDelay = time.Second
+)
+
+// hookCtl carries the deadline of the start in progress to the hooks the
+// agent runs itself (createRuntime, prestart, poststart, poststop), so they
+// are killed when the start is abandoned.
+type hookCtl struct {
+	mu  sync.Mutex
+	ctx context.Context
+}
+
+func (h *hookCtl) set(ctx context.Context) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.ctx = ctx
+}
+
+func (h *hookCtl) clear() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.ctx = nil
+}
+
+func (h *hookCtl) context() context.Context {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ctx == nil {
+		return context.Background()
+	}
+	return h.ctx
+}
+
+// agentHooks run in the agent (libcontainer's parent side); the others run
+// inside the container's init and stay libcontainer CommandHooks (they are
+// serialized to it), with a default timeout.
+var agentHooks = map[configs.HookName]bool{
+	configs.Prestart: true, configs.CreateRuntime: true, configs.Poststart: true, configs.Poststop: true,
+}
+
+// boundHooks gives every hook a timeout (the spec's or DefaultHookTimeout)
+// and replaces the hooks the agent runs by agentHook, which is also killed
+// with its whole process group when ctl's context ends and never waits for
+// a background child holding its output.
+func boundHooks(cfg *configs.Config, ctl *hookCtl) {
+	for name, list := range cfg.Hooks {
+		for i, h := range list {
+			ch, ok := h.(configs.CommandHook)
+			if !ok {
+				continue
+			}
+			c := *ch.Command
+			if c.Timeout == nil || *c.Timeout <= 0 {
+				d := DefaultHookTimeout
+				c.Timeout = &d
+			}
+			if agentHooks[name] {
+				list[i] = &agentHook{cmd: c, ctl: ctl}
+			} else {
+				list[i] = configs.NewCommandHook(&c)
+			}
+		}
+	}
+}
+
+type agentHook struct {
+	cmd configs.Command
+	ctl *hookCtl
+}
+
+// boundedBuffer keeps the first hookOutputMax bytes written to it.
+type boundedBuffer struct{ bytes.Buffer }
+
+func (b *boundedBuffer) Write(p []byte) (int, error) {
+	if room := hookOutputMax - b.Len(); room > 0 {
+		b.Buffer.Write(p[:min(room, len(p))])
+	}
+	return len(p), nil
+}
+
+func (h *agentHook) Run(s *specs.State) error {
+	state, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(h.ctl.context(), *h.cmd.Timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, h.cmd.Path)
+	cmd.Args, cmd.Env, cmd.Dir = h.cmd.Args, h.cmd.Env, h.cmd.Dir
+	if len(cmd.Args) == 0 {
+		cmd.Args = []string{h.cmd.Path}
+	}
+	var out boundedBuffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(state), &out, &out
+	// Its own process group, so a timeout kills what the hook forked too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
+	cmd.WaitDelay = hookWaitDelay
+	err = cmd.Run()
+	if ctx.Err() != nil {
+		return fmt.Errorf("hook %s did not finish within %v (output %q): %w", h.cmd.Path, *h.cmd.Timeout, out.String(), ErrTimeout)
+	}
+	if errors.Is(err, exec.ErrWaitDelay) {
+		// Exited successfully; a background child kept its output open.
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("hook %s: %w (output %q)", h.cmd.Path, err, out.String())
+	}
+	return nil
+}
+
+// errLaunchTimeout marks an error of launch's own deadline (the start was
+// abandoned and undo runs), as opposed to a start that failed by itself.
+var errLaunchTimeout = errors.New("agent.launch_process_timeout")
+
+// killAndWait SIGKILLs the process and waits (at most launchGrace) until it
+// is reaped.
+func (p *Process) killAndWait() {
+	_ = p.signal(unix.SIGKILL)
+	select {
+	case <-p.done:
+	case <-time.After(launchGrace):
+	}
+}
+
+// launchOpts bound one start (libcontainer Start, Exec or Run).
+type launchOpts struct {
+	timeout time.Duration
+	// procs is the container's cgroup.procs file: the start's own
+	// processes are the agent's unwatched children listed there.
+	procs string
+	// mntns is the container's mount namespace inode (0 before its init
+	// exists): exec stages that entered the container are found by it.
+	mntns uint64
+	hooks *hookCtl
+	// kill, when set, is called at the deadline too (StartContainer
+	// kills the watched init, which killStart leaves alone).
+	kill func()
+}
+
+// launch runs start bounded by o.timeout. Past it, the hooks the agent runs
+// for this start are cancelled and the start's processes (bootstrap stages,
+// the half-started init) are killed until start gives up, and launch
+// returns an ErrTimeout error. undo then rolls back what start did (its
+// error says how far it got): synchronously when start returned within
+// launchGrace, else in the background when it finally returns.
+func launch(o launchOpts, what string, start func() error, undo func(startErr error)) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	if o.hooks != nil {
+		o.hooks.set(ctx)
+		defer o.hooks.clear()
+	}
+	done := make(chan error, 1)
+	go func() { done <- start() }()
+	timeout := o.timeout
+	if timeout <= 0 {
+		timeout = DefaultLaunchTimeout
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		cancel()
+		return err
+	case <-timer.C:
+	}
+	cancel()
+	errTimeout := fmt.Errorf("%s: not started within %v: %w: %w", what, timeout, errLaunchTimeout, ErrTimeout)
+	if o.kill != nil {
+		o.kill()
+	}
+	killStart(o)
+	tick := time.NewTicker(launchKillEvery)
+	defer tick.Stop()
+	grace := time.NewTimer(launchGrace)
+	defer grace.Stop()
+	for {
+		select {
+		case err := <-done:
+			undo(err)
+			return errTimeout
+		case <-tick.C:
+			killStart(o)
+		case <-grace.C:
+			go func() {
+				stop := make(chan struct{})
+				go func() {
+					t := time.NewTicker(launchKillEvery)
+					defer t.Stop()
+					for {
+						select {
+						case <-stop:
+							return
+						case <-t.C:
+							killStart(o)
+						}
+					}
+				}()
+				err := <-done
+				close(stop)
+				undo(err)
+			}()
+			return errTimeout
+		}
+	}
+}
+
+// killStart SIGKILLs the processes of a start in progress: the agent's
+// direct children that the reaper does not watch (started container
+// processes are watched) and that are in the container's cgroup or mount
+// namespace. libcontainer's bootstrap stages are direct children (its later
+// stages are cloned with CLONE_PARENT); the one that entered the container
+// (and that a workload can stop) is in its mount namespace, and on cgroup
+// v2 or for an init every stage is in its cgroup. libcontainer serializes
+// the starts of one container, so these belong to the one start. Each is
+// checked again after its pidfd is opened, so a reused pid is never hit.
+func killStart(o launchOpts) {
+	inCgroup := map[int]bool{}
+	if o.procs != "" {
+		if b, err := os.ReadFile(o.procs); err == nil {
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					inCgroup[pid] = true
+				}
+			}
+		}
+	}
+	if len(inCgroup) == 0 && o.mntns == 0 {
+		return
+	}
+	self := os.Getpid()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	belongs := func(pid int) bool {
+		if ppid, _, _ := statOf(pid); ppid != self || reaper.Watched(pid) {
+			return false
+		}
+		return inCgroup[pid] || (o.mntns != 0 && nsInode(pid, "mnt") == o.mntns)
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self || !belongs(pid) {
+			continue
+		}
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue
+		}
+		if belongs(pid) {
+			_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+		}
+		unix.Close(fd)
+	}
+}
+
+// abandonedStages are the names libcontainer's later bootstrap stages
+// carry until the container's program is exec'd.
+var abandonedStages = map[string]bool{"runc:[1:CHILD]": true, "runc:[2:INIT]": true}
+
+// reapAbandonedStages reaps bootstrap stages left as zombies by a start
+// that failed before libcontainer learnt their pids (a killed stage 0): they
+// are children of whatever thread ran the start, so the orphan loop never
+// sees them, and a zombie inside a dying pid namespace keeps its init in
+// zap_pid_ns_processes. A concurrent start that would wait such a stage
+// itself ignores ECHILD (libcontainer: "already reaped for any reason").
+func reapAbandonedStages() {
+	self := os.Getpid()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	abandoned := func(pid int) bool {
+		ppid, state, comm := statOf(pid)
+		return ppid == self && state == "Z" && abandonedStages[comm] && !reaper.Watched(pid)
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !abandoned(pid) {
+			continue
+		}
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue
+		}
+		if abandoned(pid) {
+			var info unix.Siginfo
+			_ = unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WNOHANG|unix.WALL, nil)
+		}
+		unix.Close(fd)
+	}
+}
+
+// statOf returns pid's parent, state and name from /proc/<pid>/stat.
+func statOf(pid int) (ppid int, state, comm string) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, "", ""
+	}
+	s := string(b)
+	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || end < open {
+		return 0, "", ""
+	}
+	f := strings.Fields(s[end+1:])
+	if len(f) < 2 {
+		return 0, "", ""
+	}
+	ppid, _ = strconv.Atoi(f[1])
+	return ppid, f[0], s[open+1 : end]
+}
+
+// nsInode returns the inode of pid's namespace of the given kind (0 when
+// unknown).
+func nsInode(pid int, kind string) uint64 {
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/%s", pid, kind), &st); err != nil {
+		return 0
+	}
+	return st.Ino
+}
+
+// procsFile picks one hierarchy's cgroup.procs among a container's cgroup
+// paths (v2: the unified one).
+func procsFile(paths map[string]string) string {
+	for _, k := range []string{"", "pids", "memory", "cpu", "freezer", "devices"} {
+		if p, ok := paths[k]; ok && p != "" {
+			return filepath.Join(p, "cgroup.procs")
+		}
+	}
+	for _, p := range paths {
+		return filepath.Join(p, "cgroup.procs")
+	}
+	return ""
+}

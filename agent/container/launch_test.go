@@ -1,0 +1,391 @@
+package container
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keelvm/keel/agent/container/containertest"
+	"github.com/keelvm/keel/init/reaper"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+const launchCgroup = "keel-launch-test"
+
+func newLaunchSandbox(t *testing.T, timeout time.Duration) *Sandbox {
+	t.Helper()
+	f := false
+	s, err := New(Config{StateRoot: t.TempDir(), CgroupParent: "/" + launchCgroup, NoPivotRoot: &f, LaunchTimeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Destroy(context.Background()); err != nil {
+			t.Errorf("destroy: %v", err)
+		}
+	})
+	return s
+}
+
+// hookSpec returns a spec whose hook of the given kind writes its pid to
+// pidFile, then sleeps forever.
+func hookSpec(kind, pidFile string, args ...string) *specs.Spec {
+	spec := testSpec(args...)
+	h := specs.Hook{Path: "/bin/sh", Args: []string{"sh", "-c", "echo $$ > " + pidFile + "; exec sleep 1000"}}
+	spec.Hooks = &specs.Hooks{}
+	switch kind {
+	case "createRuntime":
+		spec.Hooks.CreateRuntime = []specs.Hook{h}
+	case "poststart":
+		spec.Hooks.Poststart = []specs.Hook{h}
+	}
+	return spec
+}
+
+// waitPidFile waits until a hook wrote its pid and returns it.
+func waitPidFile(t *testing.T, path string, failed <-chan error) int {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(path); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				return pid
+			}
+		}
+		select {
+		case err := <-failed:
+			t.Fatalf("start returned before its hook ran: %v", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	t.Fatalf("hook never wrote %s", path)
+	return 0
+}
+
+// within runs f and fails the test if it takes longer than d (f keeps
+// running: a hang on the old code must fail, not wedge, the test).
+func within(t *testing.T, d time.Duration, what string, f func() error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(d):
+		t.Fatalf("%s: blocked for %v (behind a stalled start?)", what, d)
+	}
+}
+
+// otherContainerWorks runs a whole create/start/exec/wait/remove cycle of
+// another container and reaps an orphan, each bounded.
+func otherContainerWorks(t *testing.T, s *Sandbox) {
+	t.Helper()
+	const bound = 20 * time.Second
+	id := uniqueID("other")
+	var c *Container
+	within(t, bound, "create of another container", func() (err error) {
+		c, err = s.CreateContainer(ContainerConfig{ID: id, Spec: testSpec("sleep", "100")})
+		return err
+	})
+	within(t, bound, "start of another container", c.Start)
+	within(t, bound, "exec + wait in another container", func() error {
+		io := newIO(t, false)
+		p, err := c.Exec("e1", specProcess("/bin/echo", "hi"), io)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), bound)
+		defer cancel()
+		st, err := p.Wait(ctx)
+		if err == nil && st.Code != 0 {
+			err = fmt.Errorf("exec exited %v", st)
+		}
+		return err
+	})
+	within(t, bound, "remove of another container", func() error { return s.RemoveContainer(context.Background(), id, 0) })
+	before := reaper.Reaped()
+	within(t, bound, "reaping an orphan", func() error {
+		st, err := reaper.Command(exec.Command("/bin/sh", "-c", "sleep 0.05 & exit 0"))
+		if err != nil || st.Code != 0 {
+			return fmt.Errorf("%v %v", st, err)
+		}
+		for reaper.Reaped() == before {
+			time.Sleep(10 * time.Millisecond)
+		}
+		return nil
+	})
+}
+
+func specProcess(args ...string) *specs.Process {
+	p := *testSpec(args...).Process
+	return &p
+}
+
+// gone waits until pid no longer exists (killed and reaped).
+func gone(t *testing.T, pid int, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if unix.Kill(pid, 0) != nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	t.Fatalf("%s (pid %d) still exists: %s", what, pid, b)
+}
+
+// leftNothing checks the container's state dir and cgroups are gone.
+func leftNothing(t *testing.T, s *Sandbox, id string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var left []string
+		if _, err := os.Stat(filepath.Join(s.root, id)); err == nil {
+			left = append(left, "state dir")
+		}
+		for _, d := range containertest.Take(launchCgroup).Cgroups {
+			if filepath.Base(d) == id {
+				left = append(left, d)
+			}
+		}
+		if _, err := s.Container(id); err == nil {
+			left = append(left, "sandbox entry")
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("container %q left behind: %v", id, left)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestStalledCreateBlocksNothing: a createRuntime hook that never returns
+// stalls one CreateContainer; every other container's lifecycle and the
+// reaping of orphans go on, and the stalled create fails with ErrTimeout at
+// the launch timeout leaving nothing (hook killed, no state, no cgroup).
+func TestStalledCreateBlocksNothing(t *testing.T) {
+	// Below DefaultHookTimeout: the launch deadline, not the hook's own
+	// timeout, ends this start.
+	const timeout = 6 * time.Second
+	s := newLaunchSandbox(t, timeout)
+	pidFile := filepath.Join(t.TempDir(), "hook.pid")
+	id := uniqueID("stalled")
+	failed := make(chan error, 1)
+	t0 := time.Now()
+	go func() {
+		_, err := s.CreateContainer(ContainerConfig{ID: id, Spec: hookSpec("createRuntime", pidFile, "true")})
+		failed <- err
+	}()
+	hookPid := waitPidFile(t, pidFile, failed)
+	otherContainerWorks(t, s)
+	var err error
+	select {
+	case err = <-failed:
+		if time.Since(t0) < timeout {
+			t.Fatalf("stalled create returned after %v, before the %v timeout: %v", time.Since(t0), timeout, err)
+		}
+	case <-time.After(timeout + launchGrace + 20*time.Second):
+		t.Fatal("stalled create never returned")
+	}
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("stalled create: want ErrTimeout, got %v", err)
+	}
+	t.Logf("stalled create failed after %v: %v", time.Since(t0).Round(time.Millisecond), err)
+	gone(t, hookPid, "the stalled hook")
+	leftNothing(t, s, id)
+}
+
+// TestStalledExecBlocksNothing: a workload stopping every process in its
+// pid namespace (kill -STOP -1) stalls an ExecProcess into it (libcontainer
+// waits the stopped bootstrap process forever); other containers go on, the
+// exec fails with ErrTimeout and its stopped processes are killed, and the
+// container itself keeps running.
+func TestStalledExecBlocksNothing(t *testing.T) {
+	const timeout = 5 * time.Second
+	s := newLaunchSandbox(t, timeout)
+	id := uniqueID("stopper")
+	c, err := s.CreateContainer(ContainerConfig{ID: id, Spec: testSpec("sh", "-c", "while :; do kill -STOP -1; done")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The stopper catches an exec's bootstrap process in its pid namespace
+	// most of the time; an exec it missed succeeds at once (its echo is
+	// then stopped): try again.
+	var failed chan error
+	var t0 time.Time
+	execID := ""
+	for i := range 20 {
+		execID = fmt.Sprintf("stalled-%d", i)
+		failed = make(chan error, 1)
+		t0 = time.Now()
+		io := newIO(t, false)
+		go func() {
+			_, err := c.Exec(execID, specProcess("/bin/echo", "never"), io)
+			failed <- err
+		}()
+		select {
+		case err := <-failed:
+			if err != nil {
+				t.Fatalf("exec failed before the launch timeout: %v", err)
+			}
+			continue
+		case <-time.After(timeout / 2):
+		}
+		break
+	}
+	otherContainerWorks(t, s)
+	select {
+	case err = <-failed:
+	case <-time.After(timeout + launchGrace + 20*time.Second):
+		t.Fatal("stalled exec never returned")
+	}
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("stalled exec: want ErrTimeout after %v, got %v after %v", timeout, err, time.Since(t0))
+	}
+	t.Logf("stalled exec failed after %v: %v", time.Since(t0).Round(time.Millisecond), err)
+	if _, err := c.Process(execID); err == nil {
+		t.Error("the failed exec is still listed")
+	}
+	// Only the container's init and the execs that got through (stopped
+	// echos) are left in its cgroup: the stalled exec's stages are gone.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		pids, err := c.Pids()
+		if err != nil {
+			t.Fatal(err)
+		}
+		left := 0
+		for _, pid := range pids {
+			if _, _, comm := statOf(pid); comm != "echo" && pid != c.init.Pid {
+				left++
+			}
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("processes left in the container: %v (init %d)", pids, c.init.Pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if c.init.State() != ProcessRunning {
+		t.Error("the container's init died with the exec")
+	}
+	if err := s.RemoveContainer(context.Background(), id, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStalledStartTimesOut: an init stopped before StartContainer (as a
+// workload sharing its pid namespace can do with kill -STOP -1) never
+// writes the exec fifo, so libcontainer's Exec blocks; StartContainer fails
+// with ErrTimeout, the container's processes are killed and it is stopped
+// (the host removes it), and nothing else was blocked meanwhile.
+func TestStalledStartTimesOut(t *testing.T) {
+	const timeout = 3 * time.Second
+	s := newLaunchSandbox(t, timeout)
+	id := uniqueID("stopped-init")
+	c, err := s.CreateContainer(ContainerConfig{ID: id, Spec: testSpec("sleep", "100")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Kill(c.init.Pid, unix.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	failed := make(chan error, 1)
+	t0 := time.Now()
+	go func() { failed <- c.Start() }()
+	otherContainerWorks(t, s)
+	select {
+	case err = <-failed:
+	case <-time.After(timeout + launchGrace + 20*time.Second):
+		t.Fatal("stalled start never returned")
+	}
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("stalled start: want ErrTimeout, got %v after %v", err, time.Since(t0))
+	}
+	t.Logf("stalled start failed after %v: %v", time.Since(t0).Round(time.Millisecond), err)
+	select {
+	case <-c.init.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the container's init survived the failed start")
+	}
+	if st := c.State(); st != StateStopped {
+		t.Errorf("state %v, want stopped", st)
+	}
+	if err := s.RemoveContainer(context.Background(), id, 0); err != nil {
+		t.Fatal(err)
+	}
+	leftNothing(t, s, id)
+}
+
+// TestStalledPoststartHook: libcontainer runs poststart hooks when it
+// creates the init; one that never returns is killed at the launch
+// deadline with everything it forked, and the create is rolled back.
+func TestStalledPoststartHook(t *testing.T) {
+	const timeout = 3 * time.Second
+	s := newLaunchSandbox(t, timeout)
+	pidFile := filepath.Join(t.TempDir(), "hook.pid")
+	id := uniqueID("poststart")
+	failed := make(chan error, 1)
+	go func() {
+		_, err := s.CreateContainer(ContainerConfig{ID: id, Spec: hookSpec("poststart", pidFile, "sleep", "100")})
+		failed <- err
+	}()
+	hookPid := waitPidFile(t, pidFile, failed)
+	var err error
+	select {
+	case err = <-failed:
+	case <-time.After(timeout + launchGrace + 20*time.Second):
+		t.Fatal("stalled create never returned")
+	}
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("want ErrTimeout, got %v", err)
+	}
+	gone(t, hookPid, "the stalled poststart hook")
+	leftNothing(t, s, id)
+}
+
+// TestHookTimeout: a hook's own spec timeout (or DefaultHookTimeout) kills
+// it with everything it forked, well before the launch timeout.
+func TestHookTimeout(t *testing.T) {
+	s := newLaunchSandbox(t, time.Minute)
+	dir := t.TempDir()
+	bgPid := filepath.Join(dir, "bg.pid")
+	spec := testSpec("true")
+	one := 1
+	spec.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/bin/sh", Timeout: &one,
+		Args: []string{"sh", "-c", "sleep 1000 & echo $! > " + bgPid + "; wait"}}}}
+	id := uniqueID("hooktimeout")
+	t0 := time.Now()
+	_, err := s.CreateContainer(ContainerConfig{ID: id, Spec: spec})
+	if !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "did not finish within 1s") {
+		t.Fatalf("want the hook's timeout error, got %v", err)
+	}
+	if d := time.Since(t0); d > 20*time.Second {
+		t.Errorf("create with a 1 s hook timeout took %v", d)
+	}
+	b, err := os.ReadFile(bgPid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	gone(t, pid, "the hook's background child")
+	leftNothing(t, s, id)
+}

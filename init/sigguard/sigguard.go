@@ -1,0 +1,95 @@
+// Package sigguard keeps PID 1 alive whatever signal it is sent.
+//
+// The kernel protects a pid namespace's init only from signals it has no
+// handler for (SIGNAL_UNKILLABLE drops SIG_DFL signals sent from inside the
+// namespace). The Go runtime installs a handler for almost every signal and
+// then, for a signal nobody asked for with signal.Notify, applies the
+// default action itself: a `kill -HUP 1` from a process in the agent's pid
+// namespace made Go exit and the guest kernel panic ("Attempted to kill
+// init"). Hold asks for every signal whose default action terminates, dumps
+// core or stops the process, so the runtime delivers them to a channel
+// instead, where they are counted and logged.
+//
+// Handlers, never SIG_IGN: an ignored disposition survives execve, so every
+// container process (and hook) would start with those signals ignored; a
+// handler is reset to the default by execve. The shutdown signals (SIGTERM,
+// SIGPWR, SIGINT) are still delivered to init/shutdown's own handler too.
+package sigguard
+
+import (
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// logEvery bounds how often held signals are logged (a flood of signals
+// must not flood the console).
+const logEvery = time.Second
+
+// Held lists the signals Hold catches: every signal whose default action
+// ends or stops the process, except SIGKILL and SIGSTOP (which cannot be
+// caught, and which the kernel never delivers to init from inside its pid
+// namespace) and SIGPROF (the Go runtime consumes it for profiling and
+// never dies of it).
+func Held() []os.Signal {
+	sigs := []os.Signal{
+		unix.SIGHUP, unix.SIGINT, unix.SIGQUIT, unix.SIGILL, unix.SIGTRAP, unix.SIGABRT,
+		unix.SIGBUS, unix.SIGFPE, unix.SIGUSR1, unix.SIGSEGV, unix.SIGUSR2, unix.SIGPIPE,
+		unix.SIGALRM, unix.SIGTERM, unix.SIGSTKFLT, unix.SIGTSTP, unix.SIGTTIN, unix.SIGTTOU,
+		unix.SIGXCPU, unix.SIGXFSZ, unix.SIGVTALRM, unix.SIGIO, unix.SIGPWR, unix.SIGSYS,
+	}
+	// Real-time signals terminate by default. 32 to 34 are reserved by C
+	// libraries: Go installs no handler for them and cannot be asked to,
+	// so they stay SIG_DFL, which the kernel never delivers to a pid
+	// namespace's init from inside it (a host-mode agent dies of them).
+	for s := 35; s <= 64; s++ {
+		sigs = append(sigs, unix.Signal(s))
+	}
+	return sigs
+}
+
+// Hold catches every signal of Held until stop is called, logging them
+// through slog.Default (at most once per logEvery, with counts).
+func Hold() (stop func()) {
+	ch := make(chan os.Signal, 64)
+	signal.Notify(ch, Held()...)
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		counts := map[string]int{}
+		var last time.Time
+		flush := time.NewTicker(logEvery)
+		defer flush.Stop()
+		for {
+			select {
+			case s := <-ch:
+				counts[s.String()]++
+				if time.Since(last) < logEvery {
+					continue
+				}
+			case <-flush.C:
+				if len(counts) == 0 {
+					continue
+				}
+			case <-quit:
+				return
+			}
+			last = time.Now()
+			args := []any{}
+			for k, n := range counts {
+				args = append(args, k, n)
+			}
+			clear(counts)
+			slog.Default().Warn("ignored signals sent to the agent", args...)
+		}
+	})
+	return func() {
+		signal.Stop(ch)
+		close(quit)
+		wg.Wait()
+	}
+}

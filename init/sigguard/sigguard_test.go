@@ -1,0 +1,136 @@
+package sigguard
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The test binary doubles as the guarded process: with this variable set it
+// holds the signals, reports the SigIgn an exec'd child starts with, and
+// waits to be signalled.
+const childEnv = "KEEL_SIGGUARD_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "control" {
+		select {} // unguarded: the control dies of SIGHUP
+	}
+	if os.Getenv(childEnv) == "1" {
+		Hold()
+		out, err := exec.Command("/bin/sh", "-c", "grep SigIgn /proc/self/status").Output()
+		if err != nil {
+			fmt.Println("exec failed:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("child %s", out)
+		fmt.Println("ready")
+		select {}
+	}
+	os.Exit(m.Run())
+}
+
+func procStatus(t *testing.T, pid int, field string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in status", field)
+	return 0
+}
+
+func state(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "gone"
+	}
+	s := string(b)
+	return strings.Fields(s[strings.LastIndexByte(s, ')')+1:])[0]
+}
+
+// TestEveryHeldSignalSurvived sends every signal of Held to a process that
+// called Hold: it neither dies nor stops, catches them with handlers (not
+// SIG_IGN), and a program it execs starts with no signal ignored.
+func TestEveryHeldSignalSurvived(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	sc := bufio.NewScanner(out)
+	var lines []string
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if sc.Text() == "ready" {
+			break
+		}
+	}
+	if len(lines) < 2 || lines[len(lines)-1] != "ready" {
+		t.Fatalf("child did not get ready: %q", lines)
+	}
+	if got := strings.Fields(lines[0]); len(got) != 3 || got[2] != "0000000000000000" {
+		t.Errorf("a program exec'd by the guarded process starts with ignored signals: %q", lines[0])
+	}
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	pid := cmd.Process.Pid
+	if ign := procStatus(t, pid, "SigIgn"); ign != 0 {
+		t.Errorf("guarded process has SigIgn %#x: ignored dispositions would be inherited", ign)
+	}
+	cgt := procStatus(t, pid, "SigCgt")
+	for _, s := range Held() {
+		n := int(s.(unix.Signal))
+		if cgt&(1<<(n-1)) == 0 {
+			t.Errorf("signal %d (%v) has no handler", n, s)
+		}
+	}
+	for _, s := range Held() {
+		sig := s.(unix.Signal)
+		if err := unix.Kill(pid, sig); err != nil {
+			t.Fatalf("kill %v: %v", sig, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		if st := state(pid); st != "S" && st != "R" {
+			t.Fatalf("after %v (%d) the guarded process is %q", sig, int(sig), st)
+		}
+	}
+	// Control: an unguarded Go process dies of the first of them.
+	ctl := exec.Command(os.Args[0])
+	ctl.Env = append(os.Environ(), childEnv+"=control")
+	if err := ctl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	_ = ctl.Process.Signal(unix.SIGHUP)
+	done := make(chan error, 1)
+	go func() { done <- ctl.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = ctl.Process.Kill()
+		t.Fatal("control: an unguarded Go process survived SIGHUP (the test would prove nothing)")
+	}
+}
