@@ -32,6 +32,8 @@ import (
 
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/keelvm/keel/agent/scsi"
 )
 
 // Device types (Device.Type).
@@ -210,7 +212,7 @@ func (m *Manager) resolve(ctx context.Context, i int, d Device, pciMap map[strin
 	switch d.Type {
 	case TypeBlk:
 		if d.ID != "" {
-			if err := checkPCIPath(d.ID); err != nil {
+			if _, err := parsePCIPath(d.ID); err != nil {
 				return nil, fmt.Errorf("devices[%d].id %q: %w", i, d.ID, err)
 			}
 			node, err = loc.PCIBlock(ctx, d.ID)
@@ -226,8 +228,8 @@ func (m *Manager) resolve(ctx context.Context, i int, d Device, pciMap map[strin
 		node, err = loc.Block(ctx, strings.TrimPrefix(d.VMPath, "/dev/"))
 		err = wrapField(err, i, "vm_path", d.VMPath)
 	case TypeSCSI:
-		if err := checkSCSIAddr(d.ID); err != nil {
-			return nil, fmt.Errorf("devices[%d].id %q: %w", i, d.ID, err)
+		if _, err := scsi.ParseAddr(d.ID); err != nil {
+			return nil, fmt.Errorf("devices[%d].id: %v: %w", i, err, ErrInvalid)
 		}
 		node, err = loc.SCSIBlock(ctx, d.ID)
 		err = wrapField(err, i, "id", d.ID)

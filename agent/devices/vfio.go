@@ -28,7 +28,7 @@ func (m *Manager) vfio(ctx context.Context, i int, d Device, pciMap map[string]s
 		if !ok || strings.Contains(pciPath, "=") || !pciAddr.MatchString(host) {
 			return nil, fmt.Errorf("%s: must be HOSTBDF=pcipath, like 0000:3b:00.0=02/00: %w", field, ErrInvalid)
 		}
-		if err := checkPCIPath(pciPath); err != nil {
+		if _, err := parsePCIPath(pciPath); err != nil {
 			return nil, fmt.Errorf("%s: %w", field, err)
 		}
 		bdf, err := loc.PCIDevice(ctx, pciPath)

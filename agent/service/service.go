@@ -39,7 +39,8 @@ type Service struct {
 	*FileCopier // CopyFile
 	*OOM        // GetOOMEvent
 	*Hotplug    // OnlineCPUMem, MemHotplugByProbe
-	*Swap       // AddSwap, AddSwapPath
+	*Swap       // AddSwapPath
+	*SwapPCI    // AddSwap
 	*Volumes    // GetVolumeStats, ResizeVolume
 	*Networks   // interfaces, routes, ARP neighbours, iptables
 	*Storage    // UpdateEphemeralMounts, RemoveStaleVirtiofsShareMounts
@@ -53,6 +54,7 @@ type (
 	OOM        = oom.Watcher
 	Hotplug    = hotplug.Handler
 	Swap       = swap.Handler
+	SwapPCI    = swap.PCIHandler
 	Volumes    = volume.Handler
 	Networks   = networks.Handler
 	Storage    = storage.Handler
@@ -69,6 +71,7 @@ type Handlers struct {
 	OOM        *oom.Watcher
 	Hotplug    *hotplug.Handler
 	Swap       *swap.Handler
+	SwapPCI    *swap.PCIHandler // nil: AddSwap answers Unimplemented
 	Volumes    *volume.Handler
 	Network    *networks.Handler // nil: the network RPCs answer Unavailable
 	Storage    *storage.Handler  // nil: the storage RPCs answer Unavailable
@@ -84,7 +87,7 @@ func New(h Handlers) *Service {
 		panic("service.New: Handlers.Containers is required")
 	}
 	s := &Service{Guest: h.Guest, Containers: h.Containers, GuestOps: h.GuestOps, FileCopier: h.CopyFile, OOM: h.OOM,
-		Hotplug: h.Hotplug, Swap: h.Swap, Volumes: h.Volumes, Networks: h.Network, Storage: h.Storage}
+		Hotplug: h.Hotplug, Swap: h.Swap, SwapPCI: h.SwapPCI, Volumes: h.Volumes, Networks: h.Network, Storage: h.Storage}
 	if s.Guest == nil {
 		s.Guest = &Guest{}
 	}
@@ -102,6 +105,9 @@ func New(h Handlers) *Service {
 	}
 	if s.Swap == nil {
 		s.Swap = &swap.Handler{}
+	}
+	if s.SwapPCI == nil {
+		s.SwapPCI = &swap.PCIHandler{}
 	}
 	if s.Volumes == nil {
 		s.Volumes = &volume.Handler{}

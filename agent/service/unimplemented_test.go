@@ -77,3 +77,29 @@ func TestGuestDetailsFromSysfs(t *testing.T) {
 		t.Errorf("garbage block size: %v", err)
 	}
 }
+
+// New puts every handler it is given into Service, none replaced by a
+// default (a merge once dropped one, and its RPC answered from the
+// zero-value handler).
+func TestNewKeepsEveryHandler(t *testing.T) {
+	var h Handlers
+	hv := reflect.ValueOf(&h).Elem()
+	for i := 0; i < hv.NumField(); i++ {
+		if f := hv.Field(i); f.Kind() == reflect.Pointer && f.IsNil() {
+			f.Set(reflect.New(f.Type().Elem()))
+		}
+	}
+	s := reflect.ValueOf(New(h)).Elem()
+	for i := 0; i < hv.NumField(); i++ {
+		given := hv.Field(i)
+		found := false
+		for j := 0; j < s.NumField(); j++ {
+			if s.Field(j).Type() == given.Type() && s.Field(j).Pointer() == given.Pointer() {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("Handlers.%s is not in the Service New built", hv.Type().Field(i).Name)
+		}
+	}
+}

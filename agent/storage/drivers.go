@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keelvm/keel/agent/pcipath"
+	"github.com/keelvm/keel/agent/scsi"
 	"github.com/keelvm/keel/agent/uevent"
 	"golang.org/x/sys/unix"
 )
@@ -317,11 +318,11 @@ func (m *Manager) findDisk(ctx context.Context, field string, s Storage) (string
 		}
 		mt = uevent.ByName("block", name)
 	case DriverSCSI:
-		id, lun, err := parseSCSIAddr(s.Source)
+		a, err := scsi.ParseAddr(s.Source)
 		if err != nil {
 			return "", invalidf("%s.source %q: %v", field, trunc(s.Source), err)
 		}
-		mt = scsiMatcher(id, lun)
+		mt = scsi.Disk(a)
 	}
 	start := time.Now()
 	ev, err := m.cfg.Devices.Wait(ctx, mt, 0)
@@ -353,61 +354,6 @@ func supportsDax(sysfs, disk, fstype string) bool {
 	}
 	b, err := os.ReadFile(filepath.Join(sysfs, "block", disk, "queue/dax"))
 	return err == nil && strings.TrimSpace(string(b)) == "1"
-}
-
-// parseSCSIAddr reads Kata's "target:lun".
-func parseSCSIAddr(s string) (int, int, error) {
-	a, b, ok := strings.Cut(s, ":")
-	id, err1 := strconv.ParseUint(a, 10, 16)
-	lun, err2 := strconv.ParseUint(b, 10, 32)
-	if !ok || err1 != nil || err2 != nil {
-		return 0, 0, errors.New("want <scsi target>:<lun>")
-	}
-	return int(id), int(lun), nil
-}
-
-// scanSCSI asks every SCSI host there is to scan channel 0, target id,
-// lun: a disk added to a running controller is not always announced. A
-// controller hot-plugged just before may have no host yet; the scan is
-// repeated on every look (Matcher.Present) until the disk shows up.
-func scanSCSI(sysfs string, id, lun int) {
-	hosts, _ := filepath.Glob(filepath.Join(sysfs, "class/scsi_host/host*/scan"))
-	for _, h := range hosts {
-		_ = os.WriteFile(h, []byte(fmt.Sprintf("0 %d %d", id, lun)), 0)
-	}
-}
-
-// scsiMatcher matches the disk at H:0:id:lun on any host.
-func scsiMatcher(id, lun int) uevent.Matcher {
-	suffix := fmt.Sprintf(":0:%d:%d", id, lun)
-	match := func(ev *uevent.Event) bool {
-		if ev.Subsystem != "block" || ev.DevType != "disk" || ev.DevName == "" || ev.Action != uevent.ActionAdd {
-			return false
-		}
-		dir, _, ok := strings.Cut(ev.DevPath, "/block/")
-		if !ok {
-			return false
-		}
-		return strings.HasSuffix(dir, suffix) && strings.Count(filepath.Base(dir), ":") == 3
-	}
-	return uevent.Matcher{
-		What:  fmt.Sprintf("SCSI disk %d:%d", id, lun),
-		Match: match,
-		Present: func(sysfs string) []string {
-			scanSCSI(sysfs, id, lun)
-			links, _ := filepath.Glob(filepath.Join(sysfs, "bus/scsi/devices/*"+suffix, "block/*"))
-			root, _ := filepath.EvalSymlinks(sysfs)
-			var out []string
-			for _, l := range links {
-				if real, err := filepath.EvalSymlinks(l); err == nil {
-					if rel, err := filepath.Rel(root, real); err == nil && !strings.HasPrefix(rel, "..") {
-						out = append(out, "/"+rel)
-					}
-				}
-			}
-			return out
-		},
-	}
 }
 
 // setUpOverlay mounts an overlay.

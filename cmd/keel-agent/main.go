@@ -239,7 +239,7 @@ func run(args []string) error {
 	// as PID 1, main powers off.
 	destroyed := make(chan struct{})
 	var destroyOnce sync.Once
-	devs := &devices.Manager{}
+	devs := &devices.Manager{Locator: devices.Uevents{Reg: uevents}}
 	svc := service.New(service.Handlers{
 		Guest: &service.Guest{Metrics: reg, ExtraFeatures: extraFeatures, DeviceHandlers: devices.Types},
 		Containers: containers.New(containers.Options{
@@ -259,6 +259,7 @@ func run(args []string) error {
 		Network: netHandler,
 		Hotplug: &hotplug.Handler{Log: log},
 		Swap:    &swap.Handler{Log: log},
+		SwapPCI: &swap.PCIHandler{Blocks: devs, Log: log},
 		Volumes: &volume.Handler{Log: log},
 		Storage: &storage.Handler{M: storages},
 	})

@@ -11,6 +11,10 @@
 //     protocol/client; runc's state on a tmpfs too, same spec and rootfs.
 //     Here every container init is the agent binary re-executed, so its
 //     start-up cost counts.
+//   - BenchmarkAgentInitStart vs BenchmarkSlimInitStart: `BIN init` up to
+//     libcontainer.Init for the agent binary vs a static libcontainer-only
+//     binary (testdata/sliminit): what the agent's other packages add to
+//     every container start.
 //   - BenchmarkCreate200 (P7): 200 live containers; create latency of the
 //     first ten vs the last ten (p99-ratio) and the agent's RSS per
 //     container (rss-KiB/container); everything removed and checked gone.

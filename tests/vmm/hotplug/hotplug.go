@@ -111,6 +111,17 @@ func (p *Plugger) pciPath(ctx context.Context, i int) (string, error) {
 	return fmt.Sprintf("%02x/00", rp.Slot), nil
 }
 
+// AddPCI hot-adds any PCI device (driver and its properties, e.g. a
+// virtio-rng-pci to pass through with VFIO, or a virtio-blk-pci on a block
+// node added by the caller) into a free root port.
+func (p *Plugger) AddPCI(ctx context.Context, driver string, props map[string]any) (Added, error) {
+	a := Added{port: -1}
+	if err := p.addPCI(ctx, driver, props, &a); err != nil {
+		return Added{}, err
+	}
+	return a, nil
+}
+
 // AddBlock hot-adds file (raw) as a virtio-blk-pci disk.
 func (p *Plugger) AddBlock(ctx context.Context, file string, readOnly bool) (Added, error) {
 	a := Added{port: -1}
