@@ -33,6 +33,8 @@ func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
 		os.Exit(containertest.RunWithoutRoot(m))
 	}
+	// Mount leak checks must not count other packages' mounts.
+	containertest.InPrivateMountNamespace()
 	dir, err := os.MkdirTemp("", "keel-rootfs-")
 	if err != nil {
 		panic(err)

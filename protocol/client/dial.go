@@ -72,6 +72,7 @@ func DialConn(ctx context.Context, address string) (net.Conn, error) {
 // DialAddr is DialConn for a parsed address.
 func DialAddr(ctx context.Context, a addr.Address) (net.Conn, error) {
 	wait := FirstBackoff
+	var reason error // the last failure not caused by ctx ending
 	for attempt := 1; ; attempt++ {
 		conn, err := dialOnce(ctx, a)
 		if err == nil {
@@ -80,11 +81,16 @@ func DialAddr(ctx context.Context, a addr.Address) (net.Conn, error) {
 		if permanent(err) {
 			return nil, &DialError{Addr: a.String(), Attempts: attempt, Err: err}
 		}
+		if ctx.Err() == nil || reason == nil {
+			// An attempt cut short by the deadline says only that
+			// time ran out: keep the reason the earlier ones failed.
+			reason = err
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, &DialError{Addr: a.String(), Attempts: attempt, Err: fmt.Errorf("%w (last error: %v)", ctx.Err(), err)}
+			return nil, &DialError{Addr: a.String(), Attempts: attempt, Err: fmt.Errorf("%w (last error: %v)", ctx.Err(), reason)}
 		case <-t.C:
 		}
 		wait = min(wait*2, MaxBackoff)

@@ -30,8 +30,8 @@ var shared struct {
 }
 
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) != "" {
-		os.Exit(m.Run())
+	if k := os.Getenv(childEnv); k != "" {
+		pdeathsigChild(k) // never returns
 	}
 	d, err := os.MkdirTemp("", "keel-qemu-test-")
 	if err != nil {
