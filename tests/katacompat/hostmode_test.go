@@ -18,40 +18,21 @@ import (
 var agentBin, shmtoolBin string
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		fmt.Println("skipping: the pod corpus creates containers, which needs root")
-		os.Exit(0)
-	}
-	dir, err := os.MkdirTemp("", "keel-katacompat-")
-	if err != nil {
-		panic(err)
-	}
-	code := func() int {
-		defer os.RemoveAll(dir)
-		build := func(out string, env []string, args ...string) error {
-			cmd := exec.Command("go", append([]string{"build", "-o", out}, args...)...)
-			cmd.Env, cmd.Stderr = append(os.Environ(), env...), os.Stderr
-			return cmd.Run()
+	os.Exit(containertest.HostModeMain(m, func(e *containertest.HostEnv) error {
+		agentBin = e.AgentBin
+		shmtoolBin = filepath.Join(e.Dir, "shmtool")
+		cmd := exec.Command("go", "build", "-o", shmtoolBin, "github.com/keelvm/keel/tests/katacompat/shmtool")
+		cmd.Env, cmd.Stderr = append(os.Environ(), "CGO_ENABLED=0"), os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("building shmtool: %w", err)
 		}
-		agentBin = os.Getenv("KEEL_AGENT_BIN")
-		if agentBin == "" {
-			// The seccomp tag as in `make agent`: the corpus carries
-			// the RuntimeDefault profile.
-			agentBin = filepath.Join(dir, "keel-agent")
-			if err := build(agentBin, nil, "-tags", "seccomp", "github.com/keelvm/keel/cmd/keel-agent"); err != nil {
-				fmt.Fprintln(os.Stderr, "building keel-agent:", err)
-				return 1
-			}
-		}
-		shmtoolBin = filepath.Join(dir, "shmtool")
-		if err := build(shmtoolBin, []string{"CGO_ENABLED=0"}, "github.com/keelvm/keel/tests/katacompat/shmtool"); err != nil {
-			fmt.Fprintln(os.Stderr, "building shmtool:", err)
-			return 1
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+		return nil
+	}))
 }
+
+// TestNeedsRoot reports, as a skip with its reason, that this package's
+// tests did not run without root (see containertest.RunWithoutRoot).
+func TestNeedsRoot(t *testing.T) { containertest.SkipUnlessRoot(t, "the pod corpus's containers") }
 
 // hostAgent is keel-agent run as a process on a Unix socket.
 type hostAgent struct {

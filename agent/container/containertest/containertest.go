@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -197,4 +198,46 @@ func SkipUnlessRoot(t testing.TB, what string) {
 	if uid := os.Geteuid(); uid != 0 {
 		t.Skipf("%s need root (running as uid %d): every test of this package is skipped", what, uid)
 	}
+}
+
+// HostEnv is what a package that drives the real keel-agent binary in host
+// mode needs: the binary and a busybox rootfs in a temporary directory.
+type HostEnv struct{ Dir, AgentBin, Rootfs string }
+
+// HostModeMain is TestMain for such packages. Without root it runs only
+// TestNeedsRoot, which the package must define (RunWithoutRoot), so the skip
+// is reported. Otherwise it takes the agent from $KEEL_AGENT_BIN (make test)
+// or builds it with the seccomp tag as `make agent` does, makes the rootfs,
+// calls setup and runs the tests; the directory is removed afterwards.
+func HostModeMain(m *testing.M, setup func(*HostEnv) error) int {
+	if os.Geteuid() != 0 {
+		return RunWithoutRoot(m)
+	}
+	dir, err := os.MkdirTemp("", "keel-hostmode-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	env := &HostEnv{Dir: dir, AgentBin: os.Getenv("KEEL_AGENT_BIN"), Rootfs: filepath.Join(dir, "rootfs")}
+	if env.AgentBin == "" {
+		env.AgentBin = filepath.Join(dir, "keel-agent")
+		cmd := exec.Command("go", "build", "-tags", "seccomp", "-o", env.AgentBin, "github.com/keelvm/keel/cmd/keel-agent")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building keel-agent:", err)
+			return 1
+		}
+	}
+	if err := MakeRootfs(env.Rootfs); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if setup != nil {
+		if err := setup(env); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	return m.Run()
 }

@@ -23,33 +23,10 @@ import (
 var agentBin, rootfs string
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		os.Exit(containertest.RunWithoutRoot(m))
-	}
-	dir, err := os.MkdirTemp("", "keel-e2e-")
-	if err != nil {
-		panic(err)
-	}
-	code := func() int {
-		defer os.RemoveAll(dir)
-		agentBin = os.Getenv("KEEL_AGENT_BIN")
-		if agentBin == "" {
-			agentBin = filepath.Join(dir, "keel-agent")
-			cmd := exec.Command("go", "build", "-o", agentBin, "github.com/keelvm/keel/cmd/keel-agent")
-			cmd.Stderr = os.Stderr
-			if err := cmd.Run(); err != nil {
-				fmt.Fprintln(os.Stderr, "building keel-agent:", err)
-				return 1
-			}
-		}
-		rootfs = filepath.Join(dir, "rootfs")
-		if err := containertest.MakeRootfs(rootfs); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+	os.Exit(containertest.HostModeMain(m, func(e *containertest.HostEnv) error {
+		agentBin, rootfs = e.AgentBin, e.Rootfs
+		return nil
+	}))
 }
 
 // pbSpec is a minimal Kata-style spec for the busybox rootfs.

@@ -8,7 +8,6 @@ package network
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,34 +26,16 @@ import (
 var agentBin, rootfs string
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		fmt.Println("skipping: network namespaces and containers need root")
-		os.Exit(0)
-	}
-	dir, err := os.MkdirTemp("", "keel-net-e2e-")
-	if err != nil {
-		panic(err)
-	}
-	code := func() int {
-		defer os.RemoveAll(dir)
-		agentBin = os.Getenv("KEEL_AGENT_BIN")
-		if agentBin == "" {
-			agentBin = filepath.Join(dir, "keel-agent")
-			cmd := exec.Command("go", "build", "-o", agentBin, "github.com/keelvm/keel/cmd/keel-agent")
-			cmd.Stderr = os.Stderr
-			if err := cmd.Run(); err != nil {
-				fmt.Fprintln(os.Stderr, "building keel-agent:", err)
-				return 1
-			}
-		}
-		rootfs = filepath.Join(dir, "rootfs")
-		if err := containertest.MakeRootfs(rootfs); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+	os.Exit(containertest.HostModeMain(m, func(e *containertest.HostEnv) error {
+		agentBin, rootfs = e.AgentBin, e.Rootfs
+		return nil
+	}))
+}
+
+// TestNeedsRoot reports, as a skip with its reason, that this package's
+// tests did not run without root (see containertest.RunWithoutRoot).
+func TestNeedsRoot(t *testing.T) {
+	containertest.SkipUnlessRoot(t, "network namespaces and containers")
 }
 
 // spec runs args in the busybox rootfs in the sandbox's network namespace
