@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -52,9 +53,35 @@ func Held() []os.Signal {
 	return sigs
 }
 
+// kernelSigaction is struct sigaction as the rt_sigaction system call takes
+// it on 64-bit Linux.
+type kernelSigaction struct {
+	handler, flags, restorer uintptr
+	mask                     uint64
+}
+
+// resetInheritedIgnores gives the signals reserved by C libraries (32 to
+// 34), which Go never touches, their default disposition back when this
+// process inherited them ignored: glibc's posix_spawn, which GNU make uses,
+// hands its children 32 and 33 as SIG_IGN, and an ignored disposition
+// would pass through execve into every container process and hook. A
+// handler installed by the C library is left alone.
+func resetInheritedIgnores() {
+	const sigIGN, sigDFL = 1, 0
+	for sig := 32; sig <= 34; sig++ {
+		var old kernelSigaction
+		if _, _, e := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), 0, uintptr(unsafe.Pointer(&old)), 8, 0, 0); e != 0 || old.handler != sigIGN {
+			continue
+		}
+		def := kernelSigaction{handler: sigDFL}
+		_, _, _ = unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&def)), 0, 8, 0, 0)
+	}
+}
+
 // Hold catches every signal of Held until stop is called, logging them
 // through slog.Default (at most once per logEvery, with counts).
 func Hold() (stop func()) {
+	resetInheritedIgnores()
 	ch := make(chan os.Signal, 64)
 	signal.Notify(ch, Held()...)
 	quit := make(chan struct{})
