@@ -24,7 +24,7 @@ const workload = `echo "hello from a Keel container on $(hostname), kernel $(una
 echo @@; cat /proc/meminfo
 cat ` + BigFile + ` >/dev/null; find / -xdev -type f -exec cat {} + >/dev/null
 echo @@; cat /proc/meminfo
-echo @@; cat /proc/self/mountinfo`
+echo @@; cat /proc/self/mountinfo; echo "pmem0 $(cat /sys/class/block/pmem0/dev 2>/dev/null)"`
 
 // KeelctlTimeout bounds keelctl's connect and container setup: creating
 // a container under TCG on a busy machine was seen to take 40 s.
@@ -47,6 +47,9 @@ type Evidence struct {
 	ExitCode       int
 	// RootMount is the container's "/" line of /proc/self/mountinfo.
 	RootMount string
+	// PmemDev is /dev/pmem0's major:minor in the guest: a root the
+	// kernel mounted itself (root=) shows as /dev/root, by number only.
+	PmemDev string
 	// Cached and FileLRU (KiB) before and after the container read
 	// BigFile and its root's files.
 	CachedBefore, CachedAfter   int64
@@ -121,6 +124,8 @@ func Collect(ctx context.Context, c *client.Client, addr, keelctl string) (*Evid
 	for _, l := range strings.Split(parts[3], "\n") {
 		if f := strings.Fields(l); len(f) > 4 && f[4] == "/" {
 			e.RootMount = l
+		} else if len(f) == 2 && f[0] == "pmem0" {
+			e.PmemDev = f[1]
 		}
 	}
 	return e, nil
@@ -132,7 +137,9 @@ func (e *Evidence) Check() error {
 	if !e.PID1 {
 		errs = append(errs, errors.New("the agent is not PID 1"))
 	}
-	if !strings.Contains(e.RootMount, " /dev/pmem0 ") || !strings.Contains(e.RootMount, "dax=always") {
+	onPmem := strings.Contains(e.RootMount, " /dev/pmem0 ") ||
+		(e.PmemDev != "" && strings.Contains(e.RootMount, " /dev/root ") && strings.Fields(e.RootMount)[2] == e.PmemDev)
+	if !onPmem || !strings.Contains(e.RootMount, "dax=always") {
 		errs = append(errs, fmt.Errorf("the container's root is not on /dev/pmem0 with dax=always: %q", e.RootMount))
 	}
 	if e.AgentBinaryDAX != "true" {

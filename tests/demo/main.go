@@ -130,7 +130,7 @@ func runDemo(timeout time.Duration, keep bool) error {
 func (e *Evidence) Report() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "==> keel-agent %s, PID 1: %v\n", e.AgentVersion, e.PID1)
-	fmt.Fprintf(&b, "==> root mount seen by the container (/proc/self/mountinfo):\n      %s\n", e.RootMount)
+	fmt.Fprintf(&b, "==> root mount seen by the container (/proc/self/mountinfo; /dev/pmem0 is %s):\n      %s\n", e.PmemDev, e.RootMount)
 	fmt.Fprintf(&b, "==> STATX_ATTR_DAX on the agent's own binary (/proc/self/exe): %s\n", e.AgentBinaryDAX)
 	fmt.Fprintf(&b, "==> guest page cache around reading %d MiB from the image: Cached %d -> %d KiB (%+d KiB), file LRU %d -> %d KiB (%+d KiB)\n",
 		e.BytesRead>>20, e.CachedBefore, e.CachedAfter, e.CachedGrowth(), e.FileLRUBefore, e.FileLRUAfter, e.FileLRUAfter-e.FileLRUBefore)
