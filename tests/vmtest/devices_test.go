@@ -42,7 +42,7 @@ func (d *devGuest) sh(ctx context.Context, t *testing.T, script string, tweak ..
 	for _, f := range tweak {
 		f(req)
 	}
-	out, errOut, code, err := runContainerReq(ctx, d.c.Agent, req)
+	out, errOut, code, err := RunContainerRequest(ctx, d.c.Agent, req)
 	if err != nil {
 		t.Fatalf("container %q: %v", script, err)
 	}
@@ -50,34 +50,6 @@ func (d *devGuest) sh(ctx context.Context, t *testing.T, script string, tweak ..
 		t.Fatalf("container %q: exit %d, stderr %q, stdout %q", script, code, errOut, out)
 	}
 	return out
-}
-
-// runContainerReq is RunContainer for a prepared request (devices,
-// storages).
-func runContainerReq(ctx context.Context, a pb.AgentServiceService, req *pb.CreateContainerRequest) (stdout, stderr string, status int32, err error) {
-	id := req.ContainerId
-	if _, err := a.CreateContainer(ctx, req); err != nil {
-		return "", "", 0, fmt.Errorf("CreateContainer %s: %w", id, err)
-	}
-	defer func() {
-		if _, e := a.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: id}); e != nil && err == nil {
-			err = fmt.Errorf("RemoveContainer %s: %w", id, e)
-		}
-	}()
-	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id}); err != nil {
-		return "", "", 0, fmt.Errorf("StartContainer %s: %w", id, err)
-	}
-	if stdout, err = readStream(ctx, a.ReadStdout, id); err != nil {
-		return stdout, "", 0, fmt.Errorf("ReadStdout %s: %w", id, err)
-	}
-	if stderr, err = readStream(ctx, a.ReadStderr, id); err != nil {
-		return stdout, stderr, 0, fmt.Errorf("ReadStderr %s: %w", id, err)
-	}
-	w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: id, ExecId: id})
-	if err != nil {
-		return stdout, stderr, 0, fmt.Errorf("WaitProcess %s: %w", id, err)
-	}
-	return stdout, stderr, w.Status, nil
 }
 
 // diskImage writes a raw disk image of size bytes that starts with marker.

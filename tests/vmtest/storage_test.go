@@ -338,11 +338,11 @@ func runWithStorages(ctx context.Context, a pb.AgentServiceService, id string, s
 	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id}); err != nil {
 		return "", "", 0, err
 	}
-	out, err := readStream(ctx, a.ReadStdout, id)
+	out, err := readStream(ctx, a.ReadStdout, id, id)
 	if err != nil {
 		return out, "", 0, err
 	}
-	errOut, _ := readStream(ctx, a.ReadStderr, id)
+	errOut, _ := readStream(ctx, a.ReadStderr, id, id)
 	w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: id, ExecId: id})
 	if err != nil {
 		return out, errOut, 0, err
@@ -355,7 +355,7 @@ func startAndRead(ctx context.Context, t *testing.T, a pb.AgentServiceService, i
 	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id}); err != nil {
 		t.Fatal(err)
 	}
-	out, err := readStream(ctx, a.ReadStdout, id)
+	out, err := readStream(ctx, a.ReadStdout, id, id)
 	if err != nil {
 		t.Fatal(err)
 	}
