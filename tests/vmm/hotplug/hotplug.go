@@ -242,6 +242,36 @@ func (p *Plugger) AddDIMM(ctx context.Context, sizeMiB int) (Added, error) {
 	return a, nil
 }
 
+// MemoryDevice is a memory device as QEMU reports it (query-memory-devices).
+type MemoryDevice struct {
+	ID   string
+	Addr uint64 // guest physical address
+	Size uint64 // bytes
+}
+
+// DIMM returns where QEMU placed the pc-dimm with qdev id: what Kata's
+// runtime reads before asking the agent to probe the memory
+// (MemHotplugByProbe) in guests that get no ACPI memory notification.
+func (p *Plugger) DIMM(ctx context.Context, id string) (MemoryDevice, error) {
+	var devs []struct {
+		Type string `json:"type"`
+		Data struct {
+			ID   string `json:"id"`
+			Addr uint64 `json:"addr"`
+			Size uint64 `json:"size"`
+		} `json:"data"`
+	}
+	if err := p.qmp.Execute(ctx, "query-memory-devices", nil, &devs); err != nil {
+		return MemoryDevice{}, err
+	}
+	for _, d := range devs {
+		if d.Type == "dimm" && d.Data.ID == id {
+			return MemoryDevice{ID: id, Addr: d.Data.Addr, Size: d.Data.Size}, nil
+		}
+	}
+	return MemoryDevice{}, fmt.Errorf("no pc-dimm %q in query-memory-devices", id)
+}
+
 // Remove unplugs a device (the guest must cooperate; ctx should carry a
 // deadline) and frees its backends and root port.
 func (p *Plugger) Remove(ctx context.Context, a Added) error {
