@@ -148,11 +148,31 @@ func TestProbe(t *testing.T) {
 		t.Errorf("no probe file: %v", err)
 	}
 	write(t, filepath.Join(root, "devices/system/memory/probe"), "")
+	write(t, filepath.Join(root, "devices/system/memory/block_size_bytes"), "8000000\n")
 	if _, err := h.MemHotplugByProbe(context.Background(), &pb.MemHotplugByProbeRequest{MemHotplugProbeAddr: []uint64{0x18000000}}); err != nil {
 		t.Fatal(err)
 	}
 	if s := read(t, filepath.Join(root, "devices/system/memory/probe")); s != "0x18000000" {
 		t.Errorf("probe got %q", s)
+	}
+	// A block the kernel already has (memory3 = 0x18000000 / 128 MiB) is
+	// skipped: the probe file keeps the previous write.
+	write(t, filepath.Join(root, "devices/system/memory/memory3/online"), "0\n")
+	write(t, filepath.Join(root, "devices/system/memory/probe"), "")
+	if _, err := h.MemHotplugByProbe(context.Background(), &pb.MemHotplugByProbeRequest{MemHotplugProbeAddr: []uint64{0x18000000, 0x20000000}}); err != nil {
+		t.Fatal(err)
+	}
+	if s := read(t, filepath.Join(root, "devices/system/memory/probe")); s != "0x20000000" {
+		t.Errorf("probe got %q, want only the new block 0x20000000", s)
+	}
+	// One unaligned address: refused before anything is written.
+	write(t, filepath.Join(root, "devices/system/memory/probe"), "")
+	_, err = h.MemHotplugByProbe(context.Background(), &pb.MemHotplugByProbeRequest{MemHotplugProbeAddr: []uint64{0x28000000, 0x28001000}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "memHotplugProbeAddr[1]") {
+		t.Errorf("unaligned address: %v", err)
+	}
+	if s := read(t, filepath.Join(root, "devices/system/memory/probe")); s != "" {
+		t.Errorf("probe written (%q) for a refused request", s)
 	}
 	_, err = h.MemHotplugByProbe(context.Background(), &pb.MemHotplugByProbeRequest{MemHotplugProbeAddr: make([]uint64, MaxProbeAddrs+1)})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "memHotplugProbeAddr") {
