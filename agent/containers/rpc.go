@@ -1,7 +1,8 @@
 // Package containers adapts the container domain (agent/container) to Kata's
 // grpc.AgentService: sandbox, container, process and stdio RPCs. Handlers
-// are thin: validate, convert (agent/ociconv), call the domain, and map its
-// error classes to gRPC status codes with a message naming the field.
+// are thin: validate, convert (agent/ociconv), call the domain, and turn its
+// errors (of agent/errdefs classes) into gRPC statuses with errdefs.ToStatus;
+// the message names the field.
 package containers
 
 import (
@@ -16,10 +17,10 @@ import (
 
 	"github.com/keelvm/keel/agent/container"
 	"github.com/keelvm/keel/agent/devices"
+	"github.com/keelvm/keel/agent/errdefs"
 	"github.com/keelvm/keel/agent/ociconv"
 	"github.com/keelvm/keel/agent/stdio"
 	"github.com/keelvm/keel/agent/storage"
-	"github.com/keelvm/keel/agent/uevent"
 	"github.com/keelvm/keel/init/kmod"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"golang.org/x/sys/unix"
@@ -87,47 +88,6 @@ func New(o Options) *RPC {
 	return &RPC{o: o}
 }
 
-// toStatus maps domain and stdio errors to gRPC statuses at the edge.
-func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	code := codes.Internal
-	switch {
-	case errors.Is(err, storage.ErrInvalid):
-		code = codes.InvalidArgument
-	case errors.Is(err, storage.ErrUnsupported):
-		code = codes.Unimplemented
-	case errors.Is(err, uevent.ErrTooManyWaiters):
-		code = codes.ResourceExhausted
-	case errors.Is(err, container.ErrInvalid), errors.Is(err, devices.ErrInvalid):
-		code = codes.InvalidArgument
-	case errors.Is(err, devices.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, devices.ErrUnsupported):
-		code = codes.Unimplemented
-	case errors.Is(err, container.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, container.ErrExists):
-		code = codes.AlreadyExists
-	case errors.Is(err, container.ErrState), errors.Is(err, stdio.ErrProcessExited),
-		errors.Is(err, stdio.ErrStdinClosed), errors.Is(err, stdio.ErrAttached), errors.Is(err, stdio.ErrClosed):
-		code = codes.FailedPrecondition
-	case errors.Is(err, stdio.ErrNoStream):
-		code = codes.InvalidArgument
-	case errors.Is(err, container.ErrUnimplemented):
-		code = codes.Unimplemented
-	case errors.Is(err, container.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	}
-	return status.Error(code, err.Error())
-}
-
 func invalidf(format string, args ...any) error {
 	return status.Errorf(codes.InvalidArgument, format, args...)
 }
@@ -156,14 +116,14 @@ func (r *RPC) CreateSandbox(ctx context.Context, req *pb.CreateSandboxRequest) (
 	}
 	if len(req.Storages) > 0 {
 		if err := r.o.Storages.Add(ctx, "", "storages", storage.FromPB(req.Storages)); err != nil {
-			return nil, toStatus(err)
+			return nil, errdefs.ToStatus(err)
 		}
 	}
 	if err := r.o.Sandbox.Create(sc); err != nil {
 		if len(req.Storages) > 0 {
 			r.o.Storages.Close()
 		}
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	return empty, nil
 }
@@ -182,7 +142,7 @@ func (r *RPC) DestroySandbox(ctx context.Context, _ *pb.DestroySandboxRequest) (
 	if r.o.OnDestroySandbox != nil {
 		r.o.OnDestroySandbox()
 	}
-	return empty, toStatus(err)
+	return empty, errdefs.ToStatus(err)
 }
 
 // newIO creates a process's stdio and attaches the passfd streams.
@@ -225,11 +185,11 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 		return nil, errNoSandbox
 	}
 	if err := container.ValidateID("container_id", req.ContainerId); err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if req.ExecId != "" {
 		if err := container.ValidateID("exec_id", req.ExecId); err != nil {
-			return nil, toStatus(err)
+			return nil, errdefs.ToStatus(err)
 		}
 	}
 	if len(req.Storages) > 0 && r.o.Storages == nil {
@@ -244,10 +204,10 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	// string_user is for Windows guests; Linux uses OCI.process.user.
 	spec, err := ociconv.FromPB(req.OCI)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if err := ociconv.Validate(spec); err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if _, err := r.o.Sandbox.Container(req.ContainerId); err == nil {
 		return nil, status.Errorf(codes.AlreadyExists, "container_id %q: already exists", req.ContainerId)
@@ -255,7 +215,7 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	if len(req.Storages) > 0 {
 		// Mounted before the container is created: its rootfs may be one.
 		if err := r.o.Storages.Add(ctx, req.ContainerId, "storages", storage.FromPB(req.Storages)); err != nil {
-			return nil, toStatus(err)
+			return nil, errdefs.ToStatus(err)
 		}
 		defer func() {
 			if retErr != nil {
@@ -265,7 +225,7 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	}
 	if len(req.Devices) > 0 {
 		if err := r.o.Devices.Apply(ctx, devicesFromPB(req.Devices), spec); err != nil {
-			return nil, toStatus(err)
+			return nil, errdefs.ToStatus(err)
 		}
 	}
 	s, err := r.newIO(spec.Process.Terminal, req.StdinPort, req.StdoutPort, req.StderrPort)
@@ -276,7 +236,7 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 		ID: req.ContainerId, ExecID: req.ExecId, Spec: spec, SandboxPidns: req.SandboxPidns, IO: s,
 	})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	return empty, nil
 }
@@ -300,7 +260,7 @@ func (r *RPC) container(id string) (*container.Container, error) {
 		return nil, errNoSandbox
 	}
 	c, err := r.o.Sandbox.Container(id)
-	return c, toStatus(err)
+	return c, errdefs.ToStatus(err)
 }
 
 // StartContainer releases the init process.
@@ -309,7 +269,7 @@ func (r *RPC) StartContainer(ctx context.Context, req *pb.StartContainerRequest)
 	if err != nil {
 		return nil, err
 	}
-	return empty, toStatus(c.Start())
+	return empty, errdefs.ToStatus(c.Start())
 }
 
 // RemoveContainer kills and removes the container; timeout is in seconds,
@@ -319,7 +279,7 @@ func (r *RPC) RemoveContainer(ctx context.Context, req *pb.RemoveContainerReques
 		return nil, errNoSandbox
 	}
 	if err := r.o.Sandbox.RemoveContainer(ctx, req.ContainerId, time.Duration(req.Timeout)*time.Second); err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if r.o.Storages != nil {
 		// The container's storages lose a user; the last one unmounts.
@@ -338,14 +298,14 @@ func (r *RPC) ExecProcess(ctx context.Context, req *pb.ExecProcessRequest) (*emp
 		return nil, err
 	}
 	if err := container.ValidateID("exec_id", req.ExecId); err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	sp, err := ociconv.ProcessFromPB(req.Process, "process")
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if err := ociconv.ValidateProcess(sp, "process"); err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if _, err := c.Process(req.ExecId); err == nil {
 		return nil, status.Errorf(codes.AlreadyExists, "exec_id %q: already exists in container %q", req.ExecId, req.ContainerId)
@@ -355,7 +315,7 @@ func (r *RPC) ExecProcess(ctx context.Context, req *pb.ExecProcessRequest) (*emp
 		return nil, err
 	}
 	if _, err := c.Exec(req.ExecId, sp, s); err != nil { // closes s
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	return empty, nil
 }
@@ -371,7 +331,7 @@ func (r *RPC) SignalProcess(ctx context.Context, req *pb.SignalProcessRequest) (
 	if req.Signal == 0 || req.Signal > 64 {
 		return nil, invalidf("signal %d: must be in [1, 64]", req.Signal)
 	}
-	return empty, toStatus(c.Signal(req.ExecId, unix.Signal(req.Signal)))
+	return empty, errdefs.ToStatus(c.Signal(req.ExecId, unix.Signal(req.Signal)))
 }
 
 // WaitProcess waits for a process and returns its status (exit code or
@@ -383,11 +343,11 @@ func (r *RPC) WaitProcess(ctx context.Context, req *pb.WaitProcessRequest) (*pb.
 	}
 	p, err := c.Process(req.ExecId)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	st, err := p.Wait(ctx)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	c.RetireProcess(p, r.o.ExecIOLinger)
 	return &pb.WaitProcessResponse{Status: int32(st.Code)}, nil
@@ -399,7 +359,7 @@ func (r *RPC) PauseContainer(ctx context.Context, req *pb.PauseContainerRequest)
 	if err != nil {
 		return nil, err
 	}
-	return empty, toStatus(c.Pause())
+	return empty, errdefs.ToStatus(c.Pause())
 }
 
 // ResumeContainer thaws the container.
@@ -408,7 +368,7 @@ func (r *RPC) ResumeContainer(ctx context.Context, req *pb.ResumeContainerReques
 	if err != nil {
 		return nil, err
 	}
-	return empty, toStatus(c.Resume())
+	return empty, errdefs.ToStatus(c.Resume())
 }
 
 // UpdateContainer applies new cgroup resources.
@@ -419,9 +379,9 @@ func (r *RPC) UpdateContainer(ctx context.Context, req *pb.UpdateContainerReques
 	}
 	res, err := ociconv.ResourcesFromPB(req.Resources, "resources")
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
-	return empty, toStatus(c.Update(res))
+	return empty, errdefs.ToStatus(c.Update(res))
 }
 
 // StatsContainer returns cgroup and network statistics.
@@ -432,7 +392,7 @@ func (r *RPC) StatsContainer(ctx context.Context, req *pb.StatsContainerRequest)
 	}
 	st, err := c.Stats()
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	return statsToPB(st), nil
 }
@@ -444,7 +404,7 @@ func (r *RPC) stdio(cid, eid string) (*stdio.IO, error) {
 	}
 	p, err := c.StdioProcess(eid)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if p.IO() == nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "exec_id %q: process has no stdio", eid)
@@ -460,7 +420,7 @@ func (r *RPC) WriteStdin(ctx context.Context, req *pb.WriteStreamRequest) (*pb.W
 	}
 	n, err := s.Write(ctx, req.Data)
 	if err != nil {
-		return nil, toStatus(fmt.Errorf("stdin: %w", err))
+		return nil, errdefs.ToStatus(fmt.Errorf("stdin: %w", err))
 	}
 	return &pb.WriteStreamResponse{Len: uint32(n)}, nil
 }
@@ -484,7 +444,7 @@ func (r *RPC) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool) 
 		return &pb.ReadStreamResponse{Data: b}, nil
 	}
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	return &pb.ReadStreamResponse{Data: b}, nil
 }
@@ -505,7 +465,7 @@ func (r *RPC) CloseStdin(ctx context.Context, req *pb.CloseStdinRequest) (*empty
 	if err != nil {
 		return nil, err
 	}
-	return empty, toStatus(s.CloseStdin())
+	return empty, errdefs.ToStatus(s.CloseStdin())
 }
 
 // maxWinSize is the largest row or column count a pty takes (struct
@@ -524,5 +484,5 @@ func (r *RPC) TtyWinResize(ctx context.Context, req *pb.TtyWinResizeRequest) (*e
 	if err != nil {
 		return nil, err
 	}
-	return empty, toStatus(s.Resize(req.Row, req.Column))
+	return empty, errdefs.ToStatus(s.Resize(req.Row, req.Column))
 }

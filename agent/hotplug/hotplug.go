@@ -21,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/keelvm/keel/agent/errdefs"
 )
 
 // Defaults of Onliner.
@@ -35,8 +37,8 @@ const (
 // ErrInvalid marks a request that can never succeed; ErrUnsupported a
 // guest kernel that lacks the interface.
 var (
-	ErrInvalid     = errors.New("invalid argument")
-	ErrUnsupported = errors.New("not supported by the guest kernel")
+	ErrInvalid     = errdefs.New(errdefs.ErrInvalidArgument, "invalid argument")
+	ErrUnsupported = errdefs.New(errdefs.ErrFailedPrecondition, "not supported by the guest kernel")
 )
 
 var (

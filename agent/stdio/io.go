@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keelvm/keel/agent/errdefs"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -35,15 +37,15 @@ const (
 // Errors returned by IO methods; the RPC handlers map them to gRPC codes.
 var (
 	// ErrProcessExited: stdin cannot take data because the process is gone.
-	ErrProcessExited = errors.New("process exited")
+	ErrProcessExited = errdefs.New(errdefs.ErrFailedPrecondition, "process exited")
 	// ErrStdinClosed: stdin was closed (CloseStdin) or never opened.
-	ErrStdinClosed = errors.New("stdin is closed")
+	ErrStdinClosed = errdefs.New(errdefs.ErrFailedPrecondition, "stdin is closed")
 	// ErrNoStream: the stream does not exist (stderr of a terminal process).
-	ErrNoStream = errors.New("stream does not exist")
+	ErrNoStream = errdefs.New(errdefs.ErrInvalidArgument, "stream does not exist")
 	// ErrAttached: the stream is served by the passfd fast path, not by RPCs.
-	ErrAttached = errors.New("stream is attached to a passthrough connection")
+	ErrAttached = errdefs.New(errdefs.ErrFailedPrecondition, "stream is attached to a passthrough connection")
 	// ErrClosed: Close was called.
-	ErrClosed = errors.New("stdio closed")
+	ErrClosed = errdefs.New(errdefs.ErrFailedPrecondition, "stdio closed")
 	// ErrNoConsole: the pty master did not arrive (process failed to start).
 	ErrNoConsole = errors.New("console master not received")
 )

@@ -36,6 +36,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keelvm/keel/agent/errdefs"
 	"github.com/keelvm/keel/agent/uevent"
 )
 
@@ -68,9 +69,9 @@ const (
 // Error classes.
 var (
 	// ErrInvalid: the request is wrong (field named in the message).
-	ErrInvalid = errors.New("invalid storage")
+	ErrInvalid = errdefs.New(errdefs.ErrInvalidArgument, "invalid storage")
 	// ErrUnsupported: a Kata feature Keel does not implement.
-	ErrUnsupported = errors.New("unsupported storage")
+	ErrUnsupported = errdefs.New(errdefs.ErrUnimplemented, "unsupported storage")
 )
 
 // FSGroup asks for the volume to be owned by a group (Kubernetes fsGroup).
