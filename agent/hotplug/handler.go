@@ -53,7 +53,7 @@ func (h *Handler) OnlineCPUMem(ctx context.Context, req *pb.OnlineCPUMemRequest)
 		log.Info("CPUs online", "nb_cpus", req.NbCpus, "online", n)
 		if h.CPUSets != nil {
 			if err := h.CPUSets.RefreshCPUSets(); err != nil {
-				return nil, status.Error(codes.Internal, "online cpu mem: unable to give containers the online CPUs: "+err.Error())
+				return nil, errdefs.ToStatus(fmt.Errorf("online cpu mem: unable to give containers the online CPUs: %w", err))
 			}
 		}
 	}
