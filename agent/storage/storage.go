@@ -17,6 +17,13 @@
 //	watchable-bind  source mirrored into a tmpfs and polled, so a ConfigMap
 //	                update reaches the container (Kata's limits: 16 files,
 //	                1 MiB; beyond them a plain bind mount)
+//	erofs.multi-layer  not one storage but a group: the blk/scsi storages
+//	                marked X-kata.multi-layer=true (EROFS lowers, an ext4
+//	                upper) become one overlay rootfs (multilayer.go)
+//
+// A virtio-fs tag may belong to a device hot-added just before the
+// request: its mount is retried until the tag is known or the hotplug
+// timeout passes.
 //
 // A storage is identified by its mount point and reference-counted: the
 // second container naming the same mount point reuses the mount, the last
@@ -93,6 +100,10 @@ type Storage struct {
 	MountPoint    string
 	FSGroup       *FSGroup
 	Shared        bool
+
+	// layers are the storages of a multi-layer EROFS group (driver
+	// DriverMultiLayerErofs), which Add sets up as this one storage.
+	layers []layer
 }
 
 // Config configures a Manager.
@@ -184,8 +195,17 @@ func (m *Manager) Add(ctx context.Context, owner, field string, ss []Storage) (e
 			}
 		}
 	}()
+	group, first, hasGroup := groupMultiLayer(ss)
 	for i, s := range ss {
 		f := fmt.Sprintf("%s[%d]", field, i)
+		if hasGroup && isMultiLayer(s) {
+			// The whole group in place of its first storage; its
+			// errors name each storage by its own index.
+			if i != first {
+				continue
+			}
+			s, f = group, field
+		}
 		if err := m.validate(f, &s); err != nil {
 			return err
 		}
@@ -363,6 +383,12 @@ func (m *Manager) validate(field string, s *Storage) error {
 			return fmt.Errorf("%w: %s.driver %q: %s", ErrUnsupported, field, s.Driver, why)
 		}
 		return invalidf("%s.driver %q: unknown (known: %s)", field, trunc(s.Driver), driverNames())
+	}
+	if s.Driver == DriverMultiLayerErofs {
+		// A group: each of its storages is checked, named by its index.
+		if _, _, err := m.validateLayers(field, *s); err != nil {
+			return err
+		}
 	}
 	if _, err := checkMountPoint(field+".mount_point", s.MountPoint, m.cfg.Roots); err != nil {
 		return err

@@ -36,11 +36,12 @@ func New(c *qmp.Client, rootPorts int) *Plugger {
 
 // Added is a device that was hot-added.
 type Added struct {
-	ID      string // qdev id (for Remove / device_del)
-	PCIPath string // Kata PCI path, "" for non-PCI devices (CPU, DIMM, SCSI disk)
-	port    int    // root port index, -1 if none
-	nodes   []string
-	objects []string
+	ID       string // qdev id (for Remove / device_del)
+	PCIPath  string // Kata PCI path, "" for non-PCI devices (CPU, DIMM, SCSI disk)
+	port     int    // root port index, -1 if none
+	nodes    []string
+	objects  []string
+	chardevs []string
 }
 
 // ErrNoPort is returned when every root port holds a device.
@@ -151,6 +152,29 @@ func (p *Plugger) AddPmem(ctx context.Context, file string, size int64) (Added, 
 	}
 	a.objects = append(a.objects, obj)
 	if err := p.addPCI(ctx, "virtio-pmem-pci", map[string]any{"memdev": obj}, &a); err != nil {
+		p.cleanup(ctx, a)
+		return Added{}, err
+	}
+	return a, nil
+}
+
+// AddVirtioFS hot-adds a vhost-user-fs-pci device with tag, connected to
+// the virtiofsd already listening on socket. The guest's RAM must be
+// shared (qemu.Config's memfd backend): virtiofsd maps it.
+func (p *Plugger) AddVirtioFS(ctx context.Context, socket, tag string) (Added, error) {
+	a := Added{port: -1}
+	cd := p.id("vfschr")
+	if err := p.qmp.Execute(ctx, "chardev-add", map[string]any{
+		"id": cd,
+		"backend": map[string]any{"type": "socket", "data": map[string]any{
+			"addr":   map[string]any{"type": "unix", "data": map[string]any{"path": socket}},
+			"server": false,
+		}},
+	}, nil); err != nil {
+		return a, fmt.Errorf("chardev-add %s: %w", socket, err)
+	}
+	a.chardevs = append(a.chardevs, cd)
+	if err := p.addPCI(ctx, "vhost-user-fs-pci", map[string]any{"chardev": cd, "tag": tag}, &a); err != nil {
 		p.cleanup(ctx, a)
 		return Added{}, err
 	}
@@ -286,6 +310,11 @@ func (p *Plugger) cleanup(ctx context.Context, a Added) error {
 	var errs []error
 	for _, n := range a.nodes {
 		if err := p.qmp.Execute(ctx, "blockdev-del", map[string]any{"node-name": n}, nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, c := range a.chardevs {
+		if err := p.qmp.Execute(ctx, "chardev-remove", map[string]any{"id": c}, nil); err != nil {
 			errs = append(errs, err)
 		}
 	}
