@@ -296,12 +296,18 @@ func (m *Manager) setUpDisk(ctx context.Context, _, field string, s Storage) (fu
 	if s.Fstype == "" {
 		return nil, invalidf("%s.fstype: empty (the disk's filesystem)", field)
 	}
-	if err := checkDiskDriverOptions(field, s); err != nil {
+	mkfs, err := m.checkDiskDriverOptions(field, s)
+	if err != nil {
 		return nil, err
 	}
 	dev, err := m.findDisk(ctx, field, s)
 	if err != nil {
 		return nil, err
+	}
+	if mkfs != "" {
+		if err := makeExt4(ctx, mkfs, dev); err != nil {
+			return nil, fmt.Errorf("%s.driver_options %q: %w", field, optCreateFS, err)
+		}
 	}
 	opts := s.Options
 	if s.Driver == DriverNvdimm && !hasOption(opts, "dax") && !hasOption(opts, "dax=always") && supportsDax(m.cfg.Sysfs, filepath.Base(dev), s.Fstype) {
@@ -321,23 +327,28 @@ const (
 )
 
 // checkDiskDriverOptions applies Kata's rules to the driver options and
-// refuses, naming the option, the two Keel does not implement: its guest
-// has no mkfs (nothing can make the filesystem) and its kernel has no
-// device-mapper (no dm-crypt for the ephemeral key). Other driver options
-// are ignored, as Kata does.
-func checkDiskDriverOptions(field string, s Storage) error {
+// refuses, naming the option, what Keel cannot do: the ephemeral key
+// needs dm-crypt, which Keel's guest kernel does not have (no
+// device-mapper), and create_filesystem needs mkfs.ext4 in the guest
+// image. It returns the mkfs.ext4 to run (create_filesystem), or "".
+// Other driver options are ignored, as Kata does.
+func (m *Manager) checkDiskDriverOptions(field string, s Storage) (string, error) {
 	create, encrypt := hasOption(s.DriverOptions, optCreateFS), hasOption(s.DriverOptions, optEphemeralKey)
 	switch {
 	case encrypt && !create:
-		return invalidf("%s.driver_options %q needs %q (the encrypted disk gets a fresh filesystem)", field, optEphemeralKey, optCreateFS)
+		return "", invalidf("%s.driver_options %q needs %q (the encrypted disk gets a fresh filesystem)", field, optEphemeralKey, optCreateFS)
 	case create && s.Fstype != "ext4":
-		return invalidf("%s.fstype %q: %s makes ext4 only", field, trunc(s.Fstype), optCreateFS)
+		return "", invalidf("%s.fstype %q: %s makes ext4 only", field, trunc(s.Fstype), optCreateFS)
 	case encrypt:
-		return fmt.Errorf("%w: %s.driver_options %q: dm-crypt is not in Keel's guest kernel (no device-mapper)", ErrUnsupported, field, optEphemeralKey)
+		return "", fmt.Errorf("%w: %s.driver_options %q: dm-crypt is not in Keel's guest kernel (no device-mapper)", ErrUnsupported, field, optEphemeralKey)
 	case create:
-		return fmt.Errorf("%w: %s.driver_options %q: Keel's guest has no mkfs to make the ext4", ErrUnsupported, field, optCreateFS)
+		mkfs, err := m.tool("mkfs.ext4")
+		if err != nil {
+			return "", fmt.Errorf("%w: %s.driver_options %q: %v", ErrUnsupported, field, optCreateFS, err)
+		}
+		return mkfs, nil
 	}
-	return nil
+	return "", nil
 }
 
 // findDisk returns the /dev path of the storage's disk, waiting for it.
