@@ -60,7 +60,7 @@ type Agent struct {
 
 	o      AgentOptions
 	cmd    *exec.Cmd
-	log    syncBuffer
+	log    LockedBuffer
 	exited chan struct{} // closed once the process is reaped
 	stop   sync.Once
 
@@ -152,20 +152,20 @@ func (a *Agent) Exited() bool {
 // Log is the agent's output so far (stdout and stderr).
 func (a *Agent) Log() string { return a.log.String() }
 
-// syncBuffer is a bytes.Buffer the agent's output is copied into while a
-// test may read it.
-type syncBuffer struct {
+// LockedBuffer collects a process's output while a test may read it (a
+// bytes.Buffer is not safe for that).
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *LockedBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *LockedBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
