@@ -60,7 +60,7 @@ type Agent struct {
 
 	o      AgentOptions
 	cmd    *exec.Cmd
-	log    syncBuffer
+	log    LockedBuffer
 	exited chan struct{} // closed once the process is reaped
 	stop   sync.Once
 
@@ -94,7 +94,7 @@ func StartAgent(t testing.TB, o AgentOptions) *Agent {
 	t.Cleanup(func() {
 		a.Stop(t)
 		if t.Failed() {
-			t.Logf("agent %s log:\n%s", a.o.Name, a.Log())
+			t.Logf("%s log:\n%s", a, a.Log())
 		}
 	})
 	return a
@@ -108,7 +108,7 @@ func (a *Agent) Dial(t testing.TB) *client.Client {
 	defer cancel()
 	c, err := client.Dial(ctx, a.Addr)
 	if err != nil {
-		t.Fatalf("dialling agent %s: %v", a.o.Name, err)
+		t.Fatalf("dialling %s: %v", a, err)
 	}
 	a.mu.Lock()
 	a.clients = append(a.clients, c)
@@ -134,7 +134,7 @@ func (a *Agent) Stop(t testing.TB) {
 		case <-time.After(a.o.StopTimeout):
 			a.cmd.Process.Kill()
 			<-a.exited
-			t.Errorf("agent %s did not exit within %v of SIGINT", a.o.Name, a.o.StopTimeout)
+			t.Errorf("%s did not exit within %v of SIGINT", a, a.o.StopTimeout)
 		}
 	})
 }
@@ -149,23 +149,31 @@ func (a *Agent) Exited() bool {
 	}
 }
 
+// String names the agent in failures: "agent" or "agent <Name>".
+func (a *Agent) String() string {
+	if a.o.Name == "" {
+		return "agent"
+	}
+	return "agent " + a.o.Name
+}
+
 // Log is the agent's output so far (stdout and stderr).
 func (a *Agent) Log() string { return a.log.String() }
 
-// syncBuffer is a bytes.Buffer the agent's output is copied into while a
-// test may read it.
-type syncBuffer struct {
+// LockedBuffer collects a process's output while a test may read it (a
+// bytes.Buffer is not safe for that).
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *LockedBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *LockedBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
