@@ -57,6 +57,31 @@ func TestPlanV2(t *testing.T) {
 	}
 }
 
+// TestCgroup2FavorDynmods: agent.cgroup_favordynmods adds the option, and
+// a kernel without it (EINVAL) still gets nsdelegate.
+func TestCgroup2FavorDynmods(t *testing.T) {
+	for _, tc := range []struct {
+		in, data, fallback string
+	}{
+		{"agent.cgroup_favordynmods=1", "nsdelegate,favordynmods", "nsdelegate"},
+		{"agent.cgroup_favordynmods=0", "nsdelegate", ""},
+	} {
+		cfg, w := cmdline.Parse(tc.in)
+		if len(w) != 0 {
+			t.Fatal(w)
+		}
+		var m *step.Mount
+		for _, s := range CgroupRootPlan(cfg) {
+			if s, ok := s.(step.Mount); ok {
+				m = &s
+			}
+		}
+		if m == nil || m.FSType != "cgroup2" || m.Data != tc.data || m.Fallback == nil || *m.Fallback != tc.fallback {
+			t.Errorf("%s: cgroup2 mount %+v, want data %q fallback %q", tc.in, m, tc.data, tc.fallback)
+		}
+	}
+}
+
 func TestPlanV1(t *testing.T) {
 	cfg, _ := cmdline.Parse("systemd.unified_cgroup_hierarchy=0")
 	got := table(Plan(cfg))
