@@ -14,38 +14,65 @@
 # "keel-guestbench cgroup2 OPTS" with the options the kernel then shows.
 #
 # bench.sh migrate N moves this shell N times between two cgroups, each
-# time after 0.3 s of quiet, and prints "keel-guestbench sh migrate N NS"
-# with the mean time of one write to cgroup.procs: the first migration
-# after a quiet period waits out an RCU grace period unless cgroup2 has
-# favordynmods (perf-facts.md).
+# time after 0.3 s of quiet, alternately with cgroup2 remounted without and
+# with favordynmods (paired, so load drift hits both alike), and prints
+# "keel-guestbench sh migrate-off N NS" and "... migrate-on N NS", the mean
+# time of one write to cgroup.procs each way: the first migration after a
+# quiet period waits out an RCU grace period unless cgroup2 has
+# favordynmods (perf-facts.md). It runs under bash, timed with
+# $EPOCHREALTIME (date(1) would add two forks, more than the stall), and
+# puts the mount options back.
 set -eu
 
+# remount_cgroup2 OPTIONS: --options-mode=ignore, as mount(8) would
+# otherwise merge the current options (from mountinfo) into the remount,
+# and favordynmods, once on, could not be turned off.
+remount_cgroup2() {
+	mount --options-mode=ignore -o "remount,$1" /sys/fs/cgroup
+}
+
+cgroup2_options() {
+	awk '$2 == "/sys/fs/cgroup" && $3 == "cgroup2" { print $4 }' /proc/mounts
+}
+
 if [ "$1" = migrate ]; then
+	if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 	n=$2
 	case $n in '' | *[!0-9]*) echo "bench.sh: N must be a number" >&2; exit 2 ;; esac
+	boot=nsdelegate
+	case ,$(cgroup2_options), in *,favordynmods,*) boot=nsdelegate,favordynmods ;; esac
 	home=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)
 	base=/sys/fs/cgroup/keel-guestbench-migrate-$$
 	mkdir -p "$base/a" "$base/b"
-	trap 'echo $$ >"$home/cgroup.procs"; rmdir "$base/a" "$base/b" "$base"' EXIT
-	total=0 i=1
+	trap 'echo $$ >"$home/cgroup.procs"; rmdir "$base/a" "$base/b" "$base"; remount_cgroup2 $boot' EXIT
+	off=0 on=0 i=1 to=$base/a
 	while [ "$i" -le "$n" ]; do
-		sleep 0.3
-		to=$base/a
-		if [ $((i % 2)) = 0 ]; then to=$base/b; fi
-		t0=$(date +%s%N)
-		echo $$ >"$to/cgroup.procs"
-		t1=$(date +%s%N)
-		total=$((total + t1 - t0))
+		for mode in off on; do
+			opts=nsdelegate
+			if [ $mode = on ]; then opts=nsdelegate,favordynmods; fi
+			remount_cgroup2 $opts
+			case ,$(cgroup2_options), in
+			*,favordynmods,*) [ $mode = on ] || { echo "bench.sh: favordynmods still on" >&2; exit 1; } ;;
+			*) [ $mode = off ] || { echo "bench.sh: favordynmods not on" >&2; exit 1; } ;;
+			esac
+			sleep 0.3
+			if [ "$to" = "$base/a" ]; then to=$base/b; else to=$base/a; fi
+			t0=$EPOCHREALTIME
+			echo $$ >"$to/cgroup.procs"
+			t1=$EPOCHREALTIME
+			d=$((${t1%.*}${t1#*.} - ${t0%.*}${t0#*.}))
+			if [ $mode = on ]; then on=$((on + d)); else off=$((off + d)); fi
+		done
 		i=$((i + 1))
 	done
-	echo "keel-guestbench sh migrate $n $((total / n))"
+	echo "keel-guestbench sh migrate-off $n $((off * 1000 / n))"
+	echo "keel-guestbench sh migrate-on $n $((on * 1000 / n))"
 	exit 0
 fi
 
 if [ "$1" = cgroup2 ]; then
-	if [ -n "${2:-}" ]; then mount -o "remount,$2" /sys/fs/cgroup; fi
-	opts=$(awk '$2 == "/sys/fs/cgroup" && $3 == "cgroup2" { print $4 }' /proc/mounts)
-	echo "keel-guestbench cgroup2 $opts"
+	if [ -n "${2:-}" ]; then remount_cgroup2 "$2"; fi
+	echo "keel-guestbench cgroup2 $(cgroup2_options)"
 	exit 0
 fi
 

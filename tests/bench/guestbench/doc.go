@@ -12,8 +12,9 @@
 //   - BenchmarkGuestExec (P2) vs BenchmarkGuestRuncExec and
 //     BenchmarkGuestCrunExec: exec of /bin/true in a running container.
 //   - BenchmarkGuestCgroupMigrate and BenchmarkGuestLifecycleCgroup2: the
-//     cgroup2 favordynmods A/B (remounted in the same guest): a lone
-//     cgroup.procs write after a quiet period, and the P1 lifecycle.
+//     cgroup2 favordynmods A/B, paired (the guest's cgroup2 remounted off,
+//     on, off, on, ... between runs): a lone cgroup.procs write after a
+//     quiet period, and the P1 lifecycle; each reports on/off.
 //
 // Every benchmark skips unless KEEL_BENCH_VM=1 (make bench-vm); one guest
 // serves them all. Under TCG absolute times mean little: read the ratios

@@ -119,21 +119,35 @@ func resultLines(out string) []string {
 	return lines
 }
 
-// ParseResult finds bench.sh's result line in out (a console transcript).
-func ParseResult(out string) (Result, error) {
+// ParseResults returns bench.sh's result lines in out (a console
+// transcript), at least one.
+func ParseResults(out string) ([]Result, error) {
+	var rs []Result
 	for _, line := range resultLines(out) {
 		f := strings.Fields(line)
-		if len(f) != 5 || f[0] != "keel-guestbench" {
+		if len(f) != 5 {
 			continue
 		}
 		n, err1 := strconv.Atoi(f[3])
 		ns, err2 := strconv.ParseInt(f[4], 10, 64)
 		if err1 != nil || err2 != nil || n <= 0 || ns <= 0 {
-			return Result{}, fmt.Errorf("malformed result line %q", line)
+			return nil, fmt.Errorf("malformed result line %q", line)
 		}
-		return Result{Runtime: f[1], Op: f[2], N: n, NsPerOp: ns}, nil
+		rs = append(rs, Result{Runtime: f[1], Op: f[2], N: n, NsPerOp: ns})
 	}
-	return Result{}, fmt.Errorf("no result line in:\n%s", out)
+	if len(rs) == 0 {
+		return nil, fmt.Errorf("no result line in:\n%s", out)
+	}
+	return rs, nil
+}
+
+// ParseResult is the first of ParseResults.
+func ParseResult(out string) (Result, error) {
+	rs, err := ParseResults(out)
+	if err != nil {
+		return Result{}, err
+	}
+	return rs[0], nil
 }
 
 // Guest is the benchmark guest: Keel's kernel booted from a Debian DAX root

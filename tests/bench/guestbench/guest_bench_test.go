@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keelvm/keel/init/cmdline"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/tests/vmtest"
 )
@@ -55,7 +56,16 @@ func benchGuest(b *testing.B) *Guest {
 // warmUp runs each kind of container once before anything is timed: the
 // first run of each binary in a fresh guest pays page faults on the DAX
 // image, the first cgroup creation and so on, which no later run does.
+//
+// It also checks that the agent mounted cgroup2 as init's default says.
 func warmUp(ctx context.Context, g *Guest) error {
+	opts, err := g.RemountCgroup2(ctx, "")
+	if err != nil {
+		return err
+	}
+	if HasOption(opts, "favordynmods") != cmdline.DefaultCgroupFavorDynmods || !HasOption(opts, "nsdelegate") {
+		return fmt.Errorf("the guest's cgroup2 is mounted with %s; agent.cgroup_favordynmods defaults to %v", opts, cmdline.DefaultCgroupFavorDynmods)
+	}
 	if err := lifecycleTrue(ctx, g.Client.Agent, nextID("warm")); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
@@ -229,10 +239,41 @@ func BenchmarkGuestRuncExec(b *testing.B) { inGuest(b, "runc", "exec") }
 // BenchmarkGuestCrunExec: `crun exec`, as BenchmarkGuestRuncExec.
 func BenchmarkGuestCrunExec(b *testing.B) { inGuest(b, "crun", "exec") }
 
-// abCgroup2 runs bench under sub-benchmarks favordynmods=off and =on, with
-// the guest's cgroup2 remounted accordingly (checked), and puts the boot's
-// options back afterwards.
-func abCgroup2(b *testing.B, bench func(b *testing.B, g *Guest, ctx context.Context)) {
+// BenchmarkGuestCgroupMigrate: one write to cgroup.procs after 0.3 s of
+// quiet, timed in the guest, alternately without and with favordynmods
+// (bench.sh migrate): the RCU grace-period stall favordynmods removes,
+// alone. Reports the mean of each and on/off.
+func BenchmarkGuestCgroupMigrate(b *testing.B) {
+	g := benchGuest(b)
+	_, out, err := g.RunScript(benchCtx(b), "migrate", strconv.Itoa(b.N))
+	if err != nil {
+		b.Fatalf("%v\n%s", err, out)
+	}
+	rs, err := ParseResults(out)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ns := map[string]float64{}
+	for _, r := range rs {
+		if r.N != b.N {
+			b.Fatalf("bench.sh answered %+v for migrate %d", r, b.N)
+		}
+		ns[r.Op] = float64(r.NsPerOp)
+	}
+	if ns["migrate-off"] == 0 || ns["migrate-on"] == 0 {
+		b.Fatalf("bench.sh migrate: missing a mode in %+v", rs)
+	}
+	b.ReportMetric(ns["migrate-off"], "off-ns/op")
+	b.ReportMetric(ns["migrate-on"], "on-ns/op")
+	b.ReportMetric(ns["migrate-on"]/ns["migrate-off"], "on/off")
+}
+
+// BenchmarkGuestLifecycleCgroup2 is BenchmarkGuestLifecycle alternately
+// without and with favordynmods on the guest's cgroup2 (remounted through
+// the debug console before each lifecycle, untimed, and checked): paired
+// runs, so load drift hits both alike. Reports the mean of each and
+// on/off; the boot's options are put back afterwards.
+func BenchmarkGuestLifecycleCgroup2(b *testing.B) {
 	g := benchGuest(b)
 	ctx := benchCtx(b)
 	boot, err := g.RemountCgroup2(ctx, "")
@@ -248,49 +289,25 @@ func abCgroup2(b *testing.B, bench func(b *testing.B, g *Guest, ctx context.Cont
 			b.Errorf("restoring cgroup2 options: %v", err)
 		}
 	})
-	for _, on := range []bool{false, true} {
-		b.Run("favordynmods="+map[bool]string{false: "off", true: "on"}[on], func(b *testing.B) {
-			opts := "nsdelegate"
-			if on {
-				opts += ",favordynmods"
-			}
+	var sum [2]time.Duration
+	for range b.N {
+		for mode, opts := range []string{"nsdelegate", "nsdelegate,favordynmods"} {
 			got, err := g.RemountCgroup2(ctx, opts)
 			if err != nil {
 				b.Fatal(err)
 			}
-			if HasOption(got, "favordynmods") != on || !HasOption(got, "nsdelegate") {
+			if HasOption(got, "favordynmods") != (mode == 1) || !HasOption(got, "nsdelegate") {
 				b.Fatalf("cgroup2 mounted with %s after remount with %s", got, opts)
 			}
-			bench(b, g, ctx)
-		})
-	}
-}
-
-// BenchmarkGuestCgroupMigrate: one write to cgroup.procs after 0.3 s of
-// quiet, timed in the guest, with and without favordynmods: the RCU
-// grace-period stall favordynmods removes, alone.
-func BenchmarkGuestCgroupMigrate(b *testing.B) {
-	abCgroup2(b, func(b *testing.B, g *Guest, ctx context.Context) {
-		r, out, err := g.RunScript(ctx, "migrate", strconv.Itoa(b.N))
-		if err != nil {
-			b.Fatalf("%v\n%s", err, out)
-		}
-		if r.Op != "migrate" || r.N != b.N {
-			b.Fatalf("bench.sh answered %+v for migrate %d", r, b.N)
-		}
-		b.ReportMetric(float64(r.NsPerOp), "ns/op")
-	})
-}
-
-// BenchmarkGuestLifecycleCgroup2 is BenchmarkGuestLifecycle with the guest's
-// cgroup2 remounted with and without favordynmods (the A/B behind init's
-// default); the boot's options are put back afterwards.
-func BenchmarkGuestLifecycleCgroup2(b *testing.B) {
-	abCgroup2(b, func(b *testing.B, g *Guest, ctx context.Context) {
-		for b.Loop() {
+			t0 := time.Now()
 			if err := lifecycleTrue(ctx, g.Client.Agent, nextID("ab")); err != nil {
 				b.Fatal(err)
 			}
+			sum[mode] += time.Since(t0)
 		}
-	})
+	}
+	off, on := float64(sum[0])/float64(b.N), float64(sum[1])/float64(b.N)
+	b.ReportMetric(off, "off-ns/op")
+	b.ReportMetric(on, "on-ns/op")
+	b.ReportMetric(on/off, "on/off")
 }

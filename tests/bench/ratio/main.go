@@ -28,8 +28,6 @@ var pairs = []pair{
 	{"P1 in guest: agent (vsock) vs crun run in guest", "BenchmarkGuestLifecycle", "BenchmarkGuestCrunRun", "ns/op", ""},
 	{"P2 in guest: agent exec (vsock) vs runc exec", "BenchmarkGuestExec", "BenchmarkGuestRuncExec", "ns/op", "<= 0.5"},
 	{"P2 in guest: agent exec (vsock) vs crun exec", "BenchmarkGuestExec", "BenchmarkGuestCrunExec", "ns/op", ""},
-	{"in guest: cgroup migration, favordynmods on vs off", "BenchmarkGuestCgroupMigrate/favordynmods=on", "BenchmarkGuestCgroupMigrate/favordynmods=off", "ns/op", ""},
-	{"P1 in guest: cgroup2 favordynmods on vs off", "BenchmarkGuestLifecycleCgroup2/favordynmods=on", "BenchmarkGuestLifecycleCgroup2/favordynmods=off", "ns/op", ""},
 	{"P3 stdout fast path vs raw unix copy", "BenchmarkStdoutFastPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.8"},
 	{"P3 stdout RPC path vs raw unix copy", "BenchmarkStdoutRPCPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.3"},
 	{"P3 stdout RPC path, 1 MiB reads, 1 MiB pipe, vs raw", "BenchmarkStdoutRPCPath1MiB/pipe=1MiB", "BenchmarkRawUnixCopy1MiB/pipe=1MiB", "MB/s", ">= 0.3"},
@@ -41,6 +39,8 @@ var reported = []struct{ name, bench, unit, target string }{
 	{"P7 create p99, containers 191-200 vs 1-10", "BenchmarkCreate200", "p99-ratio", "<= 2"},
 	{"P7 create p50, containers 191-200 vs 1-10", "BenchmarkCreate200", "p50-ratio", ""},
 	{"P7 agent RSS per live container (KiB)", "BenchmarkCreate200", "rss-KiB/container", "<= 100"},
+	{"in guest: cgroup migration, favordynmods on/off", "BenchmarkGuestCgroupMigrate", "on/off", ""},
+	{"P1 in guest: favordynmods on/off (paired)", "BenchmarkGuestLifecycleCgroup2", "on/off", ""},
 }
 
 func main() {
