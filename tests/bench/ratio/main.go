@@ -47,6 +47,9 @@ var reported = []struct{ name, bench, unit, target string }{
 	{"P6 trivial init main->listener (ms)", "BenchmarkP6Boot", "trivial-init-ms", ""},
 	{"P6 QEMU start->first RPC, DAX on virtio-pmem (s)", "BenchmarkP6Boot", "keel-first-rpc-s", "<= 1.0"},
 	{"P6 QEMU start->first RPC, DAX on nvdimm (s)", "BenchmarkBootNVDIMM", "keel-first-rpc-s", "<= 1.0"},
+	{"P6 QEMU CPU s to first RPC, virtio-pmem (idle ~wall)", "BenchmarkP6Boot", "keel-first-rpc-cpu-s", "<= 1.0"},
+	{"P6 QEMU CPU s to first answer, trivial init", "BenchmarkP6Boot", "trivial-first-cpu-s", ""},
+	{"P6 QEMU CPU s to first RPC, nvdimm", "BenchmarkBootNVDIMM", "keel-first-rpc-cpu-s", ""},
 	{"guest used KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "used-KiB", ""},
 	{"agent RssAnon KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "agent-anon-KiB", ""},
 }
