@@ -70,6 +70,9 @@ type Container struct {
 	// starting is set while Start runs (without c.mu: a start may block
 	// until its launch deadline).
 	starting bool
+	// execvePending is set by Start until someone saw the init exec the
+	// container's program (see settleStart).
+	execvePending bool
 }
 
 // ID returns the container id.
@@ -195,6 +198,7 @@ func (c *Container) Start() error {
 	c.starting = false
 	if err == nil && c.state == StateCreated {
 		c.state = StateRunning
+		c.execvePending = true
 	}
 	c.mu.Unlock()
 	if errors.Is(err, errLaunchTimeout) {
@@ -203,7 +207,6 @@ func (c *Container) Start() error {
 	if err != nil {
 		return fmt.Errorf("unable to start container %q: %w", c.id, err)
 	}
-	c.awaitExecve()
 	return nil
 }
 
@@ -211,27 +214,54 @@ func (c *Container) Start() error {
 // container's program.
 const runcInitComm = "runc:[2:INIT]"
 
-// startSettle bounds how long Start waits for the init to execve.
+// startSettle bounds how long an operation waits for the init to execve.
 const startSettle = time.Second
 
-// awaitExecve waits (at most startSettle) until init has exec'd the
-// container's program: libcontainer's Exec returns when the init read the
-// exec fifo, a moment before its execve, and an ExecProcess or a signal
-// right after StartContainer should meet the program, not runc's init.
-func (c *Container) awaitExecve() {
+// settleStart waits (at most startSettle) until the init has exec'd the
+// container's program. libcontainer's Exec returns when the init has
+// written the exec fifo, a moment before it runs the startContainer hooks
+// and execs the program. Start does not wait for that (as in Kata, whose
+// StartContainer answers once the fifo is written): only what must meet
+// the program rather than runc's init waits, here, and only until one
+// caller saw the execve. A signal's handling depends on the program's
+// handlers (SIGTERM escalation) and an exec'd process should join the
+// program, not its still-running init.
+func (c *Container) settleStart() {
+	c.mu.Lock()
+	pending := c.execvePending
+	c.mu.Unlock()
+	if !pending {
+		return
+	}
+	if c.awaitExecve() {
+		c.mu.Lock()
+		c.execvePending = false
+		c.mu.Unlock()
+	}
+}
+
+// awaitExecve polls init's name until it is no longer runc's (exec'd or
+// gone) and reports whether it saw that within startSettle. The polls start
+// fine (the execve is typically under a millisecond away) and back off.
+func (c *Container) awaitExecve() bool {
 	deadline := time.Now().Add(startSettle)
 	path := fmt.Sprintf("/proc/%d/comm", c.init.Pid)
-	for time.Now().Before(deadline) {
+	pause := 50 * time.Microsecond
+	for {
 		select {
 		case <-c.init.done:
-			return
+			return true
 		default:
 		}
 		b, err := os.ReadFile(path)
 		if err != nil || strings.TrimSpace(string(b)) != runcInitComm {
-			return
+			return true
 		}
-		time.Sleep(time.Millisecond)
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, time.Millisecond)
 	}
 }
 
@@ -250,6 +280,7 @@ func (c *Container) Exec(execID string, sp *specs.Process, io *stdio.IO) (_ *Pro
 	if err := ociconv.ValidateProcess(sp, "process"); err != nil {
 		return nil, err
 	}
+	c.settleStart()
 	c.mu.Lock()
 	if c.state != StateRunning {
 		defer c.mu.Unlock()
@@ -346,6 +377,9 @@ func (c *Container) Signal(execID string, sig unix.Signal) error {
 	p, err := c.Process(execID)
 	if err != nil {
 		return err
+	}
+	if p.Init {
+		c.settleStart()
 	}
 	if p.Init && c.privatePidns && sig == unix.SIGTERM && !catchesSignal(p.Pid, sig) {
 		// The kernel drops signals a pid namespace's init does not

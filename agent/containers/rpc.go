@@ -23,9 +23,11 @@ import (
 	"github.com/keelvm/keel/agent/storage"
 	"github.com/keelvm/keel/init/kmod"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/protocol/readstream"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
@@ -425,7 +427,10 @@ func (r *RPC) WriteStdin(ctx context.Context, req *pb.WriteStreamRequest) (*pb.W
 	return &pb.WriteStreamResponse{Len: uint32(n)}, nil
 }
 
-func (r *RPC) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool) (*pb.ReadStreamResponse, error) {
+// read serves ReadStdout/ReadStderr; the data is returned after headroom
+// spare bytes (see stdio.IO.ReadStdoutWithHeadroom). Empty data with a nil
+// error is Kata's end of stream.
+func (r *RPC) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool, headroom int) ([]byte, error) {
 	s, err := r.stdio(req.ContainerId, req.ExecId)
 	if err != nil {
 		return nil, err
@@ -433,30 +438,69 @@ func (r *RPC) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool) 
 	if req.Len == 0 {
 		return nil, invalidf("len: must be > 0")
 	}
+	n := int(req.Len)
+	if headroom > 0 {
+		n = readstream.DataLen(n) // encoded in place: keep the buffers in their size class
+	}
 	var b []byte
 	if stderr {
-		b, err = s.ReadStderr(ctx, int(req.Len))
+		b, err = s.ReadStderrWithHeadroom(ctx, n, headroom)
 	} else {
-		b, err = s.ReadStdout(ctx, int(req.Len))
+		b, err = s.ReadStdoutWithHeadroom(ctx, n, headroom)
 	}
 	if errors.Is(err, io.EOF) {
-		// Empty data is Kata's end-of-stream.
-		return &pb.ReadStreamResponse{Data: b}, nil
+		return nil, nil
 	}
 	if err != nil {
 		return nil, errdefs.ToStatus(err)
 	}
-	return &pb.ReadStreamResponse{Data: b}, nil
+	return b, nil
 }
 
 // ReadStdout reads the process's stdout (or pty); empty data = EOF.
 func (r *RPC) ReadStdout(ctx context.Context, req *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error) {
-	return r.read(ctx, req, false)
+	b, err := r.read(ctx, req, false, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ReadStreamResponse{Data: b}, nil
 }
 
 // ReadStderr reads the process's stderr; empty data = EOF.
 func (r *RPC) ReadStderr(ctx context.Context, req *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error) {
-	return r.read(ctx, req, true)
+	b, err := r.read(ctx, req, true, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ReadStreamResponse{Data: b}, nil
+}
+
+// ReadStdoutEncoded is ReadStdout answering with a ReadStreamResponse
+// encoded in place around the data (protocol/readstream): the data goes
+// from the pipe into the buffer ttrpc sends, without the copy and the
+// allocation of proto.Marshal. agent/server serves ReadStdout with it.
+func (r *RPC) ReadStdoutEncoded(ctx context.Context, req *pb.ReadStreamRequest) (proto.Message, error) {
+	return r.readEncoded(ctx, req, false)
+}
+
+// ReadStderrEncoded is ReadStdoutEncoded for stderr.
+func (r *RPC) ReadStderrEncoded(ctx context.Context, req *pb.ReadStreamRequest) (proto.Message, error) {
+	return r.readEncoded(ctx, req, true)
+}
+
+func (r *RPC) readEncoded(ctx context.Context, req *pb.ReadStreamRequest, stderr bool) (proto.Message, error) {
+	b, err := r.read(ctx, req, stderr, readstream.Headroom)
+	if err != nil {
+		return nil, err
+	}
+	if b == nil {
+		return &pb.ReadStreamResponse{}, nil // end of stream
+	}
+	m, err := readstream.Encode(b)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "unable to encode the response: %v", err)
+	}
+	return m, nil
 }
 
 // CloseStdin closes the process's stdin.

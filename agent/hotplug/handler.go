@@ -21,13 +21,22 @@ const MaxProbeAddrs = 4096
 // on /sys.
 type Handler struct {
 	Onliner Onliner
+	// CPUSets, when set, is told after CPUs came online, so containers'
+	// cgroup v1 cpusets include them (agent/container.Sandbox).
+	CPUSets CPUSetRefresher
 	Log     *slog.Logger
+}
+
+// CPUSetRefresher updates containers' cpusets to the online CPUs.
+type CPUSetRefresher interface {
+	RefreshCPUSets() error
 }
 
 // OnlineCPUMem implements grpc.AgentService/OnlineCPUMem: with nb_cpus > 0
 // it onlines CPUs until nb_cpus are online (the runtime sends the new
-// total), and unless cpu_only it onlines every offline memory block. It
-// always answers once done (Kata's agent ignores wait too).
+// total) and refreshes the containers' cpusets (CPUSets), and unless
+// cpu_only it onlines every offline memory block. It always answers once
+// done (Kata's agent ignores wait too).
 func (h *Handler) OnlineCPUMem(ctx context.Context, req *pb.OnlineCPUMemRequest) (*emptypb.Empty, error) {
 	if req == nil {
 		return nil, status.Error(codes.InvalidArgument, "online cpu mem: empty request")
@@ -42,6 +51,11 @@ func (h *Handler) OnlineCPUMem(ctx context.Context, req *pb.OnlineCPUMemRequest)
 			return nil, errdefs.ToStatus(fmt.Errorf("online cpu mem: nb_cpus: %w", err))
 		}
 		log.Info("CPUs online", "nb_cpus", req.NbCpus, "online", n)
+		if h.CPUSets != nil {
+			if err := h.CPUSets.RefreshCPUSets(); err != nil {
+				return nil, errdefs.ToStatus(fmt.Errorf("online cpu mem: unable to give containers the online CPUs: %w", err))
+			}
+		}
 	}
 	if !req.CpuOnly {
 		n, err := h.Onliner.OnlineMemory(true)

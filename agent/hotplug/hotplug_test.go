@@ -179,3 +179,33 @@ func TestProbe(t *testing.T) {
 		t.Errorf("too many addresses: %v", err)
 	}
 }
+
+type fakeCPUSets struct {
+	calls int
+	err   error
+}
+
+func (f *fakeCPUSets) RefreshCPUSets() error { f.calls++; return f.err }
+
+// TestOnlineCPUMemRefreshesCPUSets: containers' cpusets are refreshed
+// after CPUs came online, not for a memory-only request, and a failed
+// refresh is the RPC's error.
+func TestOnlineCPUMemRefreshesCPUSets(t *testing.T) {
+	root := t.TempDir()
+	write(t, filepath.Join(root, "devices/system/cpu/possible"), "0-1\n")
+	write(t, filepath.Join(root, "devices/system/cpu/online"), "0-1\n")
+	write(t, filepath.Join(root, "devices/system/memory/memory0/online"), "1\n")
+	f := &fakeCPUSets{}
+	h := &Handler{Onliner: Onliner{SysfsRoot: root}, CPUSets: f}
+	if _, err := h.OnlineCPUMem(context.Background(), &pb.OnlineCPUMemRequest{}); err != nil || f.calls != 0 {
+		t.Fatalf("memory only: %v, %d refreshes", err, f.calls)
+	}
+	if _, err := h.OnlineCPUMem(context.Background(), &pb.OnlineCPUMemRequest{NbCpus: 2, CpuOnly: true}); err != nil || f.calls != 1 {
+		t.Fatalf("nb_cpus 2: %v, %d refreshes", err, f.calls)
+	}
+	f.err = fmt.Errorf("unable to set /sys/fs/cgroup/cpuset/keel/c1/cpuset.cpus")
+	_, err := h.OnlineCPUMem(context.Background(), &pb.OnlineCPUMemRequest{NbCpus: 2, CpuOnly: true})
+	if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "keel/c1") {
+		t.Errorf("failed refresh: %v", err)
+	}
+}

@@ -243,19 +243,32 @@ func (s *IO) CloseStdin() error {
 // blocking until some are available, ctx is done, or the stream ends
 // (io.EOF). For a terminal this is the pty output.
 func (s *IO) ReadStdout(ctx context.Context, max int) ([]byte, error) {
+	return s.ReadStdoutWithHeadroom(ctx, max, 0)
+}
+
+// ReadStdoutWithHeadroom is ReadStdout for a caller that encodes the data
+// in place (protocol/readstream): the returned slice starts with headroom
+// spare bytes, then the data. The data is read from the pipe straight into
+// that slice, which belongs to the caller.
+func (s *IO) ReadStdoutWithHeadroom(ctx context.Context, max, headroom int) ([]byte, error) {
 	if err := s.waitConsole(ctx); err != nil {
 		return nil, err
 	}
-	return s.stdout.readRPC(ctx, max)
+	return s.stdout.readRPC(ctx, max, headroom)
 }
 
 // ReadStderr is ReadStdout for stderr. A terminal has no separate stderr:
 // it returns io.EOF at once.
 func (s *IO) ReadStderr(ctx context.Context, max int) ([]byte, error) {
+	return s.ReadStderrWithHeadroom(ctx, max, 0)
+}
+
+// ReadStderrWithHeadroom is ReadStdoutWithHeadroom for stderr.
+func (s *IO) ReadStderrWithHeadroom(ctx context.Context, max, headroom int) ([]byte, error) {
 	if s.terminal {
 		return nil, io.EOF
 	}
-	return s.stderr.readRPC(ctx, max)
+	return s.stderr.readRPC(ctx, max, headroom)
 }
 
 // Resize sets the window size of the pty (Kata TtyWinResize).

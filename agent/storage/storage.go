@@ -120,6 +120,9 @@ type Config struct {
 	// Sysfs is where sysfs is mounted (scsi scans, dax checks, hugepages);
 	// default /sys.
 	Sysfs string
+	// ToolDirs are where guest tools (mkfs.ext4 for create_filesystem)
+	// are looked for; nil: /usr/sbin, /sbin, /usr/bin, /bin, then PATH.
+	ToolDirs []string
 	// WatchInterval is the watchable-bind polling period; default 2 s.
 	WatchInterval time.Duration
 	Log           *slog.Logger

@@ -285,7 +285,6 @@ func TestBadStorages(t *testing.T) {
 		{"ephemeral key without create_filesystem", Storage{Driver: DriverBlk, Source: "02/00", Fstype: "ext4", MountPoint: root + "/x", DriverOptions: []string{"encryption_key=ephemeral"}}, codes.InvalidArgument, `needs "create_filesystem"`},
 		{"create_filesystem for xfs", Storage{Driver: DriverBlk, Source: "02/00", Fstype: "xfs", MountPoint: root + "/x", DriverOptions: []string{"create_filesystem"}}, codes.InvalidArgument, "storages[1].fstype"},
 		{"ephemeral key", Storage{Driver: DriverBlk, Source: "02/00", Fstype: "ext4", MountPoint: root + "/x", DriverOptions: []string{"create_filesystem", "encryption_key=ephemeral"}}, codes.Unimplemented, `storages[1].driver_options "encryption_key=ephemeral"`},
-		{"create_filesystem", Storage{Driver: DriverSCSI, Source: "0:1", Fstype: "ext4", MountPoint: root + "/x", DriverOptions: []string{"create_filesystem"}}, codes.Unimplemented, `storages[1].driver_options "create_filesystem"`},
 		{"mount point reused by another driver", Storage{Driver: DriverLocal, MountPoint: filepath.Join(root, "first")}, codes.InvalidArgument, "already used"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

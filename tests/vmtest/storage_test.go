@@ -1,6 +1,7 @@
 package vmtest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -89,12 +90,15 @@ func TestStorages(t *testing.T) {
 	defer func() { vfs.Process.Kill(); vfs.Wait() }()
 	waitFile(t, sock)
 
-	const rootPorts = 11
+	const rootPorts = 12
 	g, err := Boot(ctx, Config{
 		Busybox: true, Log: testWriter{t},
 		ExtraModules: []string{"virtio_blk", "virtiofs", "9p", "9pnet_virtio", "virtio_scsi", "sd_mod",
-			"nfit", "nd_pmem", "virtio_pmem", "ext4", "crc32c_generic", "erofs", "overlay"},
-		Pmem: []qemu.PmemDevice{{Path: nvImg, Kind: qemu.NVDIMM}},
+			"nfit", "nd_pmem", "virtio_pmem", "ext4", "crc32c_generic", "erofs", "overlay",
+			"dm_mod", "dm_crypt", "xts", "ecb"}, // no modprobe in the guest: xts(aes) needs ecb loaded
+		// create_filesystem runs the guest image's mkfs.ext4.
+		Files: hostTool(t, "mkfs.ext4", "usr/sbin/mkfs.ext4"),
+		Pmem:  []qemu.PmemDevice{{Path: nvImg, Kind: qemu.NVDIMM}},
 		QEMU: func(c *qemu.Config) {
 			c.PCIeRootPorts = rootPorts
 			c.ExtraArgs = append(c.ExtraArgs,
@@ -441,6 +445,56 @@ func TestStorages(t *testing.T) {
 		}
 	})
 
+	// Kata's block emptyDir with encryption_key=ephemeral: the agent puts
+	// dm-crypt with a key made in the guest over the hot-added disk, makes
+	// an ext4 on it (create_filesystem, the guest image's mkfs.ext4) and
+	// mounts it; the host's image holds only ciphertext, and the device is
+	// gone with the container.
+	t.Run("EphemeralEncryptedDisk", func(t *testing.T) {
+		img := filepath.Join(tmp, "ephemeral.img")
+		f, err := os.Create(img)
+		must(t, err)
+		must(t, f.Truncate(32<<20))
+		f.Close()
+		start := time.Now()
+		d, err := plug.AddBlock(ctx, img, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mp := kataStorageDir + "/ephemeral"
+		const marker = "KEEL-PLAINTEXT-MARKER-0123456789"
+		spec := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c",
+			"i=0; while [ $i -lt 256 ]; do echo "+marker+"; i=$((i+1)); done > /data/secret && sync && cat /data/secret | wc -l && grep ' /data ' /proc/mounts")
+		spec.Mounts = append(spec.Mounts, &pb.Mount{Destination: "/data", Type: "bind", Source: mp, Options: []string{"rbind"}})
+		out, errOut, code, err := runWithStorages(ctx, a, "ephemeral", spec, []*pb.Storage{{Driver: "blk", Source: d.PCIPath, Fstype: "ext4", MountPoint: mp,
+			DriverOptions: []string{"create_filesystem", "encryption_key=ephemeral"}}})
+		if err != nil || code != 0 {
+			t.Fatalf("encrypted emptyDir: %q %q exit %d %v", out, errOut, code, err)
+		}
+		t.Logf("ephemeral encrypted disk: device_add -> dm-crypt + mkfs.ext4 + mount + container ran: %s", time.Since(start).Round(time.Millisecond))
+		if !strings.HasPrefix(out, "256\n") || !strings.Contains(out, "/dev/dm-") || !strings.Contains(out, " ext4 ") {
+			t.Errorf("the container's /data is not an ext4 on a dm device: %q", out)
+		}
+		if m := guestMounts(ctx, t, a, "ephemeral-after"); strings.Contains(m, mp) {
+			t.Errorf("%s still mounted after its container", mp)
+		}
+		blocks, _, _, err := RunContainer(ctx, a, "ephemeral-blocks", BusyboxSpec(ContainerRootfs, "/bin/ls", "/sys/block"))
+		if err != nil || strings.Contains(blocks, "dm-") {
+			t.Errorf("the dm-crypt device outlived its storage: %q %v", blocks, err)
+		}
+		raw, err := os.ReadFile(img)
+		must(t, err)
+		if bytes.Contains(raw, []byte(marker)) {
+			t.Error("the container's plaintext reached the host's disk image")
+		}
+		if len(bytes.Trim(raw, "\x00")) == 0 {
+			t.Error("nothing was written to the disk")
+		}
+		if raw[1024+56] == 0x53 && raw[1024+57] == 0xEF {
+			t.Error("an ext4 superblock in clear on the disk: mkfs did not go through dm-crypt")
+		}
+	})
+
 	t.Run("SCSI", func(t *testing.T) {
 		start := time.Now()
 		ctl, err := plug.AddSCSIController(ctx)
@@ -575,4 +629,27 @@ func waitFile(t *testing.T, p string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// hostTool returns the initramfs files that make the host's tool name
+// run in the guest at guestPath: the binary and the shared libraries ldd
+// lists (with their paths, the loader included).
+func hostTool(t *testing.T, name, guestPath string) map[string]string {
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s (e2fsprogs) is not installed: %v", name, err)
+	}
+	files := map[string]string{guestPath: bin}
+	out, err := exec.Command("ldd", bin).Output()
+	if err != nil {
+		t.Fatalf("ldd %s: %v", bin, err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, f := range strings.Fields(line) {
+			if strings.HasPrefix(f, "/") {
+				files[strings.TrimPrefix(f, "/")] = f
+			}
+		}
+	}
+	return files
 }

@@ -75,6 +75,13 @@ type Config struct {
 	CPUs     int    // default 1
 	CPUModel string // default "max"
 
+	// Machine is the machine type with its options, before the accel and
+	// RAM backend Launch adds; default "q35". "microvm,pcie=on" gives a
+	// guest whose disks (-device virtio-blk-device in ExtraArgs) sit on
+	// virtio-mmio transports, as Firecracker's do, while the vsock device
+	// stays on PCIe; Pmem, Drives and PCIeRootPorts need q35.
+	Machine string
+
 	// VhostUserVsockSocket, if set, is the unix socket of a running
 	// vhost-user-vsock backend; QEMU connects to it at start.
 	VhostUserVsockSocket string
@@ -205,7 +212,11 @@ func optValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // args builds the QEMU command line for a defaulted config.
 func (cfg Config) args(sizes []int64, serialPath, qmpPath string) []string {
-	machine := "q35,accel=tcg,memory-backend=mem"
+	machine := cfg.Machine
+	if machine == "" {
+		machine = "q35"
+	}
+	machine += ",accel=tcg,memory-backend=mem"
 	for _, p := range cfg.Pmem {
 		if p.Kind == NVDIMM {
 			machine += ",nvdimm=on"
