@@ -52,10 +52,16 @@ var reported = []struct{ name, bench, unit, target string }{
 	// VM tier (tests/bench/vmbench, KEEL_BENCH_VM=1).
 	{"P6 uptime at listener ready, keel / trivial init", "BenchmarkP6Boot", "ready-ratio", "<= 1.1 (+20 ms)"},
 	{"P6 keel ready minus (1.1 x trivial + 20 ms), ms", "BenchmarkP6Boot", "p6-excess-ms", "<= 0"},
+	{"P6 icount (guest work only): keel / trivial ready", "BenchmarkP6BootIcount", "ready-ratio", "<= 1.1 (+20 ms)"},
+	{"P6 icount: keel minus (1.1 x trivial + 20 ms), ms", "BenchmarkP6BootIcount", "p6-excess-ms", "<= 0"},
+	{"P6 icount: keel init_start->listener_ready (ms)", "BenchmarkP6BootIcount", "keel-init-ms", ""},
 	{"P6 keel-agent init_start->listener_ready (ms)", "BenchmarkP6Boot", "keel-init-ms", ""},
 	{"P6 trivial init main->listener (ms)", "BenchmarkP6Boot", "trivial-init-ms", ""},
 	{"P6 QEMU start->first RPC, DAX on virtio-pmem (s)", "BenchmarkP6Boot", "keel-first-rpc-s", "<= 1.0"},
 	{"P6 QEMU start->first RPC, DAX on nvdimm (s)", "BenchmarkBootNVDIMM", "keel-first-rpc-s", "<= 1.0"},
+	{"P6 QEMU CPU s to first RPC, virtio-pmem (idle ~wall)", "BenchmarkP6Boot", "keel-first-rpc-cpu-s", "<= 1.0"},
+	{"P6 QEMU CPU s to first answer, trivial init", "BenchmarkP6Boot", "trivial-first-cpu-s", ""},
+	{"P6 QEMU CPU s to first RPC, nvdimm", "BenchmarkBootNVDIMM", "keel-first-rpc-cpu-s", ""},
 	{"guest used KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "used-KiB", ""},
 	{"agent RssAnon KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "agent-anon-KiB", ""},
 	// VM tier (tests/bench/guestbench): cgroup2 favordynmods A/B, paired.
