@@ -353,7 +353,7 @@ func (m *Manager) setUpMultiLayer(ctx context.Context, owner, field string, g St
 			}
 			if hasOption(l.Options, optDmVerity) {
 				v, _ := parseVerity(l.Options)
-				vdev, remove, err := m.verity(ctx, f, dev, v)
+				vdev, remove, err := m.verity(ctx, f, name, dev, v)
 				if err != nil {
 					return nil, err
 				}

@@ -97,9 +97,9 @@ func parseVerity(opts []string) (verityParams, error) {
 	return v, nil
 }
 
-// verity puts a read-only dm-verity device over partition dev and
-// returns its node and how to remove it.
-func (m *Manager) verity(ctx context.Context, field, dev string, v verityParams) (string, func() error, error) {
+// verity puts a read-only dm-verity device over partition dev for
+// container owner and returns its node and how to remove it.
+func (m *Manager) verity(ctx context.Context, field, owner, dev string, v verityParams) (string, func() error, error) {
 	major, minor, err := deviceNumber(dev)
 	if err != nil {
 		return "", nil, err
@@ -111,7 +111,9 @@ func (m *Manager) verity(ctx context.Context, field, dev string, v verityParams)
 	}
 	d := fmt.Sprintf("%d:%d", major, minor)
 	params := fmt.Sprintf("%d %s %s %d %d %d %d %s %s %s", v.version, d, d, v.blockSize, v.hashSize, blocks, hashStart, v.algorithm, v.rootHash, v.salt)
-	h := sha256.Sum256([]byte(dev + " " + v.rootHash))
+	// One device per container and layer: two containers may share a
+	// layer disk.
+	h := sha256.Sum256([]byte(owner + " " + dev + " " + v.rootHash))
 	name := "keel-verity-" + hex.EncodeToString(h[:8])
 	path, remove, err := m.dmDevice(ctx, name, devmapper.Target{Length: blocks * v.blockSize / 512, Type: "verity", Params: []byte(params)}, true)
 	if err != nil {
