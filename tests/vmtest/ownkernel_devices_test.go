@@ -110,8 +110,13 @@ func TestOwnKernelDevices(t *testing.T) {
 		})
 	})
 	t.Run("noiommu", func(t *testing.T) {
-		d := bootOwnKernel(ctx, t, kernel, 1, []string{"vfio.enable_unsafe_noiommu_mode=1"}, nil)
-		testVFIONoIOMMU(ctx, t, d)
+		// Also a cgroup v1 guest with room for a second vCPU, for the
+		// cpuset refresh after OnlineCPUMem.
+		d := bootOwnKernel(ctx, t, kernel, 1, []string{"vfio.enable_unsafe_noiommu_mode=1", "agent.cgroup=v1"}, func(c *qemu.Config) {
+			c.ExtraArgs = append(c.ExtraArgs, "-smp", "1,maxcpus=2")
+		})
+		t.Run("vfio", func(t *testing.T) { testVFIONoIOMMU(ctx, t, d) })
+		t.Run("cpuset_v1", func(t *testing.T) { testCPUSetV1(ctx, t, d) })
 	})
 	t.Run("mmio", func(t *testing.T) {
 		// Firecracker-style disks: virtio-blk on virtio-mmio transports
@@ -387,4 +392,56 @@ func (d *devGuest) vfioUse(ctx context.Context, t *testing.T, model, pciPath str
 	out := d.sh(ctx, t, `g=$(ls /dev/vfio/ | grep -v '^vfio$'); exec /opt/probe/vfioprobe `+model+` /dev/vfio/$g $PCIDEVICE_KEEL_COM_RNG`, req, tweak)
 	t.Logf("vfioprobe %s on the function at %s, in a container:\n%s", model, pciPath, out)
 	return strings.Split(strings.TrimSpace(out), "\n")
+}
+
+// testCPUSetV1: in a cgroup v1 guest a container created with one CPU
+// online has cpuset "0"; after a vCPU is hot-added and OnlineCPUMem
+// onlines it, the container's running init may use both CPUs (its cpuset
+// and its parents' were widened), read through an exec in the container.
+func testCPUSetV1(ctx context.Context, t *testing.T, d *devGuest) {
+	if out := d.sh(ctx, t, "grep -c ':cpuset:' /proc/self/cgroup"); out != "1\n" {
+		t.Fatalf("not a cgroup v1 guest: %q", out)
+	}
+	const id = "cpusetheld"
+	if _, err := d.c.Agent.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: id, ExecId: id, OCI: BusyboxSpec(ContainerRootfs, "/bin/sleep", "600")}); err != nil {
+		t.Fatal(err)
+	}
+	defer d.c.Agent.RemoveContainer(context.Background(), &pb.RemoveContainerRequest{ContainerId: id})
+	if _, err := d.c.Agent.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id}); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	allowed := func() string {
+		t.Helper()
+		n++
+		execID := fmt.Sprintf("exec%d", n)
+		p := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c", "sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/1/status").Process
+		if _, err := d.c.Agent.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: id, ExecId: execID, Process: p}); err != nil {
+			t.Fatal(err)
+		}
+		out, err := readStream(ctx, d.c.Agent.ReadStdout, id, execID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.c.Agent.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: id, ExecId: execID}); err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(out)
+	}
+	if a := allowed(); a != "0" {
+		t.Fatalf("before the hotplug the container may run on %q, want 0", a)
+	}
+	start := time.Now()
+	if _, err := d.p.AddCPU(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.c.Agent.OnlineCPUMem(ctx, &pb.OnlineCPUMemRequest{NbCpus: 2, CpuOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	rpc := time.Since(start)
+	if a := allowed(); a != "0-1" {
+		t.Errorf("after OnlineCPUMem the container created with one CPU may run on %q, want 0-1", a)
+	}
+	t.Logf("vCPU on a cgroup v1 guest: OnlineCPUMem (with the cpuset refresh) returned %v after device_add; the container's init may use CPUs 0-1 %v after device_add",
+		rpc.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }
