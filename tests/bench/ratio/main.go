@@ -23,6 +23,7 @@ var pairs = []pair{
 	{"P2 exec /bin/true vs runc exec", "BenchmarkExec", "BenchmarkRuncExec", "ns/op", "<= 0.5"},
 	{"P1 wire: keel-agent binary vs runc run, tmpfs state", "BenchmarkAgentLifecycle", "BenchmarkRuncRunTmpfs", "ns/op", "<= 0.5"},
 	{"P2 wire: keel-agent binary vs runc exec, tmpfs state", "BenchmarkAgentExec", "BenchmarkRuncExecTmpfs", "ns/op", "<= 0.5"},
+	{"P1 wire CPU: agent + its reaped inits vs runc + children", "BenchmarkAgentLifecycle", "BenchmarkRuncRunTmpfs", "cpu-ms/op", ""},
 	{"container init start: keel-agent vs libcontainer-only", "BenchmarkAgentInitStart", "BenchmarkSlimInitStart", "ns/op", ""},
 	{"P3 stdout fast path vs raw unix copy", "BenchmarkStdoutFastPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.95"},
 	{"P3 stdout RPC path vs raw unix copy", "BenchmarkStdoutRPCPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.3"},
