@@ -15,6 +15,8 @@
 //     P2 comparisons, paired round by round (agent, runc, crun, agent, ...)
 //     so that load drift on a shared machine hits all three alike; they
 //     report agent/runc and agent/crun directly.
+//   - BenchmarkGuestRoundTrip: one Health.Check over AF_VSOCK, the wire's
+//     share of the agent's figures.
 //   - BenchmarkGuestCgroupMigrate and BenchmarkGuestLifecycleCgroup2: the
 //     cgroup2 favordynmods A/B, paired (the guest's cgroup2 remounted off,
 //     on, off, on, ... between runs): a lone cgroup.procs write after a

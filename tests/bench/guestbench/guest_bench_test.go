@@ -380,3 +380,16 @@ func BenchmarkGuestPairedExec(b *testing.B) {
 		return execTrue(ctx, a, id, "pe"+strconv.Itoa(i), proc)
 	})
 }
+
+// BenchmarkGuestRoundTrip: one Health.Check over AF_VSOCK (the host's
+// vhost-user-vsock device, QEMU, the guest's virtio-vsock): the wire's
+// share of P1 (five RPCs) and P2 (three).
+func BenchmarkGuestRoundTrip(b *testing.B) {
+	g := benchGuest(b)
+	ctx := benchCtx(b)
+	for b.Loop() {
+		if _, err := g.Client.Health.Check(ctx, &pb.CheckRequest{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
