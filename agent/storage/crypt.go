@@ -65,18 +65,28 @@ func (m *Manager) encrypt(ctx context.Context, field, mp, dev string) (string, f
 	params = strconv.AppendUint(params, uint64(minor), 10)
 	params = append(params, " 0"...)
 	name := cryptName(mp)
-	d, err := devmapper.Create(name, []devmapper.Target{{Start: 0, Length: sectors, Type: "crypt", Params: params}}, false)
+	path, remove, err := m.dmDevice(ctx, name, devmapper.Target{Start: 0, Length: sectors, Type: "crypt", Params: params}, false)
 	clear(params)
 	if err != nil {
 		return "", nil, fmt.Errorf("%s.driver_options %q: %w", field, optEphemeralKey, err)
+	}
+	m.cfg.Log.Info("ephemeral dm-crypt device", "disk", dev, "name", name, "device", path)
+	return path, remove, nil
+}
+
+// dmDevice creates device-mapper device name with one target and waits
+// for its node; it returns the node and how to remove the device.
+func (m *Manager) dmDevice(ctx context.Context, name string, t devmapper.Target, readOnly bool) (string, func() error, error) {
+	d, err := devmapper.Create(name, []devmapper.Target{t}, readOnly)
+	if err != nil {
+		return "", nil, err
 	}
 	remove := func() error { return devmapper.Remove(name) }
 	ev, err := m.cfg.Devices.Wait(ctx, uevent.ByName("block", "dm-"+strconv.FormatUint(uint64(d.Minor), 10)), 0)
 	if err != nil {
 		remove()
-		return "", nil, fmt.Errorf("the encrypted device of %s: %w", dev, err)
+		return "", nil, fmt.Errorf("device-mapper device %s: %w", name, err)
 	}
-	m.cfg.Log.Info("ephemeral dm-crypt device", "disk", dev, "name", name, "devname", ev.DevName)
 	return "/dev/" + ev.DevName, remove, nil
 }
 
