@@ -106,6 +106,13 @@ func BootDAX(ctx context.Context, dir string, log io.Writer) (*DAXGuest, error) 
 		}
 		cfg.NoInitrd = true
 		cfg.Pmem[0].Kind = qemu.VirtioPmem
+		// Nothing to set up but the -kernel hand-over: qboot instead of
+		// SeaBIOS when installed.
+		cfg.QEMU = func(c *qemu.Config) {
+			if qemu.QBootAvailable() {
+				c.Firmware = qemu.QBoot
+			}
+		}
 		// Every driver is built in: the kernel mounts the DAX root itself
 		// and runs the agent from it.
 		cfg.Append = []string{"root=/dev/pmem0", "rootfstype=ext4", "rootflags=dax=always", "ro", "init=/sbin/init"}

@@ -75,6 +75,11 @@ type Config struct {
 	CPUs     int    // default 1
 	CPUModel string // default "max"
 
+	// Firmware is the -bios image; empty is QEMU's default (SeaBIOS).
+	// QBoot is the minimal one that only loads the kernel: enough for a
+	// -kernel boot without hotplug-heavy PCI setups.
+	Firmware string
+
 	// Machine is the machine type with its options, before the accel and
 	// RAM backend Launch adds; default "q35". "microvm,pcie=on" gives a
 	// guest whose disks (-device virtio-blk-device in ExtraArgs) sit on
@@ -102,6 +107,14 @@ type Config struct {
 	// the socket is removed).
 	Dir string
 }
+
+// QBoot is Debian's qboot image (qemu-system-data): firmware that does
+// little more than hand over to the -kernel image, ~0.06 s of QEMU CPU
+// less per boot than SeaBIOS under TCG.
+const QBoot = "/usr/share/qemu/qboot.rom"
+
+// QBootAvailable says whether QBoot is installed.
+func QBootAvailable() bool { return regularFile(QBoot) == nil }
 
 // Binary returns the QEMU executable Launch uses when Config.Binary is empty.
 func Binary() string {
@@ -135,6 +148,11 @@ func (cfg Config) withDefaults() (Config, []int64, error) {
 	if cfg.Initrd != "" {
 		if err := regularFile(cfg.Initrd); err != nil {
 			errs = append(errs, fmt.Errorf("initrd: %w", err))
+		}
+	}
+	if cfg.Firmware != "" {
+		if err := regularFile(cfg.Firmware); err != nil {
+			errs = append(errs, fmt.Errorf("firmware: %w", err))
 		}
 	}
 	if cfg.MemoryMiB < 64 {
@@ -244,6 +262,9 @@ func (cfg Config) args(sizes []int64, serialPath, qmpPath string) []string {
 	}
 	if cfg.Initrd != "" {
 		a = append(a, "-initrd", cfg.Initrd)
+	}
+	if cfg.Firmware != "" {
+		a = append(a, "-bios", cfg.Firmware)
 	}
 	if cfg.Append != "" {
 		a = append(a, "-append", cfg.Append)
