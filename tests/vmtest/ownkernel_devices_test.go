@@ -42,12 +42,13 @@ func ownKernel(ctx context.Context, t *testing.T) string {
 // bootOwnKernel boots Keel's kernel (every driver built in, so the
 // initramfs holds no modules) with the busybox initramfs and creates a
 // sandbox.
-func bootOwnKernel(ctx context.Context, t *testing.T, kernel string, rootPorts int, appendArgs []string, tweak func(*qemu.Config)) *devGuest {
+func bootOwnKernel(ctx context.Context, t *testing.T, kernel string, rootPorts int, appendArgs []string, files map[string]string, tweak func(*qemu.Config)) *devGuest {
 	t.Helper()
 	g, err := Boot(ctx, Config{
 		Kernel:  kernel,
 		Busybox: true,
 		Modules: []string{},
+		Files:   files,
 		Log:     testWriter{t},
 		Append:  appendArgs,
 		QEMU: func(c *qemu.Config) {
@@ -93,11 +94,14 @@ func TestOwnKernelDevices(t *testing.T) {
 		// its timer check), so without interrupt remapping vfio's type1
 		// model refuses groups (EPERM) unless told the platform's MSIs
 		// are acceptable.
-		d := bootOwnKernel(ctx, t, kernel, 3, []string{"intel_iommu=on", "acpi_no_memhotplug", "vfio_iommu_type1.allow_unsafe_interrupts=1"}, func(c *qemu.Config) {
-			c.HotplugSlots = 2
-			c.MaxMemMiB = 2048
-			c.ExtraArgs = append(c.ExtraArgs, "-device", "intel-iommu,intremap=off")
-		})
+		// Also device-mapper (built into Keel's kernel): create_filesystem
+		// runs the guest image's mkfs.ext4, copied in from the host.
+		d := bootOwnKernel(ctx, t, kernel, 7, []string{"intel_iommu=on", "acpi_no_memhotplug", "vfio_iommu_type1.allow_unsafe_interrupts=1"},
+			hostTool(t, "mkfs.ext4", "usr/sbin/mkfs.ext4"), func(c *qemu.Config) {
+				c.HotplugSlots = 2
+				c.MaxMemMiB = 2048
+				c.ExtraArgs = append(c.ExtraArgs, "-device", "intel-iommu,intremap=off")
+			})
 		w := startWatch(ctx, t, d.c)
 		t.Run("memory_probe", func(t *testing.T) { testMemoryProbe(ctx, t, d, w) })
 		t.Run("vfio", func(t *testing.T) { testVFIO(ctx, t, d) })
@@ -108,11 +112,13 @@ func TestOwnKernelDevices(t *testing.T) {
 				t.Errorf("vfioprobe in the container: %q", out)
 			}
 		})
+		t.Run("dm_crypt", func(t *testing.T) { testEphemeralEncryptedDisk(ctx, t, d.c.Agent, d.p, d.dir) })
+		t.Run("dm_verity", func(t *testing.T) { testMultiLayerErofs(ctx, t, d.c.Agent, d.p, d.dir) })
 	})
 	t.Run("noiommu", func(t *testing.T) {
 		// Also a cgroup v1 guest with room for a second vCPU, for the
 		// cpuset refresh after OnlineCPUMem.
-		d := bootOwnKernel(ctx, t, kernel, 1, []string{"vfio.enable_unsafe_noiommu_mode=1", "agent.cgroup=v1"}, func(c *qemu.Config) {
+		d := bootOwnKernel(ctx, t, kernel, 1, []string{"vfio.enable_unsafe_noiommu_mode=1", "agent.cgroup=v1"}, nil, func(c *qemu.Config) {
 			c.ExtraArgs = append(c.ExtraArgs, "-smp", "1,maxcpus=2")
 		})
 		t.Run("vfio", func(t *testing.T) { testVFIONoIOMMU(ctx, t, d) })
@@ -127,7 +133,7 @@ func TestOwnKernelDevices(t *testing.T) {
 		// microvm has no HPET or ACPI PM timer and TCG no kvm-clock:
 		// Keel's kernel cannot calibrate the TSC and would hang at boot
 		// without its frequency and a loops_per_jiffy given.
-		d := bootOwnKernel(ctx, t, kernel, 0, []string{"tsc_early_khz=2000000", "lpj=4000000"}, func(c *qemu.Config) {
+		d := bootOwnKernel(ctx, t, kernel, 0, []string{"tsc_early_khz=2000000", "lpj=4000000"}, nil, func(c *qemu.Config) {
 			c.Machine = "microvm,pcie=on"
 			c.ExtraArgs = append(c.ExtraArgs,
 				"-drive", "file="+raw+",if=none,id=mmio0,format=raw,readonly=on", "-device", "virtio-blk-device,drive=mmio0",

@@ -384,180 +384,14 @@ func TestStorages(t *testing.T) {
 	// ext4 disk as the writable upper; the container runs on the overlay
 	// the agent builds. Then the same disk with one byte of the top layer
 	// changed: the read fails.
-	t.Run("MultiLayerErofs", func(t *testing.T) {
-		for _, tool := range []string{"mkfs.erofs", "veritysetup"} {
-			if _, err := exec.LookPath(tool); err != nil {
-				t.Fatalf("%s (erofs-utils, cryptsetup-bin: scripts/apt-packages.txt): %v", tool, err)
-			}
-		}
-		erofs := func(name string, fill func(dir string)) string {
-			src := filepath.Join(tmp, name+"-src")
-			fill(src)
-			img := filepath.Join(tmp, name+".erofs")
-			if out, err := exec.Command("mkfs.erofs", "--quiet", img, src).CombinedOutput(); err != nil {
-				t.Fatalf("mkfs.erofs %s: %v: %s", name, err, out)
-			}
-			return img
-		}
-		big := make([]byte, 64<<10)
-		for i := range big {
-			big[i] = byte(i*7 + i/251)
-		}
-		top := erofs("layer-top", func(d string) {
-			must(t, os.MkdirAll(filepath.Join(d, "etc"), 0o755))
-			must(t, os.WriteFile(filepath.Join(d, "etc/layer"), []byte("top\n"), 0o644))
-			must(t, os.WriteFile(filepath.Join(d, "big"), big, 0o644))
-		})
-		fi, err := os.Stat(top)
-		must(t, err)
-		hashOffset := fi.Size()
-		vout, err := exec.Command("veritysetup", "format", top, top, fmt.Sprintf("--hash-offset=%d", hashOffset)).CombinedOutput()
-		if err != nil {
-			t.Fatalf("veritysetup format: %v: %s", err, vout)
-		}
-		var rootHash, salt string
-		for _, line := range strings.Split(string(vout), "\n") {
-			if v, ok := strings.CutPrefix(line, "Root hash:"); ok {
-				rootHash = strings.TrimSpace(v)
-			}
-			if v, ok := strings.CutPrefix(line, "Salt:"); ok {
-				salt = strings.TrimSpace(v)
-			}
-		}
-		if rootHash == "" || salt == "" {
-			t.Fatalf("veritysetup printed no root hash or salt: %s", vout)
-		}
-		bottom := erofs("layer-bottom", func(d string) {
-			must(t, containertest.MakeRootfs(d))
-			must(t, os.WriteFile(filepath.Join(d, "etc/layer"), []byte("bottom\n"), 0o644))
-			must(t, os.WriteFile(filepath.Join(d, "etc/base"), []byte("only in the bottom layer\n"), 0o644))
-		})
-		layers := loopdev.GPTImage(t, top, bottom)
-		upperImg := ext4Image(t, tmp, "mlupper", 32<<20, nil)
-		// The same layers with one byte of big changed in the top one.
-		topBytes, err := os.ReadFile(top)
-		must(t, err)
-		at := bytes.Index(topBytes, big[:4096])
-		if at < 0 {
-			t.Fatal("big's data is not stored plainly in the EROFS image")
-		}
-		topBytes[at+100] ^= 0xff
-		tampered := filepath.Join(tmp, "layer-top-tampered.erofs")
-		must(t, os.WriteFile(tampered, topBytes, 0o644))
-		tamperedLayers := loopdev.GPTImage(t, tampered, bottom)
-
-		mp := "/run/kata-containers/shared/containers/mlayer/rootfs"
-		storages := func(layersPath, upperPath string) []*pb.Storage {
-			lower := func(n string, extra ...string) *pb.Storage {
-				return &pb.Storage{Driver: "blk", Source: layersPath, Fstype: "erofs", MountPoint: mp,
-					Options: append([]string{"ro", "X-kata.overlay-lower", "X-kata.multi-layer=true", "X-kata.gpt-partitioned=true", "X-kata.partition-number=" + n}, extra...)}
-			}
-			ss := []*pb.Storage{
-				lower("1", "X-kata.mkdir.path={{ mount 0 }}/upper/made:0755", "X-kata.dmverity-enabled=true",
-					"X-kata.dmverity.roothash="+rootHash, "X-kata.dmverity.salt="+salt, fmt.Sprintf("X-kata.dmverity.hashoffset=%d", hashOffset)),
-				lower("2"),
-			}
-			if upperPath != "" {
-				ss = append([]*pb.Storage{{Driver: "blk", Source: upperPath, Fstype: "ext4", MountPoint: mp, Options: []string{"X-kata.overlay-upper", "X-kata.multi-layer=true"}}}, ss...)
-			}
-			return ss
-		}
-
-		start := time.Now()
-		ld, err := plug.AddBlock(ctx, layers, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ud, err := plug.AddBlock(ctx, upperImg, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, errOut, code, err := runWithStorages(ctx, a, "mlayer", BusyboxSpec(mp, "/bin/sh", "-c",
-			"cat /etc/layer /etc/base; test -d /made && echo made; wc -c < /big; echo from the container > /written; grep ' / ' /proc/mounts"), storages(ld.PCIPath, ud.PCIPath))
-		if err != nil || code != 0 {
-			t.Fatalf("multi-layer rootfs: %q %q exit %d %v", out, errOut, code, err)
-		}
-		t.Logf("multi-layer EROFS (2 partitions, one under dm-verity, + ext4 upper): device_add -> container ran: %s", time.Since(start).Round(time.Millisecond))
-		if want := "top\nonly in the bottom layer\nmade\n65536\n"; !strings.HasPrefix(out, want) || !strings.Contains(out, "overlay") {
-			t.Errorf("container saw %q, want %q then the overlay root (partition 1 over partition 2, mkdir made)", out, want)
-		}
-		if m := guestMounts(ctx, t, a, "mlayer-after"); strings.Contains(m, "multi-layer") || strings.Contains(m, mp) {
-			t.Errorf("layers still mounted after the container was removed:\n%s", m)
-		}
-		blocks, _, _, err := RunContainer(ctx, a, "mlayer-blocks", BusyboxSpec(ContainerRootfs, "/bin/ls", "/sys/block"))
-		if err != nil || strings.Contains(blocks, "dm-") {
-			t.Errorf("the dm-verity device outlived the rootfs: %q %v", blocks, err)
-		}
-		// The write went to the upper disk: read it on the host.
-		got, err := exec.Command("debugfs", "-R", "cat /upper/written", upperImg).Output()
-		if err != nil || string(got) != "from the container\n" {
-			t.Errorf("the container's write on the upper disk: %q %v", got, err)
-		}
-
-		// Tampered: the layer still mounts (its metadata is intact) but
-		// reading the changed block fails.
-		td, err := plug.AddBlock(ctx, tamperedLayers, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, errOut, code, err = runWithStorages(ctx, a, "mlayer-tampered", BusyboxSpec(mp, "/bin/sh", "-c", "cat /etc/layer; cat /big > /dev/null"), storages(td.PCIPath, ""))
-		if err != nil {
-			t.Fatalf("tampered layers: %v", err)
-		}
-		if out != "top\n" || code == 0 || !strings.Contains(errOut, "Input/output error") {
-			t.Errorf("a changed block of a dm-verity layer: exit %d, %q %q; want the layer mounted and big unreadable (EIO)", code, out, errOut)
-		}
-	})
+	t.Run("MultiLayerErofs", func(t *testing.T) { testMultiLayerErofs(ctx, t, a, plug, tmp) })
 
 	// Kata's block emptyDir with encryption_key=ephemeral: the agent puts
 	// dm-crypt with a key made in the guest over the hot-added disk, makes
 	// an ext4 on it (create_filesystem, the guest image's mkfs.ext4) and
 	// mounts it; the host's image holds only ciphertext, and the device is
 	// gone with the container.
-	t.Run("EphemeralEncryptedDisk", func(t *testing.T) {
-		img := filepath.Join(tmp, "ephemeral.img")
-		f, err := os.Create(img)
-		must(t, err)
-		must(t, f.Truncate(32<<20))
-		f.Close()
-		start := time.Now()
-		d, err := plug.AddBlock(ctx, img, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mp := kataStorageDir + "/ephemeral"
-		const marker = "KEEL-PLAINTEXT-MARKER-0123456789"
-		spec := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c",
-			"i=0; while [ $i -lt 256 ]; do echo "+marker+"; i=$((i+1)); done > /data/secret && sync && cat /data/secret | wc -l && grep ' /data ' /proc/mounts")
-		spec.Mounts = append(spec.Mounts, &pb.Mount{Destination: "/data", Type: "bind", Source: mp, Options: []string{"rbind"}})
-		out, errOut, code, err := runWithStorages(ctx, a, "ephemeral", spec, []*pb.Storage{{Driver: "blk", Source: d.PCIPath, Fstype: "ext4", MountPoint: mp,
-			DriverOptions: []string{"create_filesystem", "encryption_key=ephemeral"}}})
-		if err != nil || code != 0 {
-			t.Fatalf("encrypted emptyDir: %q %q exit %d %v", out, errOut, code, err)
-		}
-		t.Logf("ephemeral encrypted disk: device_add -> dm-crypt + mkfs.ext4 + mount + container ran: %s", time.Since(start).Round(time.Millisecond))
-		if !strings.HasPrefix(out, "256\n") || !strings.Contains(out, "/dev/dm-") || !strings.Contains(out, " ext4 ") {
-			t.Errorf("the container's /data is not an ext4 on a dm device: %q", out)
-		}
-		if m := guestMounts(ctx, t, a, "ephemeral-after"); strings.Contains(m, mp) {
-			t.Errorf("%s still mounted after its container", mp)
-		}
-		blocks, _, _, err := RunContainer(ctx, a, "ephemeral-blocks", BusyboxSpec(ContainerRootfs, "/bin/ls", "/sys/block"))
-		if err != nil || strings.Contains(blocks, "dm-") {
-			t.Errorf("the dm-crypt device outlived its storage: %q %v", blocks, err)
-		}
-		raw, err := os.ReadFile(img)
-		must(t, err)
-		if bytes.Contains(raw, []byte(marker)) {
-			t.Error("the container's plaintext reached the host's disk image")
-		}
-		if len(bytes.Trim(raw, "\x00")) == 0 {
-			t.Error("nothing was written to the disk")
-		}
-		if raw[1024+56] == 0x53 && raw[1024+57] == 0xEF {
-			t.Error("an ext4 superblock in clear on the disk: mkfs did not go through dm-crypt")
-		}
-	})
+	t.Run("EphemeralEncryptedDisk", func(t *testing.T) { testEphemeralEncryptedDisk(ctx, t, a, plug, tmp) })
 
 	t.Run("SCSI", func(t *testing.T) {
 		start := time.Now()
@@ -716,4 +550,176 @@ func hostTool(t *testing.T, name, guestPath string) map[string]string {
 		}
 	}
 	return files
+}
+
+// testMultiLayerErofs runs on Debian's kernel (TestStorages) and on Keel's (TestOwnKernelDevices).
+func testMultiLayerErofs(ctx context.Context, t *testing.T, a pb.AgentServiceService, plug *hotplug.Plugger, tmp string) {
+	for _, tool := range []string{"mkfs.erofs", "veritysetup"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s (erofs-utils, cryptsetup-bin: scripts/apt-packages.txt): %v", tool, err)
+		}
+	}
+	erofs := func(name string, fill func(dir string)) string {
+		src := filepath.Join(tmp, name+"-src")
+		fill(src)
+		img := filepath.Join(tmp, name+".erofs")
+		if out, err := exec.Command("mkfs.erofs", "--quiet", img, src).CombinedOutput(); err != nil {
+			t.Fatalf("mkfs.erofs %s: %v: %s", name, err, out)
+		}
+		return img
+	}
+	big := make([]byte, 64<<10)
+	for i := range big {
+		big[i] = byte(i*7 + i/251)
+	}
+	top := erofs("layer-top", func(d string) {
+		must(t, os.MkdirAll(filepath.Join(d, "etc"), 0o755))
+		must(t, os.WriteFile(filepath.Join(d, "etc/layer"), []byte("top\n"), 0o644))
+		must(t, os.WriteFile(filepath.Join(d, "big"), big, 0o644))
+	})
+	fi, err := os.Stat(top)
+	must(t, err)
+	hashOffset := fi.Size()
+	vout, err := exec.Command("veritysetup", "format", top, top, fmt.Sprintf("--hash-offset=%d", hashOffset)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("veritysetup format: %v: %s", err, vout)
+	}
+	var rootHash, salt string
+	for _, line := range strings.Split(string(vout), "\n") {
+		if v, ok := strings.CutPrefix(line, "Root hash:"); ok {
+			rootHash = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(line, "Salt:"); ok {
+			salt = strings.TrimSpace(v)
+		}
+	}
+	if rootHash == "" || salt == "" {
+		t.Fatalf("veritysetup printed no root hash or salt: %s", vout)
+	}
+	bottom := erofs("layer-bottom", func(d string) {
+		must(t, containertest.MakeRootfs(d))
+		must(t, os.WriteFile(filepath.Join(d, "etc/layer"), []byte("bottom\n"), 0o644))
+		must(t, os.WriteFile(filepath.Join(d, "etc/base"), []byte("only in the bottom layer\n"), 0o644))
+	})
+	layers := loopdev.GPTImage(t, top, bottom)
+	upperImg := ext4Image(t, tmp, "mlupper", 32<<20, nil)
+	// The same layers with one byte of big changed in the top one.
+	topBytes, err := os.ReadFile(top)
+	must(t, err)
+	at := bytes.Index(topBytes, big[:4096])
+	if at < 0 {
+		t.Fatal("big's data is not stored plainly in the EROFS image")
+	}
+	topBytes[at+100] ^= 0xff
+	tampered := filepath.Join(tmp, "layer-top-tampered.erofs")
+	must(t, os.WriteFile(tampered, topBytes, 0o644))
+	tamperedLayers := loopdev.GPTImage(t, tampered, bottom)
+
+	mp := "/run/kata-containers/shared/containers/mlayer/rootfs"
+	storages := func(layersPath, upperPath string) []*pb.Storage {
+		lower := func(n string, extra ...string) *pb.Storage {
+			return &pb.Storage{Driver: "blk", Source: layersPath, Fstype: "erofs", MountPoint: mp,
+				Options: append([]string{"ro", "X-kata.overlay-lower", "X-kata.multi-layer=true", "X-kata.gpt-partitioned=true", "X-kata.partition-number=" + n}, extra...)}
+		}
+		ss := []*pb.Storage{
+			lower("1", "X-kata.mkdir.path={{ mount 0 }}/upper/made:0755", "X-kata.dmverity-enabled=true",
+				"X-kata.dmverity.roothash="+rootHash, "X-kata.dmverity.salt="+salt, fmt.Sprintf("X-kata.dmverity.hashoffset=%d", hashOffset)),
+			lower("2"),
+		}
+		if upperPath != "" {
+			ss = append([]*pb.Storage{{Driver: "blk", Source: upperPath, Fstype: "ext4", MountPoint: mp, Options: []string{"X-kata.overlay-upper", "X-kata.multi-layer=true"}}}, ss...)
+		}
+		return ss
+	}
+
+	start := time.Now()
+	ld, err := plug.AddBlock(ctx, layers, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ud, err := plug.AddBlock(ctx, upperImg, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code, err := runWithStorages(ctx, a, "mlayer", BusyboxSpec(mp, "/bin/sh", "-c",
+		"cat /etc/layer /etc/base; test -d /made && echo made; wc -c < /big; echo from the container > /written; grep ' / ' /proc/mounts"), storages(ld.PCIPath, ud.PCIPath))
+	if err != nil || code != 0 {
+		t.Fatalf("multi-layer rootfs: %q %q exit %d %v", out, errOut, code, err)
+	}
+	t.Logf("multi-layer EROFS (2 partitions, one under dm-verity, + ext4 upper): device_add -> container ran: %s", time.Since(start).Round(time.Millisecond))
+	if want := "top\nonly in the bottom layer\nmade\n65536\n"; !strings.HasPrefix(out, want) || !strings.Contains(out, "overlay") {
+		t.Errorf("container saw %q, want %q then the overlay root (partition 1 over partition 2, mkdir made)", out, want)
+	}
+	if m := guestMounts(ctx, t, a, "mlayer-after"); strings.Contains(m, "multi-layer") || strings.Contains(m, mp) {
+		t.Errorf("layers still mounted after the container was removed:\n%s", m)
+	}
+	blocks, _, _, err := RunContainer(ctx, a, "mlayer-blocks", BusyboxSpec(ContainerRootfs, "/bin/ls", "/sys/block"))
+	if err != nil || strings.Contains(blocks, "dm-") {
+		t.Errorf("the dm-verity device outlived the rootfs: %q %v", blocks, err)
+	}
+	// The write went to the upper disk: read it on the host.
+	got, err := exec.Command("debugfs", "-R", "cat /upper/written", upperImg).Output()
+	if err != nil || string(got) != "from the container\n" {
+		t.Errorf("the container's write on the upper disk: %q %v", got, err)
+	}
+
+	// Tampered: the layer still mounts (its metadata is intact) but
+	// reading the changed block fails.
+	td, err := plug.AddBlock(ctx, tamperedLayers, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code, err = runWithStorages(ctx, a, "mlayer-tampered", BusyboxSpec(mp, "/bin/sh", "-c", "cat /etc/layer; cat /big > /dev/null"), storages(td.PCIPath, ""))
+	if err != nil {
+		t.Fatalf("tampered layers: %v", err)
+	}
+	if out != "top\n" || code == 0 || !strings.Contains(errOut, "Input/output error") {
+		t.Errorf("a changed block of a dm-verity layer: exit %d, %q %q; want the layer mounted and big unreadable (EIO)", code, out, errOut)
+	}
+}
+
+// testEphemeralEncryptedDisk runs on Debian's kernel (TestStorages) and on Keel's (TestOwnKernelDevices).
+func testEphemeralEncryptedDisk(ctx context.Context, t *testing.T, a pb.AgentServiceService, plug *hotplug.Plugger, tmp string) {
+	img := filepath.Join(tmp, "ephemeral.img")
+	f, err := os.Create(img)
+	must(t, err)
+	must(t, f.Truncate(32<<20))
+	f.Close()
+	start := time.Now()
+	d, err := plug.AddBlock(ctx, img, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mp := kataStorageDir + "/ephemeral"
+	const marker = "KEEL-PLAINTEXT-MARKER-0123456789"
+	spec := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c",
+		"i=0; while [ $i -lt 256 ]; do echo "+marker+"; i=$((i+1)); done > /data/secret && sync && cat /data/secret | wc -l && grep ' /data ' /proc/mounts")
+	spec.Mounts = append(spec.Mounts, &pb.Mount{Destination: "/data", Type: "bind", Source: mp, Options: []string{"rbind"}})
+	out, errOut, code, err := runWithStorages(ctx, a, "ephemeral", spec, []*pb.Storage{{Driver: "blk", Source: d.PCIPath, Fstype: "ext4", MountPoint: mp,
+		DriverOptions: []string{"create_filesystem", "encryption_key=ephemeral"}}})
+	if err != nil || code != 0 {
+		t.Fatalf("encrypted emptyDir: %q %q exit %d %v", out, errOut, code, err)
+	}
+	t.Logf("ephemeral encrypted disk: device_add -> dm-crypt + mkfs.ext4 + mount + container ran: %s", time.Since(start).Round(time.Millisecond))
+	if !strings.HasPrefix(out, "256\n") || !strings.Contains(out, "/dev/dm-") || !strings.Contains(out, " ext4 ") {
+		t.Errorf("the container's /data is not an ext4 on a dm device: %q", out)
+	}
+	if m := guestMounts(ctx, t, a, "ephemeral-after"); strings.Contains(m, mp) {
+		t.Errorf("%s still mounted after its container", mp)
+	}
+	blocks, _, _, err := RunContainer(ctx, a, "ephemeral-blocks", BusyboxSpec(ContainerRootfs, "/bin/ls", "/sys/block"))
+	if err != nil || strings.Contains(blocks, "dm-") {
+		t.Errorf("the dm-crypt device outlived its storage: %q %v", blocks, err)
+	}
+	raw, err := os.ReadFile(img)
+	must(t, err)
+	if bytes.Contains(raw, []byte(marker)) {
+		t.Error("the container's plaintext reached the host's disk image")
+	}
+	if len(bytes.Trim(raw, "\x00")) == 0 {
+		t.Error("nothing was written to the disk")
+	}
+	if raw[1024+56] == 0x53 && raw[1024+57] == 0xEF {
+		t.Error("an ext4 superblock in clear on the disk: mkfs did not go through dm-crypt")
+	}
 }
