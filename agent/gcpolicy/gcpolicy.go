@@ -2,19 +2,21 @@
 //
 // Container stdout read over ReadStdout makes garbage in proportion to the
 // bytes moved (each 32 KiB read allocates its reply), while the agent's
-// live heap is small (~4 MB). With Go's default GOGC=100 the collector then
-// runs every few hundred KiB of output and takes 35-45% of the agent's CPU
-// on that path. A larger GOGC trades memory for that CPU, but memory must
-// stay bounded in a 128 MiB guest running hundreds of containers, so the
-// policy is adaptive: after every GC cycle the percent is set so that the
-// next heap goal, live*(1+percent/100), exceeds the live heap by at most a
-// fixed headroom (a fraction of the guest's memory), and never below Go's
-// default of 100 nor above 400. A small heap thus gets GOGC=400; a heap
-// that has grown (many containers) falls back towards the default instead
-// of growing its garbage with it.
+// live heap is small (~4 MB): with Go's default GOGC=100 the collector runs
+// every few MiB of output. Measured with the keel-agent binary
+// (tests/bench/containerbench BenchmarkAgentStdoutRPC32KiB, load 12-14 on
+// 2 cores), the agent's CPU per MB of 32 KiB ReadStdout is 12.5 ms at
+// GOGC=100, 8.9-9.1 ms at 200 and 8.8-13 ms at 400, for an RssAnon after
+// 64 MiB streamed of 7.5, 11.5-13 and 19.5-23 MiB: 200 buys the gain, 400
+// only costs memory. So the policy is GOGC=200, bounded: after every GC
+// cycle the percent is set so that the next heap goal, live*(1+percent/100),
+// exceeds the live heap by at most a headroom (1/16 of the guest's memory,
+// 8 to 32 MiB), never below Go's default of 100. A heap that has grown (many
+// containers) thus falls back to the default instead of growing its
+// garbage with it: memory stays bounded in a 128 MiB guest.
 //
 // An explicit GOGC in the environment (the kernel passes unknown command
-// line words such as GOGC=200 into init's environment) disables the policy:
+// line words such as GOGC=400 into init's environment) disables the policy:
 // the runtime already applied it. GOMEMLIMIT is left to the runtime, which
 // honours it whether or not the policy runs.
 //
@@ -33,10 +35,9 @@ import (
 const (
 	// MinPercent is Go's default GOGC: the policy never collects more often.
 	MinPercent = 100
-	// MaxPercent bounds GOGC for a small heap: measured on the 32 KiB
-	// ReadStdout path, 400 cuts the agent's CPU per MB from 3.9 ms
-	// (GOGC=100) to 2.2-2.3 ms; beyond it the gain is small.
-	MaxPercent = 400
+	// MaxPercent is GOGC for a small heap: the knee of the measurements
+	// in the package doc (400 gained no CPU and cost 8-10 MiB more).
+	MaxPercent = 200
 	// step quantises the percent so that a live heap wobbling by a few
 	// bytes does not reset the GC controller every cycle.
 	step = 25

@@ -47,7 +47,7 @@ import (
 )
 
 func main() {
-	// The agent's GC policy (agent/gcpolicy): adaptive GOGC 100-400 unless
+	// The agent's GC policy (agent/gcpolicy): adaptive GOGC 100-200 unless
 	// GOGC is in the environment. Container inits never get here (they are
 	// dispatched in libcontainer_init.go's init func).
 	gcPolicy = gcpolicy.Start(os.LookupEnv, guestMemory())

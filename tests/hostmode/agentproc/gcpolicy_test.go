@@ -8,7 +8,7 @@ import (
 
 // TestGCPolicy reads the agent's effective GC settings back over
 // GetMetrics (keelctl metrics): without GOGC the adaptive policy of
-// agent/gcpolicy runs (GOGC above Go's default, at most 400); an explicit
+// agent/gcpolicy runs (GOGC above Go's default, at most 200); an explicit
 // GOGC in the agent's environment wins and turns it off; GOMEMLIMIT is the
 // runtime's memory limit either way.
 func TestGCPolicy(t *testing.T) {
@@ -17,7 +17,7 @@ func TestGCPolicy(t *testing.T) {
 		name     string
 		env      []string
 		adaptive bool
-		percent  float64 // the policy's choice, in (100, 400], when adaptive; -1 = off
+		percent  float64 // the policy's choice, in (100, 200], when adaptive; -1 = off
 		limit    float64 // 0: none
 	}{
 		{"default", []string{"env", "-u", "GOGC", "-u", "GOMEMLIMIT"}, true, 0, 0},
@@ -51,8 +51,8 @@ func TestGCPolicy(t *testing.T) {
 			}
 			switch {
 			case c.adaptive:
-				if pct <= 100 || pct > 400 || headroom <= 0 {
-					t.Fatalf("adaptive policy: GOGC %v headroom %v, want GOGC in (100, 400] for the agent's small heap", pct, headroom)
+				if pct <= 100 || pct > 200 || headroom <= 0 {
+					t.Fatalf("adaptive policy: GOGC %v headroom %v, want GOGC in (100, 200] for the agent's small heap", pct, headroom)
 				}
 			case pct != c.percent:
 				t.Fatalf("GOGC %v, want %v from the environment", pct, c.percent)
