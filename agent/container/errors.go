@@ -1,8 +1,7 @@
 package container
 
 import (
-	"errors"
-
+	"github.com/keelvm/keel/agent/errdefs"
 	"github.com/keelvm/keel/agent/ociconv"
 )
 
@@ -13,14 +12,14 @@ var (
 	// ErrInvalid: the request is malformed (InvalidArgument).
 	ErrInvalid = ociconv.ErrInvalid
 	// ErrNotFound: no such sandbox, container or process (NotFound).
-	ErrNotFound = errors.New("not found")
+	ErrNotFound = errdefs.New(errdefs.ErrNotFound, "not found")
 	// ErrExists: the id is taken (AlreadyExists).
-	ErrExists = errors.New("already exists")
+	ErrExists = errdefs.New(errdefs.ErrAlreadyExists, "already exists")
 	// ErrState: the object is in the wrong state for the operation
 	// (FailedPrecondition).
-	ErrState = errors.New("wrong state")
+	ErrState = errdefs.New(errdefs.ErrFailedPrecondition, "wrong state")
 	// ErrUnimplemented: a feature Keel does not support yet (Unimplemented).
-	ErrUnimplemented = errors.New("not implemented")
+	ErrUnimplemented = errdefs.New(errdefs.ErrUnimplemented, "not implemented")
 	// ErrTimeout: the operation did not finish in time (DeadlineExceeded).
-	ErrTimeout = errors.New("timed out")
+	ErrTimeout = errdefs.New(errdefs.ErrDeadlineExceeded, "timed out")
 )

@@ -1,7 +1,8 @@
 // Package containers adapts the container domain (agent/container) to Kata's
 // grpc.AgentService: sandbox, container, process and stdio RPCs. Handlers
-// are thin: validate, convert (agent/ociconv), call the domain, and map its
-// error classes to gRPC status codes with a message naming the field.
+// are thin: validate, convert (agent/ociconv), call the domain, and turn its
+// errors (of agent/errdefs classes) into gRPC statuses with errdefs.ToStatus;
+// the message names the field.
 package containers
 
 import (
@@ -16,15 +17,17 @@ import (
 
 	"github.com/keelvm/keel/agent/container"
 	"github.com/keelvm/keel/agent/devices"
+	"github.com/keelvm/keel/agent/errdefs"
 	"github.com/keelvm/keel/agent/ociconv"
 	"github.com/keelvm/keel/agent/stdio"
 	"github.com/keelvm/keel/agent/storage"
-	"github.com/keelvm/keel/agent/uevent"
 	"github.com/keelvm/keel/init/kmod"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/protocol/readstream"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
@@ -87,47 +90,6 @@ func New(o Options) *RPC {
 	return &RPC{o: o}
 }
 
-// toStatus maps domain and stdio errors to gRPC statuses at the edge.
-func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	code := codes.Internal
-	switch {
-	case errors.Is(err, storage.ErrInvalid):
-		code = codes.InvalidArgument
-	case errors.Is(err, storage.ErrUnsupported):
-		code = codes.Unimplemented
-	case errors.Is(err, uevent.ErrTooManyWaiters):
-		code = codes.ResourceExhausted
-	case errors.Is(err, container.ErrInvalid), errors.Is(err, devices.ErrInvalid):
-		code = codes.InvalidArgument
-	case errors.Is(err, devices.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, devices.ErrUnsupported):
-		code = codes.Unimplemented
-	case errors.Is(err, container.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, container.ErrExists):
-		code = codes.AlreadyExists
-	case errors.Is(err, container.ErrState), errors.Is(err, stdio.ErrProcessExited),
-		errors.Is(err, stdio.ErrStdinClosed), errors.Is(err, stdio.ErrAttached), errors.Is(err, stdio.ErrClosed):
-		code = codes.FailedPrecondition
-	case errors.Is(err, stdio.ErrNoStream):
-		code = codes.InvalidArgument
-	case errors.Is(err, container.ErrUnimplemented):
-		code = codes.Unimplemented
-	case errors.Is(err, container.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	}
-	return status.Error(code, err.Error())
-}
-
 func invalidf(format string, args ...any) error {
 	return status.Errorf(codes.InvalidArgument, format, args...)
 }
@@ -156,14 +118,14 @@ func (r *RPC) CreateSandbox(ctx context.Context, req *pb.CreateSandboxRequest) (
 	}
 	if len(req.Storages) > 0 {
 		if err := r.o.Storages.Add(ctx, "", "storages", storage.FromPB(req.Storages)); err != nil {
-			return nil, toStatus(err)
+			return nil, errdefs.ToStatus(err)
 		}
 	}
 	if err := r.o.Sandbox.Create(sc); err != nil {
 		if len(req.Storages) > 0 {
 			r.o.Storages.Close()
 		}
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	return empty, nil
 }
@@ -182,7 +144,7 @@ func (r *RPC) DestroySandbox(ctx context.Context, _ *pb.DestroySandboxRequest) (
 	if r.o.OnDestroySandbox != nil {
 		r.o.OnDestroySandbox()
 	}
-	return empty, toStatus(err)
+	return empty, errdefs.ToStatus(err)
 }
 
 // newIO creates a process's stdio and attaches the passfd streams.
@@ -225,11 +187,11 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 		return nil, errNoSandbox
 	}
 	if err := container.ValidateID("container_id", req.ContainerId); err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if req.ExecId != "" {
 		if err := container.ValidateID("exec_id", req.ExecId); err != nil {
-			return nil, toStatus(err)
+			return nil, errdefs.ToStatus(err)
 		}
 	}
 	if len(req.Storages) > 0 && r.o.Storages == nil {
@@ -244,10 +206,10 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	// string_user is for Windows guests; Linux uses OCI.process.user.
 	spec, err := ociconv.FromPB(req.OCI)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if err := ociconv.Validate(spec); err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if _, err := r.o.Sandbox.Container(req.ContainerId); err == nil {
 		return nil, status.Errorf(codes.AlreadyExists, "container_id %q: already exists", req.ContainerId)
@@ -255,7 +217,7 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	if len(req.Storages) > 0 {
 		// Mounted before the container is created: its rootfs may be one.
 		if err := r.o.Storages.Add(ctx, req.ContainerId, "storages", storage.FromPB(req.Storages)); err != nil {
-			return nil, toStatus(err)
+			return nil, errdefs.ToStatus(err)
 		}
 		defer func() {
 			if retErr != nil {
@@ -265,7 +227,7 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	}
 	if len(req.Devices) > 0 {
 		if err := r.o.Devices.Apply(ctx, devicesFromPB(req.Devices), spec); err != nil {
-			return nil, toStatus(err)
+			return nil, errdefs.ToStatus(err)
 		}
 	}
 	s, err := r.newIO(spec.Process.Terminal, req.StdinPort, req.StdoutPort, req.StderrPort)
@@ -276,7 +238,7 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 		ID: req.ContainerId, ExecID: req.ExecId, Spec: spec, SandboxPidns: req.SandboxPidns, IO: s,
 	})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	return empty, nil
 }
@@ -300,7 +262,7 @@ func (r *RPC) container(id string) (*container.Container, error) {
 		return nil, errNoSandbox
 	}
 	c, err := r.o.Sandbox.Container(id)
-	return c, toStatus(err)
+	return c, errdefs.ToStatus(err)
 }
 
 // StartContainer releases the init process.
@@ -309,7 +271,7 @@ func (r *RPC) StartContainer(ctx context.Context, req *pb.StartContainerRequest)
 	if err != nil {
 		return nil, err
 	}
-	return empty, toStatus(c.Start())
+	return empty, errdefs.ToStatus(c.Start())
 }
 
 // RemoveContainer kills and removes the container; timeout is in seconds,
@@ -319,7 +281,7 @@ func (r *RPC) RemoveContainer(ctx context.Context, req *pb.RemoveContainerReques
 		return nil, errNoSandbox
 	}
 	if err := r.o.Sandbox.RemoveContainer(ctx, req.ContainerId, time.Duration(req.Timeout)*time.Second); err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if r.o.Storages != nil {
 		// The container's storages lose a user; the last one unmounts.
@@ -338,14 +300,14 @@ func (r *RPC) ExecProcess(ctx context.Context, req *pb.ExecProcessRequest) (*emp
 		return nil, err
 	}
 	if err := container.ValidateID("exec_id", req.ExecId); err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	sp, err := ociconv.ProcessFromPB(req.Process, "process")
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if err := ociconv.ValidateProcess(sp, "process"); err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if _, err := c.Process(req.ExecId); err == nil {
 		return nil, status.Errorf(codes.AlreadyExists, "exec_id %q: already exists in container %q", req.ExecId, req.ContainerId)
@@ -355,7 +317,7 @@ func (r *RPC) ExecProcess(ctx context.Context, req *pb.ExecProcessRequest) (*emp
 		return nil, err
 	}
 	if _, err := c.Exec(req.ExecId, sp, s); err != nil { // closes s
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	return empty, nil
 }
@@ -371,7 +333,7 @@ func (r *RPC) SignalProcess(ctx context.Context, req *pb.SignalProcessRequest) (
 	if req.Signal == 0 || req.Signal > 64 {
 		return nil, invalidf("signal %d: must be in [1, 64]", req.Signal)
 	}
-	return empty, toStatus(c.Signal(req.ExecId, unix.Signal(req.Signal)))
+	return empty, errdefs.ToStatus(c.Signal(req.ExecId, unix.Signal(req.Signal)))
 }
 
 // WaitProcess waits for a process and returns its status (exit code or
@@ -383,11 +345,11 @@ func (r *RPC) WaitProcess(ctx context.Context, req *pb.WaitProcessRequest) (*pb.
 	}
 	p, err := c.Process(req.ExecId)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	st, err := p.Wait(ctx)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	c.RetireProcess(p, r.o.ExecIOLinger)
 	return &pb.WaitProcessResponse{Status: int32(st.Code)}, nil
@@ -399,7 +361,7 @@ func (r *RPC) PauseContainer(ctx context.Context, req *pb.PauseContainerRequest)
 	if err != nil {
 		return nil, err
 	}
-	return empty, toStatus(c.Pause())
+	return empty, errdefs.ToStatus(c.Pause())
 }
 
 // ResumeContainer thaws the container.
@@ -408,7 +370,7 @@ func (r *RPC) ResumeContainer(ctx context.Context, req *pb.ResumeContainerReques
 	if err != nil {
 		return nil, err
 	}
-	return empty, toStatus(c.Resume())
+	return empty, errdefs.ToStatus(c.Resume())
 }
 
 // UpdateContainer applies new cgroup resources.
@@ -419,9 +381,9 @@ func (r *RPC) UpdateContainer(ctx context.Context, req *pb.UpdateContainerReques
 	}
 	res, err := ociconv.ResourcesFromPB(req.Resources, "resources")
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
-	return empty, toStatus(c.Update(res))
+	return empty, errdefs.ToStatus(c.Update(res))
 }
 
 // StatsContainer returns cgroup and network statistics.
@@ -432,7 +394,7 @@ func (r *RPC) StatsContainer(ctx context.Context, req *pb.StatsContainerRequest)
 	}
 	st, err := c.Stats()
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	return statsToPB(st), nil
 }
@@ -444,7 +406,7 @@ func (r *RPC) stdio(cid, eid string) (*stdio.IO, error) {
 	}
 	p, err := c.StdioProcess(eid)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	if p.IO() == nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "exec_id %q: process has no stdio", eid)
@@ -460,12 +422,15 @@ func (r *RPC) WriteStdin(ctx context.Context, req *pb.WriteStreamRequest) (*pb.W
 	}
 	n, err := s.Write(ctx, req.Data)
 	if err != nil {
-		return nil, toStatus(fmt.Errorf("stdin: %w", err))
+		return nil, errdefs.ToStatus(fmt.Errorf("stdin: %w", err))
 	}
 	return &pb.WriteStreamResponse{Len: uint32(n)}, nil
 }
 
-func (r *RPC) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool) (*pb.ReadStreamResponse, error) {
+// read serves ReadStdout/ReadStderr; the data is returned after headroom
+// spare bytes (see stdio.IO.ReadStdoutWithHeadroom). Empty data with a nil
+// error is Kata's end of stream.
+func (r *RPC) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool, headroom int) ([]byte, error) {
 	s, err := r.stdio(req.ContainerId, req.ExecId)
 	if err != nil {
 		return nil, err
@@ -473,30 +438,69 @@ func (r *RPC) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool) 
 	if req.Len == 0 {
 		return nil, invalidf("len: must be > 0")
 	}
+	n := int(req.Len)
+	if headroom > 0 {
+		n = readstream.DataLen(n) // encoded in place: keep the buffers in their size class
+	}
 	var b []byte
 	if stderr {
-		b, err = s.ReadStderr(ctx, int(req.Len))
+		b, err = s.ReadStderrWithHeadroom(ctx, n, headroom)
 	} else {
-		b, err = s.ReadStdout(ctx, int(req.Len))
+		b, err = s.ReadStdoutWithHeadroom(ctx, n, headroom)
 	}
 	if errors.Is(err, io.EOF) {
-		// Empty data is Kata's end-of-stream.
-		return &pb.ReadStreamResponse{Data: b}, nil
+		return nil, nil
 	}
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, errdefs.ToStatus(err)
 	}
-	return &pb.ReadStreamResponse{Data: b}, nil
+	return b, nil
 }
 
 // ReadStdout reads the process's stdout (or pty); empty data = EOF.
 func (r *RPC) ReadStdout(ctx context.Context, req *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error) {
-	return r.read(ctx, req, false)
+	b, err := r.read(ctx, req, false, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ReadStreamResponse{Data: b}, nil
 }
 
 // ReadStderr reads the process's stderr; empty data = EOF.
 func (r *RPC) ReadStderr(ctx context.Context, req *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error) {
-	return r.read(ctx, req, true)
+	b, err := r.read(ctx, req, true, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ReadStreamResponse{Data: b}, nil
+}
+
+// ReadStdoutEncoded is ReadStdout answering with a ReadStreamResponse
+// encoded in place around the data (protocol/readstream): the data goes
+// from the pipe into the buffer ttrpc sends, without the copy and the
+// allocation of proto.Marshal. agent/server serves ReadStdout with it.
+func (r *RPC) ReadStdoutEncoded(ctx context.Context, req *pb.ReadStreamRequest) (proto.Message, error) {
+	return r.readEncoded(ctx, req, false)
+}
+
+// ReadStderrEncoded is ReadStdoutEncoded for stderr.
+func (r *RPC) ReadStderrEncoded(ctx context.Context, req *pb.ReadStreamRequest) (proto.Message, error) {
+	return r.readEncoded(ctx, req, true)
+}
+
+func (r *RPC) readEncoded(ctx context.Context, req *pb.ReadStreamRequest, stderr bool) (proto.Message, error) {
+	b, err := r.read(ctx, req, stderr, readstream.Headroom)
+	if err != nil {
+		return nil, err
+	}
+	if b == nil {
+		return &pb.ReadStreamResponse{}, nil // end of stream
+	}
+	m, err := readstream.Encode(b)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "unable to encode the response: %v", err)
+	}
+	return m, nil
 }
 
 // CloseStdin closes the process's stdin.
@@ -505,7 +509,7 @@ func (r *RPC) CloseStdin(ctx context.Context, req *pb.CloseStdinRequest) (*empty
 	if err != nil {
 		return nil, err
 	}
-	return empty, toStatus(s.CloseStdin())
+	return empty, errdefs.ToStatus(s.CloseStdin())
 }
 
 // maxWinSize is the largest row or column count a pty takes (struct
@@ -524,5 +528,5 @@ func (r *RPC) TtyWinResize(ctx context.Context, req *pb.TtyWinResizeRequest) (*e
 	if err != nil {
 		return nil, err
 	}
-	return empty, toStatus(s.Resize(req.Row, req.Column))
+	return empty, errdefs.ToStatus(s.Resize(req.Row, req.Column))
 }

@@ -2,6 +2,8 @@ package containers_test
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -9,7 +11,9 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"github.com/keelvm/keel/agent/server"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/protocol/readstream"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -114,5 +118,84 @@ func TestTerminalInit(t *testing.T) {
 	}
 	if resp, err := r.ReadStderr(ctx, &pb.ReadStreamRequest{ContainerId: "ti", Len: 10}); err != nil || len(resp.Data) != 0 {
 		t.Errorf("stderr of a terminal: %v %v", resp, err)
+	}
+}
+
+// TestTTRPCEncodedReads serves the handlers with agent/server, as the agent
+// does, so ReadStdout and ReadStderr answer through ReadStdoutEncoded (the
+// data read from the pipe into the buffer ttrpc sends): what a Go client
+// decodes is exactly what the process wrote, on both streams, and a read
+// of Kata's 32 KiB that finds more waiting returns readstream.DataLen's
+// size-class-fitting 32,754 bytes (only the encoded path trims).
+func TestTTRPCEncodedReads(t *testing.T) {
+	r := newRPC(t)
+	srv, err := server.New(assembled{RPC: r}, nil, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := server.Listen("unix://" + filepath.Join(t.TempDir(), "agent.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(context.Background(), l)
+	defer srv.Close()
+	conn, err := net.Dial("unix", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := ttrpc.NewClient(conn)
+	defer tc.Close()
+	c := pb.NewAgentServiceClient(tc)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// 62,893 bytes of stdout fit the default 64 KiB pipe: the process
+	// exits before anything is read, so the first read finds it all.
+	var want, wantErr strings.Builder
+	for i := 1; i <= 12000; i++ {
+		fmt.Fprintf(&want, "%d\n", i)
+	}
+	for i := 1; i <= 300; i++ {
+		fmt.Fprintf(&wantErr, "%d\n", i)
+	}
+	if _, err := c.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "e", OCI: spec("/bin/sh", "-c", "seq 1 12000; seq 1 300 >&2")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "e"}); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := c.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: "e"}); err != nil || w.Status != 0 {
+		t.Fatalf("wait: %v %v", w, err)
+	}
+	read := func(rd func(context.Context, *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error)) (string, []int) {
+		var out strings.Builder
+		var sizes []int
+		for {
+			resp, err := rd(ctx, &pb.ReadStreamRequest{ContainerId: "e", Len: 32 << 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Data) == 0 {
+				return out.String(), sizes
+			}
+			sizes = append(sizes, len(resp.Data))
+			out.Write(resp.Data)
+		}
+	}
+	got, sizes := read(c.ReadStdout)
+	if got != want.String() {
+		t.Fatalf("stdout: %d bytes, want %d; chunks %v", len(got), want.Len(), sizes)
+	}
+	if sizes[0] != readstream.DataLen(32<<10) || readstream.DataLen(32<<10) != 32<<10-readstream.FrameOverhead {
+		t.Fatalf("first chunk of a full pipe: %d bytes, want %d (chunks %v)", sizes[0], readstream.DataLen(32<<10), sizes)
+	}
+	if got, _ := read(c.ReadStderr); got != wantErr.String() {
+		t.Fatalf("stderr: %q, want %d bytes", got, wantErr.Len())
+	}
+	if _, err := c.ReadStdout(ctx, &pb.ReadStreamRequest{ContainerId: "e"}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("len 0: %v, want InvalidArgument", err)
+	}
+	if _, err := c.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: "e"}); err != nil {
+		t.Fatal(err)
 	}
 }

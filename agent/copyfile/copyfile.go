@@ -42,10 +42,11 @@
 package copyfile
 
 import (
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
+
+	"github.com/keelvm/keel/agent/errdefs"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,8 +66,8 @@ const (
 	TmpSuffix = ".tmp"
 )
 
-// FieldError reports an invalid request field; the handler maps it to
-// InvalidArgument with the Kata field name.
+// FieldError reports an invalid request field (InvalidArgument, or Err's
+// class) with the Kata field name.
 type FieldError struct {
 	Field string
 	Msg   string
@@ -75,20 +76,27 @@ type FieldError struct {
 
 func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
 
-func (e *FieldError) Unwrap() error { return e.Err }
+// Unwrap returns the error's class: Err if set (ErrHole), else
+// errdefs.ErrInvalidArgument.
+func (e *FieldError) Unwrap() error {
+	if e.Err != nil {
+		return e.Err
+	}
+	return errdefs.ErrInvalidArgument
+}
 
 func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
-// Sentinels, mapped to PermissionDenied by the handler.
+// Sentinels, of class PermissionDenied.
 var (
 	// ErrEscape is wrapped when resolving path would leave the root.
-	ErrEscape = errors.New("path resolves outside the shared directory")
+	ErrEscape = errdefs.New(errdefs.ErrPermissionDenied, "path resolves outside the shared directory")
 	// ErrInTheWay is wrapped when an entry of the wrong type (a FIFO,
 	// socket, device node, symlink, or a directory where a file goes) sits
 	// at path or its temporary.
-	ErrInTheWay = errors.New("refusing an entry of the wrong type")
+	ErrInTheWay = errdefs.New(errdefs.ErrPermissionDenied, "refusing an entry of the wrong type")
 )
 
 // Request is one CopyFile call, in domain terms (Kata field names).

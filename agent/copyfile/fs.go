@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/keelvm/keel/agent/errdefs"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -251,7 +253,7 @@ func makeSymlink(parent int, name string, r *Request) error {
 }
 
 // ErrHole is wrapped when a chunk starts past the data received so far.
-var ErrHole = errors.New("chunk would leave a hole")
+var ErrHole = errdefs.New(errdefs.ErrFailedPrecondition, "chunk would leave a hole")
 
 // checkTarget refuses to replace anything but a regular file (or nothing)
 // at the destination. rename(2) would not follow or open it, but a FIFO,

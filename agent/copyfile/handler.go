@@ -3,11 +3,13 @@ package copyfile
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/keelvm/keel/agent/errdefs"
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
 
@@ -26,24 +28,12 @@ func (h *Handler) CopyFile(ctx context.Context, req *pb.CopyFileRequest) (*empty
 		UID: req.Uid, GID: req.Gid, Offset: req.Offset, Data: req.Data,
 	})
 	if err != nil {
-		return nil, toStatus(err)
+		// ErrEscape and ErrInTheWay do not name the field: it is path.
+		prefix := "copy file: "
+		if errors.Is(err, ErrEscape) || errors.Is(err, ErrInTheWay) {
+			prefix += "path: "
+		}
+		return nil, errdefs.ToStatus(fmt.Errorf("%s%w", prefix, err))
 	}
 	return &emptypb.Empty{}, nil
-}
-
-func toStatus(err error) error {
-	var fe *FieldError
-	switch {
-	case errors.As(err, &fe) && errors.Is(err, ErrHole):
-		return status.Error(codes.FailedPrecondition, "copy file: "+err.Error())
-	case errors.As(err, &fe):
-		return status.Error(codes.InvalidArgument, "copy file: "+err.Error())
-	case errors.Is(err, ErrEscape), errors.Is(err, ErrInTheWay):
-		return status.Error(codes.PermissionDenied, "copy file: path: "+err.Error())
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, "copy file: "+err.Error())
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, "copy file: "+err.Error())
-	}
-	return status.Error(codes.Internal, "copy file: "+err.Error())
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/keelvm/keel/agent/errdefs"
 	"github.com/keelvm/keel/agent/scsi"
 )
 
@@ -60,9 +61,9 @@ var kataOnly = map[string]string{
 
 // Error classes.
 var (
-	ErrInvalid     = errors.New("invalid argument")
-	ErrNotFound    = errors.New("not found")
-	ErrUnsupported = errors.New("unsupported")
+	ErrInvalid     = errdefs.New(errdefs.ErrInvalidArgument, "invalid argument")
+	ErrNotFound    = errdefs.New(errdefs.ErrNotFound, "not found")
+	ErrUnsupported = errdefs.New(errdefs.ErrUnimplemented, "unsupported")
 )
 
 // MaxDevices bounds the devices of one container.

@@ -2,13 +2,14 @@ package hotplug
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/keelvm/keel/agent/errdefs"
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
 
@@ -20,13 +21,22 @@ const MaxProbeAddrs = 4096
 // on /sys.
 type Handler struct {
 	Onliner Onliner
+	// CPUSets, when set, is told after CPUs came online, so containers'
+	// cgroup v1 cpusets include them (agent/container.Sandbox).
+	CPUSets CPUSetRefresher
 	Log     *slog.Logger
+}
+
+// CPUSetRefresher updates containers' cpusets to the online CPUs.
+type CPUSetRefresher interface {
+	RefreshCPUSets() error
 }
 
 // OnlineCPUMem implements grpc.AgentService/OnlineCPUMem: with nb_cpus > 0
 // it onlines CPUs until nb_cpus are online (the runtime sends the new
-// total), and unless cpu_only it onlines every offline memory block. It
-// always answers once done (Kata's agent ignores wait too).
+// total) and refreshes the containers' cpusets (CPUSets), and unless
+// cpu_only it onlines every offline memory block. It always answers once
+// done (Kata's agent ignores wait too).
 func (h *Handler) OnlineCPUMem(ctx context.Context, req *pb.OnlineCPUMemRequest) (*emptypb.Empty, error) {
 	if req == nil {
 		return nil, status.Error(codes.InvalidArgument, "online cpu mem: empty request")
@@ -38,14 +48,19 @@ func (h *Handler) OnlineCPUMem(ctx context.Context, req *pb.OnlineCPUMemRequest)
 	if req.NbCpus > 0 {
 		n, err := h.Onliner.OnlineCPUs(ctx, int(req.NbCpus))
 		if err != nil {
-			return nil, toStatus("online cpu mem: nb_cpus", err)
+			return nil, errdefs.ToStatus(fmt.Errorf("online cpu mem: nb_cpus: %w", err))
 		}
 		log.Info("CPUs online", "nb_cpus", req.NbCpus, "online", n)
+		if h.CPUSets != nil {
+			if err := h.CPUSets.RefreshCPUSets(); err != nil {
+				return nil, errdefs.ToStatus(fmt.Errorf("online cpu mem: unable to give containers the online CPUs: %w", err))
+			}
+		}
 	}
 	if !req.CpuOnly {
 		n, err := h.Onliner.OnlineMemory(true)
 		if err != nil {
-			return nil, toStatus("online cpu mem: memory", err)
+			return nil, errdefs.ToStatus(fmt.Errorf("online cpu mem: memory: %w", err))
 		}
 		log.Info("memory blocks onlined", "blocks", n)
 	}
@@ -61,22 +76,7 @@ func (h *Handler) MemHotplugByProbe(ctx context.Context, req *pb.MemHotplugByPro
 		return nil, status.Errorf(codes.InvalidArgument, "mem hotplug by probe: memHotplugProbeAddr: %d addresses exceed %d", len(req.MemHotplugProbeAddr), MaxProbeAddrs)
 	}
 	if err := h.Onliner.Probe(req.MemHotplugProbeAddr); err != nil {
-		return nil, toStatus("mem hotplug by probe", err)
+		return nil, errdefs.ToStatus(fmt.Errorf("mem hotplug by probe: %w", err))
 	}
 	return &emptypb.Empty{}, nil
-}
-
-func toStatus(prefix string, err error) error {
-	code := codes.Internal
-	switch {
-	case errors.Is(err, ErrUnsupported):
-		code = codes.FailedPrecondition
-	case errors.Is(err, ErrInvalid):
-		code = codes.InvalidArgument
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	}
-	return status.Error(code, prefix+": "+err.Error())
 }

@@ -21,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/keelvm/keel/agent/errdefs"
 )
 
 // Defaults of Onliner.
@@ -35,8 +37,8 @@ const (
 // ErrInvalid marks a request that can never succeed; ErrUnsupported a
 // guest kernel that lacks the interface.
 var (
-	ErrInvalid     = errors.New("invalid argument")
-	ErrUnsupported = errors.New("not supported by the guest kernel")
+	ErrInvalid     = errdefs.New(errdefs.ErrInvalidArgument, "invalid argument")
+	ErrUnsupported = errdefs.New(errdefs.ErrFailedPrecondition, "not supported by the guest kernel")
 )
 
 var (
@@ -169,22 +171,55 @@ func onlineOffline(dir string, re *regexp.Regexp, max int) (int, error) {
 }
 
 // Probe tells the kernel about memory at the given physical addresses
-// (memory/probe, CONFIG_ARCH_MEMORY_PROBE); the new blocks come up offline.
+// (memory/probe, CONFIG_ARCH_MEMORY_PROBE); each write adds one memory
+// block, which comes up offline (OnlineMemory onlines it). Every address
+// must be aligned to the block size (memory/block_size_bytes), which is
+// checked for all of them before anything is written. An address whose
+// block the kernel already has (memory/memoryN, N = addr / block size) is
+// skipped, so a runtime that retries after a lost answer does not fail on
+// the kernel's EEXIST.
 func (o *Onliner) Probe(addrs []uint64) error {
 	p := o.path("devices/system/memory/probe")
 	if _, err := os.Stat(p); err != nil {
 		return fmt.Errorf("%s (CONFIG_ARCH_MEMORY_PROBE): %w", p, ErrUnsupported)
 	}
+	block, err := o.BlockSize()
+	if err != nil {
+		return err
+	}
 	for i, a := range addrs {
+		if a%block != 0 {
+			return fmt.Errorf("memHotplugProbeAddr[%d] %#x: not aligned to the memory block size %#x: %w", i, a, block, ErrInvalid)
+		}
+	}
+	for i, a := range addrs {
+		if _, err := os.Stat(o.path("devices/system/memory", "memory"+strconv.FormatUint(a/block, 10))); err == nil {
+			continue
+		}
 		if err := os.WriteFile(p, []byte("0x"+strconv.FormatUint(a, 16)), 0); err != nil {
 			if errors.Is(err, syscall.EINVAL) {
-				// Not block aligned, or not memory the kernel can add.
+				// Not memory the kernel can add (beyond its physical
+				// address space, overlapping a non-RAM resource).
 				return fmt.Errorf("memHotplugProbeAddr[%d] %#x: unable to probe: %w (%w)", i, a, err, ErrInvalid)
 			}
 			return fmt.Errorf("memHotplugProbeAddr[%d] %#x: unable to probe: %w", i, a, err)
 		}
 	}
 	return nil
+}
+
+// BlockSize returns the guest's memory block size in bytes
+// (memory/block_size_bytes, hexadecimal without 0x).
+func (o *Onliner) BlockSize() (uint64, error) {
+	data, err := os.ReadFile(o.path("devices/system/memory/block_size_bytes"))
+	if err != nil {
+		return 0, fmt.Errorf("unable to read the memory block size: %w", err)
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(data)), 16, 64)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("bad memory block size %q", strings.TrimSpace(string(data)))
+	}
+	return n, nil
 }
 
 // CountCPUList counts the CPUs of a kernel cpulist such as "0-3,5,7-8".

@@ -148,14 +148,64 @@ func TestProbe(t *testing.T) {
 		t.Errorf("no probe file: %v", err)
 	}
 	write(t, filepath.Join(root, "devices/system/memory/probe"), "")
+	write(t, filepath.Join(root, "devices/system/memory/block_size_bytes"), "8000000\n")
 	if _, err := h.MemHotplugByProbe(context.Background(), &pb.MemHotplugByProbeRequest{MemHotplugProbeAddr: []uint64{0x18000000}}); err != nil {
 		t.Fatal(err)
 	}
 	if s := read(t, filepath.Join(root, "devices/system/memory/probe")); s != "0x18000000" {
 		t.Errorf("probe got %q", s)
 	}
+	// A block the kernel already has (memory3 = 0x18000000 / 128 MiB) is
+	// skipped: the probe file keeps the previous write.
+	write(t, filepath.Join(root, "devices/system/memory/memory3/online"), "0\n")
+	write(t, filepath.Join(root, "devices/system/memory/probe"), "")
+	if _, err := h.MemHotplugByProbe(context.Background(), &pb.MemHotplugByProbeRequest{MemHotplugProbeAddr: []uint64{0x18000000, 0x20000000}}); err != nil {
+		t.Fatal(err)
+	}
+	if s := read(t, filepath.Join(root, "devices/system/memory/probe")); s != "0x20000000" {
+		t.Errorf("probe got %q, want only the new block 0x20000000", s)
+	}
+	// One unaligned address: refused before anything is written.
+	write(t, filepath.Join(root, "devices/system/memory/probe"), "")
+	_, err = h.MemHotplugByProbe(context.Background(), &pb.MemHotplugByProbeRequest{MemHotplugProbeAddr: []uint64{0x28000000, 0x28001000}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "memHotplugProbeAddr[1]") {
+		t.Errorf("unaligned address: %v", err)
+	}
+	if s := read(t, filepath.Join(root, "devices/system/memory/probe")); s != "" {
+		t.Errorf("probe written (%q) for a refused request", s)
+	}
 	_, err = h.MemHotplugByProbe(context.Background(), &pb.MemHotplugByProbeRequest{MemHotplugProbeAddr: make([]uint64, MaxProbeAddrs+1)})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "memHotplugProbeAddr") {
 		t.Errorf("too many addresses: %v", err)
+	}
+}
+
+type fakeCPUSets struct {
+	calls int
+	err   error
+}
+
+func (f *fakeCPUSets) RefreshCPUSets() error { f.calls++; return f.err }
+
+// TestOnlineCPUMemRefreshesCPUSets: containers' cpusets are refreshed
+// after CPUs came online, not for a memory-only request, and a failed
+// refresh is the RPC's error.
+func TestOnlineCPUMemRefreshesCPUSets(t *testing.T) {
+	root := t.TempDir()
+	write(t, filepath.Join(root, "devices/system/cpu/possible"), "0-1\n")
+	write(t, filepath.Join(root, "devices/system/cpu/online"), "0-1\n")
+	write(t, filepath.Join(root, "devices/system/memory/memory0/online"), "1\n")
+	f := &fakeCPUSets{}
+	h := &Handler{Onliner: Onliner{SysfsRoot: root}, CPUSets: f}
+	if _, err := h.OnlineCPUMem(context.Background(), &pb.OnlineCPUMemRequest{}); err != nil || f.calls != 0 {
+		t.Fatalf("memory only: %v, %d refreshes", err, f.calls)
+	}
+	if _, err := h.OnlineCPUMem(context.Background(), &pb.OnlineCPUMemRequest{NbCpus: 2, CpuOnly: true}); err != nil || f.calls != 1 {
+		t.Fatalf("nb_cpus 2: %v, %d refreshes", err, f.calls)
+	}
+	f.err = fmt.Errorf("unable to set /sys/fs/cgroup/cpuset/keel/c1/cpuset.cpus")
+	_, err := h.OnlineCPUMem(context.Background(), &pb.OnlineCPUMemRequest{NbCpus: 2, CpuOnly: true})
+	if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "keel/c1") {
+		t.Errorf("failed refresh: %v", err)
 	}
 }

@@ -82,12 +82,14 @@ func (r *Registry) Render() string {
 	var b strings.Builder
 	p := readProc()
 	writeGauge(&b, "keel_agent_resident_memory_bytes", "Resident set size of the agent (VmRSS).", float64(p.rss))
+	writeGauge(&b, "keel_agent_anon_memory_bytes", "Anonymous resident memory of the agent (RssAnon): what it costs beyond the shared, possibly DAX-mapped, binary.", float64(p.rssAnon))
 	writeGauge(&b, "keel_agent_open_fds", "File descriptors open in the agent.", float64(p.fds))
 	writeGauge(&b, "keel_agent_threads", "OS threads of the agent.", float64(p.threads))
 	writeGauge(&b, "keel_agent_goroutines", "Goroutines in the agent.", float64(runtime.NumGoroutine()))
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	writeGauge(&b, "keel_agent_go_heap_inuse_bytes", "Go heap in use.", float64(ms.HeapInuse))
+	writeMeminfo(&b)
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -130,8 +132,26 @@ func writeGauge(b *strings.Builder, name, help string, v float64) {
 	fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %s\n", name, help, name, name, strconv.FormatFloat(v, 'g', -1, 64))
 }
 
+// MeminfoItems are the /proc/meminfo lines exported as
+// keel_guest_meminfo_bytes{item=...}: enough for the guest's used memory
+// (MemTotal - MemFree - Buffers - Cached) and what is reclaimable.
+var MeminfoItems = []string{"MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "Shmem", "AnonPages", "Slab"}
+
+// writeMeminfo renders the guest's (the agent's kernel's) memory figures.
+func writeMeminfo(b *strings.Builder) {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return
+	}
+	b.WriteString("# HELP keel_guest_meminfo_bytes A /proc/meminfo line of the guest.\n# TYPE keel_guest_meminfo_bytes gauge\n")
+	for _, item := range MeminfoItems {
+		fmt.Fprintf(b, "keel_guest_meminfo_bytes{item=%q} %d\n", item, StatusField(data, item))
+	}
+}
+
 type procStats struct {
 	rss     uint64
+	rssAnon uint64
 	fds     int
 	threads int
 }
@@ -140,6 +160,7 @@ func readProc() procStats {
 	var p procStats
 	if data, err := os.ReadFile("/proc/self/status"); err == nil {
 		p.rss = StatusField(data, "VmRSS")
+		p.rssAnon = StatusField(data, "RssAnon")
 		p.threads = int(StatusField(data, "Threads"))
 	}
 	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
@@ -148,7 +169,8 @@ func readProc() procStats {
 	return p
 }
 
-// StatusField returns a numeric field of /proc/PID/status; "kB" values are
+// StatusField returns a numeric field of /proc/PID/status (or of
+// /proc/meminfo, same format); "kB" values are
 // converted to bytes. It returns 0 when the field is absent.
 func StatusField(status []byte, field string) uint64 {
 	sc := bufio.NewScanner(bytes.NewReader(status))

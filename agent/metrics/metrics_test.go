@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +34,49 @@ func TestRender(t *testing.T) {
 	if strings.Contains(out, "keel_agent_resident_memory_bytes 0\n") {
 		t.Error("RSS read as 0")
 	}
+}
+
+// TestMemoryGauges reads this process's RssAnon and the machine's meminfo
+// back from the rendered text and checks them against /proc.
+func TestMemoryGauges(t *testing.T) {
+	out := New().Render()
+	anon := metricValue(t, out, "keel_agent_anon_memory_bytes")
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The heap moves between the two reads; same order of magnitude.
+	if want := float64(StatusField(status, "RssAnon")); anon <= 0 || anon > 4*want || anon < want/4 {
+		t.Errorf("keel_agent_anon_memory_bytes = %g, /proc/self/status RssAnon = %g", anon, want)
+	}
+	meminfo, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := metricValue(t, out, `keel_guest_meminfo_bytes{item="MemTotal"}`)
+	if want := float64(StatusField(meminfo, "MemTotal")); total != want || total == 0 {
+		t.Errorf("MemTotal = %g, /proc/meminfo says %g", total, want)
+	}
+	for _, item := range MeminfoItems {
+		if v := metricValue(t, out, `keel_guest_meminfo_bytes{item="`+item+`"}`); v < 0 || v > total {
+			t.Errorf("%s = %g, outside 0..MemTotal", item, v)
+		}
+	}
+}
+
+func metricValue(t *testing.T, text, name string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in\n%s", name, text)
+	return 0
 }
 
 func TestStatusField(t *testing.T) {

@@ -25,6 +25,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keelvm/keel/agent/errdefs"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -33,14 +35,14 @@ import (
 // Sentinel errors; the RPC edge maps them to gRPC codes.
 var (
 	// ErrInvalid: the request is malformed or cannot apply (InvalidArgument).
-	ErrInvalid = errors.New("invalid argument")
+	ErrInvalid = errdefs.New(errdefs.ErrInvalidArgument, "invalid argument")
 	// ErrLinkNotFound: no link matches. Its text contains "Link not found",
-	// which Kata's runtime retries on while a hot-plugged NIC appears.
-	//lint:ignore ST1005 Kata's runtime matches this exact text
-	ErrLinkNotFound = errors.New("Link not found")
+	// which Kata's runtime retries on while a hot-plugged NIC appears (it
+	// must keep that exact text).
+	ErrLinkNotFound = errdefs.New(errdefs.ErrNotFound, "Link not found")
 	// ErrMissingBinary: an external tool (iptables-save, ...) is not
 	// installed in the guest (FailedPrecondition).
-	ErrMissingBinary = errors.New("binary not found")
+	ErrMissingBinary = errdefs.New(errdefs.ErrFailedPrecondition, "binary not found")
 )
 
 // Limits on what one request may ask for: memory grows with what was asked.

@@ -2,8 +2,8 @@
 // UpdateInterface, UpdateRoutes, ListInterfaces, ListRoutes,
 // AddARPNeighbors, GetIPTables and SetIPTables. It converts protocol
 // messages (rejecting bad input with InvalidArgument naming the field, e.g.
-// "interface.IPAddresses[1].mask") and maps the domain's errors to gRPC
-// codes; the work is agent/network's.
+// "interface.IPAddresses[1].mask") and turns the domain's errors into gRPC
+// statuses (errdefs.ToStatus); the work is agent/network's.
 package networks
 
 import (
@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/keelvm/keel/agent/errdefs"
 	"github.com/keelvm/keel/agent/network"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/protocol/types"
@@ -30,31 +31,17 @@ func New(n *network.Network) *Handler { return &Handler{Net: n} }
 
 var errNoNetwork = status.Error(codes.Unavailable, "network configuration is not available in this agent")
 
-// toStatus maps a domain error to a gRPC status; prefix says where the
-// value came from ("interface.", "routes.", ...) for field errors.
-func toStatus(rpc, prefix string, err error) error {
-	if err == nil {
-		return nil
-	}
+// fail names where a failure came from: a field error gets the field's
+// path (prefix: "interface.", "routes.Routes[2]." ...), any other error the
+// RPC's name; then errdefs.ToStatus gives its code. A status passes as is.
+func fail(rpc, prefix string, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	code := codes.Internal
-	msg := rpc + ": " + err.Error()
-	switch {
-	case errors.Is(err, network.ErrInvalid):
-		code, msg = codes.InvalidArgument, prefix+err.Error()
-	case errors.Is(err, network.ErrLinkNotFound):
-		// The text keeps "Link not found": Kata's runtime retries on it.
-		code = codes.NotFound
-	case errors.Is(err, network.ErrMissingBinary):
-		code = codes.FailedPrecondition
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
+	if errors.Is(err, network.ErrInvalid) {
+		return errdefs.ToStatus(fmt.Errorf("%s%w", prefix, err))
 	}
-	return status.Error(code, msg)
+	return errdefs.ToStatus(fmt.Errorf("%s: %w", rpc, err))
 }
 
 // UpdateInterface configures one link (see network.UpdateInterface) and
@@ -65,11 +52,11 @@ func (h *Handler) UpdateInterface(ctx context.Context, req *pb.UpdateInterfaceRe
 	}
 	in, err := FromInterface(req.GetInterface())
 	if err != nil {
-		return nil, toStatus("UpdateInterface", "interface.", err)
+		return nil, fail("UpdateInterface", "interface.", err)
 	}
 	out, err := h.Net.UpdateInterface(ctx, in)
 	if err != nil {
-		return nil, toStatus("UpdateInterface", "interface.", err)
+		return nil, fail("UpdateInterface", "interface.", err)
 	}
 	return ToInterface(out), nil
 }
@@ -91,12 +78,12 @@ func (h *Handler) UpdateRoutes(ctx context.Context, req *pb.UpdateRoutesRequest)
 	for i, r := range in {
 		var err error
 		if routes[i], err = FromRoute(r); err != nil {
-			return nil, toStatus("UpdateRoutes", fmt.Sprintf("routes.Routes[%d].", i), err)
+			return nil, fail("UpdateRoutes", fmt.Sprintf("routes.Routes[%d].", i), err)
 		}
 	}
 	out, err := h.Net.UpdateRoutes(routes)
 	if err != nil {
-		return nil, toStatus("UpdateRoutes", "routes.", err)
+		return nil, fail("UpdateRoutes", "routes.", err)
 	}
 	return routesPB(out), nil
 }
@@ -116,7 +103,7 @@ func (h *Handler) ListInterfaces(ctx context.Context, _ *pb.ListInterfacesReques
 	}
 	list, err := h.Net.ListInterfaces()
 	if err != nil {
-		return nil, toStatus("ListInterfaces", "", err)
+		return nil, fail("ListInterfaces", "", err)
 	}
 	out := &pb.Interfaces{}
 	for _, i := range list {
@@ -132,7 +119,7 @@ func (h *Handler) ListRoutes(ctx context.Context, _ *pb.ListRoutesRequest) (*pb.
 	}
 	out, err := h.Net.ListRoutes()
 	if err != nil {
-		return nil, toStatus("ListRoutes", "", err)
+		return nil, fail("ListRoutes", "", err)
 	}
 	return routesPB(out), nil
 }
@@ -153,11 +140,11 @@ func (h *Handler) AddARPNeighbors(ctx context.Context, req *pb.AddARPNeighborsRe
 	for i, nb := range in {
 		var err error
 		if neighs[i], err = FromNeighbor(nb); err != nil {
-			return nil, toStatus("AddARPNeighbors", fmt.Sprintf("neighbors.ARPNeighbors[%d].", i), err)
+			return nil, fail("AddARPNeighbors", fmt.Sprintf("neighbors.ARPNeighbors[%d].", i), err)
 		}
 	}
 	if err := h.Net.AddARPNeighbors(neighs); err != nil {
-		return nil, toStatus("AddARPNeighbors", "neighbors.", err)
+		return nil, fail("AddARPNeighbors", "neighbors.", err)
 	}
 	return &emptypb.Empty{}, nil
 }
@@ -169,7 +156,7 @@ func (h *Handler) GetIPTables(ctx context.Context, req *pb.GetIPTablesRequest) (
 	}
 	data, err := h.Net.GetIPTables(ctx, req.GetIsIpv6())
 	if err != nil {
-		return nil, toStatus("GetIPTables", "", err)
+		return nil, fail("GetIPTables", "", err)
 	}
 	return &pb.GetIPTablesResponse{Data: data}, nil
 }
@@ -181,7 +168,7 @@ func (h *Handler) SetIPTables(ctx context.Context, req *pb.SetIPTablesRequest) (
 	}
 	data, err := h.Net.SetIPTables(ctx, req.GetIsIpv6(), req.GetData())
 	if err != nil {
-		return nil, toStatus("SetIPTables", "data: ", err)
+		return nil, fail("SetIPTables", "data: ", err)
 	}
 	return &pb.SetIPTablesResponse{Data: data}, nil
 }

@@ -10,12 +10,13 @@ package ociconv
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"path"
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/keelvm/keel/agent/errdefs"
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer/configs"
@@ -24,7 +25,7 @@ import (
 )
 
 // ErrInvalid is wrapped by every conversion error: the input is wrong.
-var ErrInvalid = errors.New("invalid argument")
+var ErrInvalid = errdefs.New(errdefs.ErrInvalidArgument, "invalid argument")
 
 // Options are the agent-side choices that are not part of the spec.
 type Options struct {

@@ -3,10 +3,9 @@ package oom
 import (
 	"context"
 	"errors"
+	"fmt"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
+	"github.com/keelvm/keel/agent/errdefs"
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
 
@@ -19,7 +18,7 @@ func (w *Watcher) GetOOMEvent(ctx context.Context, _ *pb.GetOOMEventRequest) (*p
 	case err == nil:
 		return &pb.OOMEvent{ContainerId: id}, nil
 	case errors.Is(err, ErrClosed):
-		return nil, status.Error(codes.Unavailable, "get oom event: "+err.Error())
+		return nil, errdefs.ToStatus(fmt.Errorf("get oom event: %w", err))
 	}
-	return nil, status.FromContextError(err).Err()
+	return nil, errdefs.ToStatus(err)
 }

@@ -19,6 +19,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/keelvm/keel/agent/errdefs"
 )
 
 // MaxQueued bounds events waiting for GetOOMEvent; at the limit the oldest
@@ -27,7 +29,7 @@ const MaxQueued = 1024
 
 // Errors.
 var (
-	ErrClosed   = errors.New("oom watcher closed")
+	ErrClosed   = errdefs.New(errdefs.ErrUnavailable, "oom watcher closed")
 	ErrWatched  = errors.New("container already watched")
 	ErrNoCgroup = errors.New("memory cgroup not found")
 )

@@ -21,6 +21,7 @@ import (
 	"github.com/mdlayher/vsock"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/keelvm/keel/agent/connlimit"
 	"github.com/keelvm/keel/agent/metrics"
@@ -68,6 +69,42 @@ type Server struct {
 	ttrpc   *ttrpc.Server
 	log     *slog.Logger
 	metrics *metrics.Registry
+	direct  map[string]ttrpc.Method // by full method name, see EncodedStreamReader
+}
+
+// EncodedStreamReader is implemented by an AgentService that can answer
+// ReadStdout and ReadStderr with a message whose encoding is already built
+// around the data (protocol/readstream). The generated handlers must
+// return a *grpc.ReadStreamResponse, which ttrpc marshals into a fresh
+// buffer: one more copy and allocation of every chunk of container output.
+// When the service implements this, the interceptor calls these methods
+// for the two RPCs instead, with the same metrics, logging and panic
+// recovery as every other RPC.
+type EncodedStreamReader interface {
+	ReadStdoutEncoded(context.Context, *pb.ReadStreamRequest) (proto.Message, error)
+	ReadStderrEncoded(context.Context, *pb.ReadStreamRequest) (proto.Message, error)
+}
+
+// directMethods returns the ttrpc methods that replace generated handlers
+// of agent, by full method name.
+func directMethods(agent pb.AgentServiceService) map[string]ttrpc.Method {
+	er, ok := agent.(EncodedStreamReader)
+	if !ok {
+		return nil
+	}
+	read := func(f func(context.Context, *pb.ReadStreamRequest) (proto.Message, error)) ttrpc.Method {
+		return func(ctx context.Context, unmarshal func(any) error) (any, error) {
+			var req pb.ReadStreamRequest
+			if err := unmarshal(&req); err != nil {
+				return nil, err
+			}
+			return f(ctx, &req)
+		}
+	}
+	return map[string]ttrpc.Method{
+		"/grpc.AgentService/ReadStdout": read(er.ReadStdoutEncoded),
+		"/grpc.AgentService/ReadStderr": read(er.ReadStderrEncoded),
+	}
 }
 
 // New registers agent and health on a new ttrpc server. m may be nil.
@@ -75,7 +112,7 @@ func New(agent pb.AgentServiceService, health pb.HealthService, m *metrics.Regis
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{log: log, metrics: m}
+	s := &Server{log: log, metrics: m, direct: directMethods(agent)}
 	ts, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(s.intercept(m)))
 	if err != nil {
 		return nil, fmt.Errorf("unable to create ttrpc server: %w", err)
@@ -137,6 +174,9 @@ func (s *Server) intercept(m *metrics.Registry) ttrpc.UnaryServerInterceptor {
 				s.log.Debug("rpc", "method", info.FullMethod, "duration", d)
 			}
 		}()
+		if d, ok := s.direct[info.FullMethod]; ok {
+			h = d
+		}
 		return h(ctx, um)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keelvm/keel/agent/errdefs"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -35,15 +37,15 @@ const (
 // Errors returned by IO methods; the RPC handlers map them to gRPC codes.
 var (
 	// ErrProcessExited: stdin cannot take data because the process is gone.
-	ErrProcessExited = errors.New("process exited")
+	ErrProcessExited = errdefs.New(errdefs.ErrFailedPrecondition, "process exited")
 	// ErrStdinClosed: stdin was closed (CloseStdin) or never opened.
-	ErrStdinClosed = errors.New("stdin is closed")
+	ErrStdinClosed = errdefs.New(errdefs.ErrFailedPrecondition, "stdin is closed")
 	// ErrNoStream: the stream does not exist (stderr of a terminal process).
-	ErrNoStream = errors.New("stream does not exist")
+	ErrNoStream = errdefs.New(errdefs.ErrInvalidArgument, "stream does not exist")
 	// ErrAttached: the stream is served by the passfd fast path, not by RPCs.
-	ErrAttached = errors.New("stream is attached to a passthrough connection")
+	ErrAttached = errdefs.New(errdefs.ErrFailedPrecondition, "stream is attached to a passthrough connection")
 	// ErrClosed: Close was called.
-	ErrClosed = errors.New("stdio closed")
+	ErrClosed = errdefs.New(errdefs.ErrFailedPrecondition, "stdio closed")
 	// ErrNoConsole: the pty master did not arrive (process failed to start).
 	ErrNoConsole = errors.New("console master not received")
 )
@@ -241,19 +243,32 @@ func (s *IO) CloseStdin() error {
 // blocking until some are available, ctx is done, or the stream ends
 // (io.EOF). For a terminal this is the pty output.
 func (s *IO) ReadStdout(ctx context.Context, max int) ([]byte, error) {
+	return s.ReadStdoutWithHeadroom(ctx, max, 0)
+}
+
+// ReadStdoutWithHeadroom is ReadStdout for a caller that encodes the data
+// in place (protocol/readstream): the returned slice starts with headroom
+// spare bytes, then the data. The data is read from the pipe straight into
+// that slice, which belongs to the caller.
+func (s *IO) ReadStdoutWithHeadroom(ctx context.Context, max, headroom int) ([]byte, error) {
 	if err := s.waitConsole(ctx); err != nil {
 		return nil, err
 	}
-	return s.stdout.readRPC(ctx, max)
+	return s.stdout.readRPC(ctx, max, headroom)
 }
 
 // ReadStderr is ReadStdout for stderr. A terminal has no separate stderr:
 // it returns io.EOF at once.
 func (s *IO) ReadStderr(ctx context.Context, max int) ([]byte, error) {
+	return s.ReadStderrWithHeadroom(ctx, max, 0)
+}
+
+// ReadStderrWithHeadroom is ReadStdoutWithHeadroom for stderr.
+func (s *IO) ReadStderrWithHeadroom(ctx context.Context, max, headroom int) ([]byte, error) {
 	if s.terminal {
 		return nil, io.EOF
 	}
-	return s.stderr.readRPC(ctx, max)
+	return s.stderr.readRPC(ctx, max, headroom)
 }
 
 // Resize sets the window size of the pty (Kata TtyWinResize).

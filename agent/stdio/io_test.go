@@ -238,12 +238,12 @@ func TestReadLenLimits(t *testing.T) {
 	defer f.Close()
 	st := &outStream{name: "stdout", f: f, exit: &exitState{}}
 	ctx := ctxT(t, 10*time.Second)
-	if _, err := st.readRPC(ctx, 0); err == nil {
+	if _, err := st.readRPC(ctx, 0, 0); err == nil {
 		t.Fatal("len 0 accepted")
 	}
 	var got []byte
 	for _, ask := range []int{4 * MaxReadLen, MaxReadLen + 1, MaxReadLen} {
-		b, err := st.readRPC(ctx, ask)
+		b, err := st.readRPC(ctx, ask, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -253,7 +253,7 @@ func TestReadLenLimits(t *testing.T) {
 		}
 		got = append(got, b...)
 	}
-	if _, err := st.readRPC(ctx, 10); !errors.Is(err, io.EOF) || !bytes.Equal(got, data) {
+	if _, err := st.readRPC(ctx, 10, 0); !errors.Is(err, io.EOF) || !bytes.Equal(got, data) {
 		t.Fatalf("end: %v, equal=%v", err, bytes.Equal(got, data))
 	}
 }
@@ -365,5 +365,57 @@ func TestChildSideIsBlocking(t *testing.T) {
 	}
 	if flags(s.stdout.f)&unix.O_NONBLOCK == 0 || flags(s.stdin.f)&unix.O_NONBLOCK == 0 {
 		t.Error("agent ends must be non-blocking (poller, deadlines)")
+	}
+}
+
+// ReadStdoutWithHeadroom (the in-place encoding path behind the ReadStdout
+// RPC) is lossless for every read size: len 1 (the one-byte probe of an
+// empty-looking pipe, then a one-byte answer), Kata's 32 KiB, and 1 MiB
+// on a 1 MiB pipe (answers gathered across several pipe reads, growing the
+// buffer). Every answer keeps the headroom free and holds at most len bytes.
+func TestReadWithHeadroomLossless(t *testing.T) {
+	const headroom = 6
+	n := lossless()
+	path, want := payloadFile(t, n)
+	for _, tc := range []struct {
+		name string
+		pipe int
+		lens []int
+	}{
+		{"pipe=64KiB", 0, []int{32 << 10, 1, 1 << 20, 7}},
+		{"pipe=1MiB", 1 << 20, []int{1 << 20, 32 << 10, 1, 300 << 10}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newIO(t, Options{PipeSize: tc.pipe})
+			start(t, s, "cat", path)
+			ctx := ctxT(t, 5*time.Minute)
+			var got bytes.Buffer
+			var reads, multi int
+			for i := 0; ; i++ {
+				ask := tc.lens[i%len(tc.lens)]
+				b, err := s.ReadStdoutWithHeadroom(ctx, ask, headroom)
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(b) <= headroom || len(b)-headroom > ask {
+					t.Fatalf("read %d: asked %d, got %d bytes after %d of headroom", i, ask, len(b)-headroom, headroom)
+				}
+				if !bytes.Equal(b[:headroom], make([]byte, headroom)) {
+					t.Fatalf("read %d: data written into the headroom: %x", i, b[:headroom])
+				}
+				if len(b)-headroom > 64<<10 {
+					multi++ // more than a default pipe holds: gathered or a big pipe
+				}
+				reads++
+				got.Write(b[headroom:])
+			}
+			if got.Len() != n || sha256.Sum256(got.Bytes()) != want {
+				t.Fatalf("got %d bytes sha %x, want %d bytes sha %x", got.Len(), sha256.Sum256(got.Bytes()), n, want)
+			}
+			t.Logf("%d reads, %d of more than 64 KiB", reads, multi)
+		})
 	}
 }

@@ -67,7 +67,8 @@ type outStream struct {
 
 	turn     turn // one reader at a time, so chunks keep their order
 	f        *os.File
-	eof      bool // under turn
+	eof      bool    // under turn
+	probe    [1]byte // under turn: readRPC's read of an empty-looking stream
 	attached atomic.Bool
 	closed   atomic.Bool
 }
@@ -98,116 +99,166 @@ func (s *outStream) file() *os.File {
 	return s.f
 }
 
-// readRPC serves ReadStdout/ReadStderr. While the stream is empty it holds
-// no buffer: one is taken from a pool only when data (or EOF) is there, so
-// a pending call costs its goroutine and a few words however large its len,
-// and N pending calls never pin N buffers.
-func (s *outStream) readRPC(ctx context.Context, max int) ([]byte, error) {
+// readRPC serves ReadStdout/ReadStderr: up to limit bytes, returned after
+// headroom spare bytes (for a caller that encodes the data in place, see
+// protocol/readstream; 0 for none).
+//
+// The buffer is allocated for this answer only, once data is there, and
+// sized to what the pipe holds (FIONREAD), never more than limit: a pending
+// call holds no buffer at all, however large its len, so N pending calls
+// never pin N buffers; and the data is read from the pipe straight into the
+// buffer the caller returns, with no copy out of a pooled buffer. Fresh
+// allocations rather than a pool because the caller hands the buffer on
+// (to ttrpc) and cannot tell when it is done with it.
+func (s *outStream) readRPC(ctx context.Context, limit, headroom int) ([]byte, error) {
 	if s == nil {
 		return nil, ErrNoStream
 	}
-	if max <= 0 {
-		return nil, fmt.Errorf("read %s: length %d must be positive", s.name, max)
+	if limit <= 0 {
+		return nil, fmt.Errorf("read %s: length %d must be positive", s.name, limit)
 	}
-	max = min(max, MaxReadLen)
-	var bp *[]byte
-	pool := &smallBufs
-	if max > smallReadLen {
-		pool = &largeBufs
+	if headroom < 0 {
+		return nil, fmt.Errorf("read %s: headroom %d must not be negative", s.name, headroom)
 	}
-	get := func() []byte {
-		if bp == nil {
-			bp = pool.Get().(*[]byte)
+	limit = min(limit, MaxReadLen)
+	if err := s.enter(ctx, false); err != nil {
+		return nil, err
+	}
+	defer s.turn.release()
+
+	var out []byte // headroom, then the data; nil until the pipe has data
+	get := func(fd int) []byte {
+		if out == nil {
+			avail, ok := inq(fd)
+			switch {
+			case !ok:
+				avail = unknownAvail
+			case avail == 0:
+				// Empty, or at EOF: a one-byte probe tells them apart
+				// without allocating (EAGAIN, 0, or one real byte).
+				return s.probe[:]
+			}
+			out = make([]byte, headroom+min(avail, limit))
 		}
-		return (*bp)[:max]
+		return out[headroom:]
 	}
-	put := func() {
-		if bp != nil {
-			pool.Put(bp)
-			bp = nil
-		}
-	}
-	defer put()
-	n, err := s.readLazy(ctx, lazyBuf{get, put}, false)
+	put := func() { out = nil } // EAGAIN after all: hold nothing while waiting
+	n, err := s.readHeld(ctx, lazyBuf{get, put})
 	if err != nil {
 		return nil, err
 	}
-	buf := get()
-	// One pipe read returns at most what the pipe holds (64 KiB by
-	// default). While more is already waiting, gather it into the same
-	// answer: fewer RPCs per byte, and never a wait for data that is not
-	// there yet.
-	for n < max {
-		avail := s.available()
+	if out == nil { // the probe caught the first byte of new data
+		avail, ok := s.available()
+		if !ok {
+			avail = unknownAvail
+		}
+		out = make([]byte, headroom+min(limit, 1+avail))
+		out[headroom] = s.probe[0]
+	}
+	// One pipe read returns at most what the pipe held when the buffer was
+	// sized. While more is already waiting, gather it into the same answer
+	// (growing the buffer up to limit): fewer RPCs per byte, and never a wait
+	// for data that is not there yet.
+	for n < limit {
+		avail, _ := s.available()
 		if avail <= 0 {
 			break
 		}
-		m, err := s.read(ctx, buf[n:min(n+avail, max)], false)
+		if want := headroom + min(limit, n+avail); want > len(out) {
+			grown := make([]byte, min(headroom+limit, max(want, headroom+2*n)))
+			copy(grown, out[:headroom+n])
+			out = grown
+		}
+		m, err := s.readNonblock(out[headroom+n:])
 		n += m
-		if err != nil {
-			break // EOF or an error: the next call reports it
+		if m == 0 || err != nil {
+			break // empty, EOF or an error: the next call reports it
 		}
 	}
-	// Copy out exactly n bytes: the pooled buffer is reused, and allocating
-	// a MaxReadLen buffer per call made large requests slower than small.
-	return append([]byte(nil), buf[:n]...), nil
+	return out[:headroom+n], nil
 }
 
-// smallReadLen splits readRPC's pools: Kata's shims ask for 32 KiB, and a
-// small request should not take a MaxReadLen buffer even for the few
-// microseconds it reads.
-const smallReadLen = 64 << 10
+// unknownAvail sizes the buffer when FIONREAD cannot say what the stream
+// holds: a default pipe's capacity.
+const unknownAvail = 64 << 10
 
-// smallBufs and largeBufs hold readRPC's buffers, only while they are
-// being filled and copied out.
-var (
-	smallBufs = sync.Pool{New: func() any { b := make([]byte, smallReadLen); return &b }}
-	largeBufs = sync.Pool{New: func() any { b := make([]byte, MaxReadLen); return &b }}
-)
+// inq is FIONREAD (spelled TIOCINQ in x/sys): how many bytes the pipe or
+// pty holds now; ok is false when the kernel cannot say.
+func inq(fd int) (int, bool) {
+	n, err := unix.IoctlGetInt(fd, unix.TIOCINQ)
+	return n, err == nil && n >= 0
+}
 
-// available reports how many bytes the stream's pipe or pty holds now
-// (FIONREAD, spelled TIOCINQ in x/sys), or 0 when that cannot be known.
-func (s *outStream) available() int {
+// available is inq on the stream's file.
+func (s *outStream) available() (n int, ok bool) {
 	rc, err := s.f.SyscallConn()
 	if err != nil {
-		return 0
+		return 0, false
 	}
-	n := 0
-	_ = rc.Control(func(fd uintptr) {
-		v, err := unix.IoctlGetInt(int(fd), unix.TIOCINQ) // FIONREAD
-		if err == nil {
-			n = v
+	_ = rc.Control(func(fd uintptr) { n, ok = inq(int(fd)) })
+	return n, ok
+}
+
+// readNonblock reads what the stream holds now into p, without waiting
+// (the file is non-blocking) and whatever its deadline; (0, nil) means
+// empty or EOF, which the next blocking read tells apart.
+func (s *outStream) readNonblock(p []byte) (int, error) {
+	rc, err := s.f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var rerr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			n, rerr = unix.Read(int(fd), p)
+			if rerr != unix.EINTR {
+				break
+			}
 		}
-	})
-	return n
+	}); err != nil {
+		return 0, err
+	}
+	if rerr == unix.EAGAIN {
+		return 0, nil
+	}
+	return max(n, 0), rerr
 }
 
 // read fills p with what is available (at least one byte) or returns io.EOF.
 // fromAttach is true for the passfd copier that owns an attached stream.
 func (s *outStream) read(ctx context.Context, p []byte, fromAttach bool) (int, error) {
-	return s.readLazy(ctx, lazyBuf{get: func() []byte { return p }}, fromAttach)
-}
-
-// lazyBuf is a buffer taken only for a read that is about to happen and
-// given back (put, when set) while the reader waits.
-type lazyBuf struct {
-	get func() []byte
-	put func()
-}
-
-// readLazy is read with the buffer taken from b only while the stream is
-// readable: a caller waiting for data holds no buffer.
-func (s *outStream) readLazy(ctx context.Context, b lazyBuf, fromAttach bool) (int, error) {
-	switch {
-	case s.closed.Load():
-		return 0, ErrClosed
-	case s.attached.Load() && !fromAttach:
-		return 0, ErrAttached
-	}
-	if err := s.turn.acquire(ctx); err != nil {
+	if err := s.enter(ctx, fromAttach); err != nil {
 		return 0, err
 	}
 	defer s.turn.release()
+	return s.readHeld(ctx, lazyBuf{get: func(int) []byte { return p }})
+}
+
+// lazyBuf is a buffer taken only for a read that is about to happen and
+// given back (put, when set) while the reader waits. get receives the
+// stream's descriptor, so it can size the buffer to what the stream holds.
+type lazyBuf struct {
+	get func(fd int) []byte
+	put func()
+}
+
+// enter checks that the stream can be read by this caller and takes the
+// turn; the caller releases it.
+func (s *outStream) enter(ctx context.Context, fromAttach bool) error {
+	switch {
+	case s.closed.Load():
+		return ErrClosed
+	case s.attached.Load() && !fromAttach:
+		return ErrAttached
+	}
+	return s.turn.acquire(ctx)
+}
+
+// readHeld reads into the buffer taken from b only while the stream is
+// readable, so a caller waiting for data holds no buffer. The caller holds
+// the turn.
+func (s *outStream) readHeld(ctx context.Context, b lazyBuf) (int, error) {
 	switch {
 	case s.closed.Load():
 		return 0, ErrClosed
@@ -240,7 +291,7 @@ func (s *outStream) readLazy(ctx context.Context, b lazyBuf, fromAttach bool) (i
 			if !s.exit.graceOver() {
 				continue // a stale wake-up, or the exit deadline moved
 			}
-			n, err := s.readNow(b.get())
+			n, err := s.readNow(b)
 			if n > 0 {
 				return n, nil
 			}
@@ -271,7 +322,7 @@ func (s *outStream) readWhenReady(b lazyBuf) (int, error) {
 	var rerr error
 	err = rc.Read(func(fd uintptr) bool {
 		for {
-			n, rerr = unix.Read(int(fd), b.get())
+			n, rerr = unix.Read(int(fd), b.get(int(fd)))
 			if rerr != unix.EINTR {
 				break
 			}
@@ -297,8 +348,9 @@ func (s *outStream) readWhenReady(b lazyBuf) (int, error) {
 	return n, nil
 }
 
-// readNow reads without waiting; (0, EAGAIN) means the pipe is empty.
-func (s *outStream) readNow(p []byte) (int, error) {
+// readNow reads into b without waiting; (0, EAGAIN) means the stream is
+// empty.
+func (s *outStream) readNow(b lazyBuf) (int, error) {
 	s.f.SetReadDeadline(time.Time{}) // RawConn.Read refuses to run past a deadline
 	rc, err := s.f.SyscallConn()
 	if err != nil {
@@ -307,7 +359,7 @@ func (s *outStream) readNow(p []byte) (int, error) {
 	var n int
 	var rerr error
 	if err := rc.Read(func(fd uintptr) bool {
-		n, rerr = unix.Read(int(fd), p)
+		n, rerr = unix.Read(int(fd), b.get(int(fd)))
 		return true
 	}); err != nil {
 		return 0, err

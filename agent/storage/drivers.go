@@ -32,13 +32,14 @@ var drivers = map[string]setUpFunc{
 	DriverNvdimm:        (*Manager).setUpDisk,
 	DriverOverlayfs:     (*Manager).setUpOverlay,
 	DriverWatchableBind: (*Manager).setUpWatchable,
+	// Set up for a group of storages (see multilayer.go).
+	DriverMultiLayerErofs: (*Manager).setUpMultiLayer,
 }
 
 // kataOnly are Kata drivers Keel knows and does not serve.
 var kataOnly = map[string]string{
 	"blk-ccw":          "virtio-blk on CCW exists only on s390x",
 	"image_guest_pull": "pulling images in the guest is not supported",
-	"erofs":            "multi-layer EROFS is not supported",
 }
 
 func driverNames() string {
@@ -58,6 +59,12 @@ func (m *Manager) setUp(ctx context.Context, owner, field string, s Storage) (fu
 // then applies fs_group; the returned func unmounts and removes what was
 // created.
 func (m *Manager) mount(field string, s Storage, source, fstype string, opts []string, dir bool) (func() error, error) {
+	return m.mountRetry(field, s, source, fstype, opts, dir, nil)
+}
+
+// mountRetry is mount, asking retry (if set) about each failed mount(2):
+// it returns nil to try again, or the error to give up with.
+func (m *Manager) mountRetry(field string, s Storage, source, fstype string, opts []string, dir bool, retry func(error) error) (func() error, error) {
 	root, err := checkMountPoint(field+".mount_point", s.MountPoint, m.cfg.Roots)
 	if err != nil {
 		return nil, err
@@ -71,9 +78,18 @@ func (m *Manager) mount(field string, s Storage, source, fstype string, opts []s
 		return nil, err
 	}
 	defer f.Close()
-	if err := mountAt(f, source, fstype, flags, data); err != nil {
-		t.removeCreated()
-		return nil, fmt.Errorf("unable to mount %s (%s, options %q) on %s: %w", source, fstype, data, s.MountPoint, err)
+	for {
+		err := mountAt(f, source, fstype, flags, data)
+		if err == nil {
+			break
+		}
+		if retry != nil {
+			err = retry(err)
+		}
+		if err != nil || retry == nil {
+			t.removeCreated()
+			return nil, fmt.Errorf("unable to mount %s (%s, options %q) on %s: %w", source, fstype, data, s.MountPoint, err)
+		}
 	}
 	undo := func() error {
 		err := unmount(s.MountPoint)
@@ -96,8 +112,10 @@ func (m *Manager) mount(field string, s Storage, source, fstype string, opts []s
 	return undo, nil
 }
 
-// setUpShare mounts a virtio-fs or 9p tag.
-func (m *Manager) setUpShare(_ context.Context, _, field string, s Storage) (func() error, error) {
+// setUpShare mounts a virtio-fs or 9p tag. A virtio-fs tag may belong
+// to a device hot-added just before the request: its mount is retried
+// until the tag is known (tagWaiter).
+func (m *Manager) setUpShare(ctx context.Context, _, field string, s Storage) (func() error, error) {
 	if s.Source == "" {
 		return nil, invalidf("%s.source: empty (want the %s tag, e.g. %s)", field, s.Driver, SharedTag)
 	}
@@ -113,6 +131,12 @@ func (m *Manager) setUpShare(_ context.Context, _, field string, s Storage) (fun
 		if s.Source == SharedTag && isMountPoint(s.MountPoint) {
 			return nil, nil
 		}
+		start := time.Now()
+		undo, err := m.mountRetry(field, s, s.Source, fstype, opts, true, m.tagWaiter(ctx, s.Source))
+		if err == nil {
+			m.cfg.Log.Info("virtio-fs mounted", "tag", s.Source, "mount_point", s.MountPoint, "waited_ms", time.Since(start).Milliseconds())
+		}
+		return undo, err
 	} else {
 		if fstype == "" {
 			fstype = "9p"
@@ -272,20 +296,59 @@ func (m *Manager) setUpDisk(ctx context.Context, _, field string, s Storage) (fu
 	if s.Fstype == "" {
 		return nil, invalidf("%s.fstype: empty (the disk's filesystem)", field)
 	}
-	for _, o := range s.DriverOptions {
-		if o == "encryption_key=ephemeral" || o == "create_filesystem" {
-			return nil, fmt.Errorf("%w: %s.driver_options %q", ErrUnsupported, field, o)
-		}
+	mkfs, err := m.checkDiskDriverOptions(field, s)
+	if err != nil {
+		return nil, err
 	}
 	dev, err := m.findDisk(ctx, field, s)
 	if err != nil {
 		return nil, err
+	}
+	if mkfs != "" {
+		if err := makeExt4(ctx, mkfs, dev); err != nil {
+			return nil, fmt.Errorf("%s.driver_options %q: %w", field, optCreateFS, err)
+		}
 	}
 	opts := s.Options
 	if s.Driver == DriverNvdimm && !hasOption(opts, "dax") && !hasOption(opts, "dax=always") && supportsDax(m.cfg.Sysfs, filepath.Base(dev), s.Fstype) {
 		opts = append(append([]string{}, opts...), "dax")
 	}
 	return m.mount(field, s, dev, s.Fstype, opts, true)
+}
+
+// Kata's block driver options (kata-types mount.rs, block_handler.rs).
+const (
+	// optCreateFS asks for a fresh ext4 on the disk before the mount
+	// (block emptyDir volumes).
+	optCreateFS = "create_filesystem"
+	// optEphemeralKey asks for the disk to be encrypted with a random key
+	// that never leaves the guest (needs optCreateFS).
+	optEphemeralKey = "encryption_key=ephemeral"
+)
+
+// checkDiskDriverOptions applies Kata's rules to the driver options and
+// refuses, naming the option, what Keel cannot do: the ephemeral key
+// needs dm-crypt, which Keel's guest kernel does not have (no
+// device-mapper), and create_filesystem needs mkfs.ext4 in the guest
+// image. It returns the mkfs.ext4 to run (create_filesystem), or "".
+// Other driver options are ignored, as Kata does.
+func (m *Manager) checkDiskDriverOptions(field string, s Storage) (string, error) {
+	create, encrypt := hasOption(s.DriverOptions, optCreateFS), hasOption(s.DriverOptions, optEphemeralKey)
+	switch {
+	case encrypt && !create:
+		return "", invalidf("%s.driver_options %q needs %q (the encrypted disk gets a fresh filesystem)", field, optEphemeralKey, optCreateFS)
+	case create && s.Fstype != "ext4":
+		return "", invalidf("%s.fstype %q: %s makes ext4 only", field, trunc(s.Fstype), optCreateFS)
+	case encrypt:
+		return "", fmt.Errorf("%w: %s.driver_options %q: dm-crypt is not in Keel's guest kernel (no device-mapper)", ErrUnsupported, field, optEphemeralKey)
+	case create:
+		mkfs, err := m.tool("mkfs.ext4")
+		if err != nil {
+			return "", fmt.Errorf("%w: %s.driver_options %q: %v", ErrUnsupported, field, optCreateFS, err)
+		}
+		return mkfs, nil
+	}
+	return "", nil
 }
 
 // findDisk returns the /dev path of the storage's disk, waiting for it.

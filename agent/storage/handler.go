@@ -2,12 +2,11 @@ package storage
 
 import (
 	"context"
-	"errors"
 	"os"
 	"strconv"
 	"strings"
 
-	"github.com/keelvm/keel/agent/uevent"
+	"github.com/keelvm/keel/agent/errdefs"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/protocol/types"
 	"golang.org/x/sys/unix"
@@ -33,29 +32,8 @@ func FromPB(in []*pb.Storage) []Storage {
 	return out
 }
 
-// Code is the gRPC code of a storage error.
-func Code(err error) codes.Code {
-	switch {
-	case errors.Is(err, ErrInvalid):
-		return codes.InvalidArgument
-	case errors.Is(err, ErrUnsupported):
-		return codes.Unimplemented
-	case errors.Is(err, uevent.ErrTooManyWaiters):
-		return codes.ResourceExhausted
-	case errors.Is(err, context.DeadlineExceeded):
-		return codes.DeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		return codes.Canceled
-	}
-	return codes.Internal
-}
-
-func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	return status.Error(Code(err), err.Error())
-}
+// Code is the gRPC code of a storage error (errdefs.Code).
+func Code(err error) codes.Code { return errdefs.Code(err) }
 
 // Handler serves the storage RPCs that are not part of a container's
 // lifecycle.
@@ -80,7 +58,7 @@ func (h *Handler) UpdateEphemeralMounts(ctx context.Context, req *pb.UpdateEphem
 			return nil, status.Errorf(codes.InvalidArgument, "%s.driver %q: only ephemeral storages can be updated", field, trunc(s.Driver))
 		}
 		if err := h.M.validate(field, &s); err != nil {
-			return nil, toStatus(err)
+			return nil, errdefs.ToStatus(err)
 		}
 		if !isMountPoint(s.MountPoint) {
 			fresh = append(fresh, s)
@@ -88,7 +66,7 @@ func (h *Handler) UpdateEphemeralMounts(ctx context.Context, req *pb.UpdateEphem
 		}
 		flags, data, err := parseOptions(field+".options", withoutOption(s.Options, "fsgid"))
 		if err != nil {
-			return nil, toStatus(err)
+			return nil, errdefs.ToStatus(err)
 		}
 		if err := unix.Mount("", s.MountPoint, "", flags|unix.MS_REMOUNT, data); err != nil {
 			return nil, status.Errorf(codes.Internal, "%s: unable to remount %s with %q: %v", field, s.MountPoint, data, err)
@@ -96,7 +74,7 @@ func (h *Handler) UpdateEphemeralMounts(ctx context.Context, req *pb.UpdateEphem
 	}
 	if len(fresh) > 0 {
 		if err := h.M.Add(ctx, "", "storages", fresh); err != nil {
-			return nil, toStatus(err)
+			return nil, errdefs.ToStatus(err)
 		}
 	}
 	return &emptypb.Empty{}, nil

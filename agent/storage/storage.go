@@ -17,6 +17,13 @@
 //	watchable-bind  source mirrored into a tmpfs and polled, so a ConfigMap
 //	                update reaches the container (Kata's limits: 16 files,
 //	                1 MiB; beyond them a plain bind mount)
+//	erofs.multi-layer  not one storage but a group: the blk/scsi storages
+//	                marked X-kata.multi-layer=true (EROFS lowers, an ext4
+//	                upper) become one overlay rootfs (multilayer.go)
+//
+// A virtio-fs tag may belong to a device hot-added just before the
+// request: its mount is retried until the tag is known or the hotplug
+// timeout passes.
 //
 // A storage is identified by its mount point and reference-counted: the
 // second container naming the same mount point reuses the mount, the last
@@ -36,6 +43,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keelvm/keel/agent/errdefs"
 	"github.com/keelvm/keel/agent/uevent"
 )
 
@@ -68,9 +76,9 @@ const (
 // Error classes.
 var (
 	// ErrInvalid: the request is wrong (field named in the message).
-	ErrInvalid = errors.New("invalid storage")
+	ErrInvalid = errdefs.New(errdefs.ErrInvalidArgument, "invalid storage")
 	// ErrUnsupported: a Kata feature Keel does not implement.
-	ErrUnsupported = errors.New("unsupported storage")
+	ErrUnsupported = errdefs.New(errdefs.ErrUnimplemented, "unsupported storage")
 )
 
 // FSGroup asks for the volume to be owned by a group (Kubernetes fsGroup).
@@ -92,6 +100,10 @@ type Storage struct {
 	MountPoint    string
 	FSGroup       *FSGroup
 	Shared        bool
+
+	// layers are the storages of a multi-layer EROFS group (driver
+	// DriverMultiLayerErofs), which Add sets up as this one storage.
+	layers []layer
 }
 
 // Config configures a Manager.
@@ -108,6 +120,9 @@ type Config struct {
 	// Sysfs is where sysfs is mounted (scsi scans, dax checks, hugepages);
 	// default /sys.
 	Sysfs string
+	// ToolDirs are where guest tools (mkfs.ext4 for create_filesystem)
+	// are looked for; nil: /usr/sbin, /sbin, /usr/bin, /bin, then PATH.
+	ToolDirs []string
 	// WatchInterval is the watchable-bind polling period; default 2 s.
 	WatchInterval time.Duration
 	Log           *slog.Logger
@@ -183,8 +198,17 @@ func (m *Manager) Add(ctx context.Context, owner, field string, ss []Storage) (e
 			}
 		}
 	}()
+	group, first, hasGroup := groupMultiLayer(ss)
 	for i, s := range ss {
 		f := fmt.Sprintf("%s[%d]", field, i)
+		if hasGroup && isMultiLayer(s) {
+			// The whole group in place of its first storage; its
+			// errors name each storage by its own index.
+			if i != first {
+				continue
+			}
+			s, f = group, field
+		}
 		if err := m.validate(f, &s); err != nil {
 			return err
 		}
@@ -362,6 +386,12 @@ func (m *Manager) validate(field string, s *Storage) error {
 			return fmt.Errorf("%w: %s.driver %q: %s", ErrUnsupported, field, s.Driver, why)
 		}
 		return invalidf("%s.driver %q: unknown (known: %s)", field, trunc(s.Driver), driverNames())
+	}
+	if s.Driver == DriverMultiLayerErofs {
+		// A group: each of its storages is checked, named by its index.
+		if _, _, err := m.validateLayers(field, *s); err != nil {
+			return err
+		}
 	}
 	if _, err := checkMountPoint(field+".mount_point", s.MountPoint, m.cfg.Roots); err != nil {
 		return err

@@ -281,6 +281,10 @@ func TestBadStorages(t *testing.T) {
 		{"pci path never appears", Storage{Driver: DriverBlk, Source: "1e/1f", Fstype: "ext4", MountPoint: root + "/x"}, codes.DeadlineExceeded, "1e/1f"},
 		{"mount fails", Storage{Driver: DriverBlk, Source: "/dev/null", Fstype: "ext4", MountPoint: root + "/x"}, codes.InvalidArgument, "not a block device"},
 		{"watchable tmpfs over the share", Storage{Driver: DriverWatchableBind, Source: outside, MountPoint: root + "/shared/cm"}, codes.InvalidArgument, "watchable"},
+		{"image pulled in the guest", Storage{Driver: "image_guest_pull", Source: "docker.io/library/busybox", MountPoint: root + "/x"}, codes.Unimplemented, `storages[1].driver "image_guest_pull"`},
+		{"ephemeral key without create_filesystem", Storage{Driver: DriverBlk, Source: "02/00", Fstype: "ext4", MountPoint: root + "/x", DriverOptions: []string{"encryption_key=ephemeral"}}, codes.InvalidArgument, `needs "create_filesystem"`},
+		{"create_filesystem for xfs", Storage{Driver: DriverBlk, Source: "02/00", Fstype: "xfs", MountPoint: root + "/x", DriverOptions: []string{"create_filesystem"}}, codes.InvalidArgument, "storages[1].fstype"},
+		{"ephemeral key", Storage{Driver: DriverBlk, Source: "02/00", Fstype: "ext4", MountPoint: root + "/x", DriverOptions: []string{"create_filesystem", "encryption_key=ephemeral"}}, codes.Unimplemented, `storages[1].driver_options "encryption_key=ephemeral"`},
 		{"mount point reused by another driver", Storage{Driver: DriverLocal, MountPoint: filepath.Join(root, "first")}, codes.InvalidArgument, "already used"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -2,13 +2,14 @@ package swap
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/keelvm/keel/agent/errdefs"
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
 
@@ -35,14 +36,14 @@ func (h *PCIHandler) AddSwap(ctx context.Context, req *pb.AddSwapRequest) (*empt
 	}
 	path, err := PCIPath(req.PCIPath)
 	if err != nil {
-		return nil, toStatus("add swap", err)
+		return nil, errdefs.ToStatus(fmt.Errorf("add swap: %w", err))
 	}
 	dev, err := h.Blocks.PCIBlock(ctx, path)
 	if err != nil {
-		return nil, toStatus("add swap: PCIPath "+path, err)
+		return nil, errdefs.ToStatus(fmt.Errorf("add swap: PCIPath %s: %w", path, err))
 	}
 	if err := On(dev); err != nil {
-		return nil, toStatus("add swap: PCIPath "+path, err)
+		return nil, errdefs.ToStatus(fmt.Errorf("add swap: PCIPath %s: %w", path, err))
 	}
 	log := h.Log
 	if log == nil {
@@ -59,7 +60,7 @@ func (h *Handler) AddSwapPath(ctx context.Context, req *pb.AddSwapPathRequest) (
 		return nil, status.Error(codes.InvalidArgument, "add swap path: empty request")
 	}
 	if err := On(req.Path); err != nil {
-		return nil, toStatus("add swap path: path", err)
+		return nil, errdefs.ToStatus(fmt.Errorf("add swap path: path: %w", err))
 	}
 	h.log().Info("swap on", "path", req.Path)
 	return &emptypb.Empty{}, nil
@@ -70,28 +71,4 @@ func (h *Handler) log() *slog.Logger {
 		return h.Log
 	}
 	return slog.Default()
-}
-
-func toStatus(prefix string, err error) error {
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	code := codes.Internal
-	switch {
-	case errors.Is(err, ErrInvalid):
-		code = codes.InvalidArgument
-	case errors.Is(err, ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, ErrExists):
-		code = codes.AlreadyExists
-	case errors.Is(err, ErrUnsupported):
-		code = codes.FailedPrecondition
-	case errors.Is(err, ErrPermission):
-		code = codes.PermissionDenied
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	}
-	return status.Error(code, prefix+": "+err.Error())
 }

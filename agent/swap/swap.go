@@ -12,16 +12,18 @@ import (
 	"strings"
 	"unsafe"
 
+	"github.com/keelvm/keel/agent/errdefs"
+
 	"golang.org/x/sys/unix"
 )
 
 // Error classes.
 var (
-	ErrInvalid     = errors.New("invalid argument")
-	ErrNotFound    = errors.New("not found")
-	ErrExists      = errors.New("already in use")
-	ErrUnsupported = errors.New("not supported by the guest kernel")
-	ErrPermission  = errors.New("permission denied")
+	ErrInvalid     = errdefs.New(errdefs.ErrInvalidArgument, "invalid argument")
+	ErrNotFound    = errdefs.New(errdefs.ErrNotFound, "not found")
+	ErrExists      = errdefs.New(errdefs.ErrAlreadyExists, "already in use")
+	ErrUnsupported = errdefs.New(errdefs.ErrFailedPrecondition, "not supported by the guest kernel")
+	ErrPermission  = errdefs.New(errdefs.ErrPermissionDenied, "permission denied")
 )
 
 // BlockFinder finds the block device of the virtio-blk PCI function at a

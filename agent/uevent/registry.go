@@ -2,10 +2,11 @@ package uevent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/keelvm/keel/agent/errdefs"
 )
 
 // Defaults of a Registry.
@@ -22,7 +23,7 @@ const (
 )
 
 // ErrTooManyWaiters is returned by Wait when MaxWaiters calls already wait.
-var ErrTooManyWaiters = errors.New("too many calls waiting for devices")
+var ErrTooManyWaiters = errdefs.New(errdefs.ErrResourceExhausted, "too many calls waiting for devices")
 
 // Matcher describes an awaited device.
 type Matcher struct {

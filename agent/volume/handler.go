@@ -2,13 +2,14 @@ package volume
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/keelvm/keel/agent/errdefs"
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
 
@@ -25,7 +26,7 @@ func (h *Handler) GetVolumeStats(ctx context.Context, req *pb.VolumeStatsRequest
 	}
 	b, i, err := Stats(req.VolumeGuestPath)
 	if err != nil {
-		return nil, toStatus("get volume stats: volume_guest_path", err)
+		return nil, errdefs.ToStatus(fmt.Errorf("get volume stats: volume_guest_path: %w", err))
 	}
 	return &pb.VolumeStatsResponse{
 		Usage: []*pb.VolumeUsage{
@@ -44,7 +45,7 @@ func (h *Handler) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest)
 	}
 	n, err := Resize(req.VolumeGuestPath, req.Size)
 	if err != nil {
-		return nil, toStatus("resize volume: volume_guest_path "+req.VolumeGuestPath, err)
+		return nil, errdefs.ToStatus(fmt.Errorf("resize volume: volume_guest_path %s: %w", req.VolumeGuestPath, err))
 	}
 	log := h.Log
 	if log == nil {
@@ -52,21 +53,4 @@ func (h *Handler) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest)
 	}
 	log.Info("volume resized", "path", req.VolumeGuestPath, "size", req.Size, "capacity", n)
 	return &emptypb.Empty{}, nil
-}
-
-func toStatus(prefix string, err error) error {
-	code := codes.Internal
-	switch {
-	case errors.Is(err, ErrInvalid):
-		code = codes.InvalidArgument
-	case errors.Is(err, ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, ErrUnsupported):
-		code = codes.Unimplemented
-	case errors.Is(err, ErrPermission):
-		code = codes.PermissionDenied
-	case errors.Is(err, ErrState):
-		code = codes.FailedPrecondition
-	}
-	return status.Error(code, prefix+": "+err.Error())
 }

@@ -23,16 +23,18 @@ import (
 	"strings"
 	"unsafe"
 
+	"github.com/keelvm/keel/agent/errdefs"
+
 	"golang.org/x/sys/unix"
 )
 
 // Error classes.
 var (
-	ErrInvalid     = errors.New("invalid argument")
-	ErrNotFound    = errors.New("not found")
-	ErrUnsupported = errors.New("unsupported")
-	ErrState       = errors.New("failed precondition")
-	ErrPermission  = errors.New("permission denied")
+	ErrInvalid     = errdefs.New(errdefs.ErrInvalidArgument, "invalid argument")
+	ErrNotFound    = errdefs.New(errdefs.ErrNotFound, "not found")
+	ErrUnsupported = errdefs.New(errdefs.ErrUnimplemented, "unsupported")
+	ErrState       = errdefs.New(errdefs.ErrFailedPrecondition, "failed precondition")
+	ErrPermission  = errdefs.New(errdefs.ErrPermissionDenied, "permission denied")
 )
 
 // Usage is one dimension (bytes or inodes) of a filesystem's usage.

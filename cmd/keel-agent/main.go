@@ -257,7 +257,7 @@ func run(args []string) error {
 		}),
 		OOM:     oomWatcher,
 		Network: netHandler,
-		Hotplug: &hotplug.Handler{Log: log},
+		Hotplug: &hotplug.Handler{Log: log, CPUSets: sandbox},
 		Swap:    &swap.Handler{Log: log},
 		SwapPCI: &swap.PCIHandler{Blocks: devs, Log: log},
 		Volumes: &volume.Handler{Log: log},

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,44 +22,20 @@ func TestProcessCommandsHostMode(t *testing.T) {
 		t.Skip("busybox-static is not installed")
 	}
 	dir := t.TempDir()
-	agentBin := os.Getenv("KEEL_AGENT_BIN")
-	if agentBin == "" {
-		agentBin = filepath.Join(dir, "keel-agent")
-		if out, err := exec.Command("go", "build", "-o", agentBin, "github.com/keelvm/keel/cmd/keel-agent").CombinedOutput(); err != nil {
-			t.Fatalf("building keel-agent: %v\n%s", err, out)
-		}
+	agentBin, err := containertest.AgentBinary(dir)
+	if err != nil {
+		t.Fatal(err)
 	}
 	bin := keelctltest.Binary(t, dir)
 	rootfs := filepath.Join(dir, "rootfs")
 	if err := containertest.MakeRootfs(rootfs); err != nil {
 		t.Fatal(err)
 	}
-	addr := "unix://" + filepath.Join(dir, "agent.sock")
-	var log bytes.Buffer
-	agent := exec.Command(agentBin, "--addr", addr, "--state-root", filepath.Join(dir, "state"))
-	agent.Stdout, agent.Stderr = &log, &log
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		agent.Process.Signal(os.Interrupt)
-		done := make(chan error, 1)
-		go func() { done <- agent.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			agent.Process.Kill()
-			<-done
-			t.Error("agent did not stop within 10s")
-		}
-		if t.Failed() {
-			t.Logf("agent log:\n%s", log.String())
-		}
-	}()
-	keelctltest.Check(t, bin, addr, rootfs, 60*time.Second)
+	agent := containertest.StartAgent(t, containertest.AgentOptions{Bin: agentBin})
+	keelctltest.Check(t, bin, agent.Addr, rootfs, 60*time.Second)
 
 	t.Run("logs-needs-vsock", func(t *testing.T) {
-		r := keelctltest.Run(t, bin, addr, "", 10*time.Second, "logs")
+		r := keelctltest.Run(t, bin, agent.Addr, "", 10*time.Second, "logs")
 		if r.Code != 2 || !strings.Contains(r.Stderr, "vsock") {
 			t.Errorf("logs on a unix address: exit %d stderr %q", r.Code, r.Stderr)
 		}

@@ -6,10 +6,10 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/keelvm/keel/agent/container/containertest"
 	"github.com/keelvm/keel/kernel-config/kbuild"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/tests/keelctltest"
@@ -71,7 +71,7 @@ func TestDemoBootsFromDAX(t *testing.T) {
 
 	// keelctl logs --follow streams lines logged after it connected.
 	follow := exec.CommandContext(ctx, keelctl, "--addr", g.AgentAddr(), "logs", "--follow", "--port", "1025")
-	var followOut lockedBuilder
+	var followOut containertest.LockedBuffer
 	follow.Stdout = &followOut
 	if err := follow.Start(); err != nil {
 		t.Fatal(err)
@@ -106,23 +106,6 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
-}
-
-type lockedBuilder struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuilder) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuilder) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func tailLines(s string, n int) string {

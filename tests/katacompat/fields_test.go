@@ -248,13 +248,7 @@ func TestSpecFieldsMatchRunc(t *testing.T) {
 	if err := containertest.MakeRootfs(rootfs); err != nil {
 		t.Fatal(err)
 	}
-	a := startAgent(t, filepath.Join(dir, "state"))
-	defer func() {
-		a.stop(t)
-		if t.Failed() {
-			t.Logf("agent log:\n%s", a.log.String())
-		}
-	}()
+	_, c := startAgent(t, filepath.Join(dir, "state"))
 	for i, tc := range fieldCases() {
 		if guestOnlyCases[tc.name] {
 			continue
@@ -275,7 +269,7 @@ func TestSpecFieldsMatchRunc(t *testing.T) {
 			ks.Linux = &kl
 			kl.CgroupsPath = "/keel-fields/" + keelID
 			defer containertest.KillCgroup("keel-fields", keelID)
-			got := runKeel(t, a.c.Agent, toPB(t, &ks), keelID)
+			got := runKeel(t, c.Agent, toPB(t, &ks), keelID)
 			if got != want {
 				t.Errorf("keel-agent reads back\n%s\nrunc reads back\n%s", got, want)
 			}

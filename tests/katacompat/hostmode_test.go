@@ -1,7 +1,6 @@
 package katacompat
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -34,48 +33,11 @@ func TestMain(m *testing.M) {
 // tests did not run without root (see containertest.RunWithoutRoot).
 func TestNeedsRoot(t *testing.T) { containertest.SkipUnlessRoot(t, "the pod corpus's containers") }
 
-// hostAgent is keel-agent run as a process on a Unix socket.
-type hostAgent struct {
-	cmd *exec.Cmd
-	log bytes.Buffer
-	c   *client.Client
-}
-
-func startAgent(t *testing.T, stateRoot string) *hostAgent {
+// startAgent runs keel-agent as a process on a Unix socket and dials it.
+func startAgent(t *testing.T, stateRoot string) (*containertest.Agent, *client.Client) {
 	t.Helper()
-	dir := t.TempDir()
-	addr := "unix://" + filepath.Join(dir, "agent.sock")
-	a := &hostAgent{}
-	a.cmd = exec.Command(agentBin, "--addr", addr, "--state-root", stateRoot)
-	a.cmd.Stdout, a.cmd.Stderr = &a.log, &a.log
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c, err := client.Dial(ctx, addr)
-	if err != nil {
-		a.stop(t)
-		t.Fatalf("dial: %v\n%s", err, a.log.String())
-	}
-	a.c = c
-	return a
-}
-
-func (a *hostAgent) stop(t *testing.T) {
-	if a.c != nil {
-		a.c.Close()
-	}
-	a.cmd.Process.Signal(os.Interrupt)
-	done := make(chan error, 1)
-	go func() { done <- a.cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		a.cmd.Process.Kill()
-		<-done
-		t.Error("agent did not stop within 15s")
-	}
+	a := containertest.StartAgent(t, containertest.AgentOptions{Bin: agentBin, StateRoot: stateRoot, StopTimeout: 15 * time.Second})
+	return a, a.Dial(t)
 }
 
 // TestKataPodHostMode replays the corpus against keel-agent in host mode,
@@ -96,9 +58,9 @@ func TestKataPodHostMode(t *testing.T) {
 				Hostname: "kata-pod", DNS: []string{"nameserver 10.96.0.10", "search default.svc.cluster.local"},
 				Rootfs: rootfs, SharedDir: filepath.Join(dir, "shared"), ShareProcessNamespace: share,
 			}
-			a := startAgent(t, filepath.Join(dir, "state"))
+			a, c := startAgent(t, filepath.Join(dir, "state"))
 			defer func() {
-				a.stop(t)
+				a.Stop(t)
 				for _, cid := range pod.containerIDs() {
 					containertest.KillCgroup(pod.cgroupParent(cid), cid)
 					// The agent removes a container's own cgroup; the
@@ -110,11 +72,8 @@ func TestKataPodHostMode(t *testing.T) {
 						}
 					}
 				}
-				if t.Failed() {
-					t.Logf("agent log:\n%s", a.log.String())
-				}
 			}()
-			runPod(t, a.c.Agent, pod, podEnv{put: hostPut, limits: hostLimits, lowerOOM: canLowerOOMScore()})
+			runPod(t, c.Agent, pod, podEnv{put: hostPut, limits: hostLimits, lowerOOM: canLowerOOMScore()})
 		})
 	}
 }

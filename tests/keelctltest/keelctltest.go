@@ -13,10 +13,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/keelvm/keel/agent/container/containertest"
 	"golang.org/x/sys/unix"
 )
 
@@ -91,7 +91,7 @@ func Check(t *testing.T, bin, addr, rootfs string, timeout time.Duration) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*timeout)
 		defer cancel()
 		bg := exec.CommandContext(ctx, bin, "--addr", addr, "--timeout", timeout.String(), "run", "--id", id, "--rootfs", rootfs, "--", "/bin/sh", "-c", "echo started; exec sleep 1000")
-		var bgOut lockedBuffer
+		var bgOut containertest.LockedBuffer
 		bg.Stdout, bg.Stderr = &bgOut, &bgOut
 		if err := bg.Start(); err != nil {
 			t.Fatal(err)
@@ -178,7 +178,7 @@ func checkTTY(t *testing.T, bin, addr, rootfs string, timeout time.Duration) {
 		t.Fatal(err)
 	}
 	slave.Close()
-	var out lockedBuffer
+	var out containertest.LockedBuffer
 	go func() {
 		buf := make([]byte, 4096)
 		for {
@@ -250,23 +250,6 @@ func setSize(t *testing.T, f *os.File, rows, cols uint16) {
 	if err := unix.IoctlSetWinsize(int(f.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols}); err != nil {
 		t.Fatal(err)
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func tailOf(s string, n int) string {

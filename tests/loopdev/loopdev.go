@@ -44,10 +44,22 @@ func File(t testing.TB, size int64) string {
 // devices are unavailable.
 func Attach(t testing.TB, file string) string {
 	t.Helper()
+	return attach(t, file)
+}
+
+// AttachPartitioned is Attach with the kernel reading the file's
+// partition table: partition N appears as <dev>pN.
+func AttachPartitioned(t testing.TB, file string) string {
+	t.Helper()
+	return attach(t, file, "--partscan")
+}
+
+func attach(t testing.TB, file string, extra ...string) string {
+	t.Helper()
 	if why := Available(); why != "" {
 		t.Skip(why)
 	}
-	out, err := exec.Command("losetup", "--find", "--show", file).CombinedOutput()
+	out, err := exec.Command("losetup", append(append([]string{}, extra...), "--find", "--show", file)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("losetup %s: %v: %s", file, err, out)
 	}

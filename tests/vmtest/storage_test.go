@@ -2,6 +2,7 @@ package vmtest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"github.com/keelvm/keel/agent/container/containertest"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/rootfs-builder/pfn"
+	"github.com/keelvm/keel/tests/loopdev"
 	"github.com/keelvm/keel/tests/vmm/hotplug"
 	"github.com/keelvm/keel/tests/vmm/qemu"
 	"google.golang.org/grpc/codes"
@@ -87,11 +89,11 @@ func TestStorages(t *testing.T) {
 	defer func() { vfs.Process.Kill(); vfs.Wait() }()
 	waitFile(t, sock)
 
-	const rootPorts = 6
+	const rootPorts = 11
 	g, err := Boot(ctx, Config{
 		Busybox: true, Log: testWriter{t},
 		ExtraModules: []string{"virtio_blk", "virtiofs", "9p", "9pnet_virtio", "virtio_scsi", "sd_mod",
-			"nfit", "nd_pmem", "virtio_pmem", "ext4", "crc32c_generic"},
+			"nfit", "nd_pmem", "virtio_pmem", "ext4", "crc32c_generic", "erofs", "overlay"},
 		Pmem: []qemu.PmemDevice{{Path: nvImg, Kind: qemu.NVDIMM}},
 		QEMU: func(c *qemu.Config) {
 			c.PCIeRootPorts = rootPorts
@@ -285,6 +287,157 @@ func TestStorages(t *testing.T) {
 		t.Logf("9p: mounted and read in a container: %s", time.Since(start).Round(time.Millisecond))
 		if b, err := os.ReadFile(filepath.Join(ninep, "from-guest")); err != nil || string(b) != "back\n" {
 			t.Errorf("9p write seen on the host: %q %v", b, err)
+		}
+	})
+
+	// A virtio-fs device hot-added through QMP (Kata cold-plugs its share;
+	// this is the path for a share added to a running sandbox): a second
+	// virtiofsd, chardev-add + device_add vhost-user-fs-pci into a free
+	// root port, then a container storage with its tag. The agent retries
+	// the mount until the tag is known, so the RPC may follow the
+	// device_add at once.
+	t.Run("VirtioFSHotAdd", func(t *testing.T) {
+		dir := filepath.Join(tmp, "hotfs")
+		must(t, os.MkdirAll(dir, 0o777))
+		must(t, os.WriteFile(filepath.Join(dir, "from-host"), []byte("through a hot-added virtio-fs\n"), 0o644))
+		sock2 := filepath.Join(tmp, "vfs2.sock")
+		vfs2 := exec.Command(virtiofsd, "--socket-path="+sock2, "-o", "source="+dir, "-o", "cache=auto", "-o", "sandbox=namespace")
+		vfs2Log, _ := os.Create(filepath.Join(tmp, "virtiofsd2.log"))
+		vfs2.Stdout, vfs2.Stderr = vfs2Log, vfs2Log
+		must(t, vfs2.Start())
+		defer func() { vfs2.Process.Kill(); vfs2.Wait() }()
+		waitFile(t, sock2)
+
+		mp := "/run/kata-containers/shared/hotfs"
+		spec := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c", "cat /data/from-host; echo from the container > /data/from-guest")
+		spec.Mounts = append(spec.Mounts, &pb.Mount{Destination: "/data", Type: "bind", Source: mp, Options: []string{"rbind"}})
+		start := time.Now()
+		d, err := plug.AddVirtioFS(ctx, sock2, "hotfs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		added := time.Since(start)
+		if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "hotfs", ExecId: "hotfs", OCI: spec,
+			Storages: []*pb.Storage{{Driver: "virtio-fs", Source: "hotfs", Fstype: "virtiofs", MountPoint: mp}}}); err != nil {
+			t.Fatalf("CreateContainer with the hot-added virtio-fs (PCI path %s): %v", d.PCIPath, err)
+		}
+		mounted := time.Since(start)
+		defer a.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: "hotfs"})
+		out := startAndRead(ctx, t, a, "hotfs")
+		used := time.Since(start)
+		if out != "through a hot-added virtio-fs\n" {
+			t.Errorf("the host's file in the container: %q", out)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "from-guest")); err != nil || string(b) != "from the container\n" {
+			t.Errorf("the container's file on the host: %q %v", b, err)
+		}
+		t.Logf("virtio-fs hot-add (PCI path %s): device_add returned %s; mounted by CreateContainer %s; container read and wrote through it %s (after device_add)",
+			d.PCIPath, added.Round(time.Millisecond), mounted.Round(time.Millisecond), used.Round(time.Millisecond))
+		// Split CreateContainer with the agent's log (guest clock): from
+		// the RPC's arrival to the mount, then the container's creation.
+		var mountedAt, rpcStart, rpcEnd time.Time
+		for _, r := range parseLogLines(g.VM.SerialLog()) {
+			if r.Msg == "virtio-fs mounted" && strings.Contains(r.raw, `"tag":"hotfs"`) {
+				mountedAt = r.Time
+			}
+			if !mountedAt.IsZero() && r.Msg == "rpc" && strings.HasSuffix(r.Method, "CreateContainer") {
+				var d struct {
+					Duration time.Duration `json:"duration"`
+				}
+				if json.Unmarshal([]byte(r.raw), &d) == nil {
+					rpcStart, rpcEnd = r.Time.Add(-d.Duration), r.Time
+				}
+				break
+			}
+		}
+		if mountedAt.IsZero() || rpcStart.IsZero() {
+			t.Errorf("no \"virtio-fs mounted\" / CreateContainer rpc record for hotfs in the agent's log")
+		} else {
+			t.Logf("virtio-fs hot-add: device_add -> mounted = %s (device_add %s on the host + %s in the agent from the RPC's arrival to the mount, vsock transit not counted); the container's creation took %s more",
+				(added + mountedAt.Sub(rpcStart)).Round(time.Millisecond), added.Round(time.Millisecond), mountedAt.Sub(rpcStart).Round(time.Millisecond), rpcEnd.Sub(mountedAt).Round(time.Millisecond))
+		}
+		for _, l := range grepLog(g, "virtio-fs") {
+			t.Logf("agent: %s", l)
+		}
+	})
+
+	t.Run("VirtioFSTagNeverAppears", func(t *testing.T) {
+		start := time.Now()
+		_, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "notag", ExecId: "notag", OCI: BusyboxSpec(ContainerRootfs, "/bin/true"),
+			Storages: []*pb.Storage{{Driver: "virtio-fs", Source: "nosuchtag", Fstype: "virtiofs", MountPoint: "/run/kata-containers/shared/notag"}}})
+		if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(status.Convert(err).Message(), "nosuchtag") {
+			t.Fatalf("err = %v, want DeadlineExceeded naming the tag", err)
+		}
+		if d := time.Since(start); d < 3*time.Second {
+			t.Errorf("gave up after %s, before agent.hotplug_timeout (3s)", d)
+		}
+	})
+
+	// Kata's multi-layer EROFS rootfs (runtime-rs's GPT mode): one
+	// hot-added read-only disk with a partition per EROFS layer (the
+	// bottom one holds busybox), one hot-added ext4 disk as the writable
+	// upper; the container runs on the overlay the agent builds.
+	t.Run("MultiLayerErofs", func(t *testing.T) {
+		if _, err := exec.LookPath("mkfs.erofs"); err != nil {
+			t.Fatalf("mkfs.erofs (erofs-utils, scripts/apt-packages.txt): %v", err)
+		}
+		erofs := func(name string, fill func(dir string)) string {
+			src := filepath.Join(tmp, name+"-src")
+			fill(src)
+			img := filepath.Join(tmp, name+".erofs")
+			if out, err := exec.Command("mkfs.erofs", "--quiet", img, src).CombinedOutput(); err != nil {
+				t.Fatalf("mkfs.erofs %s: %v: %s", name, err, out)
+			}
+			return img
+		}
+		top := erofs("layer-top", func(d string) {
+			must(t, os.MkdirAll(filepath.Join(d, "etc"), 0o755))
+			must(t, os.WriteFile(filepath.Join(d, "etc/layer"), []byte("top\n"), 0o644))
+		})
+		bottom := erofs("layer-bottom", func(d string) {
+			must(t, containertest.MakeRootfs(d))
+			must(t, os.WriteFile(filepath.Join(d, "etc/layer"), []byte("bottom\n"), 0o644))
+			must(t, os.WriteFile(filepath.Join(d, "etc/base"), []byte("only in the bottom layer\n"), 0o644))
+		})
+		layers := loopdev.GPTImage(t, top, bottom)
+		upperImg := ext4Image(t, tmp, "mlupper", 32<<20, nil)
+
+		start := time.Now()
+		ld, err := plug.AddBlock(ctx, layers, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ud, err := plug.AddBlock(ctx, upperImg, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mp := "/run/kata-containers/shared/containers/mlayer/rootfs"
+		lower := func(n string, extra ...string) *pb.Storage {
+			return &pb.Storage{Driver: "blk", Source: ld.PCIPath, Fstype: "erofs", MountPoint: mp,
+				Options: append([]string{"ro", "X-kata.overlay-lower", "X-kata.multi-layer=true", "X-kata.gpt-partitioned=true", "X-kata.partition-number=" + n}, extra...)}
+		}
+		ss := []*pb.Storage{
+			{Driver: "blk", Source: ud.PCIPath, Fstype: "ext4", MountPoint: mp, Options: []string{"X-kata.overlay-upper", "X-kata.multi-layer=true"}},
+			lower("1", "X-kata.mkdir.path={{ mount 0 }}/upper/made:0755"),
+			lower("2"),
+		}
+		out, errOut, code, err := runWithStorages(ctx, a, "mlayer", BusyboxSpec(mp, "/bin/sh", "-c",
+			"cat /etc/layer /etc/base; test -d /made && echo made; echo from the container > /written"), ss)
+		if err != nil || code != 0 {
+			t.Fatalf("multi-layer rootfs: %q %q exit %d %v", out, errOut, code, err)
+		}
+		t.Logf("multi-layer EROFS (2 partitions + ext4 upper): device_add -> container ran: %s", time.Since(start).Round(time.Millisecond))
+		if want := "top\nonly in the bottom layer\nmade\n"; out != want {
+			t.Errorf("container saw %q, want %q (partition 1 over partition 2, mkdir made)", out, want)
+		}
+		// The write went to the upper disk: read it on the host once the
+		// container (and with it the overlay) is gone.
+		if m := guestMounts(ctx, t, a, "mlayer-after"); strings.Contains(m, "multi-layer") || strings.Contains(m, mp) {
+			t.Errorf("layers still mounted after the container was removed:\n%s", m)
+		}
+		got, err := exec.Command("debugfs", "-R", "cat /upper/written", upperImg).Output()
+		if err != nil || string(got) != "from the container\n" {
+			t.Errorf("the container's write on the upper disk: %q %v", got, err)
 		}
 	})
 

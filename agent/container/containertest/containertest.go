@@ -11,7 +11,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -206,8 +205,7 @@ type HostEnv struct{ Dir, AgentBin, Rootfs string }
 
 // HostModeMain is TestMain for such packages. Without root it runs only
 // TestNeedsRoot, which the package must define (RunWithoutRoot), so the skip
-// is reported. Otherwise it takes the agent from $KEEL_AGENT_BIN (make test)
-// or builds it with the seccomp tag as `make agent` does, makes the rootfs,
+// is reported. Otherwise it takes the agent from AgentBinary, makes the rootfs,
 // calls setup and runs the tests; the directory is removed afterwards.
 func HostModeMain(m *testing.M, setup func(*HostEnv) error) int {
 	if os.Geteuid() != 0 {
@@ -219,15 +217,10 @@ func HostModeMain(m *testing.M, setup func(*HostEnv) error) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	env := &HostEnv{Dir: dir, AgentBin: os.Getenv("KEEL_AGENT_BIN"), Rootfs: filepath.Join(dir, "rootfs")}
-	if env.AgentBin == "" {
-		env.AgentBin = filepath.Join(dir, "keel-agent")
-		cmd := exec.Command("go", "build", "-tags", "seccomp", "-o", env.AgentBin, "github.com/keelvm/keel/cmd/keel-agent")
-		cmd.Stderr = os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "building keel-agent:", err)
-			return 1
-		}
+	env := &HostEnv{Dir: dir, Rootfs: filepath.Join(dir, "rootfs")}
+	if env.AgentBin, err = AgentBinary(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 	if err := MakeRootfs(env.Rootfs); err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -63,11 +63,7 @@ func agentBinary(tb testing.TB) string {
 			agentBinErr = err
 			return
 		}
-		agentBinPath = filepath.Join(dir, "keel-agent")
-		out, err := exec.Command("go", "build", "-o", agentBinPath, "github.com/keelvm/keel/cmd/keel-agent").CombinedOutput()
-		if err != nil {
-			agentBinErr = fmt.Errorf("unable to build keel-agent: %v: %s", err, out)
-		}
+		agentBinPath, agentBinErr = containertest.AgentBinary(dir)
 	})
 	if agentBinErr != nil {
 		tb.Fatal(agentBinErr)

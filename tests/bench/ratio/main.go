@@ -24,9 +24,17 @@ var pairs = []pair{
 	{"P1 wire: keel-agent binary vs runc run, tmpfs state", "BenchmarkAgentLifecycle", "BenchmarkRuncRunTmpfs", "ns/op", "<= 0.5"},
 	{"P2 wire: keel-agent binary vs runc exec, tmpfs state", "BenchmarkAgentExec", "BenchmarkRuncExecTmpfs", "ns/op", "<= 0.5"},
 	{"container init start: keel-agent vs libcontainer-only", "BenchmarkAgentInitStart", "BenchmarkSlimInitStart", "ns/op", ""},
-	{"P3 stdout fast path vs raw unix copy", "BenchmarkStdoutFastPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.8"},
+	{"P3 stdout fast path vs raw unix copy", "BenchmarkStdoutFastPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.95"},
 	{"P3 stdout RPC path vs raw unix copy", "BenchmarkStdoutRPCPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.3"},
+	{"P3 stdout RPC path, agent side only, vs raw", "BenchmarkStdoutRPCPathAgentSide", "BenchmarkRawUnixCopy", "MB/s", ""},
+	{"P3 stdout RPC path, generated handler (proto.Marshal), vs raw", "BenchmarkStdoutRPCPathGenerated", "BenchmarkRawUnixCopy", "MB/s", ""},
+	{"P3 stdout RPC path, container dd, 32 KiB reads, vs raw", "BenchmarkStdoutRPCPath32KiB/pipe=64KiB", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ">= 0.3"},
 	{"P3 stdout RPC path, 1 MiB reads, 1 MiB pipe, vs raw", "BenchmarkStdoutRPCPath1MiB/pipe=1MiB", "BenchmarkRawUnixCopy1MiB/pipe=1MiB", "MB/s", ">= 0.3"},
+	// VM tier (tests/bench/vmbench, KEEL_BENCH_VM=1).
+	{"P3 VM: ReadStdout (32 KiB, as Kata) vs raw AF_VSOCK", "BenchmarkStdoutVsock/readstdout", "BenchmarkStdoutVsock/raw", "MB/s", ">= 0.3"},
+	{"P3 VM: passfd stdout vs raw AF_VSOCK", "BenchmarkStdoutVsock/passfd", "BenchmarkStdoutVsock/raw", "MB/s", ">= 0.95"},
+	{"guest memory used: Keel kernel+DAX vs Debian+initramfs", "BenchmarkGuestMemory/keel-dax", "BenchmarkGuestMemory/debian-initramfs", "used-KiB", ""},
+	{"agent RssAnon: Keel kernel+DAX vs Debian+initramfs", "BenchmarkGuestMemory/keel-dax", "BenchmarkGuestMemory/debian-initramfs", "agent-anon-KiB", ""},
 }
 
 // reported are metrics a benchmark computes itself (already a ratio or a
@@ -35,6 +43,15 @@ var reported = []struct{ name, bench, unit, target string }{
 	{"P7 create p99, containers 191-200 vs 1-10", "BenchmarkCreate200", "p99-ratio", "<= 2"},
 	{"P7 create p50, containers 191-200 vs 1-10", "BenchmarkCreate200", "p50-ratio", ""},
 	{"P7 agent RSS per live container (KiB)", "BenchmarkCreate200", "rss-KiB/container", "<= 100"},
+	// VM tier (tests/bench/vmbench, KEEL_BENCH_VM=1).
+	{"P6 uptime at listener ready, keel / trivial init", "BenchmarkP6Boot", "ready-ratio", "<= 1.1 (+20 ms)"},
+	{"P6 keel ready minus (1.1 x trivial + 20 ms), ms", "BenchmarkP6Boot", "p6-excess-ms", "<= 0"},
+	{"P6 keel-agent init_start->listener_ready (ms)", "BenchmarkP6Boot", "keel-init-ms", ""},
+	{"P6 trivial init main->listener (ms)", "BenchmarkP6Boot", "trivial-init-ms", ""},
+	{"P6 QEMU start->first RPC, DAX on virtio-pmem (s)", "BenchmarkP6Boot", "keel-first-rpc-s", "<= 1.0"},
+	{"P6 QEMU start->first RPC, DAX on nvdimm (s)", "BenchmarkBootNVDIMM", "keel-first-rpc-s", "<= 1.0"},
+	{"guest used KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "used-KiB", ""},
+	{"agent RssAnon KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "agent-anon-KiB", ""},
 }
 
 func main() {

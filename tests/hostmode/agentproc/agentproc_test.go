@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/keelvm/keel/agent/container/containertest"
 	"github.com/keelvm/keel/agent/service"
 	"github.com/keelvm/keel/protocol/client"
 	pb "github.com/keelvm/keel/protocol/grpc"
@@ -39,7 +40,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	agentBin, keelctlBin = os.Getenv("KEEL_AGENT_BIN"), os.Getenv("KEELCTL_BIN")
+	keelctlBin = os.Getenv("KEELCTL_BIN")
 	build := func(pkg, out string) string {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Stderr = os.Stderr
@@ -50,8 +51,10 @@ func TestMain(m *testing.M) {
 		}
 		return out
 	}
-	if agentBin == "" {
-		agentBin = build("github.com/keelvm/keel/cmd/keel-agent", filepath.Join(dir, "keel-agent"))
+	if agentBin, err = containertest.AgentBinary(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
 	}
 	if keelctlBin == "" {
 		keelctlBin = build("github.com/keelvm/keel/cmd/keelctl", filepath.Join(dir, "keelctl"))
@@ -61,51 +64,23 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-type agent struct {
-	addr string
-	sock string
-	cmd  *exec.Cmd
-	log  *bytes.Buffer
-}
-
-func startAgent(t *testing.T) *agent { t.Helper(); return startAgentVia(t) }
+// startAgent starts the agent with debug logging.
+func startAgent(t *testing.T) *containertest.Agent { t.Helper(); return startAgentVia(t) }
 
 // startAgentVia starts the agent through a wrapper command (e.g. prlimit
 // with its arguments), or directly when wrapper is empty.
-func startAgentVia(t *testing.T, wrapper ...string) *agent {
+func startAgentVia(t *testing.T, wrapper ...string) *containertest.Agent {
 	t.Helper()
-	dir := t.TempDir()
-	a := &agent{sock: filepath.Join(dir, "agent.sock"), log: &bytes.Buffer{}}
-	a.addr = "unix://" + a.sock
-	argv := append(wrapper, agentBin, "--addr", a.addr, "--log-level", "debug", "--state-root", filepath.Join(dir, "state"))
-	a.cmd = exec.Command(argv[0], argv[1:]...)
-	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		a.cmd.Process.Signal(os.Interrupt)
-		done := make(chan error, 1)
-		go func() { done <- a.cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			a.cmd.Process.Kill()
-			<-done
-			t.Error("agent did not exit within 5s of SIGINT")
-		}
-		if t.Failed() {
-			t.Logf("agent log:\n%s", a.log)
-		}
-	})
-	return a
+	return containertest.StartAgent(t, containertest.AgentOptions{Bin: agentBin, Wrapper: wrapper,
+		Args: []string{"--log-level", "debug"}, StopTimeout: 5 * time.Second})
 }
 
-func (a *agent) alive(t *testing.T) {
+// alive checks that the agent still answers Health.
+func alive(t *testing.T, a *containertest.Agent) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, a.addr)
+	c, err := client.Dial(ctx, a.Addr)
 	if err != nil {
 		t.Fatalf("agent no longer reachable: %v", err)
 	}
@@ -136,18 +111,18 @@ func keelctl(t *testing.T, args ...string) (stdout, stderr string, code int) {
 func TestKeelctlAgainstAgent(t *testing.T) {
 	a := startAgent(t)
 
-	out, errOut, code := keelctl(t, "--addr", a.addr, "health")
+	out, errOut, code := keelctl(t, "--addr", a.Addr, "health")
 	if code != 0 || !strings.Contains(out, `"SERVING"`) {
 		t.Fatalf("health: code %d out %q err %q", code, out, errOut)
 	}
 
-	out, _, code = keelctl(t, "--addr", a.addr, "version")
+	out, _, code = keelctl(t, "--addr", a.Addr, "version")
 	var v struct{ GrpcVersion, AgentVersion string }
 	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || v.GrpcVersion != "0.0.1" || v.AgentVersion == "" {
 		t.Fatalf("version: code %d out %q", code, out)
 	}
 
-	out, _, code = keelctl(t, "--addr", a.addr, "guest-details")
+	out, _, code = keelctl(t, "--addr", a.Addr, "guest-details")
 	var gd struct {
 		MemBlockSizeBytes string
 		AgentDetails      struct {
@@ -167,12 +142,12 @@ func TestKeelctlAgainstAgent(t *testing.T) {
 
 	// An RPC no handler implements must answer Unimplemented, naming it.
 	rpc := firstUnimplemented(t)
-	_, errOut, code = keelctl(t, "--addr", a.addr, "call", rpc, "--json", "{}")
+	_, errOut, code = keelctl(t, "--addr", a.Addr, "call", rpc, "--json", "{}")
 	if code != 1 || !strings.Contains(errOut, "Unimplemented") || !strings.Contains(errOut, rpc) {
 		t.Errorf("call %s: code %d stderr %q, want exit 1 with Unimplemented naming the RPC", rpc, code, errOut)
 	}
 
-	out, _, code = keelctl(t, "--addr", a.addr, "metrics")
+	out, _, code = keelctl(t, "--addr", a.Addr, "metrics")
 	if code != 0 || !strings.Contains(out, `keel_agent_rpc_duration_seconds_count{method="/grpc.Health/Check"} 1`) {
 		t.Errorf("metrics: code %d, want one Health/Check counted:\n%s", code, out)
 	}
@@ -209,7 +184,7 @@ func TestAgentRejectsBadFlags(t *testing.T) {
 		// A bad flag must fail at once; an agent that starts anyway is
 		// killed by the deadline and fails the check below.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		out, err := exec.CommandContext(ctx, agentBin, append([]string{"--addr", "unix://" + filepath.Join(t.TempDir(), "a.sock")}, args...)...).CombinedOutput()
+		out, err := exec.CommandContext(ctx, agentBin, append([]string{"--addr", "unix://" + filepath.Join(t.TempDir(), "a.Sock")}, args...)...).CombinedOutput()
 		timedOut := ctx.Err() != nil
 		cancel()
 		if err == nil || timedOut || !strings.Contains(string(out), args[0]) {
@@ -238,14 +213,14 @@ func frame(streamID uint32, typ byte, payload []byte) []byte {
 
 func TestGarbageFrameDoesNotHurtOtherClients(t *testing.T) {
 	a := startAgent(t)
-	a.alive(t)
+	alive(t, a)
 	for _, junk := range [][]byte{
 		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
 		frame(1, 1, []byte{0xff, 0xff, 0xff, 0xff, 0x0f}), // request type, undecodable payload
 		frame(2, 42, []byte("unknown frame type")),
 		{0, 0, 0},
 	} {
-		c, err := net.Dial("unix", a.sock)
+		c, err := net.Dial("unix", a.Sock)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -253,9 +228,9 @@ func TestGarbageFrameDoesNotHurtOtherClients(t *testing.T) {
 		c.SetReadDeadline(time.Now().Add(2 * time.Second))
 		io.Copy(io.Discard, c) // the agent answers or hangs up; it must not crash
 		c.Close()
-		a.alive(t)
+		alive(t, a)
 	}
-	if a.cmd.ProcessState != nil {
+	if a.Exited() {
 		t.Fatal("agent exited")
 	}
 }
@@ -264,7 +239,7 @@ func TestOversizedMessage(t *testing.T) {
 	a := startAgent(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, a.addr)
+	c, err := client.Dial(ctx, a.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +253,7 @@ func TestOversizedMessage(t *testing.T) {
 
 	// A raw peer that sends one anyway gets ResourceExhausted on that stream,
 	// and the same connection keeps working.
-	raw, err := net.Dial("unix", a.sock)
+	raw, err := net.Dial("unix", a.Sock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +271,7 @@ func TestOversizedMessage(t *testing.T) {
 	if st := readResponse(t, raw, 3); st.Code() != codes.OK {
 		t.Fatalf("health on the same connection after the oversized frame: %v", st)
 	}
-	a.alive(t)
+	alive(t, a)
 }
 
 func readResponse(t *testing.T, c net.Conn, stream uint32) *status.Status {

@@ -37,7 +37,7 @@ func TestNewClientServedDespiteIdleAndHalfSentConnections(t *testing.T) {
 		}
 	}
 	a := startAgentVia(t, "prlimit", fmt.Sprintf("--nofile=%d:%d", pid1NoFile, pid1NoFile), "--")
-	a.alive(t)
+	alive(t, a)
 
 	var conns []net.Conn
 	t.Cleanup(func() {
@@ -46,7 +46,7 @@ func TestNewClientServedDespiteIdleAndHalfSentConnections(t *testing.T) {
 		}
 	})
 	for i := 0; i < idle; i++ {
-		c, err := net.DialTimeout("unix", a.sock, 10*time.Second)
+		c, err := net.DialTimeout("unix", a.Sock, 10*time.Second)
 		if err != nil {
 			t.Fatalf("idle connection %d: %v", i, err)
 		}
@@ -57,7 +57,7 @@ func TestNewClientServedDespiteIdleAndHalfSentConnections(t *testing.T) {
 	binary.BigEndian.PutUint32(hdr[4:8], 1)
 	hdr[8] = 1
 	for i := 0; i < halfSent; i++ {
-		c, err := net.DialTimeout("unix", a.sock, 10*time.Second)
+		c, err := net.DialTimeout("unix", a.Sock, 10*time.Second)
 		if err != nil {
 			t.Fatalf("half-sent connection %d: %v", i, err)
 		}
@@ -71,12 +71,12 @@ func TestNewClientServedDespiteIdleAndHalfSentConnections(t *testing.T) {
 	// machine that takes up to a second). The promise is about the steady
 	// state that follows, measured below.
 	start := time.Now()
-	a.alive(t)
+	alive(t, a)
 	t.Logf("backlog of %d connections accepted in %v", idle+halfSent, time.Since(start))
 
 	for attempt := 0; attempt < 3; attempt++ {
 		start := time.Now()
-		c, err := net.DialTimeout("unix", a.sock, time.Second)
+		c, err := net.DialTimeout("unix", a.Sock, time.Second)
 		if err != nil {
 			t.Fatalf("new client: %v", err)
 		}
@@ -92,7 +92,7 @@ func TestNewClientServedDespiteIdleAndHalfSentConnections(t *testing.T) {
 		t.Logf("new client %d: Health SERVING in %v", attempt, d)
 	}
 	// The agent reports what it did: connections at the cap, idle ones evicted.
-	out, _, code := keelctl(t, "--addr", a.addr, "metrics")
+	out, _, code := keelctl(t, "--addr", a.Addr, "metrics")
 	if code != 0 {
 		t.Fatalf("keelctl metrics: exit %d", code)
 	}

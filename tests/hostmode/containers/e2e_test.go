@@ -5,18 +5,15 @@
 package containers
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/keelvm/keel/agent/container/containertest"
-	"github.com/keelvm/keel/protocol/client"
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
 
@@ -43,52 +40,21 @@ func pbSpec(args ...string) *pb.Spec {
 }
 
 func TestAgentRunsContainers(t *testing.T) {
-	dir := t.TempDir()
-	addr := "unix://" + filepath.Join(dir, "agent.sock")
-	var log bytes.Buffer
-	agent := exec.Command(agentBin, "--addr", addr, "--state-root", filepath.Join(dir, "state"))
-	agent.Stdout, agent.Stderr = &log, &log
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		agent.Process.Signal(os.Interrupt)
-		done := make(chan error, 1)
-		go func() { done <- agent.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			agent.Process.Kill()
-			<-done
-			t.Error("agent did not stop within 10s")
-		}
-	}
+	agent := containertest.StartAgent(t, containertest.AgentOptions{Bin: agentBin})
 	id := fmt.Sprintf("e2e-%d", os.Getpid())
 	defer func() {
-		stop()
+		agent.Stop(t)
 		// Never leave a container behind, whatever failed.
 		for _, cid := range []string{id, id + "-left"} {
 			if n := containertest.KillCgroup("keel", cid); n > 0 {
 				t.Errorf("killed %d processes of %s left behind", n, cid)
 			}
 		}
-		if t.Failed() {
-			t.Logf("agent log:\n%s", log.String())
-		}
 	}()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := agent.Dial(t)
 	a := c.Agent
 	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: id, OCI: pbSpec("/bin/sleep", "1000")}); err != nil {
 		t.Fatal(err)
@@ -152,7 +118,7 @@ func TestAgentRunsContainers(t *testing.T) {
 			t.Errorf("cgroup of %s left after DestroySandbox: %v", cid, err)
 		}
 	}
-	stop()
+	agent.Stop(t)
 	if ch := containertest.Children(); len(ch) > 0 {
 		t.Errorf("processes left: %v", ch)
 	}

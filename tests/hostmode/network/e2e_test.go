@@ -6,18 +6,14 @@
 package network
 
 import (
-	"bytes"
 	"context"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/keelvm/keel/agent/container/containertest"
 	"github.com/keelvm/keel/agent/network/nettest"
-	"github.com/keelvm/keel/protocol/client"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/protocol/types"
 	"github.com/keelvm/keel/tests/vmtest"
@@ -55,39 +51,10 @@ func spec(args ...string) *pb.Spec {
 
 // startAgent runs keel-agent inside ns and dials it.
 func startAgent(t *testing.T, ns *nettest.NS, name string) pb.AgentServiceService {
-	dir := t.TempDir()
-	addr := "unix://" + filepath.Join(dir, "agent.sock")
-	var log bytes.Buffer
 	// nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup
 	// mounts the agent needs.
-	cmd := exec.Command("nsenter", "--net="+ns.Path, agentBin, "--addr", addr, "--state-root", filepath.Join(dir, "state"))
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-			t.Errorf("agent %s did not stop within 10s", name)
-		}
-		if t.Failed() {
-			t.Logf("agent %s log:\n%s", name, log.String())
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := client.Dial(ctx, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c.Agent
+	a := containertest.StartAgent(t, containertest.AgentOptions{Bin: agentBin, Name: name, Wrapper: []string{"nsenter", "--net=" + ns.Path}})
+	return a.Dial(t).Agent
 }
 
 type side struct {

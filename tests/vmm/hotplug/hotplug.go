@@ -36,11 +36,12 @@ func New(c *qmp.Client, rootPorts int) *Plugger {
 
 // Added is a device that was hot-added.
 type Added struct {
-	ID      string // qdev id (for Remove / device_del)
-	PCIPath string // Kata PCI path, "" for non-PCI devices (CPU, DIMM, SCSI disk)
-	port    int    // root port index, -1 if none
-	nodes   []string
-	objects []string
+	ID       string // qdev id (for Remove / device_del)
+	PCIPath  string // Kata PCI path, "" for non-PCI devices (CPU, DIMM, SCSI disk)
+	port     int    // root port index, -1 if none
+	nodes    []string
+	objects  []string
+	chardevs []string
 }
 
 // ErrNoPort is returned when every root port holds a device.
@@ -157,6 +158,29 @@ func (p *Plugger) AddPmem(ctx context.Context, file string, size int64) (Added, 
 	return a, nil
 }
 
+// AddVirtioFS hot-adds a vhost-user-fs-pci device with tag, connected to
+// the virtiofsd already listening on socket. The guest's RAM must be
+// shared (qemu.Config's memfd backend): virtiofsd maps it.
+func (p *Plugger) AddVirtioFS(ctx context.Context, socket, tag string) (Added, error) {
+	a := Added{port: -1}
+	cd := p.id("vfschr")
+	if err := p.qmp.Execute(ctx, "chardev-add", map[string]any{
+		"id": cd,
+		"backend": map[string]any{"type": "socket", "data": map[string]any{
+			"addr":   map[string]any{"type": "unix", "data": map[string]any{"path": socket}},
+			"server": false,
+		}},
+	}, nil); err != nil {
+		return a, fmt.Errorf("chardev-add %s: %w", socket, err)
+	}
+	a.chardevs = append(a.chardevs, cd)
+	if err := p.addPCI(ctx, "vhost-user-fs-pci", map[string]any{"chardev": cd, "tag": tag}, &a); err != nil {
+		p.cleanup(ctx, a)
+		return Added{}, err
+	}
+	return a, nil
+}
+
 // AddNet hot-adds a virtio-net-pci NIC on an existing netdev (netdev_add
 // it first, e.g. a tap) with mac.
 func (p *Plugger) AddNet(ctx context.Context, netdev, mac string) (Added, error) {
@@ -242,6 +266,36 @@ func (p *Plugger) AddDIMM(ctx context.Context, sizeMiB int) (Added, error) {
 	return a, nil
 }
 
+// MemoryDevice is a memory device as QEMU reports it (query-memory-devices).
+type MemoryDevice struct {
+	ID   string
+	Addr uint64 // guest physical address
+	Size uint64 // bytes
+}
+
+// DIMM returns where QEMU placed the pc-dimm with qdev id: what Kata's
+// runtime reads before asking the agent to probe the memory
+// (MemHotplugByProbe) in guests that get no ACPI memory notification.
+func (p *Plugger) DIMM(ctx context.Context, id string) (MemoryDevice, error) {
+	var devs []struct {
+		Type string `json:"type"`
+		Data struct {
+			ID   string `json:"id"`
+			Addr uint64 `json:"addr"`
+			Size uint64 `json:"size"`
+		} `json:"data"`
+	}
+	if err := p.qmp.Execute(ctx, "query-memory-devices", nil, &devs); err != nil {
+		return MemoryDevice{}, err
+	}
+	for _, d := range devs {
+		if d.Type == "dimm" && d.Data.ID == id {
+			return MemoryDevice{ID: id, Addr: d.Data.Addr, Size: d.Data.Size}, nil
+		}
+	}
+	return MemoryDevice{}, fmt.Errorf("no pc-dimm %q in query-memory-devices", id)
+}
+
 // Remove unplugs a device (the guest must cooperate; ctx should carry a
 // deadline) and frees its backends and root port.
 func (p *Plugger) Remove(ctx context.Context, a Added) error {
@@ -256,6 +310,11 @@ func (p *Plugger) cleanup(ctx context.Context, a Added) error {
 	var errs []error
 	for _, n := range a.nodes {
 		if err := p.qmp.Execute(ctx, "blockdev-del", map[string]any{"node-name": n}, nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, c := range a.chardevs {
+		if err := p.qmp.Execute(ctx, "chardev-remove", map[string]any{"id": c}, nil); err != nil {
 			errs = append(errs, err)
 		}
 	}

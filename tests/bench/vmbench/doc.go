@@ -1,0 +1,20 @@
+// Package vmbench holds the VM tier of `make bench` (opt-in: KEEL_BENCH_VM=1,
+// `make bench-vm`): figures only a booted guest can give, each measured
+// against a baseline in the same run, on the same kernel and QEMU (TCG):
+//
+//   - BenchmarkP6Boot (P6): Keel's kernel (cached by `make kernel`) booting
+//     a minimal DAX image straight from virtio-pmem, with keel-agent as
+//     /sbin/init vs testdata/trivialinit (a static Go PID 1 that only opens
+//     an AF_VSOCK listener), alternately: guest uptime at listener ready,
+//     each init's main -> listener time, and QEMU start -> first RPC.
+//   - BenchmarkBootNVDIMM: the same keel-agent boot on an nvdimm.
+//   - BenchmarkGuestMemory: MemTotal - MemFree - Buffers - Cached and the
+//     agent's RssAnon after boot with one idle container, Keel's kernel +
+//     DAX root vs Debian's kernel + initramfs (read through GetMetrics).
+//   - BenchmarkStdoutVsock: a container's stdout over ReadStdout (32 KiB
+//     reads, as Kata's shim) and over passfd, against the same producer
+//     (testdata/vsockstream) writing to a raw AF_VSOCK connection.
+//
+// Every guest is booted here; the default `go test` only checks the tools
+// and the metrics parsing (TestToolsAreStaticInits, TestParseMemory).
+package vmbench
