@@ -184,6 +184,7 @@ func TestRPCExecMissingBinaryFailsFast(t *testing.T) {
 // TestRPCBadInput: every malformed request gets a status naming the field,
 // and nothing is left behind.
 func TestRPCBadInput(t *testing.T) {
+	containertest.NoGC(t)
 	r := newRPC(t)
 	ctx := context.Background()
 	must := noErr(t)
@@ -191,8 +192,8 @@ func TestRPCBadInput(t *testing.T) {
 	// container for the exec/signal cases.
 	must(r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "ok", OCI: spec("/bin/sleep", "1000")}))
 	must(r.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: "ok"}))
-	// No runtime.GC() before either count: a pidfd only a GC would close
-	// is a leak.
+	// No GC during the counts (NoGC): a pidfd only a GC would close is a
+	// leak.
 	time.Sleep(50 * time.Millisecond)
 	before := containertest.Take(cgParent)
 
