@@ -15,7 +15,7 @@ HOST_LDFLAGS  := -s -w -X github.com/keelvm/keel/agent/version.Version=$(VERSION
 
 TEST_TIMEOUT ?= 18m
 
-.PHONY: demo host-demo all agent host proto proto-check lint test test-slow bench vm-demo vm-shell kernel clean
+.PHONY: demo host-demo all agent host proto proto-check lint test test-slow bench bench-vm vm-demo vm-shell kernel clean
 
 all: agent host
 
@@ -58,6 +58,12 @@ test-slow: all kernel build/testsummary
 
 bench: all
 	./tests/bench/run.sh
+
+# The VM tier of make bench only (KEEL_BENCH_VM=1 make bench runs both):
+# Keel as PID 1 in guests under QEMU TCG, ratios against baselines timed
+# in the same guest (tests/bench/guestbench, tests/bench/vmbench).
+bench-vm: all kernel
+	KEEL_BENCH_VM=1 BENCH_HOST=0 ./tests/bench/run.sh
 
 # The main job: boot a guest under QEMU, reach the agent over AF_VSOCK, run
 # a container, power off.

@@ -70,6 +70,9 @@ type Container struct {
 	// starting is set while Start runs (without c.mu: a start may block
 	// until its launch deadline).
 	starting bool
+	// execvePending is set by Start until someone saw the init exec the
+	// container's program (see settleStart).
+	execvePending bool
 }
 
 // ID returns the container id.
@@ -195,6 +198,7 @@ func (c *Container) Start() error {
 	c.starting = false
 	if err == nil && c.state == StateCreated {
 		c.state = StateRunning
+		c.execvePending = true
 	}
 	c.mu.Unlock()
 	if errors.Is(err, errLaunchTimeout) {
@@ -203,7 +207,6 @@ func (c *Container) Start() error {
 	if err != nil {
 		return fmt.Errorf("unable to start container %q: %w", c.id, err)
 	}
-	c.awaitExecve()
 	return nil
 }
 
@@ -211,16 +214,39 @@ func (c *Container) Start() error {
 // container's program.
 const runcInitComm = "runc:[2:INIT]"
 
-// startSettle bounds how long Start waits for the init to execve.
+// startSettle bounds how long an operation waits for the init to execve.
 const startSettle = time.Second
 
-// awaitExecve waits (at most startSettle) until init has exec'd the
-// container's program: libcontainer's Exec returns when the init read the
-// exec fifo, a moment before its execve, and an ExecProcess or a signal
-// right after StartContainer should meet the program, not runc's init.
+// settleStart waits (at most startSettle) until the init has exec'd the
+// container's program. libcontainer's Exec returns when the init has
+// written the exec fifo, a moment before it runs the startContainer hooks
+// and execs the program. Start does not wait for that (as in Kata, whose
+// StartContainer answers once the fifo is written): only what must meet
+// the program rather than runc's init waits, here: a signal's handling
+// depends on the program's handlers (SIGTERM escalation) and an exec'd
+// process should join the program, not its still-running init. The wait
+// happens once per container (an init held past startSettle by a hook
+// does not delay every later call again), as Start's wait did before.
+func (c *Container) settleStart() {
+	c.mu.Lock()
+	pending := c.execvePending
+	c.mu.Unlock()
+	if !pending {
+		return
+	}
+	c.awaitExecve()
+	c.mu.Lock()
+	c.execvePending = false
+	c.mu.Unlock()
+}
+
+// awaitExecve polls init's name until it is no longer runc's (exec'd or
+// gone), at most startSettle. The polls start fine (the execve is
+// typically under a millisecond away) and back off to 1 ms.
 func (c *Container) awaitExecve() {
 	deadline := time.Now().Add(startSettle)
 	path := fmt.Sprintf("/proc/%d/comm", c.init.Pid)
+	pause := 50 * time.Microsecond
 	for time.Now().Before(deadline) {
 		select {
 		case <-c.init.done:
@@ -231,7 +257,8 @@ func (c *Container) awaitExecve() {
 		if err != nil || strings.TrimSpace(string(b)) != runcInitComm {
 			return
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(pause)
+		pause = min(2*pause, time.Millisecond)
 	}
 }
 
@@ -250,6 +277,7 @@ func (c *Container) Exec(execID string, sp *specs.Process, io *stdio.IO) (_ *Pro
 	if err := ociconv.ValidateProcess(sp, "process"); err != nil {
 		return nil, err
 	}
+	c.settleStart()
 	c.mu.Lock()
 	if c.state != StateRunning {
 		defer c.mu.Unlock()
@@ -346,6 +374,9 @@ func (c *Container) Signal(execID string, sig unix.Signal) error {
 	p, err := c.Process(execID)
 	if err != nil {
 		return err
+	}
+	if p.Init {
+		c.settleStart()
 	}
 	if p.Init && c.privatePidns && sig == unix.SIGTERM && !catchesSignal(p.Pid, sig) {
 		// The kernel drops signals a pid namespace's init does not

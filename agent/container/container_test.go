@@ -522,3 +522,103 @@ func TestStateMachine(t *testing.T) {
 		t.Errorf("state after remove %v", c.State())
 	}
 }
+
+// TestStartDoesNotAwaitExecve: StartContainer answers once the init has
+// passed the exec fifo, without waiting for its execve (a startContainer
+// hook holds the init there for 600 ms); an exec and a signal right after
+// it still meet the program, not runc's init: the exec'd process sees the
+// program as pid 1, and SIGTERM to a program with no handler is escalated
+// to SIGKILL (runc's Go init would have caught it).
+func TestStartDoesNotAwaitExecve(t *testing.T) {
+	s := newSandbox(t)
+	spec := testSpec("/bin/sleep", "1000")
+	spec.Hooks = &specs.Hooks{StartContainer: []specs.Hook{{Path: "/bin/sleep", Args: []string{"sleep", "0.6"}}}}
+	c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("settle"), Spec: spec, IO: newIO(t, false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c.InitProcess().Pid))
+	if got := strings.TrimSpace(string(b)); err != nil || got != runcInitComm {
+		t.Errorf("init's name right after Start: %q, %v; want %q (Start waited for the execve)", got, err, runcInitComm)
+	}
+	eio := newIO(t, false)
+	p, err := c.Exec("comm", &specs.Process{Args: []string{"/bin/cat", "/proc/1/comm"}, Cwd: "/"}, eio)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := readAll(t, eio); out != "sleep\n" {
+		t.Errorf("pid 1 seen by an exec right after Start: %q, want \"sleep\\n\"", out)
+	}
+	if st := waitStatus(t, p); st.Code != 0 {
+		t.Errorf("exec status %+v", st)
+	}
+	if err := c.Signal("", unix.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if st := waitStatus(t, c.InitProcess()); st.Code != 137 {
+		t.Errorf("status after SIGTERM %+v, want 137 (escalated to SIGKILL)", st)
+	}
+	if err := s.RemoveContainer(context.Background(), c.ID(), 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSignalRightAfterStart: SIGTERM sent right after Start, with the init
+// still on its way to execve, is escalated for a program with no handler.
+func TestSignalRightAfterStart(t *testing.T) {
+	s := newSandbox(t)
+	spec := testSpec("/bin/sleep", "1000")
+	spec.Hooks = &specs.Hooks{StartContainer: []specs.Hook{{Path: "/bin/sleep", Args: []string{"sleep", "0.3"}}}}
+	c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("sigstart"), Spec: spec, IO: newIO(t, false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Signal("", unix.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if st := waitStatus(t, c.InitProcess()); st.Code != 137 {
+		t.Errorf("status after SIGTERM %+v, want 137 (escalated to SIGKILL)", st)
+	}
+	if err := s.RemoveContainer(context.Background(), c.ID(), 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSettleWaitsOnce: an init held before its execve (a startContainer
+// hook sleeping 5 s) delays the first signal after Start by startSettle,
+// and no later one.
+func TestSettleWaitsOnce(t *testing.T) {
+	s := newSandbox(t)
+	spec := testSpec("/bin/sleep", "1000")
+	spec.Hooks = &specs.Hooks{StartContainer: []specs.Hook{{Path: "/bin/sleep", Args: []string{"sleep", "5"}}}}
+	c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("once"), Spec: spec, IO: newIO(t, false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := c.Signal("", unix.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d < startSettle-50*time.Millisecond {
+		t.Errorf("first signal after %v, want a wait of startSettle (%v) for the held init", d, startSettle)
+	}
+	t0 = time.Now()
+	if err := c.Signal("", unix.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d > startSettle/2 {
+		t.Errorf("second signal took %v: waited again", d)
+	}
+	if err := s.RemoveContainer(context.Background(), c.ID(), 0); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -126,7 +126,8 @@ type Sandbox struct {
 	reserved            map[string]bool // ids being created
 }
 
-// New returns an empty sandbox manager and starts the reaper.
+// New returns an empty sandbox manager and starts the reaper. It also sets
+// GOMAXPROCS=1 in the agent's environment when unset (singleProcInits).
 func New(cfg Config) (*Sandbox, error) {
 	if cfg.StateRoot == "" {
 		cfg.StateRoot = DefaultStateRoot
@@ -139,6 +140,9 @@ func New(cfg Config) (*Sandbox, error) {
 	}
 	if err := reaper.Start(); err != nil {
 		return nil, err
+	}
+	if err := singleProcInits(); err != nil {
+		return nil, fmt.Errorf("unable to set GOMAXPROCS for container inits: %w", err)
 	}
 	s := &Sandbox{cfg: cfg, log: cfg.Log, root: filepath.Join(cfg.StateRoot, "containers"),
 		containers: map[string]*Container{}, reserved: map[string]bool{}}

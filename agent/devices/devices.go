@@ -15,6 +15,15 @@
 //	             vfio-pci and the container gets /dev/vfio/<guest group>
 //	vfio-pci-gk  the same functions, left to their guest kernel driver
 //
+// VFIO's no-IOMMU mode (guest booted with vfio.enable_unsafe_noiommu_mode=1
+// and no vIOMMU) is accepted: binding a function without an IOMMU group to
+// vfio-pci makes the kernel create a "vfio-noiommu" group, and the
+// container gets /dev/vfio/noiommu-<N> (Kata's agent waits for
+// /dev/vfio/<N> and times out there). Such a group gives no DMA isolation,
+// which is why the kernel lets only CAP_SYS_RAWIO open it: the agent adds
+// no capability, the container's spec decides. Turning the mode on is the
+// guest configuration's choice (its kernel command line), not a request's.
+//
 // Every lookup waits for the device up to the agent's hotplug timeout
 // (Locator); nothing is created before every device was found, so a
 // failure leaves the spec and the guest as they were, except for a PCI

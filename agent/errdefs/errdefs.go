@@ -5,13 +5,11 @@
 // of one switch per handler package.
 //
 // Domain packages stay free of protobuf: they import the classes, not
-// grpc/codes. Only ToStatus knows the codes.
+// grpc/codes, and name the field the usual way, fmt.Errorf("oci.mounts[%d]:
+// ...: %w", i, ErrInvalid). Only ToStatus knows the codes.
 package errdefs
 
-import (
-	"errors"
-	"fmt"
-)
+import "errors"
 
 // Error classes. Each names the gRPC code ToStatus gives an error that
 // wraps it.
@@ -56,15 +54,4 @@ func (e *classed) Unwrap() error { return e.class }
 // "wrong state").
 func New(class error, msg string) error {
 	return &classed{msg: msg, class: class}
-}
-
-// Field returns an error of class whose text names the field the caller
-// got wrong: "field: <formatted message>".
-func Field(class error, field, format string, args ...any) error {
-	return &classed{msg: field + ": " + fmt.Sprintf(format, args...), class: class}
-}
-
-// Invalid is Field(ErrInvalidArgument, ...), the common case.
-func Invalid(field, format string, args ...any) error {
-	return Field(ErrInvalidArgument, field, format, args...)
 }

@@ -107,9 +107,10 @@ func (s *outStream) file() *os.File {
 // sized to what the pipe holds (FIONREAD), never more than limit: a pending
 // call holds no buffer at all, however large its len, so N pending calls
 // never pin N buffers; and the data is read from the pipe straight into the
-// buffer the caller returns, with no copy out of a pooled buffer. Fresh
-// allocations rather than a pool because the caller hands the buffer on
-// (to ttrpc) and cannot tell when it is done with it.
+// buffer the caller returns, with no copy out of a pooled buffer (except
+// for what gather adds). Fresh allocations rather than a pool because the
+// caller hands the buffer on (to ttrpc) and cannot tell when it is done
+// with it.
 func (s *outStream) readRPC(ctx context.Context, limit, headroom int) ([]byte, error) {
 	if s == nil {
 		return nil, ErrNoStream
@@ -156,26 +157,56 @@ func (s *outStream) readRPC(ctx context.Context, limit, headroom int) ([]byte, e
 		out[headroom] = s.probe[0]
 	}
 	// One pipe read returns at most what the pipe held when the buffer was
-	// sized. While more is already waiting, gather it into the same answer
-	// (growing the buffer up to limit): fewer RPCs per byte, and never a wait
-	// for data that is not there yet.
+	// sized. While more is already waiting, gather it into the same answer:
+	// fewer RPCs per byte, and never a wait for data that is not there yet.
+	if n < limit {
+		if more := s.gather(limit - n); len(more) > 0 {
+			joined := make([]byte, headroom+n+len(more))
+			copy(joined[headroom:], out[headroom:headroom+n])
+			copy(joined[headroom+n:], more)
+			putScratch(more)
+			out, n = joined, n+len(more)
+		}
+	}
+	return out[:headroom+n], nil
+}
+
+// gather reads, without waiting, up to limit bytes that the stream already
+// holds into a pooled scratch buffer and returns them (nil when there is
+// nothing; the caller gives the buffer back with putScratch). Gathering is
+// the uncommon case (a read larger than what the pipe held when it was
+// sized, with the writer still going), so it pays one copy into the answer
+// rather than growing the answer's buffer step by step.
+func (s *outStream) gather(limit int) []byte {
+	var buf []byte
+	n := 0
 	for n < limit {
 		avail, _ := s.available()
 		if avail <= 0 {
 			break
 		}
-		if want := headroom + min(limit, n+avail); want > len(out) {
-			grown := make([]byte, min(headroom+limit, max(want, headroom+2*n)))
-			copy(grown, out[:headroom+n])
-			out = grown
+		if buf == nil {
+			buf = (*scratch.Get().(*[]byte))[:min(limit, MaxReadLen)]
 		}
-		m, err := s.readNonblock(out[headroom+n:])
+		m, err := s.readNonblock(buf[n:min(n+avail, limit)])
 		n += m
 		if m == 0 || err != nil {
 			break // empty, EOF or an error: the next call reports it
 		}
 	}
-	return out[:headroom+n], nil
+	if n == 0 && buf != nil {
+		putScratch(buf)
+		return nil
+	}
+	return buf[:n]
+}
+
+// scratch holds gather's buffers, taken only while data is being moved.
+var scratch = sync.Pool{New: func() any { b := make([]byte, MaxReadLen); return &b }}
+
+func putScratch(b []byte) {
+	b = b[:cap(b)]
+	scratch.Put(&b)
 }
 
 // unknownAvail sizes the buffer when FIONREAD cannot say what the stream

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keelvm/keel/agent/devmapper"
 	"github.com/keelvm/keel/agent/pcipath"
 	"github.com/keelvm/keel/agent/scsi"
 	"github.com/keelvm/keel/agent/uevent"
@@ -296,7 +297,7 @@ func (m *Manager) setUpDisk(ctx context.Context, _, field string, s Storage) (fu
 	if s.Fstype == "" {
 		return nil, invalidf("%s.fstype: empty (the disk's filesystem)", field)
 	}
-	mkfs, err := m.checkDiskDriverOptions(field, s)
+	mkfs, encrypt, err := m.checkDiskDriverOptions(field, s)
 	if err != nil {
 		return nil, err
 	}
@@ -304,8 +305,15 @@ func (m *Manager) setUpDisk(ctx context.Context, _, field string, s Storage) (fu
 	if err != nil {
 		return nil, err
 	}
+	uncrypt := func() error { return nil }
+	if encrypt {
+		if dev, uncrypt, err = m.encrypt(ctx, field, s.MountPoint, dev); err != nil {
+			return nil, err
+		}
+	}
 	if mkfs != "" {
 		if err := makeExt4(ctx, mkfs, dev); err != nil {
+			uncrypt()
 			return nil, fmt.Errorf("%s.driver_options %q: %w", field, optCreateFS, err)
 		}
 	}
@@ -313,7 +321,12 @@ func (m *Manager) setUpDisk(ctx context.Context, _, field string, s Storage) (fu
 	if s.Driver == DriverNvdimm && !hasOption(opts, "dax") && !hasOption(opts, "dax=always") && supportsDax(m.cfg.Sysfs, filepath.Base(dev), s.Fstype) {
 		opts = append(append([]string{}, opts...), "dax")
 	}
-	return m.mount(field, s, dev, s.Fstype, opts, true)
+	undo, err := m.mount(field, s, dev, s.Fstype, opts, true)
+	if err != nil {
+		uncrypt()
+		return nil, err
+	}
+	return func() error { return errors.Join(undo(), uncrypt()) }, nil
 }
 
 // Kata's block driver options (kata-types mount.rs, block_handler.rs).
@@ -327,28 +340,30 @@ const (
 )
 
 // checkDiskDriverOptions applies Kata's rules to the driver options and
-// refuses, naming the option, what Keel cannot do: the ephemeral key
-// needs dm-crypt, which Keel's guest kernel does not have (no
-// device-mapper), and create_filesystem needs mkfs.ext4 in the guest
-// image. It returns the mkfs.ext4 to run (create_filesystem), or "".
-// Other driver options are ignored, as Kata does.
-func (m *Manager) checkDiskDriverOptions(field string, s Storage) (string, error) {
+// refuses, naming the option, what this guest cannot do: the ephemeral
+// key needs device-mapper with dm-crypt in the kernel, create_filesystem
+// needs mkfs.ext4 in the guest image. It returns the mkfs.ext4 to run
+// (create_filesystem) or "", and whether to encrypt. Other driver options
+// are ignored, as Kata does.
+func (m *Manager) checkDiskDriverOptions(field string, s Storage) (mkfs string, encrypt bool, err error) {
 	create, encrypt := hasOption(s.DriverOptions, optCreateFS), hasOption(s.DriverOptions, optEphemeralKey)
 	switch {
 	case encrypt && !create:
-		return "", invalidf("%s.driver_options %q needs %q (the encrypted disk gets a fresh filesystem)", field, optEphemeralKey, optCreateFS)
+		return "", false, invalidf("%s.driver_options %q needs %q (the encrypted disk gets a fresh filesystem)", field, optEphemeralKey, optCreateFS)
 	case create && s.Fstype != "ext4":
-		return "", invalidf("%s.fstype %q: %s makes ext4 only", field, trunc(s.Fstype), optCreateFS)
-	case encrypt:
-		return "", fmt.Errorf("%w: %s.driver_options %q: dm-crypt is not in Keel's guest kernel (no device-mapper)", ErrUnsupported, field, optEphemeralKey)
-	case create:
-		mkfs, err := m.tool("mkfs.ext4")
-		if err != nil {
-			return "", fmt.Errorf("%w: %s.driver_options %q: %v", ErrUnsupported, field, optCreateFS, err)
-		}
-		return mkfs, nil
+		return "", false, invalidf("%s.fstype %q: %s makes ext4 only", field, trunc(s.Fstype), optCreateFS)
 	}
-	return "", nil
+	if encrypt {
+		if why := devmapper.Available(); why != "" {
+			return "", false, fmt.Errorf("%w: %s.driver_options %q: dm-crypt needs device-mapper: %s", ErrUnsupported, field, optEphemeralKey, why)
+		}
+	}
+	if create {
+		if mkfs, err = m.tool("mkfs.ext4"); err != nil {
+			return "", false, fmt.Errorf("%w: %s.driver_options %q: %v", ErrUnsupported, field, optCreateFS, err)
+		}
+	}
+	return mkfs, encrypt, nil
 }
 
 // findDisk returns the /dev path of the storage's disk, waiting for it.

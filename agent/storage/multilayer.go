@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/keelvm/keel/agent/devmapper"
 	"github.com/keelvm/keel/agent/uevent"
 )
 
@@ -24,6 +25,9 @@ import (
 //     N: the lowest is the top layer);
 //   - at most one ext4 upper (X-kata.overlay-upper), the writable layer;
 //     without it the upper is a directory under the container's base;
+//   - a GPT partition may be checked with dm-verity
+//     (X-kata.dmverity-enabled=true and X-kata.dmverity.* options, see
+//     verity.go);
 //   - X-kata.mkdir.path={{ mount 0 }}/dir[:mode...] options: directories
 //     made in the upper ({{ mount 0 }}) or first lower ({{ mount 1 }})
 //     before the overlay is mounted.
@@ -138,7 +142,15 @@ func (m *Manager) validateLayers(field string, g Storage) (*layer, []layer, erro
 			return nil, nil, err
 		}
 		if hasOption(l.Options, optDmVerity) {
-			return nil, nil, fmt.Errorf("%w: %s.options %s: dm-verity needs device-mapper, which Keel's guest does not have", ErrUnsupported, f, optDmVerity)
+			if !hasOption(l.Options, optGPT) {
+				return nil, nil, invalidf("%s.options %s: dm-verity is for GPT partitions (%s), as in Kata", f, optDmVerity, optGPT)
+			}
+			if _, err := parseVerity(l.Options); err != nil {
+				return nil, nil, invalidf("%s.options: %v", f, err)
+			}
+			if why := devmapper.Available(); why != "" {
+				return nil, nil, fmt.Errorf("%w: %s.options %s: dm-verity needs device-mapper: %s", ErrUnsupported, f, optDmVerity, why)
+			}
 		}
 		for i, o := range l.Options {
 			if p, ok := strings.CutPrefix(o, optMkdir); ok {
@@ -338,6 +350,15 @@ func (m *Manager) setUpMultiLayer(ctx context.Context, owner, field string, g St
 			n, _ := partitionNumber(l.Options)
 			if dev, err = m.findPartition(ctx, f, disk, n); err != nil {
 				return nil, err
+			}
+			if hasOption(l.Options, optDmVerity) {
+				v, _ := parseVerity(l.Options)
+				vdev, remove, err := m.verity(ctx, f, name, dev, v)
+				if err != nil {
+					return nil, err
+				}
+				undos = append(undos, remove)
+				dev = vdev
 			}
 		} else if dev, err = m.findDisk(ctx, f, l.Storage); err != nil {
 			return nil, err

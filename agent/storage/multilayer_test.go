@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keelvm/keel/agent/devmapper"
 	"github.com/keelvm/keel/tests/loopdev"
 	"google.golang.org/grpc/codes"
 )
@@ -181,25 +182,36 @@ func TestMultiLayerErofsBad(t *testing.T) {
 	notErofs.Fstype = "squashfs"
 	markerOnly := lowerStorage(low, mp)
 	markerOnly.Driver = DriverMultiLayerErofs
-	for _, c := range []struct {
+	type badCase struct {
 		name string
 		ss   []Storage
 		code codes.Code
 		msg  string
-	}{
+	}
+	cases := []badCase{
 		{"no lower", []Storage{upperStorage(up, mp)}, codes.InvalidArgument, "without an erofs lower"},
 		{"two uppers", []Storage{upperStorage(up, mp), upperStorage(up, mp), lowerStorage(low, mp)}, codes.InvalidArgument, "storages[2]: a second upper"},
 		{"upper not ext4", []Storage{xfsUpper, lowerStorage(low, mp)}, codes.InvalidArgument, "storages[1].fstype"},
 		{"lower not erofs", []Storage{notErofs}, codes.InvalidArgument, "storages[1].fstype"},
 		{"marker driver", []Storage{markerOnly}, codes.InvalidArgument, "storages[1].driver"},
-		{"dm-verity", []Storage{lowerStorage(low, mp, optDmVerity)}, codes.Unimplemented, "dm-verity"},
+		{"dm-verity without GPT", []Storage{lowerStorage(low, mp, optDmVerity)}, codes.InvalidArgument, "GPT"},
+		{"dm-verity without root hash", []Storage{lowerStorage(low, mp, optGPT, optPartition+"1", optDmVerity, "X-kata.dmverity.hashoffset=4096")}, codes.InvalidArgument, "roothash is required"},
+		{"dm-verity hash offset", []Storage{lowerStorage(low, mp, optGPT, optPartition+"1", optDmVerity, "X-kata.dmverity.roothash=ab", "X-kata.dmverity.hashoffset=1000")}, codes.InvalidArgument, "hashoffset 1000"},
+		{"dm-verity salt", []Storage{lowerStorage(low, mp, optGPT, optPartition+"1", optDmVerity, "X-kata.dmverity.roothash=ab", "X-kata.dmverity.hashoffset=4096", "X-kata.dmverity.salt=00 extra")}, codes.InvalidArgument, "salt"},
 		{"gpt without number", []Storage{lowerStorage(low, mp, optGPT)}, codes.InvalidArgument, "partition-number"},
 		{"mkdir escapes", []Storage{lowerStorage(low, mp, optMkdir+"{{ mount 0 }}/../../../x")}, codes.InvalidArgument, "storages[1].options[3]"},
 		{"mkdir absolute", []Storage{lowerStorage(low, mp, optMkdir+outside+"/x")}, codes.InvalidArgument, "mount 0"},
 		{"mount point outside", []Storage{lowerStorage(low, outside+"/rootfs")}, codes.InvalidArgument, "outside"},
 		{"missing disk", []Storage{lowerStorage("/dev/keel-nope", mp)}, codes.InvalidArgument, "storages[1].source"},
 		{"upper symlinked out", []Storage{upperStorage(evil, mp), lowerStorage(low, mp)}, codes.InvalidArgument, "symlink"},
-	} {
+	}
+	if why := devmapper.Available(); why != "" {
+		// This kernel has no device-mapper: well-formed verity options
+		// are refused as unsupported, naming the option.
+		cases = append(cases, badCase{"dm-verity without device-mapper", []Storage{lowerStorage(low, mp, optGPT, optPartition+"1", optDmVerity,
+			"X-kata.dmverity.roothash=ab", "X-kata.dmverity.hashoffset=4096")}, codes.Unimplemented, optDmVerity})
+	}
+	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			before := listTree(t, root)
 			err := m.Add(context.Background(), "bad", "storages", append([]Storage{good}, c.ss...))

@@ -18,8 +18,13 @@
 //	                update reaches the container (Kata's limits: 16 files,
 //	                1 MiB; beyond them a plain bind mount)
 //	erofs.multi-layer  not one storage but a group: the blk/scsi storages
-//	                marked X-kata.multi-layer=true (EROFS lowers, an ext4
-//	                upper) become one overlay rootfs (multilayer.go)
+//	                marked X-kata.multi-layer=true (EROFS lowers, GPT
+//	                partitions possibly under dm-verity, an ext4 upper)
+//	                become one overlay rootfs (multilayer.go, verity.go)
+//
+// A disk's driver options: create_filesystem makes an ext4 with the guest
+// image's mkfs.ext4 (mkfs.go); encryption_key=ephemeral puts dm-crypt with
+// a key made in the guest under it (crypt.go).
 //
 // A virtio-fs tag may belong to a device hot-added just before the
 // request: its mount is retried until the tag is known or the hotplug

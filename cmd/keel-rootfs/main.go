@@ -113,6 +113,7 @@ func runBuild(ctx context.Context, args []string, stderr io.Writer) int {
 		daxMode = fs.String("dax-mode", "", "with --dax: ram (struct pages in guest RAM, Kata's layout; default) or pmem (on the device)")
 		modules = fs.String("modules", "", "comma-separated kernel modules (with --modules-dir)")
 		maxSize = fs.String("max-unpacked-size", "", "oci recipe: cap on the image's total unpacked file size (e.g. 32G; default 16G)")
+		include = fs.String("include", "", "debian recipe: comma-separated extra packages (e.g. runc,crun)")
 		busy    busyboxFlag
 	)
 	fs.StringVar(&c.Recipe, "recipe", "minimal", "recipe: "+strings.Join(recipe.Names(), ", "))
@@ -138,6 +139,9 @@ func runBuild(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	c.Busybox = busy.path
+	if *include != "" {
+		c.Packages = strings.Split(*include, ",")
+	}
 	var err error
 	if c.Size, err = parseSize(*size); err != nil {
 		fmt.Fprintf(stderr, "keel-rootfs build: --size: %v\n", err)

@@ -74,6 +74,9 @@ func TestParse(t *testing.T) {
 		{name: "cgroup v1 by systemd", in: "systemd.unified_cgroup_hierarchy=0", want: func(c *Config) { c.Cgroup = "v1" }},
 		{name: "agent.cgroup wins", in: "agent.cgroup=v2 systemd.unified_cgroup_hierarchy=0", want: func(*Config) {}},
 		{name: "bad cgroup", in: "agent.cgroup=v3", want: func(*Config) {}, warns: []string{"agent.cgroup"}},
+		{name: "favordynmods on", in: "agent.cgroup_favordynmods", want: func(c *Config) { c.CgroupFavorDynmods = true }},
+		{name: "favordynmods off", in: "agent.cgroup_favordynmods=0", want: func(c *Config) { c.CgroupFavorDynmods = false }},
+		{name: "bad favordynmods", in: "agent.cgroup_favordynmods=maybe", want: func(*Config) {}, warns: []string{"agent.cgroup_favordynmods"}},
 		{name: "modules", in: "agent.modules=virtio-pmem,loop:max_loop=8:max_part=4",
 			want: func(c *Config) {
 				c.Modules = []Module{{Name: "virtio_pmem"}, {Name: "loop", Params: "max_loop=8 max_part=4"}}

@@ -107,16 +107,21 @@ func base(isolated bool) []step.Step {
 	)
 }
 
-// CgroupRootPlan mounts the cgroup root: cgroup2 (nsdelegate) for v2, a
-// tmpfs for v1.
+// CgroupRootPlan mounts the cgroup root: cgroup2 (nsdelegate, and
+// favordynmods when asked) for v2, a tmpfs for v1. A kernel refusing the
+// options (EINVAL) gets the mount with one fewer: nsdelegate alone after
+// nsdelegate,favordynmods (before 6.0), none after nsdelegate.
 func CgroupRootPlan(cfg cmdline.Config) []step.Step {
 	s := []step.Step{step.Mkdir{Path: CgroupRoot, Mode: 0o755}}
 	if cfg.Cgroup == "v1" {
 		s = append(s, step.Mount{Source: "cgroup_root", Target: CgroupRoot, FSType: "tmpfs", Flags: nsn, Data: "mode=0755"})
 	} else {
-		none := ""
+		data, fallback := "nsdelegate", ""
+		if cfg.CgroupFavorDynmods {
+			data, fallback = "nsdelegate,favordynmods", "nsdelegate"
+		}
 		s = append(s, step.Mount{Source: "cgroup2", Target: CgroupRoot, FSType: "cgroup2", Flags: nsn,
-			Data: "nsdelegate", Fallback: &none})
+			Data: data, Fallback: &fallback})
 	}
 	return s
 }

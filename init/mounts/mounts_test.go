@@ -31,7 +31,7 @@ func TestPlanV2(t *testing.T) {
 		"/dev/shm tmpfs nosuid,nodev,mode=1777",
 		"/run tmpfs nosuid,nodev,mode=0755",
 		"/tmp tmpfs nosuid,nodev,mode=1777",
-		"/sys/fs/cgroup cgroup2 nosuid,nodev,noexec,nsdelegate",
+		"/sys/fs/cgroup cgroup2 nosuid,nodev,noexec,nsdelegate,favordynmods",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("mount table\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -54,6 +54,31 @@ func TestPlanV2(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(lines, "\n"), "ln -sfn pts/ptmx /dev/ptmx") {
 		t.Errorf("no ptmx symlink:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
+// TestCgroup2FavorDynmods: agent.cgroup_favordynmods adds the option, and
+// a kernel without it (EINVAL) still gets nsdelegate.
+func TestCgroup2FavorDynmods(t *testing.T) {
+	for _, tc := range []struct {
+		in, data, fallback string
+	}{
+		{"agent.cgroup_favordynmods=1", "nsdelegate,favordynmods", "nsdelegate"},
+		{"agent.cgroup_favordynmods=0", "nsdelegate", ""},
+	} {
+		cfg, w := cmdline.Parse(tc.in)
+		if len(w) != 0 {
+			t.Fatal(w)
+		}
+		var m *step.Mount
+		for _, s := range CgroupRootPlan(cfg) {
+			if s, ok := s.(step.Mount); ok {
+				m = &s
+			}
+		}
+		if m == nil || m.FSType != "cgroup2" || m.Data != tc.data || m.Fallback == nil || *m.Fallback != tc.fallback {
+			t.Errorf("%s: cgroup2 mount %+v, want data %q fallback %q", tc.in, m, tc.data, tc.fallback)
+		}
 	}
 }
 

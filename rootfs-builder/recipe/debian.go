@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -40,6 +41,23 @@ var trimPaths = []string{
 
 var releaseRE = regexp.MustCompile(`^[a-z][a-z0-9.-]{0,31}$`)
 
+// packageRE is Debian policy's package name (lower case, digits, + - .).
+var packageRE = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]{1,99}$`)
+
+// packageSet checks the extra packages and returns them sorted and
+// deduplicated, so that the same set always names the same cache entry.
+func packageSet(pkgs []string) ([]string, error) {
+	out := make([]string, 0, len(pkgs))
+	for _, p := range pkgs {
+		if !packageRE.MatchString(p) {
+			return nil, fmt.Errorf("invalid Debian package name %q", p)
+		}
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
 // Build implements Recipe.
 func (Debian) Build(ctx context.Context, dir string, opts Options) (*Result, error) {
 	if opts.Agent == "" {
@@ -55,6 +73,10 @@ func (Debian) Build(ctx context.Context, dir string, opts Options) (*Result, err
 	if !releaseRE.MatchString(release) {
 		return nil, fmt.Errorf("invalid Debian release %q", release)
 	}
+	pkgs, err := packageSet(opts.Packages)
+	if err != nil {
+		return nil, err
+	}
 	mirror := opts.Mirror
 	if mirror == "" {
 		m, err := SystemMirror("/etc/apt")
@@ -67,7 +89,13 @@ func (Debian) Build(ctx context.Context, dir string, opts Options) (*Result, err
 	if cacheRoot == "" {
 		cacheRoot = DefaultCacheDir
 	}
-	sum := sha256.Sum256([]byte(release + "\x00" + debianVariant + "\x00" + mirror))
+	key := release + "\x00" + debianVariant + "\x00" + mirror
+	if len(pkgs) > 0 {
+		// Without extra packages the key (and so the cache) is the one
+		// older builds made.
+		key += "\x00" + strings.Join(pkgs, ",")
+	}
+	sum := sha256.Sum256([]byte(key))
 	cache := filepath.Join(cacheRoot, "debootstrap", release+"-"+debianVariant+"-"+hex.EncodeToString(sum[:6]))
 	tree := filepath.Join(cache, "rootfs")
 	if err := os.MkdirAll(cache, 0o755); err != nil {
@@ -83,7 +111,7 @@ func (Debian) Build(ctx context.Context, dir string, opts Options) (*Result, err
 		return nil, fmt.Errorf("locking %s: %w", cache, err)
 	}
 	if _, err := os.Stat(filepath.Join(cache, "complete")); err != nil {
-		if err := bootstrap(ctx, cache, release, mirror, opts); err != nil {
+		if err := bootstrap(ctx, cache, release, mirror, pkgs, opts); err != nil {
 			return nil, err
 		}
 	} else {
@@ -101,25 +129,33 @@ func (Debian) Build(ctx context.Context, dir string, opts Options) (*Result, err
 	if err != nil {
 		return nil, err
 	}
+	note := release + " " + debianVariant
+	if len(pkgs) > 0 {
+		note += " + " + strings.Join(pkgs, ",")
+	}
 	return &Result{Inputs: []Input{
-		{Role: "debian", Path: mirror, Note: release + " " + debianVariant + " (cache " + cache + ")"},
+		{Role: "debian", Path: mirror, Note: note + " (cache " + cache + ")"},
 		in,
 	}}, nil
 }
 
 // bootstrap runs mmdebstrap or debootstrap into cache/rootfs.tmp, trims it
 // and marks it complete; a failed run leaves no "complete" marker.
-func bootstrap(ctx context.Context, cache, release, mirror string, opts Options) error {
+func bootstrap(ctx context.Context, cache, release, mirror string, pkgs []string, opts Options) error {
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return err
 	}
 	tmp := filepath.Join(cache, "rootfs.tmp")
 	os.RemoveAll(tmp)
+	var include []string
+	if len(pkgs) > 0 {
+		include = []string{"--include=" + strings.Join(pkgs, ",")}
+	}
 	var cmd *exec.Cmd
 	if p, err := exec.LookPath("mmdebstrap"); err == nil {
-		cmd = exec.CommandContext(ctx, p, "--variant="+debianVariant, "--mode=root", release, tmp, mirror)
+		cmd = exec.CommandContext(ctx, p, append(append([]string{"--variant=" + debianVariant, "--mode=root"}, include...), release, tmp, mirror)...)
 	} else if p, err := exec.LookPath("debootstrap"); err == nil {
-		cmd = exec.CommandContext(ctx, p, "--variant="+debianVariant, release, tmp, mirror)
+		cmd = exec.CommandContext(ctx, p, append(append([]string{"--variant=" + debianVariant}, include...), release, tmp, mirror)...)
 	} else {
 		return fmt.Errorf("debian recipe needs mmdebstrap or debootstrap (apt-get install mmdebstrap)")
 	}

@@ -39,6 +39,10 @@ type Options struct {
 	// Release and Mirror select the Debian suite and apt mirror.
 	Release string
 	Mirror  string
+	// Packages are extra Debian packages bootstrapped into the debian
+	// recipe's tree (mmdebstrap/debootstrap --include), e.g. runc, crun;
+	// each set of packages has its own cached bootstrap.
+	Packages []string
 	// CacheDir holds reusable downloads (debian bootstrap cache).
 	CacheDir string
 	// Progress receives human progress lines; nil discards them.

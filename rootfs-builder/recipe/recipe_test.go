@@ -179,3 +179,20 @@ func TestDebianRejectsBadRelease(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestDebianPackages: extra packages are checked before anything runs (no
+// option smuggled into mmdebstrap's --include) and normalised, so one set
+// always names one cache entry.
+func TestDebianPackages(t *testing.T) {
+	needBusybox(t)
+	for _, bad := range []string{"runc,--hook", "--aptopt=x", "Runc", "a b", "", "x"} {
+		_, err := Debian{}.Build(context.Background(), t.TempDir(), Options{Agent: busybox, Mirror: "http://x", CacheDir: t.TempDir(), Packages: []string{"crun", bad}})
+		if err == nil || !strings.Contains(err.Error(), "invalid Debian package name") {
+			t.Errorf("package %q: err = %v", bad, err)
+		}
+	}
+	got, err := packageSet([]string{"runc", "crun", "runc", "libc6-dev", "g++"})
+	if err != nil || strings.Join(got, ",") != "crun,g++,libc6-dev,runc" {
+		t.Errorf("packageSet = %q, %v", got, err)
+	}
+}

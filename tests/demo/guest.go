@@ -74,8 +74,14 @@ func BuildImage(ctx context.Context, dir, agent string) (string, error) {
 	return img, nil
 }
 
-// BootDAX builds the image and boots it read-only on an NVDIMM: with
-// Keel's kernel when `make kernel` cached it, else with Debian's.
+// BootDAX builds the image and boots it read-only: with Keel's kernel
+// (when `make kernel` cached it) on virtio-pmem, else with Debian's on an
+// NVDIMM. The image (PFN info block, filesystem at 2 MiB) suits both
+// devices; virtio-pmem spares the boot ACPI NFIT parsing and its _DSM calls
+// into QEMU (under -icount a trivial init is ready 23 ms of guest work
+// sooner, 0.380 vs 0.403 s, and nfit/nd_pmem lead the nvdimm boot's
+// initcall_debug list). Debian's kernel has virtio_pmem as a module too,
+// but its initramfs path keeps the NVDIMM modules it was built around.
 func BootDAX(ctx context.Context, dir string, log io.Writer) (*DAXGuest, error) {
 	agent, err := vmtest.AgentBinary(ctx)
 	if err != nil {
@@ -99,10 +105,18 @@ func BootDAX(ctx context.Context, dir string, log io.Writer) (*DAXGuest, error) 
 			cfg.Kernel = k.Vmlinux
 		}
 		cfg.NoInitrd = true
+		cfg.Pmem[0].Kind = qemu.VirtioPmem
+		// Nothing to set up but the -kernel hand-over: qboot instead of
+		// SeaBIOS when installed.
+		cfg.QEMU = func(c *qemu.Config) {
+			if qemu.QBootAvailable() {
+				c.Firmware = qemu.QBoot
+			}
+		}
 		// Every driver is built in: the kernel mounts the DAX root itself
 		// and runs the agent from it.
 		cfg.Append = []string{"root=/dev/pmem0", "rootfstype=ext4", "rootflags=dax=always", "ro", "init=/sbin/init"}
-		g.KernelDesc = "Keel's own kernel " + cfg.Kernel + " (no initramfs; the kernel mounts /dev/pmem0 with dax=always)"
+		g.KernelDesc = "Keel's own kernel " + cfg.Kernel + " (no initramfs; the kernel mounts /dev/pmem0, a virtio-pmem device, with dax=always)"
 	case errors.Is(err, kbuild.ErrNotBuilt):
 		// The initramfs holds the agent and the NVDIMM modules; the agent
 		// loads them and switches root onto the image (dax=always is its

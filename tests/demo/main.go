@@ -1,9 +1,9 @@
 // Command demo is `make vm-demo` and `make vm-shell`. It builds a DAX root
 // image (the minimal recipe: keel-agent as /sbin/init, busybox, a busybox
-// container rootfs), boots it read-only on an NVDIMM under QEMU (TCG) with
-// Keel's own kernel when `make kernel` cached it (no initramfs), else with
-// Debian's kernel and a small initramfs that loads the pmem modules and
-// switches root, and reaches the agent over AF_VSOCK through the userspace
+// container rootfs), boots it read-only under QEMU (TCG) with Keel's own
+// kernel on virtio-pmem when `make kernel` cached it (no initramfs), else
+// with Debian's kernel on an NVDIMM and a small initramfs that loads the
+// pmem modules and switches root, and reaches the agent over AF_VSOCK through the userspace
 // vhost-user-vsock device (hybrid vsock).
 //
 // vm-demo runs a container with keelctl and prints the evidence that the

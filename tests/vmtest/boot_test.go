@@ -53,14 +53,15 @@ func TestBootContainerPowerOff(t *testing.T) {
 	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{Hostname: "vmtest", SandboxId: "s"}); err != nil {
 		t.Fatal(err)
 	}
-	spec := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c", `echo "$(hostname) $$ $(cat /proc/self/oom_score_adj)"; cat /proc/self/cgroup >&2; exit 3`)
+	spec := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c", `echo "$(hostname) $$ $(cat /proc/self/oom_score_adj) $(cat /sys/kernel/rcu_expedited)"; cat /proc/self/cgroup >&2; exit 3`)
 	out, errOut, status, err := RunContainer(ctx, a, "c", spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// oom_score_adj 0: the container must not inherit the agent's -997.
-	if out != "vmtest 1 0\n" || status != 3 {
-		t.Errorf("container stdout %q status %d, want \"vmtest 1 0\\n\" (the sandbox's hostname over the spec's, as in Kata; pid 1, oom_score_adj 0) and 3", out, status)
+	// rcu_expedited 1: the agent switched expedited RCU on at boot.
+	if out != "vmtest 1 0 1\n" || status != 3 {
+		t.Errorf("container stdout %q status %d, want \"vmtest 1 0 1\\n\" (the sandbox's hostname over the spec's, as in Kata; pid 1, oom_score_adj 0, rcu_expedited 1) and 3", out, status)
 	}
 	if !strings.Contains(errOut, "0::/") {
 		t.Errorf("container cgroup (v2 in the guest) %q", errOut)

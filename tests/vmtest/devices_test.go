@@ -30,6 +30,8 @@ type devGuest struct {
 	p   *hotplug.Plugger
 	n   atomic.Int32
 	dir string
+	// probe: vfioprobe was copied into the guest (installVFIOProbe).
+	probe bool
 }
 
 // sh runs script in a fresh busybox container (with /sys mounted

@@ -23,8 +23,9 @@ const BusyboxPath = "/bin/busybox"
 type InitrdSpec struct {
 	Agent   string // static keel-agent binary, installed as /init
 	Kernel  *guestkernel.Kernel
-	Modules []string // module names; dependencies are added
-	Busybox bool     // add a busybox container rootfs at ContainerRootfs
+	Modules []string          // module names; dependencies are added
+	Busybox bool              // add a busybox container rootfs at ContainerRootfs
+	Files   map[string]string // guest path (relative) -> host file, copied in
 }
 
 // BuildInitrd writes a gzip'd newc initramfs to out: the agent as /init,
@@ -40,6 +41,11 @@ func BuildInitrd(ctx context.Context, spec InitrdSpec, out string) error {
 	if spec.Busybox {
 		if err := containertest.MakeRootfs(filepath.Join(tree, ContainerRootfs)); err != nil {
 			return fmt.Errorf("unable to build the container rootfs: %w", err)
+		}
+	}
+	for guest, host := range spec.Files {
+		if err := copyInto(tree, guest, host); err != nil {
+			return err
 		}
 	}
 	if spec.Kernel != nil && len(spec.Modules) > 0 {
@@ -75,4 +81,21 @@ func BuildInitrd(ctx context.Context, spec InitrdSpec, out string) error {
 		entries = append(entries, cpio.Dir("bin", 0o755), cpio.File("bin/busybox", BusyboxPath, 0o755), cpio.Symlink("bin/sh", "busybox"))
 	}
 	return cpio.BuildInitrd(out, entries, cpio.Gzip, cpio.Options{})
+}
+
+// copyInto copies host file to tree/guest, keeping its permissions.
+func copyInto(tree, guest, host string) error {
+	dst := filepath.Join(tree, filepath.Clean("/"+guest))
+	fi, err := os.Stat(host)
+	if err != nil {
+		return fmt.Errorf("initrd file %s: %w", guest, err)
+	}
+	b, err := os.ReadFile(host)
+	if err != nil {
+		return fmt.Errorf("initrd file %s: %w", guest, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, fi.Mode().Perm())
 }

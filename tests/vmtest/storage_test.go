@@ -1,6 +1,7 @@
 package vmtest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -89,12 +90,15 @@ func TestStorages(t *testing.T) {
 	defer func() { vfs.Process.Kill(); vfs.Wait() }()
 	waitFile(t, sock)
 
-	const rootPorts = 11
+	const rootPorts = 13
 	g, err := Boot(ctx, Config{
 		Busybox: true, Log: testWriter{t},
 		ExtraModules: []string{"virtio_blk", "virtiofs", "9p", "9pnet_virtio", "virtio_scsi", "sd_mod",
-			"nfit", "nd_pmem", "virtio_pmem", "ext4", "crc32c_generic", "erofs", "overlay"},
-		Pmem: []qemu.PmemDevice{{Path: nvImg, Kind: qemu.NVDIMM}},
+			"nfit", "nd_pmem", "virtio_pmem", "ext4", "crc32c_generic", "erofs", "overlay",
+			"dm_mod", "dm_crypt", "xts", "ecb", "dm_verity"}, // no modprobe in the guest: xts(aes) needs ecb loaded
+		// create_filesystem runs the guest image's mkfs.ext4.
+		Files: hostTool(t, "mkfs.ext4", "usr/sbin/mkfs.ext4"),
+		Pmem:  []qemu.PmemDevice{{Path: nvImg, Kind: qemu.NVDIMM}},
 		QEMU: func(c *qemu.Config) {
 			c.PCIeRootPorts = rootPorts
 			c.ExtraArgs = append(c.ExtraArgs,
@@ -375,11 +379,16 @@ func TestStorages(t *testing.T) {
 
 	// Kata's multi-layer EROFS rootfs (runtime-rs's GPT mode): one
 	// hot-added read-only disk with a partition per EROFS layer (the
-	// bottom one holds busybox), one hot-added ext4 disk as the writable
-	// upper; the container runs on the overlay the agent builds.
+	// bottom one holds busybox; the top one is checked with dm-verity, its
+	// hash tree after the image as veritysetup writes it), one hot-added
+	// ext4 disk as the writable upper; the container runs on the overlay
+	// the agent builds. Then the same disk with one byte of the top layer
+	// changed: the read fails.
 	t.Run("MultiLayerErofs", func(t *testing.T) {
-		if _, err := exec.LookPath("mkfs.erofs"); err != nil {
-			t.Fatalf("mkfs.erofs (erofs-utils, scripts/apt-packages.txt): %v", err)
+		for _, tool := range []string{"mkfs.erofs", "veritysetup"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				t.Fatalf("%s (erofs-utils, cryptsetup-bin: scripts/apt-packages.txt): %v", tool, err)
+			}
 		}
 		erofs := func(name string, fill func(dir string)) string {
 			src := filepath.Join(tmp, name+"-src")
@@ -390,10 +399,34 @@ func TestStorages(t *testing.T) {
 			}
 			return img
 		}
+		big := make([]byte, 64<<10)
+		for i := range big {
+			big[i] = byte(i*7 + i/251)
+		}
 		top := erofs("layer-top", func(d string) {
 			must(t, os.MkdirAll(filepath.Join(d, "etc"), 0o755))
 			must(t, os.WriteFile(filepath.Join(d, "etc/layer"), []byte("top\n"), 0o644))
+			must(t, os.WriteFile(filepath.Join(d, "big"), big, 0o644))
 		})
+		fi, err := os.Stat(top)
+		must(t, err)
+		hashOffset := fi.Size()
+		vout, err := exec.Command("veritysetup", "format", top, top, fmt.Sprintf("--hash-offset=%d", hashOffset)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("veritysetup format: %v: %s", err, vout)
+		}
+		var rootHash, salt string
+		for _, line := range strings.Split(string(vout), "\n") {
+			if v, ok := strings.CutPrefix(line, "Root hash:"); ok {
+				rootHash = strings.TrimSpace(v)
+			}
+			if v, ok := strings.CutPrefix(line, "Salt:"); ok {
+				salt = strings.TrimSpace(v)
+			}
+		}
+		if rootHash == "" || salt == "" {
+			t.Fatalf("veritysetup printed no root hash or salt: %s", vout)
+		}
 		bottom := erofs("layer-bottom", func(d string) {
 			must(t, containertest.MakeRootfs(d))
 			must(t, os.WriteFile(filepath.Join(d, "etc/layer"), []byte("bottom\n"), 0o644))
@@ -401,6 +434,34 @@ func TestStorages(t *testing.T) {
 		})
 		layers := loopdev.GPTImage(t, top, bottom)
 		upperImg := ext4Image(t, tmp, "mlupper", 32<<20, nil)
+		// The same layers with one byte of big changed in the top one.
+		topBytes, err := os.ReadFile(top)
+		must(t, err)
+		at := bytes.Index(topBytes, big[:4096])
+		if at < 0 {
+			t.Fatal("big's data is not stored plainly in the EROFS image")
+		}
+		topBytes[at+100] ^= 0xff
+		tampered := filepath.Join(tmp, "layer-top-tampered.erofs")
+		must(t, os.WriteFile(tampered, topBytes, 0o644))
+		tamperedLayers := loopdev.GPTImage(t, tampered, bottom)
+
+		mp := "/run/kata-containers/shared/containers/mlayer/rootfs"
+		storages := func(layersPath, upperPath string) []*pb.Storage {
+			lower := func(n string, extra ...string) *pb.Storage {
+				return &pb.Storage{Driver: "blk", Source: layersPath, Fstype: "erofs", MountPoint: mp,
+					Options: append([]string{"ro", "X-kata.overlay-lower", "X-kata.multi-layer=true", "X-kata.gpt-partitioned=true", "X-kata.partition-number=" + n}, extra...)}
+			}
+			ss := []*pb.Storage{
+				lower("1", "X-kata.mkdir.path={{ mount 0 }}/upper/made:0755", "X-kata.dmverity-enabled=true",
+					"X-kata.dmverity.roothash="+rootHash, "X-kata.dmverity.salt="+salt, fmt.Sprintf("X-kata.dmverity.hashoffset=%d", hashOffset)),
+				lower("2"),
+			}
+			if upperPath != "" {
+				ss = append([]*pb.Storage{{Driver: "blk", Source: upperPath, Fstype: "ext4", MountPoint: mp, Options: []string{"X-kata.overlay-upper", "X-kata.multi-layer=true"}}}, ss...)
+			}
+			return ss
+		}
 
 		start := time.Now()
 		ld, err := plug.AddBlock(ctx, layers, true)
@@ -411,33 +472,90 @@ func TestStorages(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		mp := "/run/kata-containers/shared/containers/mlayer/rootfs"
-		lower := func(n string, extra ...string) *pb.Storage {
-			return &pb.Storage{Driver: "blk", Source: ld.PCIPath, Fstype: "erofs", MountPoint: mp,
-				Options: append([]string{"ro", "X-kata.overlay-lower", "X-kata.multi-layer=true", "X-kata.gpt-partitioned=true", "X-kata.partition-number=" + n}, extra...)}
-		}
-		ss := []*pb.Storage{
-			{Driver: "blk", Source: ud.PCIPath, Fstype: "ext4", MountPoint: mp, Options: []string{"X-kata.overlay-upper", "X-kata.multi-layer=true"}},
-			lower("1", "X-kata.mkdir.path={{ mount 0 }}/upper/made:0755"),
-			lower("2"),
-		}
 		out, errOut, code, err := runWithStorages(ctx, a, "mlayer", BusyboxSpec(mp, "/bin/sh", "-c",
-			"cat /etc/layer /etc/base; test -d /made && echo made; echo from the container > /written"), ss)
+			"cat /etc/layer /etc/base; test -d /made && echo made; wc -c < /big; echo from the container > /written; grep ' / ' /proc/mounts"), storages(ld.PCIPath, ud.PCIPath))
 		if err != nil || code != 0 {
 			t.Fatalf("multi-layer rootfs: %q %q exit %d %v", out, errOut, code, err)
 		}
-		t.Logf("multi-layer EROFS (2 partitions + ext4 upper): device_add -> container ran: %s", time.Since(start).Round(time.Millisecond))
-		if want := "top\nonly in the bottom layer\nmade\n"; out != want {
-			t.Errorf("container saw %q, want %q (partition 1 over partition 2, mkdir made)", out, want)
+		t.Logf("multi-layer EROFS (2 partitions, one under dm-verity, + ext4 upper): device_add -> container ran: %s", time.Since(start).Round(time.Millisecond))
+		if want := "top\nonly in the bottom layer\nmade\n65536\n"; !strings.HasPrefix(out, want) || !strings.Contains(out, "overlay") {
+			t.Errorf("container saw %q, want %q then the overlay root (partition 1 over partition 2, mkdir made)", out, want)
 		}
-		// The write went to the upper disk: read it on the host once the
-		// container (and with it the overlay) is gone.
 		if m := guestMounts(ctx, t, a, "mlayer-after"); strings.Contains(m, "multi-layer") || strings.Contains(m, mp) {
 			t.Errorf("layers still mounted after the container was removed:\n%s", m)
 		}
+		blocks, _, _, err := RunContainer(ctx, a, "mlayer-blocks", BusyboxSpec(ContainerRootfs, "/bin/ls", "/sys/block"))
+		if err != nil || strings.Contains(blocks, "dm-") {
+			t.Errorf("the dm-verity device outlived the rootfs: %q %v", blocks, err)
+		}
+		// The write went to the upper disk: read it on the host.
 		got, err := exec.Command("debugfs", "-R", "cat /upper/written", upperImg).Output()
 		if err != nil || string(got) != "from the container\n" {
 			t.Errorf("the container's write on the upper disk: %q %v", got, err)
+		}
+
+		// Tampered: the layer still mounts (its metadata is intact) but
+		// reading the changed block fails.
+		td, err := plug.AddBlock(ctx, tamperedLayers, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, errOut, code, err = runWithStorages(ctx, a, "mlayer-tampered", BusyboxSpec(mp, "/bin/sh", "-c", "cat /etc/layer; cat /big > /dev/null"), storages(td.PCIPath, ""))
+		if err != nil {
+			t.Fatalf("tampered layers: %v", err)
+		}
+		if out != "top\n" || code == 0 || !strings.Contains(errOut, "Input/output error") {
+			t.Errorf("a changed block of a dm-verity layer: exit %d, %q %q; want the layer mounted and big unreadable (EIO)", code, out, errOut)
+		}
+	})
+
+	// Kata's block emptyDir with encryption_key=ephemeral: the agent puts
+	// dm-crypt with a key made in the guest over the hot-added disk, makes
+	// an ext4 on it (create_filesystem, the guest image's mkfs.ext4) and
+	// mounts it; the host's image holds only ciphertext, and the device is
+	// gone with the container.
+	t.Run("EphemeralEncryptedDisk", func(t *testing.T) {
+		img := filepath.Join(tmp, "ephemeral.img")
+		f, err := os.Create(img)
+		must(t, err)
+		must(t, f.Truncate(32<<20))
+		f.Close()
+		start := time.Now()
+		d, err := plug.AddBlock(ctx, img, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mp := kataStorageDir + "/ephemeral"
+		const marker = "KEEL-PLAINTEXT-MARKER-0123456789"
+		spec := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c",
+			"i=0; while [ $i -lt 256 ]; do echo "+marker+"; i=$((i+1)); done > /data/secret && sync && cat /data/secret | wc -l && grep ' /data ' /proc/mounts")
+		spec.Mounts = append(spec.Mounts, &pb.Mount{Destination: "/data", Type: "bind", Source: mp, Options: []string{"rbind"}})
+		out, errOut, code, err := runWithStorages(ctx, a, "ephemeral", spec, []*pb.Storage{{Driver: "blk", Source: d.PCIPath, Fstype: "ext4", MountPoint: mp,
+			DriverOptions: []string{"create_filesystem", "encryption_key=ephemeral"}}})
+		if err != nil || code != 0 {
+			t.Fatalf("encrypted emptyDir: %q %q exit %d %v", out, errOut, code, err)
+		}
+		t.Logf("ephemeral encrypted disk: device_add -> dm-crypt + mkfs.ext4 + mount + container ran: %s", time.Since(start).Round(time.Millisecond))
+		if !strings.HasPrefix(out, "256\n") || !strings.Contains(out, "/dev/dm-") || !strings.Contains(out, " ext4 ") {
+			t.Errorf("the container's /data is not an ext4 on a dm device: %q", out)
+		}
+		if m := guestMounts(ctx, t, a, "ephemeral-after"); strings.Contains(m, mp) {
+			t.Errorf("%s still mounted after its container", mp)
+		}
+		blocks, _, _, err := RunContainer(ctx, a, "ephemeral-blocks", BusyboxSpec(ContainerRootfs, "/bin/ls", "/sys/block"))
+		if err != nil || strings.Contains(blocks, "dm-") {
+			t.Errorf("the dm-crypt device outlived its storage: %q %v", blocks, err)
+		}
+		raw, err := os.ReadFile(img)
+		must(t, err)
+		if bytes.Contains(raw, []byte(marker)) {
+			t.Error("the container's plaintext reached the host's disk image")
+		}
+		if len(bytes.Trim(raw, "\x00")) == 0 {
+			t.Error("nothing was written to the disk")
+		}
+		if raw[1024+56] == 0x53 && raw[1024+57] == 0xEF {
+			t.Error("an ext4 superblock in clear on the disk: mkfs did not go through dm-crypt")
 		}
 	})
 
@@ -575,4 +693,27 @@ func waitFile(t *testing.T, p string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// hostTool returns the initramfs files that make the host's tool name
+// run in the guest at guestPath: the binary and the shared libraries ldd
+// lists (with their paths, the loader included).
+func hostTool(t *testing.T, name, guestPath string) map[string]string {
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s (e2fsprogs) is not installed: %v", name, err)
+	}
+	files := map[string]string{guestPath: bin}
+	out, err := exec.Command("ldd", bin).Output()
+	if err != nil {
+		t.Fatalf("ldd %s: %v", bin, err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, f := range strings.Fields(line) {
+			if strings.HasPrefix(f, "/") {
+				files[strings.TrimPrefix(f, "/")] = f
+			}
+		}
+	}
+	return files
 }

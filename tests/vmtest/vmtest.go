@@ -46,6 +46,9 @@ type Config struct {
 	Modules []string
 	// ExtraModules are put into the initramfs (and loaded) on top of Modules.
 	ExtraModules []string
+	// Files are host files copied into the initramfs, by guest path
+	// ("sbin/mkfs.ext4"), e.g. a tool the agent runs and its libraries.
+	Files map[string]string
 	// Append is added to the kernel command line.
 	Append []string
 	// Busybox adds a busybox container rootfs at ContainerRootfs.
@@ -194,7 +197,7 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 		}
 		mods = append(append([]string{}, mods...), cfg.ExtraModules...)
 		initrd = filepath.Join(g.Dir, "initrd.img")
-		if err := BuildInitrd(ctx, InitrdSpec{Agent: cfg.Agent, Kernel: g.Kernel, Modules: mods, Busybox: cfg.Busybox}, initrd); err != nil {
+		if err := BuildInitrd(ctx, InitrdSpec{Agent: cfg.Agent, Kernel: g.Kernel, Modules: mods, Busybox: cfg.Busybox, Files: cfg.Files}, initrd); err != nil {
 			return nil, err
 		}
 		if fi, err := os.Stat(initrd); err == nil {

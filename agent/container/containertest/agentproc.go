@@ -94,7 +94,7 @@ func StartAgent(t testing.TB, o AgentOptions) *Agent {
 	t.Cleanup(func() {
 		a.Stop(t)
 		if t.Failed() {
-			t.Logf("agent %s log:\n%s", a.o.Name, a.Log())
+			t.Logf("%s log:\n%s", a, a.Log())
 		}
 	})
 	return a
@@ -108,7 +108,7 @@ func (a *Agent) Dial(t testing.TB) *client.Client {
 	defer cancel()
 	c, err := client.Dial(ctx, a.Addr)
 	if err != nil {
-		t.Fatalf("dialling agent %s: %v", a.o.Name, err)
+		t.Fatalf("dialling %s: %v", a, err)
 	}
 	a.mu.Lock()
 	a.clients = append(a.clients, c)
@@ -134,7 +134,7 @@ func (a *Agent) Stop(t testing.TB) {
 		case <-time.After(a.o.StopTimeout):
 			a.cmd.Process.Kill()
 			<-a.exited
-			t.Errorf("agent %s did not exit within %v of SIGINT", a.o.Name, a.o.StopTimeout)
+			t.Errorf("%s did not exit within %v of SIGINT", a, a.o.StopTimeout)
 		}
 	})
 }
@@ -147,6 +147,14 @@ func (a *Agent) Exited() bool {
 	default:
 		return false
 	}
+}
+
+// String names the agent in failures: "agent" or "agent <Name>".
+func (a *Agent) String() string {
+	if a.o.Name == "" {
+		return "agent"
+	}
+	return "agent " + a.o.Name
 }
 
 // Log is the agent's output so far (stdout and stderr).

@@ -1,12 +1,15 @@
 package containerbench
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -76,7 +79,19 @@ func agentBinary(tb testing.TB) string {
 // (which removes its containers) and kills whatever of ids is left.
 func startAgent(tb testing.TB, ids *[]string) pb.AgentServiceService {
 	tb.Helper()
-	bin := agentBinary(tb)
+	a, _ := startAgentPid(tb, ids)
+	return a
+}
+
+// startAgentPid is startAgent, also returning the agent's pid.
+func startAgentPid(tb testing.TB, ids *[]string) (pb.AgentServiceService, int) {
+	tb.Helper()
+	return startAgentBin(tb, agentBinary(tb), ids)
+}
+
+// startAgentBin is startAgentPid for a given keel-agent binary.
+func startAgentBin(tb testing.TB, bin string, ids *[]string) (pb.AgentServiceService, int) {
+	tb.Helper()
 	state := tmpfsDir(tb)
 	dir := tb.TempDir()
 	sock := "unix://" + filepath.Join(dir, "agent.sock")
@@ -117,50 +132,125 @@ func startAgent(tb testing.TB, ids *[]string) pb.AgentServiceService {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { c.Close() })
-	return c.Agent
+	return c.Agent, cmd.Process.Pid
+}
+
+// cpuTime is the CPU time pid and its reaped children used so far
+// (utime+stime+cutime+cstime of /proc/<pid>/stat, in clock ticks of 10 ms):
+// for the agent that covers the container inits and bootstrap stages it
+// reaped. On a loaded machine CPU time moves much less than wall time.
+func cpuTime(tb testing.TB, pid int) time.Duration {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	var ticks int64
+	for _, i := range []int{11, 12, 13, 14} { // fields 14-17
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			tb.Fatalf("/proc/%d/stat: %v", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+// childrenCPU is the CPU time of this process's reaped children.
+func childrenCPU(tb testing.TB) time.Duration {
+	tb.Helper()
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_CHILDREN, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // lifecycleTrue is what a host runtime does for `run /bin/true` without a
 // terminal: CreateContainer, StartContainer, ReadStdout until EOF,
 // WaitProcess, RemoveContainer.
 func lifecycleTrue(ctx context.Context, a pb.AgentServiceService, id string) error {
-	if err := runContainer(ctx, a, id, "/bin/true"); err != nil {
-		return err
+	_, err := lifecyclePhases(ctx, a, id)
+	return err
+}
+
+// Phases of lifecycleTrue, as the host sees them (each RPC's round trip).
+const (
+	phaseCreate = iota // CreateContainer
+	phaseStart         // StartContainer
+	phaseRun           // ReadStdout until EOF + WaitProcess
+	phaseRemove        // RemoveContainer
+	nPhases
+)
+
+var phaseUnits = [nPhases]string{"create-ms", "start-ms", "run-ms", "remove-ms"}
+
+// lifecyclePhases is lifecycleTrue, timing each phase.
+func lifecyclePhases(ctx context.Context, a pb.AgentServiceService, id string) (ph [nPhases]time.Duration, _ error) {
+	t := time.Now()
+	lap := func(i int) {
+		now := time.Now()
+		ph[i], t = now.Sub(t), now
 	}
+	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: id, OCI: pbSpec("/bin/true")}); err != nil {
+		return ph, fmt.Errorf("CreateContainer %s: %w", id, err)
+	}
+	lap(phaseCreate)
+	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id}); err != nil {
+		return ph, fmt.Errorf("StartContainer %s: %w", id, err)
+	}
+	lap(phaseStart)
 	if n, err := drainStdout(ctx, a, id, "", 32<<10); err != nil || n != 0 {
-		return fmt.Errorf("ReadStdout: %d bytes, %v", n, err)
+		return ph, fmt.Errorf("ReadStdout: %d bytes, %v", n, err)
 	}
 	w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: id})
 	if err != nil {
-		return fmt.Errorf("WaitProcess: %w", err)
+		return ph, fmt.Errorf("WaitProcess: %w", err)
 	}
 	if w.Status != 0 {
-		return fmt.Errorf("/bin/true: status %d", w.Status)
+		return ph, fmt.Errorf("/bin/true: status %d", w.Status)
 	}
+	lap(phaseRun)
 	if _, err := a.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: id}); err != nil {
-		return fmt.Errorf("RemoveContainer: %w", err)
+		return ph, fmt.Errorf("RemoveContainer: %w", err)
 	}
-	return nil
+	lap(phaseRemove)
+	return ph, nil
 }
 
 // BenchmarkAgentLifecycle (P1, wire tier): create+start+wait+remove of
-// /bin/true through the keel-agent binary over a unix socket.
+// /bin/true through the keel-agent binary over a unix socket. Besides the
+// whole lifecycle's median it reports each phase's median (create-ms,
+// start-ms, run-ms, remove-ms) to show where a change gained.
 func BenchmarkAgentLifecycle(b *testing.B) {
 	var ids []string
-	a := startAgent(b, &ids)
+	a, pid := startAgentPid(b, &ids)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	var lat []time.Duration
+	var phases [nPhases][]time.Duration
+	cpu0 := cpuTime(b, pid)
+	n := 0
 	for i := 0; b.Loop(); i++ {
+		n++
 		id := fmt.Sprintf("wire-%d-%d", os.Getpid(), i)
 		ids = append(ids, id)
 		t0 := time.Now()
-		if err := lifecycleTrue(ctx, a, id); err != nil {
+		ph, err := lifecyclePhases(ctx, a, id)
+		if err != nil {
 			b.Fatal(err)
 		}
 		lat = append(lat, time.Since(t0))
+		for j := range ph {
+			phases[j] = append(phases[j], ph[j])
+		}
 	}
+	b.ReportMetric(ms(cpuTime(b, pid)-cpu0)/float64(n), "cpu-ms/op")
 	b.ReportMetric(ms(percentile(lat, 0.5)), "median-ms")
+	for j, d := range phases {
+		b.ReportMetric(ms(percentile(d, 0.5)), phaseUnits[j])
+	}
 }
 
 // runcBundle writes the spec of pbSpec(args) as a runc bundle, in the cgroup
@@ -188,7 +278,9 @@ func runcBundle(tb testing.TB, id string, args ...string) string {
 func BenchmarkRuncRunTmpfs(b *testing.B) {
 	rt := newRuncOn(b, tmpfsDir(b))
 	var lat []time.Duration
+	cpu0, n := childrenCPU(b), 0
 	for i := 0; b.Loop(); i++ {
+		n++
 		// A cgroup per container, as the agent makes; runc removes it.
 		id := fmt.Sprintf("keel-bench-run-%d-%d", os.Getpid(), i)
 		bundle := runcBundle(b, id, "/bin/true")
@@ -198,6 +290,7 @@ func BenchmarkRuncRunTmpfs(b *testing.B) {
 		}
 		lat = append(lat, time.Since(t0))
 	}
+	b.ReportMetric(ms(childrenCPU(b)-cpu0)/float64(n), "cpu-ms/op")
 	b.ReportMetric(ms(percentile(lat, 0.5)), "median-ms")
 }
 

@@ -23,6 +23,7 @@ var pairs = []pair{
 	{"P2 exec /bin/true vs runc exec", "BenchmarkExec", "BenchmarkRuncExec", "ns/op", "<= 0.5"},
 	{"P1 wire: keel-agent binary vs runc run, tmpfs state", "BenchmarkAgentLifecycle", "BenchmarkRuncRunTmpfs", "ns/op", "<= 0.5"},
 	{"P2 wire: keel-agent binary vs runc exec, tmpfs state", "BenchmarkAgentExec", "BenchmarkRuncExecTmpfs", "ns/op", "<= 0.5"},
+	{"P1 wire CPU: agent + its reaped inits vs runc + children", "BenchmarkAgentLifecycle", "BenchmarkRuncRunTmpfs", "cpu-ms/op", ""},
 	{"container init start: keel-agent vs libcontainer-only", "BenchmarkAgentInitStart", "BenchmarkSlimInitStart", "ns/op", ""},
 	{"P3 stdout fast path vs raw unix copy", "BenchmarkStdoutFastPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.95"},
 	{"P3 stdout RPC path vs raw unix copy", "BenchmarkStdoutRPCPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.3"},
@@ -30,6 +31,12 @@ var pairs = []pair{
 	{"P3 stdout RPC path, generated handler (proto.Marshal), vs raw", "BenchmarkStdoutRPCPathGenerated", "BenchmarkRawUnixCopy", "MB/s", ""},
 	{"P3 stdout RPC path, container dd, 32 KiB reads, vs raw", "BenchmarkStdoutRPCPath32KiB/pipe=64KiB", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ">= 0.3"},
 	{"P3 stdout RPC path, 1 MiB reads, 1 MiB pipe, vs raw", "BenchmarkStdoutRPCPath1MiB/pipe=1MiB", "BenchmarkRawUnixCopy1MiB/pipe=1MiB", "MB/s", ">= 0.3"},
+	// VM tier (tests/bench/guestbench, KEEL_BENCH_VM=1): timed in one
+	// Debian guest, the agent over AF_VSOCK, runc/crun inside the guest.
+	{"P1 in guest: agent (vsock) vs runc run in guest", "BenchmarkGuestLifecycle", "BenchmarkGuestRuncRun", "ns/op", "<= 0.5"},
+	{"P1 in guest: agent (vsock) vs crun run in guest", "BenchmarkGuestLifecycle", "BenchmarkGuestCrunRun", "ns/op", ""},
+	{"P2 in guest: agent exec (vsock) vs runc exec", "BenchmarkGuestExec", "BenchmarkGuestRuncExec", "ns/op", "<= 0.5"},
+	{"P2 in guest: agent exec (vsock) vs crun exec", "BenchmarkGuestExec", "BenchmarkGuestCrunExec", "ns/op", ""},
 	// VM tier (tests/bench/vmbench, KEEL_BENCH_VM=1).
 	{"P3 VM: ReadStdout (32 KiB, as Kata) vs raw AF_VSOCK", "BenchmarkStdoutVsock/readstdout", "BenchmarkStdoutVsock/raw", "MB/s", ">= 0.3"},
 	{"P3 VM: passfd stdout vs raw AF_VSOCK", "BenchmarkStdoutVsock/passfd", "BenchmarkStdoutVsock/raw", "MB/s", ">= 0.95"},
@@ -46,12 +53,26 @@ var reported = []struct{ name, bench, unit, target string }{
 	// VM tier (tests/bench/vmbench, KEEL_BENCH_VM=1).
 	{"P6 uptime at listener ready, keel / trivial init", "BenchmarkP6Boot", "ready-ratio", "<= 1.1 (+20 ms)"},
 	{"P6 keel ready minus (1.1 x trivial + 20 ms), ms", "BenchmarkP6Boot", "p6-excess-ms", "<= 0"},
+	{"P6 icount (guest work only): keel / trivial ready", "BenchmarkP6BootIcount", "ready-ratio", "<= 1.1 (+20 ms)"},
+	{"P6 icount: keel minus (1.1 x trivial + 20 ms), ms", "BenchmarkP6BootIcount", "p6-excess-ms", "<= 0"},
+	{"P6 icount: keel init_start->listener_ready (ms)", "BenchmarkP6BootIcount", "keel-init-ms", ""},
 	{"P6 keel-agent init_start->listener_ready (ms)", "BenchmarkP6Boot", "keel-init-ms", ""},
 	{"P6 trivial init main->listener (ms)", "BenchmarkP6Boot", "trivial-init-ms", ""},
 	{"P6 QEMU start->first RPC, DAX on virtio-pmem (s)", "BenchmarkP6Boot", "keel-first-rpc-s", "<= 1.0"},
 	{"P6 QEMU start->first RPC, DAX on nvdimm (s)", "BenchmarkBootNVDIMM", "keel-first-rpc-s", "<= 1.0"},
+	{"P6 QEMU CPU s to first RPC, virtio-pmem (idle ~wall)", "BenchmarkP6Boot", "keel-first-rpc-cpu-s", "<= 1.0"},
+	{"P6 QEMU CPU s to first answer, trivial init", "BenchmarkP6Boot", "trivial-first-cpu-s", ""},
+	{"P6 QEMU CPU s to first RPC, nvdimm", "BenchmarkBootNVDIMM", "keel-first-rpc-cpu-s", ""},
 	{"guest used KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "used-KiB", ""},
 	{"agent RssAnon KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "agent-anon-KiB", ""},
+	// VM tier (tests/bench/guestbench): the same, paired round by round.
+	{"P1 in guest, paired: agent (vsock) / runc run", "BenchmarkGuestPairedRun", "agent/runc", "<= 0.5"},
+	{"P1 in guest, paired: agent (vsock) / crun run", "BenchmarkGuestPairedRun", "agent/crun", ""},
+	{"P2 in guest, paired: agent exec (vsock) / runc exec", "BenchmarkGuestPairedExec", "agent/runc", "<= 0.5"},
+	{"P2 in guest, paired: agent exec (vsock) / crun exec", "BenchmarkGuestPairedExec", "agent/crun", ""},
+	// VM tier (tests/bench/guestbench): cgroup2 favordynmods A/B, paired.
+	{"in guest: cgroup migration, favordynmods on/off", "BenchmarkGuestCgroupMigrate", "on/off", ""},
+	{"P1 in guest: favordynmods on/off (paired)", "BenchmarkGuestLifecycleCgroup2", "on/off", ""},
 }
 
 func main() {

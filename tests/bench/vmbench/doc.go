@@ -7,6 +7,9 @@
 //     /sbin/init vs testdata/trivialinit (a static Go PID 1 that only opens
 //     an AF_VSOCK listener), alternately: guest uptime at listener ready,
 //     each init's main -> listener time, and QEMU start -> first RPC.
+//   - BenchmarkP6BootIcount: the same under -icount shift=0, where the
+//     guest clock counts guest instructions (1 ns each) and idle time: the
+//     reading of P6 that host load and TCG translation cannot move.
 //   - BenchmarkBootNVDIMM: the same keel-agent boot on an nvdimm.
 //   - BenchmarkGuestMemory: MemTotal - MemFree - Buffers - Cached and the
 //     agent's RssAnon after boot with one idle container, Keel's kernel +

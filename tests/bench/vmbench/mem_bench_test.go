@@ -43,6 +43,7 @@ func BenchmarkGuestMemory(b *testing.B) {
 		benchMemory(b, ctx, vmtest.Config{
 			Kernel: kernel, NoInitrd: true, Append: daxRoot,
 			Pmem: []qemu.PmemDevice{{Path: img, Kind: qemu.VirtioPmem, ReadOnly: true}},
+			QEMU: fastQEMU(),
 		})
 	})
 	b.Run("debian-initramfs", func(b *testing.B) {

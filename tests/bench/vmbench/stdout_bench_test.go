@@ -80,6 +80,7 @@ func streamVM(b *testing.B) (*vmtest.Guest, *client.Client) {
 		Kernel: kernel, NoInitrd: true,
 		Append: append(append([]string{}, daxRoot...), "agent.passfd_listener_port="+strconv.Itoa(passfdPort)),
 		Pmem:   []qemu.PmemDevice{{Path: img, Kind: qemu.VirtioPmem, ReadOnly: true}},
+		QEMU:   fastQEMU(),
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -184,7 +184,7 @@ func TestAgentRejectsBadFlags(t *testing.T) {
 		// A bad flag must fail at once; an agent that starts anyway is
 		// killed by the deadline and fails the check below.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		out, err := exec.CommandContext(ctx, agentBin, append([]string{"--addr", "unix://" + filepath.Join(t.TempDir(), "a.Sock")}, args...)...).CombinedOutput()
+		out, err := exec.CommandContext(ctx, agentBin, append([]string{"--addr", "unix://" + filepath.Join(t.TempDir(), "a.sock")}, args...)...).CombinedOutput()
 		timedOut := ctx.Err() != nil
 		cancel()
 		if err == nil || timedOut || !strings.Contains(string(out), args[0]) {

@@ -75,6 +75,18 @@ type Config struct {
 	CPUs     int    // default 1
 	CPUModel string // default "max"
 
+	// Firmware is the -bios image; empty is QEMU's default (SeaBIOS).
+	// QBoot is the minimal one that only loads the kernel: enough for a
+	// -kernel boot without hotplug-heavy PCI setups.
+	Firmware string
+
+	// Machine is the machine type with its options, before the accel and
+	// RAM backend Launch adds; default "q35". "microvm,pcie=on" gives a
+	// guest whose disks (-device virtio-blk-device in ExtraArgs) sit on
+	// virtio-mmio transports, as Firecracker's do, while the vsock device
+	// stays on PCIe; Pmem, Drives and PCIeRootPorts need q35.
+	Machine string
+
 	// VhostUserVsockSocket, if set, is the unix socket of a running
 	// vhost-user-vsock backend; QEMU connects to it at start.
 	VhostUserVsockSocket string
@@ -95,6 +107,14 @@ type Config struct {
 	// the socket is removed).
 	Dir string
 }
+
+// QBoot is Debian's qboot image (qemu-system-data): firmware that does
+// little more than hand over to the -kernel image, ~0.06 s of QEMU CPU
+// less per boot than SeaBIOS under TCG.
+const QBoot = "/usr/share/qemu/qboot.rom"
+
+// QBootAvailable says whether QBoot is installed.
+func QBootAvailable() bool { return regularFile(QBoot) == nil }
 
 // Binary returns the QEMU executable Launch uses when Config.Binary is empty.
 func Binary() string {
@@ -128,6 +148,11 @@ func (cfg Config) withDefaults() (Config, []int64, error) {
 	if cfg.Initrd != "" {
 		if err := regularFile(cfg.Initrd); err != nil {
 			errs = append(errs, fmt.Errorf("initrd: %w", err))
+		}
+	}
+	if cfg.Firmware != "" {
+		if err := regularFile(cfg.Firmware); err != nil {
+			errs = append(errs, fmt.Errorf("firmware: %w", err))
 		}
 	}
 	if cfg.MemoryMiB < 64 {
@@ -205,7 +230,11 @@ func optValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // args builds the QEMU command line for a defaulted config.
 func (cfg Config) args(sizes []int64, serialPath, qmpPath string) []string {
-	machine := "q35,accel=tcg,memory-backend=mem"
+	machine := cfg.Machine
+	if machine == "" {
+		machine = "q35"
+	}
+	machine += ",accel=tcg,memory-backend=mem"
 	for _, p := range cfg.Pmem {
 		if p.Kind == NVDIMM {
 			machine += ",nvdimm=on"
@@ -233,6 +262,9 @@ func (cfg Config) args(sizes []int64, serialPath, qmpPath string) []string {
 	}
 	if cfg.Initrd != "" {
 		a = append(a, "-initrd", cfg.Initrd)
+	}
+	if cfg.Firmware != "" {
+		a = append(a, "-bios", cfg.Firmware)
 	}
 	if cfg.Append != "" {
 		a = append(a, "-append", cfg.Append)

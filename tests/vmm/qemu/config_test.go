@@ -97,6 +97,17 @@ func TestArgsPlainVM(t *testing.T) {
 	if strings.Contains(strings.Join(args, " "), "nvdimm") {
 		t.Error("nvdimm enabled without nvdimm devices")
 	}
+	if got := argsAfter(args, "-bios"); len(got) != 0 {
+		t.Errorf("-bios %v without Firmware (QEMU's default)", got)
+	}
+	fw := tempFile(t, "fw.rom", 4096)
+	cfg.Firmware = fw
+	if got := argsAfter(cfg.args(sizes, "/d/serial.log", "/d/qmp.sock"), "-bios"); len(got) != 1 || got[0] != fw {
+		t.Errorf("-bios %v, want [%s]", got, fw)
+	}
+	if _, _, err := (Config{Kernel: cfg.Kernel, Firmware: "/nonexistent.rom"}).withDefaults(); err == nil || !strings.Contains(err.Error(), "firmware") {
+		t.Errorf("missing firmware: %v, want an error naming it", err)
+	}
 }
 
 func TestConfigValidation(t *testing.T) {
