@@ -28,13 +28,15 @@ const (
 	unifiedCgroupHierarchyKey = "systemd.unified_cgroup_hierarchy"
 )
 
-// DefaultCgroupFavorDynmods is agent.cgroup_favordynmods's default: on.
-// Measured in the guest (tests/bench/guestbench, TCG, paired runs): a
-// cgroup.procs write after a quiet period 0.22-0.42x with it (it no longer
-// waits out an RCU grace period), the /bin/true container lifecycle over
-// vsock 0.50-1.00x (median 0.74x). Its cost, a slower read side of the
-// threadgroup rwsem on fork and exit, is small in a guest with few vCPUs.
-const DefaultCgroupFavorDynmods = true
+// DefaultCgroupFavorDynmods is agent.cgroup_favordynmods's default: off,
+// as the in-guest A/B could not show P1 clearly faster with it. Measured
+// in the guest (tests/bench/guestbench, 2 vCPU TCG, host load 12-20,
+// paired off/on rounds): a lone cgroup.procs write after 0.3 s of quiet
+// is faster with it in 8 of 9 counts (on/off median 0.27: the RCU
+// grace-period stall goes), but the /bin/true lifecycle over vsock is
+// on/off 0.50-1.45, median 0.93, 6 of 9 below 1: the stall (tens of ms)
+// is within TCG's noise on a ~0.5-2 s lifecycle. Re-measure on KVM.
+const DefaultCgroupFavorDynmods = false
 
 // Module is one entry of agent.modules: a module name and its parameter
 // string as passed to finit_module(2) ("p1=a p2=b").
