@@ -222,10 +222,11 @@ const startSettle = time.Second
 // written the exec fifo, a moment before it runs the startContainer hooks
 // and execs the program. Start does not wait for that (as in Kata, whose
 // StartContainer answers once the fifo is written): only what must meet
-// the program rather than runc's init waits, here, and only until one
-// caller saw the execve. A signal's handling depends on the program's
-// handlers (SIGTERM escalation) and an exec'd process should join the
-// program, not its still-running init.
+// the program rather than runc's init waits, here: a signal's handling
+// depends on the program's handlers (SIGTERM escalation) and an exec'd
+// process should join the program, not its still-running init. The wait
+// happens once per container (an init held past startSettle by a hook
+// does not delay every later call again), as Start's wait did before.
 func (c *Container) settleStart() {
 	c.mu.Lock()
 	pending := c.execvePending
@@ -233,32 +234,28 @@ func (c *Container) settleStart() {
 	if !pending {
 		return
 	}
-	if c.awaitExecve() {
-		c.mu.Lock()
-		c.execvePending = false
-		c.mu.Unlock()
-	}
+	c.awaitExecve()
+	c.mu.Lock()
+	c.execvePending = false
+	c.mu.Unlock()
 }
 
 // awaitExecve polls init's name until it is no longer runc's (exec'd or
-// gone) and reports whether it saw that within startSettle. The polls start
-// fine (the execve is typically under a millisecond away) and back off.
-func (c *Container) awaitExecve() bool {
+// gone), at most startSettle. The polls start fine (the execve is
+// typically under a millisecond away) and back off to 1 ms.
+func (c *Container) awaitExecve() {
 	deadline := time.Now().Add(startSettle)
 	path := fmt.Sprintf("/proc/%d/comm", c.init.Pid)
 	pause := 50 * time.Microsecond
-	for {
+	for time.Now().Before(deadline) {
 		select {
 		case <-c.init.done:
-			return true
+			return
 		default:
 		}
 		b, err := os.ReadFile(path)
 		if err != nil || strings.TrimSpace(string(b)) != runcInitComm {
-			return true
-		}
-		if !time.Now().Before(deadline) {
-			return false
+			return
 		}
 		time.Sleep(pause)
 		pause = min(2*pause, time.Millisecond)

@@ -589,3 +589,36 @@ func TestSignalRightAfterStart(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSettleWaitsOnce: an init held before its execve (a startContainer
+// hook sleeping 5 s) delays the first signal after Start by startSettle,
+// and no later one.
+func TestSettleWaitsOnce(t *testing.T) {
+	s := newSandbox(t)
+	spec := testSpec("/bin/sleep", "1000")
+	spec.Hooks = &specs.Hooks{StartContainer: []specs.Hook{{Path: "/bin/sleep", Args: []string{"sleep", "5"}}}}
+	c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("once"), Spec: spec, IO: newIO(t, false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := c.Signal("", unix.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d < startSettle-50*time.Millisecond {
+		t.Errorf("first signal after %v, want a wait of startSettle (%v) for the held init", d, startSettle)
+	}
+	t0 = time.Now()
+	if err := c.Signal("", unix.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d > startSettle/2 {
+		t.Errorf("second signal took %v: waited again", d)
+	}
+	if err := s.RemoveContainer(context.Background(), c.ID(), 0); err != nil {
+		t.Fatal(err)
+	}
+}

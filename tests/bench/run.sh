@@ -7,7 +7,7 @@
 # KEEL_BENCH_VM=1 adds the VM tier (make bench-vm; BENCH_HOST=0 leaves the
 # host tier out): the tests/bench packages whose benchmarks boot guests
 # under QEMU TCG (guestbench, vmbench) run in a second pass, guestbench with
-# a fixed iteration count, BENCH_VM_TIME (default 5x): a TCG op takes
+# a fixed iteration count, BENCH_VM_TIME (default 3x): a TCG op takes
 # seconds, so -benchtime 1s would time one op.
 set -eu
 cd "$(dirname "$0")/../.."
@@ -23,7 +23,7 @@ if [ "${KEEL_BENCH_VM:-}" = 1 ]; then
 		# guestbench shares one guest across fast ops: a fixed count of
 		# them; vmbench boots a guest per op: go test's default.
 		time=1s
-		case $pkg in */guestbench) time=${BENCH_VM_TIME:-5x} ;; esac
+		case $pkg in */guestbench) time=${BENCH_VM_TIME:-3x} ;; esac
 		go test -run '^$' -bench "${BENCH:-.}" -benchtime "$time" -count "$count" -timeout 60m "$pkg" | tee -a build/bench.txt
 	done
 fi

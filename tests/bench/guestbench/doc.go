@@ -11,6 +11,12 @@
 //     by bench.sh, run through the agent's debug console.
 //   - BenchmarkGuestExec (P2) vs BenchmarkGuestRuncExec and
 //     BenchmarkGuestCrunExec: exec of /bin/true in a running container.
+//   - BenchmarkGuestPairedRun and BenchmarkGuestPairedExec: the same P1 and
+//     P2 comparisons, paired round by round (agent, runc, crun, agent, ...)
+//     so that load drift on a shared machine hits all three alike; they
+//     report agent/runc and agent/crun directly.
+//   - BenchmarkGuestRoundTrip: one Health.Check over AF_VSOCK, the wire's
+//     share of the agent's figures.
 //   - BenchmarkGuestCgroupMigrate and BenchmarkGuestLifecycleCgroup2: the
 //     cgroup2 favordynmods A/B, paired (the guest's cgroup2 remounted off,
 //     on, off, on, ... between runs): a lone cgroup.procs write after a

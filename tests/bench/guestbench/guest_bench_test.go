@@ -192,8 +192,20 @@ func BenchmarkGuestCrunRun(b *testing.B) { inGuest(b, "crun", "run") }
 func BenchmarkGuestExec(b *testing.B) {
 	g := benchGuest(b)
 	ctx := benchCtx(b)
+	id := startSleeper(b, ctx, g)
+	proc := Spec(Rootfs, "/bin/true").Process
+	for i := 0; b.Loop(); i++ {
+		if err := execTrue(ctx, g.Client.Agent, id, "x"+strconv.Itoa(i), proc); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// startSleeper starts a container running sleep through the agent, killed
+// and removed when b ends, and returns its id.
+func startSleeper(b *testing.B, ctx context.Context, g *Guest) string {
 	a := g.Client.Agent
-	id := nextID("p2")
+	id := nextID("sleeper")
 	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: id, ExecId: id, OCI: Spec(Rootfs, "/bin/sleep", "100000")}); err != nil {
 		b.Fatal(err)
 	}
@@ -213,23 +225,25 @@ func BenchmarkGuestExec(b *testing.B) {
 	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id}); err != nil {
 		b.Fatal(err)
 	}
-	proc := Spec(Rootfs, "/bin/true").Process
-	for i := 0; b.Loop(); i++ {
-		eid := "x" + strconv.Itoa(i)
-		if _, err := a.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: id, ExecId: eid, Process: proc}); err != nil {
-			b.Fatal(err)
-		}
-		if err := drain(ctx, a, id, eid); err != nil {
-			b.Fatal(err)
-		}
-		w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: id, ExecId: eid})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if w.Status != 0 {
-			b.Fatalf("exec /bin/true: status %d", w.Status)
-		}
+	return id
+}
+
+// execTrue is ExecProcess of /bin/true, ReadStdout until EOF, WaitProcess.
+func execTrue(ctx context.Context, a pb.AgentServiceService, id, eid string, proc *pb.Process) error {
+	if _, err := a.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: id, ExecId: eid, Process: proc}); err != nil {
+		return fmt.Errorf("ExecProcess: %w", err)
 	}
+	if err := drain(ctx, a, id, eid); err != nil {
+		return err
+	}
+	w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: id, ExecId: eid})
+	if err != nil {
+		return fmt.Errorf("WaitProcess: %w", err)
+	}
+	if w.Status != 0 {
+		return fmt.Errorf("exec /bin/true: status %d", w.Status)
+	}
+	return nil
 }
 
 // BenchmarkGuestRuncExec (P2 baseline): `runc exec` of /bin/true in a
@@ -310,4 +324,72 @@ func BenchmarkGuestLifecycleCgroup2(b *testing.B) {
 	b.ReportMetric(off, "off-ns/op")
 	b.ReportMetric(on, "on-ns/op")
 	b.ReportMetric(on/off, "on/off")
+}
+
+// paired runs b.N rounds of: one agent op over vsock (timed on the host),
+// one `runc OP` and one `crun OP` (each timed inside the guest by bench.sh,
+// the console session around it untimed), so that load drift on this
+// shared machine hits all three alike; it reports each mean and the ratios
+// agent/runc and agent/crun.
+func paired(b *testing.B, op string, agentOp func(ctx context.Context, i int) error) {
+	g := benchGuest(b)
+	ctx := benchCtx(b)
+	var agent time.Duration
+	rt := map[string]int64{}
+	for i := range b.N {
+		t0 := time.Now()
+		if err := agentOp(ctx, i); err != nil {
+			b.Fatal(err)
+		}
+		agent += time.Since(t0)
+		for _, name := range []string{"runc", "crun"} {
+			r, out, err := g.RunScript(ctx, BenchDir, name, op, "1")
+			if err != nil {
+				b.Fatalf("%v\n%s", err, out)
+			}
+			rt[name] += r.NsPerOp
+		}
+	}
+	n := float64(b.N)
+	a := float64(agent) / n
+	b.ReportMetric(a, "agent-ns/op")
+	b.ReportMetric(float64(rt["runc"])/n, "runc-ns/op")
+	b.ReportMetric(float64(rt["crun"])/n, "crun-ns/op")
+	b.ReportMetric(a/(float64(rt["runc"])/n), "agent/runc")
+	b.ReportMetric(a/(float64(rt["crun"])/n), "agent/crun")
+}
+
+// BenchmarkGuestPairedRun is P1 in the guest, paired: agent lifecycle,
+// `runc run`, `crun run`, round after round.
+func BenchmarkGuestPairedRun(b *testing.B) {
+	paired(b, "run", func(ctx context.Context, _ int) error {
+		return lifecycleTrue(ctx, guest.Client.Agent, nextID("pr"))
+	})
+}
+
+// BenchmarkGuestPairedExec is P2 in the guest, paired: agent exec, `runc
+// exec`, `crun exec`, round after round (bench.sh starts and deletes its
+// container around each timed exec, untimed).
+func BenchmarkGuestPairedExec(b *testing.B) {
+	g := benchGuest(b)
+	ctx := benchCtx(b)
+	a := g.Client.Agent
+	id := startSleeper(b, ctx, g)
+	proc := Spec(Rootfs, "/bin/true").Process
+	paired(b, "exec", func(ctx context.Context, i int) error {
+		return execTrue(ctx, a, id, "pe"+strconv.Itoa(i), proc)
+	})
+}
+
+// BenchmarkGuestRoundTrip: one Health.Check over AF_VSOCK (the host's
+// vhost-user-vsock device, QEMU, the guest's virtio-vsock): the wire's
+// share of P1 (five RPCs) and P2 (three).
+func BenchmarkGuestRoundTrip(b *testing.B) {
+	g := benchGuest(b)
+	ctx := benchCtx(b)
+	for b.Loop() {
+		if _, err := g.Client.Health.Check(ctx, &pb.CheckRequest{}); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

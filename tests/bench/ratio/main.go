@@ -68,6 +68,11 @@ var reported = []struct{ name, bench, unit, target string }{
 	{"P6 QEMU CPU s to first RPC, nvdimm", "BenchmarkBootNVDIMM", "keel-first-rpc-cpu-s", ""},
 	{"guest used KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "used-KiB", ""},
 	{"agent RssAnon KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "agent-anon-KiB", ""},
+	// VM tier (tests/bench/guestbench): the same, paired round by round.
+	{"P1 in guest, paired: agent (vsock) / runc run", "BenchmarkGuestPairedRun", "agent/runc", "<= 0.5"},
+	{"P1 in guest, paired: agent (vsock) / crun run", "BenchmarkGuestPairedRun", "agent/crun", ""},
+	{"P2 in guest, paired: agent exec (vsock) / runc exec", "BenchmarkGuestPairedExec", "agent/runc", "<= 0.5"},
+	{"P2 in guest, paired: agent exec (vsock) / crun exec", "BenchmarkGuestPairedExec", "agent/crun", ""},
 	// VM tier (tests/bench/guestbench): cgroup2 favordynmods A/B, paired.
 	{"in guest: cgroup migration, favordynmods on/off", "BenchmarkGuestCgroupMigrate", "on/off", ""},
 	{"P1 in guest: favordynmods on/off (paired)", "BenchmarkGuestLifecycleCgroup2", "on/off", ""},
