@@ -55,7 +55,7 @@ func Headroom(memTotal uint64) uint64 {
 }
 
 // PercentFor is the GOGC that keeps the next heap goal within headroom of
-// a live heap of live bytes, clamped to [MinPercent, MaxPercent] and
+// a live heap (with stacks and globals) of live bytes, clamped to [MinPercent, MaxPercent] and
 // rounded down to a multiple of 25.
 func PercentFor(live, headroom uint64) int {
 	if live == 0 {
@@ -114,9 +114,11 @@ func (p *Policy) Stop() {
 }
 
 // adjust sets the percent for the live heap of the last GC cycle; false
-// once stopped.
+// once stopped. The runtime applies GOGC to the live heap plus the stacks
+// and globals it scanned (the heap goal is live + (live + stacks +
+// globals) * GOGC/100), so these count in the base too.
 func (p *Policy) adjust() bool {
-	want := PercentFor(readUint(liveHeap), p.headroom)
+	want := PercentFor(readUint(liveHeap)+readUint(scanStack)+readUint(scanGlobals), p.headroom)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.stopped {
@@ -130,11 +132,13 @@ func (p *Policy) adjust() bool {
 }
 
 const (
-	liveHeap = "/gc/heap/live:bytes"
-	gogc     = "/gc/gogc:percent"
-	memLimit = "/gc/gomemlimit:bytes"
-	heapGoal = "/gc/heap/goal:bytes"
-	gcCycles = "/gc/cycles/total:gc-cycles"
+	liveHeap    = "/gc/heap/live:bytes"
+	scanStack   = "/gc/scan/stack:bytes"
+	scanGlobals = "/gc/scan/globals:bytes"
+	gogc        = "/gc/gogc:percent"
+	memLimit    = "/gc/gomemlimit:bytes"
+	heapGoal    = "/gc/heap/goal:bytes"
+	gcCycles    = "/gc/cycles/total:gc-cycles"
 )
 
 // Effective is what the runtime uses now, read back from runtime/metrics

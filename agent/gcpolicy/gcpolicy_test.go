@@ -77,6 +77,11 @@ func TestPolicyFollowsLiveHeap(t *testing.T) {
 	defer p.Stop()
 	runtime.GC()
 	waitPercent(t, func(pct int) bool { return pct > MinPercent }, "above 100 with a small heap")
+	// The point of the headroom: the next GC starts before the garbage
+	// exceeds it (goal - live - stacks - globals <= headroom).
+	if e := Read(); e.HeapGoal > e.LiveHeap+readUint(scanStack)+readUint(scanGlobals)+p.Headroom() {
+		t.Fatalf("heap goal %d with live heap %d at GOGC %d: more than the %d headroom of garbage", e.HeapGoal, e.LiveHeap, e.Percent, p.Headroom())
+	}
 	hold := make([][]byte, 0, 64)
 	for range 64 {
 		hold = append(hold, make([]byte, 256<<10)) // 16 MiB live, twice the headroom
