@@ -64,7 +64,8 @@ const (
 	WriteTimeout = 30 * time.Second
 	// MaxPending bounds the requests awaiting a reply on one connection.
 	// Kata's runtime keeps a few per container (WaitProcess, ReadStdout,
-	// ReadStderr) plus GetOOMEvent pending.
+	// ReadStderr) plus GetOOMEvent pending. Across all connections,
+	// agent/server caps requests in flight (MaxPendingRequests).
 	MaxPending = 1024
 	// acceptRetry is the pause when accept(2) is out of descriptors and
 	// nothing is idle to evict.

@@ -23,9 +23,13 @@ import (
 
 const (
 	// DefaultLaunchTimeout bounds CreateContainer, StartContainer and
-	// ExecProcess when Config.LaunchTimeout is 0 (Kata's
-	// agent.launch_process_timeout default).
-	DefaultLaunchTimeout = 6 * time.Second
+	// ExecProcess when Config.LaunchTimeout is 0 (the default of
+	// agent.launch_process_timeout, init/cmdline's DefaultLaunchProcTimeout).
+	// It is what the Kata runtime waits for a CreateContainer, so the guest
+	// never fails a start the host still waits for, and it leaves room for
+	// hooks to reach their own DefaultHookTimeout. A stalled start holds no
+	// lock, so a long bound costs only the stalled start's own processes.
+	DefaultLaunchTimeout = 60 * time.Second
 	// DefaultHookTimeout is the timeout of an OCI hook whose spec gives
 	// none (Kata's DEFAULT_HOOK_TIMEOUT_SEC).
 	DefaultHookTimeout = 10 * time.Second

@@ -101,6 +101,14 @@ func TestPodNamespaces(t *testing.T) {
 	}
 	pids := map[string]string{}
 	for _, c := range []*Container{pause, app1, app2} {
+		// Hold each namespace open: the kernel reuses the inode
+		// number of a freed namespace at once, so the pause
+		// container's, once gone, would look like the new one below.
+		f, err := os.Open(filepath.Join("/proc", itoa(c.InitProcess().Pid), "ns", "pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
 		ns := nsOf(t, c, "pid")
 		if ns == ownNS(t, "pid") || pids[ns] != "" {
 			t.Errorf("pid ns of %s = %s: not new (agent's %s, seen in %q)", c.ID(), ns, ownNS(t, "pid"), pids[ns])

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"sync"
 	"syscall"
 	"time"
@@ -205,6 +206,9 @@ func reapVia(lp *libcontainer.Process) func() (unix.WaitStatus, error) {
 func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id string, io *stdio.IO, onExit func(*Process)) (*Process, error) {
 	started := time.Now()
 	err := lc.Start(lp)
+	if err != nil && lp.Init {
+		releaseExecFifo(lc)
+	}
 	var ch <-chan reaper.ExitStatus
 	pid := 0
 	if err == nil {
@@ -241,6 +245,23 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// releaseExecFifo closes the exec fifo handle that libcontainer keeps in
+// Container.fifo while an init starts. Its Container.Start closes it only
+// when the start succeeds (runc v1.5.2, container_linux.go), so every failed
+// create (a missing program, a failing hook, a bad mount) would keep one fd
+// until a garbage collection ran the os.File's cleanup. The field is
+// unexported, hence reflection; should a libcontainer upgrade rename or
+// retype it, nothing is closed and TestNoLeftovers reports the fd.
+func releaseExecFifo(lc *libcontainer.Container) {
+	v := reflect.ValueOf(lc).Elem().FieldByName("fifo")
+	if !v.IsValid() || v.Type() != reflect.TypeFor[*os.File]() || v.IsNil() {
+		return
+	}
+	// Closing twice is harmless (os.ErrClosed); nobody else uses the
+	// handle once Start has returned.
+	_ = (*os.File)(v.UnsafePointer()).Close()
 }
 
 // Kernel limits on execve's arguments (fs/exec.c): one string is at most

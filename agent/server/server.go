@@ -4,7 +4,8 @@
 // Every RPC passes through one interceptor that records its latency and
 // outcome for GetMetrics, logs failures, and turns a handler panic into an
 // Internal status: one bad request must never take the agent (PID 1 of the
-// guest) down.
+// guest) down. It also caps the requests in flight across all connections
+// (MaxPendingRequests): package connlimit bounds them per connection only.
 package server
 
 import (
@@ -15,6 +16,8 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/ttrpc"
@@ -31,6 +34,25 @@ import (
 
 // DefaultAddr is Kata's default agent.server_addr.
 const DefaultAddr = "vsock://-1:1024"
+
+// MaxPendingRequests caps the requests whose handlers run at once, across
+// all connections. Each pending long poll (WaitProcess, GetOOMEvent,
+// ReadStdout) costs the agent about 6.5 KiB (its goroutine, context and
+// decoded request), and connlimit's per-connection cap (256 connections x
+// 1,024) would let a buggy or hostile host pin ~1.7 GB. 4,096 allows ~28 MiB
+// (measured 6.6-7.2 KiB of RssAnon each, tests/hostmode/agentproc), under a
+// quarter of a 128 MiB guest, and is still far above what Kata's runtime
+// keeps (one GetOOMEvent plus a WaitProcess, ReadStdout and ReadStderr per
+// process). Beyond it a request is answered at once with ResourceExhausted.
+const MaxPendingRequests = 4096
+
+// exempt reports whether method bypasses MaxPendingRequests: grpc.Health
+// (the runtime's liveness probe must keep answering under a flood) and
+// GetMetrics (so the flood can be seen). All answer at once, so they never
+// stay pending.
+func exempt(method string) bool {
+	return strings.HasPrefix(method, "/grpc.Health/") || method == "/grpc.AgentService/GetMetrics"
+}
 
 // Listen opens a listener for an agent address. For unix:// a stale socket
 // file left by an earlier run is removed first.
@@ -70,6 +92,22 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics.Registry
 	direct  map[string]ttrpc.Method // by full method name, see EncodedStreamReader
+
+	maxPending        int64
+	pending, rejected atomic.Int64
+}
+
+// Option configures New.
+type Option func(*Server)
+
+// WithMaxPending sets the cap on requests in flight (MaxPendingRequests by
+// default; tests use a smaller one).
+func WithMaxPending(n int) Option {
+	return func(s *Server) {
+		if n > 0 {
+			s.maxPending = int64(n)
+		}
+	}
 }
 
 // EncodedStreamReader is implemented by an AgentService that can answer
@@ -108,11 +146,14 @@ func directMethods(agent pb.AgentServiceService) map[string]ttrpc.Method {
 }
 
 // New registers agent and health on a new ttrpc server. m may be nil.
-func New(agent pb.AgentServiceService, health pb.HealthService, m *metrics.Registry, log *slog.Logger) (*Server, error) {
+func New(agent pb.AgentServiceService, health pb.HealthService, m *metrics.Registry, log *slog.Logger, opts ...Option) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{log: log, metrics: m, direct: directMethods(agent)}
+	s := &Server{log: log, metrics: m, direct: directMethods(agent), maxPending: MaxPendingRequests}
+	for _, o := range opts {
+		o(s)
+	}
 	ts, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(s.intercept(m)))
 	if err != nil {
 		return nil, fmt.Errorf("unable to create ttrpc server: %w", err)
@@ -139,6 +180,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return float64(st.FrameTimeouts + st.WriteTimeouts)
 		})
 	}
+	if s.metrics != nil {
+		s.metrics.Gauge("keel_rpcs_pending", "RPCs in flight (counted against the agent-wide cap).", func() float64 { return float64(s.pending.Load()) })
+		s.metrics.Gauge("keel_rpcs_rejected", "RPCs answered ResourceExhausted because the agent-wide cap on RPCs in flight was reached.", func() float64 { return float64(s.rejected.Load()) })
+	}
 	err := s.ttrpc.Serve(ctx, cl)
 	if errors.Is(err, ttrpc.ErrServerClosed) {
 		return nil
@@ -152,8 +197,37 @@ func (s *Server) Shutdown(ctx context.Context) error { return s.ttrpc.Shutdown(c
 // Close stops the server at once.
 func (s *Server) Close() error { return s.ttrpc.Close() }
 
+// MaxPending reports the cap on requests in flight.
+func (s *Server) MaxPending() int { return int(s.maxPending) }
+
+// Pending reports the requests in flight counted against the cap, and how
+// many were rejected at it.
+func (s *Server) Pending() (pending, rejected int64) { return s.pending.Load(), s.rejected.Load() }
+
+// admit counts a request against the cap; false means it is over the cap
+// and must be answered at once, holding nothing.
+func (s *Server) admit(method string) bool {
+	if exempt(method) {
+		return true
+	}
+	if s.pending.Add(1) > s.maxPending {
+		s.pending.Add(-1)
+		if n := s.rejected.Add(1); n&(n-1) == 0 { // log at powers of two
+			s.log.Warn("rpc rejected: too many requests pending", "method", method, "max", s.maxPending, "rejected", n)
+		}
+		return false
+	}
+	return true
+}
+
 func (s *Server) intercept(m *metrics.Registry) ttrpc.UnaryServerInterceptor {
 	return func(ctx context.Context, um ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, h ttrpc.Method) (resp interface{}, err error) {
+		if !s.admit(info.FullMethod) {
+			return nil, status.Errorf(codes.ResourceExhausted, "%s: %d requests already pending in the agent (MaxPendingRequests); retry when some complete", info.FullMethod, s.maxPending)
+		}
+		if !exempt(info.FullMethod) {
+			defer s.pending.Add(-1)
+		}
 		start := time.Now()
 		defer func() {
 			if r := recover(); r != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/keelvm/keel/agent/container"
 	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/devices"
+	"github.com/keelvm/keel/agent/gcpolicy"
 	"github.com/keelvm/keel/agent/hotplug"
 	"github.com/keelvm/keel/agent/metrics"
 	"github.com/keelvm/keel/agent/network"
@@ -46,6 +47,10 @@ import (
 )
 
 func main() {
+	// The agent's GC policy (agent/gcpolicy): adaptive GOGC 100-200 unless
+	// GOGC is in the environment. Container inits never get here (they are
+	// dispatched in libcontainer_init.go's init func).
+	gcPolicy = gcpolicy.Start(os.LookupEnv, guestMemory())
 	// The main goroutine becomes the orphan reaper (init/reaper's package
 	// doc); everything else runs beside it, so no start can block reaping.
 	if err := reaper.RunMain(agentMain); err != nil {
@@ -75,6 +80,19 @@ func agentMain() {
 	}
 	_ = shutdown.PowerOff(reason)
 	select {} // PowerOff does not return as PID 1; never fall off main
+}
+
+// gcPolicy is the running GC policy, nil when GOGC was given.
+var gcPolicy *gcpolicy.Policy
+
+// guestMemory is the machine's memory from sysinfo(2), which needs no /proc
+// (not mounted yet when PID 1 starts); 0 if unknown.
+func guestMemory() uint64 {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 0
+	}
+	return uint64(si.Totalram) * uint64(si.Unit)
 }
 
 type options struct {
@@ -162,6 +180,7 @@ func run(args []string) error {
 	slog.SetDefault(log)
 
 	reg := metrics.New()
+	registerGCMetrics(reg)
 	// Hot-plugged devices (storages, devices, NICs) are awaited through one
 	// uevent registry, fed by one listener opened before any RPC is served.
 	uevents := uevent.NewRegistry(uevent.DefaultSysfs, cfg.HotplugTimeout)

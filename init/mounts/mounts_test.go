@@ -31,7 +31,7 @@ func TestPlanV2(t *testing.T) {
 		"/dev/shm tmpfs nosuid,nodev,mode=1777",
 		"/run tmpfs nosuid,nodev,mode=0755",
 		"/tmp tmpfs nosuid,nodev,mode=1777",
-		"/sys/fs/cgroup cgroup2 nosuid,nodev,noexec,nsdelegate,favordynmods",
+		"/sys/fs/cgroup cgroup2 nosuid,nodev,noexec,nsdelegate",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("mount table\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

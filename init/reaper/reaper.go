@@ -31,11 +31,14 @@
 //     through Go's netpoller (no thread per process), and reaped with
 //     waitid(P_PIDFD) the moment it becomes readable.
 //
-// Both paths deliver through one table: a status reaped for a pid nobody
-// registered yet is kept EarlyRetention (at most MaxEarly entries). That
-// covers the one case where a forked child reaches the main thread: Go lets a
-// locked OS thread die, and the children of a dying thread are re-parented
-// to the leader, so the orphan loop reaps them and delivers to Watch.
+// A forked child can still reach the main thread: Go lets a locked OS
+// thread die (libcontainer's mount-source goroutine does, often on the
+// thread that forked the container's init), and the children of a dying
+// thread are re-parented to the leader. The orphan loop leaves such a child
+// to its watcher when it is watched, so its owner's own wait (and the
+// release of the owner's pidfd) still succeeds. Both paths deliver through
+// one table: a status reaped for a pid nobody registered yet (one that
+// exited before Watch) is kept EarlyRetention (at most MaxEarly entries).
 //
 // os/exec users simply run their command (Command is kept as a helper that
 // converts the exit status). The agent's main calls RunMain first; Start
@@ -119,9 +122,12 @@ type reaper struct {
 	early       map[int]early
 	order       []orderEntry // early's pids in reap order, for eviction
 	reaped      uint64
+	// kick wakes the orphan loop after a watcher reaped a process the
+	// loop had to leave alone (see reapOrphans).
+	kick chan struct{}
 }
 
-var r = &reaper{waiters: map[int]chan ExitStatus{}, watched: map[int]bool{}, early: map[int]early{}}
+var r = &reaper{waiters: map[int]chan ExitStatus{}, watched: map[int]bool{}, early: map[int]early{}, kick: make(chan struct{}, 1)}
 
 // Start makes this process a child subreaper (host mode; PID 1 is the
 // reaper of its namespace anyway). It is idempotent.
@@ -193,6 +199,7 @@ func RunMain(f func()) error {
 		r.reapOrphans()
 		select {
 		case <-sig:
+		case <-r.kick:
 		case <-t.C:
 		case <-done:
 			return nil
@@ -202,10 +209,40 @@ func RunMain(f func()) error {
 
 // reapOrphans reaps the main thread's own children: the orphans. Must run on
 // the main thread.
+//
+// A watched process is left to its watcher even when it became the main
+// thread's child: that happens when the thread that forked it died (a
+// goroutine exited while locked to it, as libcontainer's mount-source
+// goroutine does on the thread that forked the container's init). Reaping
+// it here would make the owner's wait fail with ECHILD, and an os.Process
+// whose wait failed keeps its pidfd until a garbage collection. Each
+// zombie is peeked at with WNOWAIT first; a watched one ends the pass (wait
+// cannot skip it), and its watcher kicks the loop once it has reaped it.
 func (r *reaper) reapOrphans() {
 	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL|unix.WNOTHREAD, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		st, ok := fromSiginfo(&info)
+		if !ok {
+			return // no zombie child
+		}
+		// The check and the reap are one step under r.mu (wait4 with
+		// WNOHANG does not block), so a WatchThen that marked the pid
+		// meanwhile is never overtaken.
 		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG|unix.WALL|unix.WNOTHREAD, nil)
+		r.mu.Lock()
+		if r.watched[st.Pid] {
+			r.mu.Unlock()
+			return
+		}
+		pid, err := unix.Wait4(st.Pid, &ws, unix.WNOHANG|unix.WALL|unix.WNOTHREAD, nil)
+		r.mu.Unlock()
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
@@ -234,23 +271,38 @@ func Watch(pid int, started time.Time) (<-chan ExitStatus, error) {
 // its wait status. Should reap fail, the process is reaped here. A nil reap
 // is Watch.
 func WatchThen(pid int, started time.Time, reap func() (unix.WaitStatus, error)) (<-chan ExitStatus, error) {
-	// Open the pidfd first: the pid is our unreaped child, so it names
-	// this process even if it already exited.
-	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
-	if errors.Is(err, unix.ESRCH) {
-		// Already reaped by the orphan loop (its parent thread died):
-		// the status is kept for a registration.
-		return RegisterSince(pid, started), nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("unable to open pidfd of %d: %w", pid, err)
-	}
-	ch := RegisterSince(pid, started)
+	// Mark it watched before anything else, so the orphan loop leaves it
+	// alone from now on (see reapOrphans). The pid is our unreaped child,
+	// so it names this process even if it already exited.
 	r.mu.Lock()
 	r.watched[pid] = true
 	r.mu.Unlock()
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		r.unwatch(pid)
+		if errors.Is(err, unix.ESRCH) {
+			// Already reaped by the orphan loop (its parent thread
+			// died before we got here): the status is kept for a
+			// registration.
+			return RegisterSince(pid, started), nil
+		}
+		return nil, fmt.Errorf("unable to open pidfd of %d: %w", pid, err)
+	}
+	ch := RegisterSince(pid, started)
 	go r.watch(pid, fd, reap)
 	return ch, nil
+}
+
+// unwatch ends pid's watch and wakes the orphan loop, which may have left
+// pid's zombie (and the orphans behind it) alone meanwhile.
+func (r *reaper) unwatch(pid int) {
+	r.mu.Lock()
+	delete(r.watched, pid)
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Watched reports whether pid is registered with Watch and not yet reaped.
@@ -311,9 +363,7 @@ func (r *reaper) watch(pid, fd int, reap func() (unix.WaitStatus, error)) {
 		for !try(0) {
 		}
 	}
-	r.mu.Lock()
-	delete(r.watched, pid)
-	r.mu.Unlock()
+	r.unwatch(pid)
 	if got {
 		r.deliver(st)
 	}

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -328,5 +330,94 @@ func TestRegisterSinceDropsStaleStatus(t *testing.T) {
 	r.deliver(ExitStatus{Pid: pid, Code: 9})
 	if st := <-Register(pid); st.Code != 9 {
 		t.Fatalf("got %+v", st)
+	}
+}
+
+// TestWatchedOrphanLeftToItsOwner: a watched process whose forking thread
+// died is re-parented to the main thread, where the orphan loop could reap
+// it. That happens to container inits: libcontainer's mount-source
+// goroutine runs on the thread that forked the init, locks it and exits, so
+// the thread dies. The orphan loop must leave a watched process to its
+// watcher, whose reap (the owner's os.Process wait) then succeeds: a failed
+// one leaves the owner's pidfd open until a garbage collection.
+func TestWatchedOrphanLeftToItsOwner(t *testing.T) {
+	const n = 40
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	before := fds()
+	stolen := 0
+	for i := range n {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The child waits for EOF on stdin, so it outlives the thread
+		// that forked it.
+		cmd := exec.Command("/bin/sh", "-c", "read x; exit 3")
+		cmd.Stdin = r
+		type forked struct {
+			tid     int
+			started time.Time
+			err     error
+		}
+		ch := make(chan forked)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+			started := time.Now()
+			err := cmd.Start()
+			ch <- forked{unix.Gettid(), started, err}
+		}()
+		f := <-ch
+		r.Close()
+		if f.err != nil {
+			t.Fatal(f.err)
+		}
+		task := fmt.Sprintf("/proc/self/task/%d", f.tid)
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if _, err := os.Stat(task); errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("forking thread %d did not exit", f.tid)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		reapErr := errors.New("reap not called")
+		st, err := WatchThen(cmd.Process.Pid, f.started, func() (unix.WaitStatus, error) {
+			ps, err := cmd.Process.Wait()
+			reapErr = err
+			if err != nil {
+				return 0, err
+			}
+			return unix.WaitStatus(ps.Sys().(syscall.WaitStatus)), nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Close() // the child exits
+		select {
+		case s := <-st:
+			if s.Code != 3 {
+				t.Fatalf("cycle %d: %+v", i, s)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("cycle %d: no status", i)
+		}
+		if reapErr != nil {
+			stolen++
+		}
+	}
+	// No runtime.GC(): an os.Process whose wait failed keeps its pidfd
+	// until a GC cleanup, which is the leak this test is about.
+	after := fds()
+	t.Logf("%d watched orphans: %d reaped behind their owner's back; fds %d -> %d", n, stolen, before, after)
+	if stolen > 0 || after > before {
+		t.Errorf("%d of %d watched processes were reaped by the orphan loop; fds %d -> %d", stolen, n, before, after)
 	}
 }

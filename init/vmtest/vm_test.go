@@ -224,7 +224,7 @@ func switchRootCase(t *testing.T, fstype, extra string) {
 	if !strings.Contains(log, `"stage":"after switch_root"`) {
 		t.Errorf("stage 2 not logged:\n%s", log)
 	}
-	for _, want := range []string{`"msg":"mount -t cgroup2 -o nosuid,nodev,noexec,nsdelegate,favordynmods cgroup2 /sys/fs/cgroup"`,
+	for _, want := range []string{`"msg":"mount -t cgroup2 -o nosuid,nodev,noexec,nsdelegate cgroup2 /sys/fs/cgroup"`,
 		`"msg":"echo \"0\" > /sys/fs/cgroup/keel-agent/cgroup.procs"`, `"msg":"echo \"33554432\" > /sys/fs/cgroup/keel-agent/memory.min"`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("console lacks %s", want)

@@ -48,6 +48,7 @@ func TestBootContainerPowerOff(t *testing.T) {
 		}
 	}
 	t.Logf("boot timeline: %v", d.AgentDetails.ExtraFeatures)
+	gcPolicyAsPID1(ctx, t, c.Agent)
 
 	a := c.Agent
 	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{Hostname: "vmtest", SandboxId: "s"}); err != nil {

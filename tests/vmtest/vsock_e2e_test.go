@@ -50,8 +50,12 @@ func TestVsockE2E(t *testing.T) {
 		Busybox:    true,
 		DeferStart: true,
 		MemoryMiB:  768,
-		Append:     []string{fmt.Sprintf("agent.log_vport=%d", logVPort), fmt.Sprintf("agent.passfd_listener_port=%d", passfdPort)},
-		Log:        testWriter{t},
+		// GOGC and GOMEMLIMIT: words the kernel passes to init's
+		// environment (GCFromCmdline); 200 is the policy's own value, so
+		// the stdout figures below are those of the default policy.
+		Append: []string{fmt.Sprintf("agent.log_vport=%d", logVPort), fmt.Sprintf("agent.passfd_listener_port=%d", passfdPort),
+			"GOGC=200", "GOMEMLIMIT=512MiB"},
+		Log: testWriter{t},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -80,6 +84,7 @@ func TestVsockE2E(t *testing.T) {
 
 	t.Run("ConnectBeforeListen", func(t *testing.T) { testConnectBeforeListen(ctx, t, g, c, connected, attempts) })
 	t.Run("Health", func(t *testing.T) { testHealth(ctx, t, c) })
+	t.Run("GCFromCmdline", func(t *testing.T) { gcFromCmdline(ctx, t, c.Agent, 200, 512<<20) })
 	t.Run("LogVPort", func(t *testing.T) { testLogVPort(ctx, t, g, c) })
 	t.Run("ParallelConnections", func(t *testing.T) { testParallelConnections(ctx, t, g) })
 

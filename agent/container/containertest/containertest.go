@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -70,8 +72,10 @@ func Spec(rootfs string, args ...string) *specs.Spec {
 
 // Snapshot is what a test must leave as it found it.
 type Snapshot struct {
-	Mounts   int
-	FDs      int
+	Mounts int
+	FDs    int
+	// FDLinks maps each open fd to what it names (for Diff's report).
+	FDLinks  map[string]string
 	Children []string
 	Cgroups  []string
 }
@@ -85,6 +89,11 @@ func Take(cgroupParent string) Snapshot {
 	}
 	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
 		s.FDs = len(ents)
+		s.FDLinks = map[string]string{}
+		for _, e := range ents {
+			l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+			s.FDLinks[e.Name()] = l
+		}
 	}
 	s.Children = Children()
 	for _, root := range []string{"/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
@@ -108,7 +117,14 @@ func (s Snapshot) Diff(now Snapshot) string {
 		d = append(d, fmt.Sprintf("mounts %d -> %d", s.Mounts, now.Mounts))
 	}
 	if now.FDs > s.FDs {
-		d = append(d, fmt.Sprintf("fds %d -> %d", s.FDs, now.FDs))
+		var added []string
+		for fd, l := range now.FDLinks {
+			if s.FDLinks[fd] != l {
+				added = append(added, fd+"="+l)
+			}
+		}
+		sort.Strings(added)
+		d = append(d, fmt.Sprintf("fds %d -> %d (new or changed: %v)", s.FDs, now.FDs, added))
 	}
 	if len(now.Children) > len(s.Children) {
 		d = append(d, fmt.Sprintf("children %v -> %v", s.Children, now.Children))
@@ -233,4 +249,13 @@ func HostModeMain(m *testing.M, setup func(*HostEnv) error) int {
 		}
 	}
 	return m.Run()
+}
+
+// NoGC turns the garbage collector off until t ends. Leak checks count fds
+// with it off: Go closes the pidfd of an os.Process whose wait failed, or a
+// dropped *os.File, only in a GC cleanup, so a collection that happens to
+// run mid-test would hide the leak (and forcing one would hide it always).
+func NoGC(t testing.TB) {
+	old := debug.SetGCPercent(-1)
+	t.Cleanup(func() { debug.SetGCPercent(old) })
 }

@@ -89,8 +89,9 @@ func startAgentPid(tb testing.TB, ids *[]string) (pb.AgentServiceService, int) {
 	return startAgentBin(tb, agentBinary(tb), ids)
 }
 
-// startAgentBin is startAgentPid for a given keel-agent binary.
-func startAgentBin(tb testing.TB, bin string, ids *[]string) (pb.AgentServiceService, int) {
+// startAgentBin is startAgentPid for a given keel-agent binary; env, if
+// any, changes the agent's environment: KEY=VALUE sets, a bare KEY unsets.
+func startAgentBin(tb testing.TB, bin string, ids *[]string, env ...string) (pb.AgentServiceService, int) {
 	tb.Helper()
 	state := tmpfsDir(tb)
 	dir := tb.TempDir()
@@ -102,6 +103,9 @@ func startAgentBin(tb testing.TB, bin string, ids *[]string) (pb.AgentServiceSer
 	defer logf.Close()
 	cmd := exec.Command(bin, "--addr", sock, "--state-root", filepath.Join(state, "keel"), "--log-level", "warn")
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if len(env) > 0 {
+		cmd.Env = agentEnv(env)
+	}
 	exited, err := startReaped(cmd)
 	if err != nil {
 		tb.Fatal(err)
@@ -133,6 +137,28 @@ func startAgentBin(tb testing.TB, bin string, ids *[]string) (pb.AgentServiceSer
 	}
 	tb.Cleanup(func() { c.Close() })
 	return c.Agent, cmd.Process.Pid
+}
+
+// agentEnv is this process's environment changed by env (KEY=VALUE sets,
+// a bare KEY unsets).
+func agentEnv(env []string) []string {
+	drop := map[string]bool{}
+	for _, e := range env {
+		k, _, _ := strings.Cut(e, "=")
+		drop[k] = true
+	}
+	var out []string
+	for _, e := range os.Environ() {
+		if k, _, _ := strings.Cut(e, "="); !drop[k] {
+			out = append(out, e)
+		}
+	}
+	for _, e := range env {
+		if strings.Contains(e, "=") {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // cpuTime is the CPU time pid and its reaped children used so far
