@@ -4,12 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/keelvm/keel/agent/guesttool"
 	"github.com/keelvm/keel/init/reaper"
 )
 
@@ -35,16 +34,8 @@ func (n *Network) tool(name string) (string, error) {
 	if dirs == nil {
 		dirs = defaultToolDirs
 	}
-	for _, d := range dirs {
-		p := filepath.Join(d, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	if n.cfg.ToolDirs == nil {
-		if p, err := exec.LookPath(name); err == nil {
-			return p, nil
-		}
+	if p, ok := guesttool.Find(name, dirs, n.cfg.ToolDirs == nil); ok {
+		return p, nil
 	}
 	return "", fmt.Errorf("%s: not installed in the guest (looked in %s): %w", name, strings.Join(dirs, ", "), ErrMissingBinary)
 }

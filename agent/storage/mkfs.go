@@ -4,12 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/keelvm/keel/agent/guesttool"
 	"github.com/keelvm/keel/init/reaper"
 )
 
@@ -36,16 +35,8 @@ func (m *Manager) tool(name string) (string, error) {
 	if dirs == nil {
 		dirs = defaultToolDirs
 	}
-	for _, d := range dirs {
-		p := filepath.Join(d, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	if m.cfg.ToolDirs == nil {
-		if p, err := exec.LookPath(name); err == nil {
-			return p, nil
-		}
+	if p, ok := guesttool.Find(name, dirs, m.cfg.ToolDirs == nil); ok {
+		return p, nil
 	}
 	return "", fmt.Errorf("%s is not in the guest image (looked in %s)", name, strings.Join(dirs, ", "))
 }
