@@ -100,8 +100,8 @@ func unimplementedf(format string, args ...any) error {
 
 var empty = &emptypb.Empty{}
 
-// CreateSandbox records hostname, DNS, pid namespace sharing and loads
-// kernel modules. Storages are not supported yet.
+// CreateSandbox records hostname, DNS, pid namespace sharing, loads kernel
+// modules and sets up the sandbox storages.
 func (r *RPC) CreateSandbox(ctx context.Context, req *pb.CreateSandboxRequest) (*emptypb.Empty, error) {
 	if r.o.Sandbox == nil {
 		return nil, errNoSandbox
@@ -116,16 +116,19 @@ func (r *RPC) CreateSandbox(ctx context.Context, req *pb.CreateSandboxRequest) (
 		}
 		sc.KernelModules = append(sc.KernelModules, kmod.ModuleSpec{Name: m.Name, Params: strings.Join(m.Parameters, " ")})
 	}
+	// The sandbox first: a second CreateSandbox fails there, before it
+	// could touch the storages the running sandbox's containers use.
+	if err := r.o.Sandbox.Create(sc); err != nil {
+		return nil, errdefs.ToStatus(err)
+	}
 	if len(req.Storages) > 0 {
+		// Add rolls back what it mounted itself; the sandbox goes too.
 		if err := r.o.Storages.Add(ctx, "", "storages", storage.FromPB(req.Storages)); err != nil {
+			if derr := r.o.Sandbox.Destroy(ctx); derr != nil {
+				r.o.Log.Warn("rolling back the sandbox", "err", derr)
+			}
 			return nil, errdefs.ToStatus(err)
 		}
-	}
-	if err := r.o.Sandbox.Create(sc); err != nil {
-		if len(req.Storages) > 0 {
-			r.o.Storages.Close()
-		}
-		return nil, errdefs.ToStatus(err)
 	}
 	return empty, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/storage"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -33,9 +34,28 @@ func TestStoragesOverRPC(t *testing.T) {
 	r := containers.New(containers.Options{Sandbox: sb, Storages: st, ExecIOLinger: time.Second})
 	ctx := context.Background()
 	shm := filepath.Join(root, "sandbox/shm")
+	// A CreateSandbox whose storage fails leaves no sandbox behind: the
+	// next one is not AlreadyExists.
+	if _, err := r.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: "sb", Storages: []*pb.Storage{{
+		Driver: "ephemeral", Source: "shm", Fstype: "tmpfs", MountPoint: "/etc/shm"}}}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("CreateSandbox with a storage outside the roots: %v, want InvalidArgument", err)
+	}
 	if _, err := r.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: "sb", Storages: []*pb.Storage{{
 		Driver: "ephemeral", Source: "shm", Fstype: "tmpfs", MountPoint: shm, Options: []string{"nosuid", "nodev", "mode=1777", "size=1048576"}}}}); err != nil {
 		t.Fatal(err)
+	}
+	// A second CreateSandbox fails before it reaches the storages: the
+	// running sandbox's shm stays mounted.
+	if _, err := r.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: "sb2", Storages: []*pb.Storage{{
+		Driver: "ephemeral", Source: "shm", Fstype: "tmpfs", MountPoint: filepath.Join(root, "sandbox/shm2"), Options: []string{"size=1048576"}}}}); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("second CreateSandbox: %v, want AlreadyExists", err)
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(shm, &sfs); err != nil || sfs.Type != unix.TMPFS_MAGIC {
+		t.Fatalf("the sandbox shm is no longer mounted after a refused CreateSandbox: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "sandbox/shm2")); !os.IsNotExist(err) {
+		t.Fatalf("a refused CreateSandbox created its mount point: %v", err)
 	}
 	destroyed := false
 	defer func() {
