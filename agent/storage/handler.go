@@ -50,8 +50,16 @@ func (h *Handler) UpdateEphemeralMounts(ctx context.Context, req *pb.UpdateEphem
 	if h.M == nil {
 		return nil, errNoManager
 	}
-	ss := FromPB(req.Storages)
+	ss := FromPB(req.GetStorages())
+	// Everything is checked before anything is remounted, so a bad item
+	// changes nothing; only ephemeral storages the agent mounted itself
+	// are remounted (never the share, a rootfs or another driver's mount).
+	type remount struct {
+		field, mp, data string
+		flags           uintptr
+	}
 	var fresh []Storage
+	var remounts []remount
 	for i, s := range ss {
 		field := "storages[" + itoa(i) + "]"
 		if s.Driver != DriverEphemeral {
@@ -64,12 +72,18 @@ func (h *Handler) UpdateEphemeralMounts(ctx context.Context, req *pb.UpdateEphem
 			fresh = append(fresh, s)
 			continue
 		}
+		if !h.M.mountedAs(s.MountPoint, DriverEphemeral) {
+			return nil, status.Errorf(codes.InvalidArgument, "%s.mount_point %q: mounted, but not as an ephemeral storage of this sandbox", field, trunc(s.MountPoint))
+		}
 		flags, data, err := parseOptions(field+".options", withoutOption(s.Options, "fsgid"))
 		if err != nil {
 			return nil, errdefs.ToStatus(err)
 		}
-		if err := unix.Mount("", s.MountPoint, "", flags|unix.MS_REMOUNT, data); err != nil {
-			return nil, status.Errorf(codes.Internal, "%s: unable to remount %s with %q: %v", field, s.MountPoint, data, err)
+		remounts = append(remounts, remount{field: field, mp: s.MountPoint, data: data, flags: flags})
+	}
+	for _, r := range remounts {
+		if err := unix.Mount("", r.mp, "", r.flags|unix.MS_REMOUNT, r.data); err != nil {
+			return nil, status.Errorf(codes.Internal, "%s: unable to remount %s with %q: %v", r.field, r.mp, r.data, err)
 		}
 	}
 	if len(fresh) > 0 {

@@ -144,6 +144,15 @@ type Manager struct {
 	watch   *watcher
 }
 
+// mountedAs reports whether mp is a storage this manager set up, with
+// driver.
+func (m *Manager) mountedAs(mp, driver string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.entries[mp]
+	return ok && e.driver == driver
+}
+
 // entry is one set-up storage.
 type entry struct {
 	ready  chan struct{} // closed when setup ended

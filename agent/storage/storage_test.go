@@ -12,9 +12,11 @@ import (
 	"time"
 
 	"github.com/keelvm/keel/agent/uevent"
+	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/tests/loopdev"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // newManager returns a Manager rooted in a fresh directory (mounts there
@@ -108,6 +110,30 @@ func TestEphemeral(t *testing.T) {
 	if st.Blocks*uint64(st.Bsize) != 4<<20 {
 		t.Fatalf("after UpdateEphemeralMounts: %d bytes, want 4 MiB", st.Blocks*uint64(st.Bsize))
 	}
+	// A mount under the roots the agent did not set up as an ephemeral
+	// storage is not the request's to change; a bad item later in the
+	// request leaves the earlier ones as they were.
+	foreign := filepath.Join(root, "foreign")
+	must(t, os.MkdirAll(foreign, 0o755))
+	must(t, unix.Mount("tmpfs", foreign, "tmpfs", 0, "size=1m"))
+	defer unix.Unmount(foreign, unix.MNT_DETACH)
+	if _, err := h.UpdateEphemeralMounts(context.Background(), pbUpdate(foreign, "size=8388608")); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "storages[0].mount_point") {
+		t.Errorf("remount of a mount the agent does not own: %v, want InvalidArgument naming storages[0].mount_point", err)
+	}
+	bad := pbUpdate(shm, "size=8388608")
+	bad.Storages = append(bad.Storages, &pb.Storage{Driver: DriverLocal, MountPoint: shm})
+	if _, err := h.UpdateEphemeralMounts(context.Background(), bad); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("request with a bad second item: %v, want InvalidArgument", err)
+	}
+	must(t, unix.Statfs(shm, &st))
+	if st.Blocks*uint64(st.Bsize) != 4<<20 {
+		t.Fatalf("a refused request changed the shm: %d bytes, want 4 MiB still", st.Blocks*uint64(st.Bsize))
+	}
+	must(t, unix.Statfs(foreign, &st))
+	if st.Blocks*uint64(st.Bsize) != 1<<20 {
+		t.Fatalf("a refused request changed the foreign tmpfs: %d bytes", st.Blocks*uint64(st.Bsize))
+	}
+	must(t, unix.Unmount(foreign, 0))
 	must(t, m.Close())
 	if _, err := os.Stat(shm); !os.IsNotExist(err) {
 		t.Errorf("shm mount point left after Close: %v", err)
