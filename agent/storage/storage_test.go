@@ -217,9 +217,18 @@ func TestBlockRefcount(t *testing.T) {
 	}
 }
 
+// shareDir makes a directory under the manager's root for a watched
+// source: sources must be inside the storage roots.
+func shareDir(t *testing.T, root, name string) string {
+	t.Helper()
+	d := filepath.Join(root, "shared/containers", name+"-src")
+	must(t, os.MkdirAll(d, 0o755))
+	return d
+}
+
 func TestWatchableBind(t *testing.T) {
 	m, root := newManager(t)
-	src := t.TempDir()
+	src := shareDir(t, root, "src")
 	must(t, os.WriteFile(filepath.Join(src, "key"), []byte("v1"), 0o644))
 	mp := filepath.Join(root, "shared/containers/watchable/cm1")
 	must(t, m.Add(context.Background(), "c1", "storages", []Storage{{Driver: DriverWatchableBind, Source: src, MountPoint: mp}}))
@@ -246,7 +255,7 @@ func TestWatchableBind(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// Over Kata's limit of 16 files: a bind mount instead.
-	big := t.TempDir()
+	big := shareDir(t, root, "big")
 	for i := range WatchMaxEntries + 1 {
 		must(t, os.WriteFile(filepath.Join(big, "f"+string(rune('a'+i))), []byte("x"), 0o644))
 	}
@@ -306,7 +315,9 @@ func TestBadStorages(t *testing.T) {
 		{"bad pci path", Storage{Driver: DriverBlk, Source: "zz/00", Fstype: "ext4", MountPoint: root + "/x"}, codes.InvalidArgument, "PCI path"},
 		{"pci path never appears", Storage{Driver: DriverBlk, Source: "1e/1f", Fstype: "ext4", MountPoint: root + "/x"}, codes.DeadlineExceeded, "1e/1f"},
 		{"mount fails", Storage{Driver: DriverBlk, Source: "/dev/null", Fstype: "ext4", MountPoint: root + "/x"}, codes.InvalidArgument, "not a block device"},
-		{"watchable tmpfs over the share", Storage{Driver: DriverWatchableBind, Source: outside, MountPoint: root + "/shared/cm"}, codes.InvalidArgument, "watchable"},
+		{"watchable tmpfs over the share", Storage{Driver: DriverWatchableBind, Source: root, MountPoint: root + "/shared/cm"}, codes.InvalidArgument, "watchable"},
+		{"watched source outside the roots", Storage{Driver: DriverWatchableBind, Source: "/etc", MountPoint: root + "/shared/containers/watchable/etc"}, codes.InvalidArgument, "storages[1].source \"/etc\": outside"},
+		{"watched source through a symlink", Storage{Driver: DriverWatchableBind, Source: root + "/planted/link", MountPoint: root + "/shared/containers/watchable/l"}, codes.InvalidArgument, "passes through a symlink"},
 		{"image pulled in the guest", Storage{Driver: "image_guest_pull", Source: "docker.io/library/busybox", MountPoint: root + "/x"}, codes.Unimplemented, `storages[1].driver "image_guest_pull"`},
 		{"ephemeral key without create_filesystem", Storage{Driver: DriverBlk, Source: "02/00", Fstype: "ext4", MountPoint: root + "/x", DriverOptions: []string{"encryption_key=ephemeral"}}, codes.InvalidArgument, `needs "create_filesystem"`},
 		{"create_filesystem for xfs", Storage{Driver: DriverBlk, Source: "02/00", Fstype: "xfs", MountPoint: root + "/x", DriverOptions: []string{"create_filesystem"}}, codes.InvalidArgument, "storages[1].fstype"},
@@ -505,7 +516,7 @@ func TestFSGroupOnRootMismatch(t *testing.T) {
 // mode) still gets its watchable storages polled.
 func TestWatchableAfterClose(t *testing.T) {
 	m, root := newManager(t)
-	src := t.TempDir()
+	src := shareDir(t, root, "src")
 	must(t, os.WriteFile(filepath.Join(src, "k"), []byte("1"), 0o644))
 	mp := filepath.Join(root, "watchable/cm")
 	add := func() {

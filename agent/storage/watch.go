@@ -49,8 +49,17 @@ func newWatcher(m *Manager) *watcher {
 }
 
 func (m *Manager) setUpWatchable(_ context.Context, _, field string, s Storage) (func() error, error) {
-	if s.Source == "" || !filepath.IsAbs(s.Source) {
-		return nil, invalidf("%s.source %q: want the absolute path of the watched file or directory", field, trunc(s.Source))
+	// The source is in the sandbox share (Kata sends a path under the
+	// shared directory), reached without a symlink: what is in the share
+	// comes from the host and from containers, and a link there must not
+	// mirror /etc into a container.
+	if _, err := checkMountPoint(field+".source", s.Source, m.cfg.Roots); err != nil {
+		return nil, err
+	}
+	if real, err := filepath.EvalSymlinks(s.Source); err != nil {
+		return nil, invalidf("%s.source %q: %v", field, trunc(s.Source), err)
+	} else if real != s.Source {
+		return nil, invalidf("%s.source %q: passes through a symlink (to %q)", field, trunc(s.Source), trunc(real))
 	}
 	st, err := os.Stat(s.Source)
 	if err != nil {
@@ -356,11 +365,18 @@ func mirror(e *watched) error {
 // copyFile writes src's content to dst through a temporary file renamed
 // over dst (a symlink planted at dst is replaced, not followed).
 func copyFile(src, dst string, fi fs.FileInfo) error {
-	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	// O_NONBLOCK: a FIFO swapped in since the walk must not block the
+	// poll (which holds syncMu); only a regular file is copied.
+	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
+	if ist, err := in.Stat(); err != nil {
+		return err
+	} else if !ist.Mode().IsRegular() {
+		return fmt.Errorf("%s: %v is not a regular file", src, ist.Mode().Type())
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(dst), ".keel-watch-")
 	if err != nil {
 		return err
