@@ -53,7 +53,8 @@ const (
 )
 
 // Target is one line of a table: sectors [Start, Start+Length) mapped by
-// target Type with Params. Params may hold a key: Create wipes it.
+// target Type with Params. Params may hold a key: Create wipes its own
+// copy; the caller wipes Params.
 type Target struct {
 	Start, Length uint64 // 512-byte sectors
 	Type          string // "crypt", "linear", ...

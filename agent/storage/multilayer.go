@@ -330,7 +330,7 @@ func (m *Manager) setUpMultiLayer(ctx context.Context, owner, field string, g St
 		})
 	}
 	if err := mkdirs(g.layers, 0, upperDir); err != nil {
-		return nil, invalidf("%s: %v", field, err)
+		return nil, fmt.Errorf("%s: %w", field, err)
 	}
 
 	// The lowers, read-only, in overlay order.
@@ -371,7 +371,7 @@ func (m *Manager) setUpMultiLayer(ctx context.Context, owner, field string, g St
 		undos = append(undos, u)
 	}
 	if err := mkdirs(g.layers, 1, lowerDirs[0]); err != nil {
-		return nil, invalidf("%s: %v", field, err)
+		return nil, fmt.Errorf("%s: %w", field, err)
 	}
 
 	// upperdir and workdir inside the upper, refusing a symlink the
