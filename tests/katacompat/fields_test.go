@@ -55,8 +55,10 @@ func mountsOf(points ...string) string {
 	return `awk '` + strings.Join(sel, "||") + ` {opt=""; i=7; while ($i != "-") {opt=opt" "$i; i++}; print $5, $6, opt, $(i+3)}' /proc/self/mountinfo | sed -E 's/:[0-9]+//g'`
 }
 
-// fieldCases cover the fields of the runtime-spec that libcontainer
-// supports and Kata's wire (oci.proto) carries. Not carried by the wire,
+// fieldCases cover fields of the runtime-spec that libcontainer supports
+// and Kata's wire (oci.proto) carries. Carried but not compared here:
+// uid/gid mappings, blockIO, hugepage limits, network classid/priorities,
+// intelRdt (dropped, as Kata does). Not carried by the wire,
 // so not expressible by a Kata host: process.user.umask, scheduler,
 // ioPriority, personality, timeOffsets, domainname, execCPUAffinity.
 func fieldCases() []fieldCase {

@@ -20,6 +20,7 @@ import (
 	"github.com/keelvm/keel/agent/service"
 	"github.com/keelvm/keel/init/reaper"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/bench/guestbench"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
@@ -67,37 +68,15 @@ func newRPC(tb testing.TB, o containers.Options) (*containers.RPC, string) {
 
 // pbProcess is a Kata-like process running args as root.
 func pbProcess(args ...string) *pb.Process {
-	caps := []string{"CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"}
-	return &pb.Process{
-		Args: args, Env: []string{"PATH=/bin"}, Cwd: "/", User: &pb.User{},
-		Capabilities:    &pb.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps},
-		NoNewPrivileges: true,
-	}
+	return pbSpec(args...).Process
 }
 
-// pbSpec is a Kata-like CreateContainer spec on the busybox rootfs. The runc
-// baselines run the same spec (converted with ociconv.FromPB).
+// pbSpec is a Kata-like CreateContainer spec on the busybox rootfs: the
+// in-guest tier's (guestbench.Spec), so both tiers time the same
+// container. The runc baselines run the same spec (converted with
+// ociconv.FromPB).
 func pbSpec(args ...string) *pb.Spec {
-	return &pb.Spec{
-		Version:  "1.0.2",
-		Hostname: "bench",
-		Root:     &pb.Root{Path: rootfs, Readonly: true},
-		Process:  pbProcess(args...),
-		Mounts: []*pb.Mount{
-			{Destination: "/proc", Type: "proc", Source: "proc"},
-			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
-			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
-			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
-			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
-			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "size=1m"}},
-		},
-		Linux: &pb.Linux{
-			Namespaces:    []*pb.LinuxNamespace{{Type: "pid"}, {Type: "network"}, {Type: "ipc"}, {Type: "uts"}, {Type: "mount"}},
-			MaskedPaths:   []string{"/proc/kcore", "/sys/firmware"},
-			ReadonlyPaths: []string{"/proc/sys", "/proc/sysrq-trigger"},
-			Resources:     &pb.LinuxResources{Devices: []*pb.LinuxDeviceCgroup{{Allow: false, Access: "rwm", Major: -1, Minor: -1}}},
-		},
-	}
+	return guestbench.Spec(rootfs, args...)
 }
 
 // containerAPI is the part of grpc.AgentService the benchmarks drive,
