@@ -342,12 +342,12 @@ func (r *reaper) watch(pid, fd int, reap func() (unix.WaitStatus, error)) {
 			if ws, err := reap(); err == nil {
 				st = FromWaitStatus(pid, ws)
 			} else {
-				// reap could not: reap here, or learn the orphan
-				// loop did (ECHILD, status delivered there).
+				// reap could not: reap here. The status read above
+				// with WNOWAIT stands either way; the orphan loop
+				// leaves watched pids alone, so nobody else delivers
+				// it (dropping it would hang the process's waiters).
 				var info unix.Siginfo
-				if err := unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WALL|unix.WNOHANG, nil); err != nil {
-					got = false
-				}
+				_ = unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WALL|unix.WNOHANG, nil)
 			}
 		}
 		return true

@@ -421,3 +421,38 @@ func TestWatchedOrphanLeftToItsOwner(t *testing.T) {
 		t.Errorf("%d of %d watched processes were reaped by the orphan loop; fds %d -> %d", stolen, n, before, after)
 	}
 }
+
+// TestStatusKeptWhenReapFails: a reap function that reaped the process but
+// reports an error (libcontainer's Wait failing after its wait4) still
+// leaves the watcher with the status it read: the process's waiters get it
+// instead of waiting forever.
+func TestStatusKeptWhenReapFails(t *testing.T) {
+	cmd := exec.Command("/bin/sh", "-c", "read x; exit 7")
+	w, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	st, err := WatchThen(pid, time.Now(), func() (unix.WaitStatus, error) {
+		var ws unix.WaitStatus
+		if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
+			return 0, err
+		}
+		return 0, errors.New("reaped, then failed")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close() // the child exits 7
+	select {
+	case s := <-st:
+		if s.Code != 7 {
+			t.Fatalf("status %+v, want exit 7", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no status delivered after the reap function failed")
+	}
+}
