@@ -43,7 +43,9 @@ func Held() []os.Signal {
 		unix.SIGALRM, unix.SIGTERM, unix.SIGSTKFLT, unix.SIGTSTP, unix.SIGTTIN, unix.SIGTTOU,
 		unix.SIGXCPU, unix.SIGXFSZ, unix.SIGVTALRM, unix.SIGIO, unix.SIGPWR, unix.SIGSYS,
 	}
-	// Real-time signals terminate by default. 32 to 34 are reserved by C
+	// Real-time signals terminate a C process by default; Go's runtime
+	// already ignores 35 to 64 when nobody asked for them, so holding them
+	// only keeps that true whatever the runtime does. 32 to 34 are reserved by C
 	// libraries: Go installs no handler for them and cannot be asked to,
 	// so they stay SIG_DFL, which the kernel never delivers to a pid
 	// namespace's init from inside it (a host-mode agent dies of them).
@@ -89,21 +91,32 @@ func Hold() (stop func()) {
 	wg.Go(func() {
 		counts := map[string]int{}
 		var last time.Time
-		flush := time.NewTicker(logEvery)
-		defer flush.Stop()
+		// A timer only while counts wait to be logged: no periodic
+		// wake-up for the guest's whole life when no signal comes.
+		var flush *time.Timer
+		var flushC <-chan time.Time
 		for {
 			select {
 			case s := <-ch:
 				counts[s.String()]++
-				if time.Since(last) < logEvery {
+				if wait := logEvery - time.Since(last); wait > 0 {
+					if flushC == nil {
+						flush = time.NewTimer(wait)
+						flushC = flush.C
+					}
 					continue
 				}
-			case <-flush.C:
-				if len(counts) == 0 {
-					continue
-				}
+			case <-flushC:
+				flushC = nil
 			case <-quit:
+				if flush != nil {
+					flush.Stop()
+				}
 				return
+			}
+			if flushC != nil {
+				flush.Stop()
+				flushC = nil
 			}
 			last = time.Now()
 			args := []any{}
@@ -111,7 +124,7 @@ func Hold() (stop func()) {
 				args = append(args, k, n)
 			}
 			clear(counts)
-			slog.Default().Warn("ignored signals sent to the agent", args...)
+			slog.Default().Warn("signals sent to the agent (caught; only TERM, INT and PWR shut it down)", args...)
 		}
 	})
 	return func() {
