@@ -175,10 +175,13 @@ type launchOpts struct {
 	// procs is the container's cgroup.procs file: the start's own
 	// processes are the agent's unwatched children listed there.
 	procs string
-	// mntns is the container's mount namespace inode (0 before its init
-	// exists): exec stages that entered the container are found by it.
-	mntns uint64
-	hooks *hookCtl
+	// mntnsPid is a process in the container's mount namespace (its
+	// init; 0 before it exists): exec stages that entered the container
+	// are found by that namespace, whose inode (mntns) is read only once
+	// a start timed out, off the exec path.
+	mntnsPid int
+	mntns    uint64
+	hooks    *hookCtl
 	// kill, when set, is called at the deadline too (StartContainer
 	// kills the watched init, which killStart leaves alone).
 	kill func()
@@ -192,9 +195,13 @@ type launchOpts struct {
 // launchGrace, else in the background when it finally returns.
 func launch(o launchOpts, what string, start func() error, undo func(startErr error)) error {
 	ctx, cancel := context.WithCancel(context.Background())
+	// The hooks' context is cleared only once start has returned: after a
+	// timeout, a hook the still-running start reaches gets the cancelled
+	// context, not an unbounded one.
+	started := func() {}
 	if o.hooks != nil {
 		o.hooks.set(ctx)
-		defer o.hooks.clear()
+		started = o.hooks.clear
 	}
 	done := make(chan error, 1)
 	go func() { done <- start() }()
@@ -207,10 +214,14 @@ func launch(o launchOpts, what string, start func() error, undo func(startErr er
 	select {
 	case err := <-done:
 		cancel()
+		started()
 		return err
 	case <-timer.C:
 	}
 	cancel()
+	if o.mntnsPid != 0 {
+		o.mntns = nsInode(o.mntnsPid, "mnt")
+	}
 	errTimeout := fmt.Errorf("%s: not started within %v: %w: %w", what, timeout, errLaunchTimeout, ErrTimeout)
 	if o.kill != nil {
 		o.kill()
@@ -223,6 +234,7 @@ func launch(o launchOpts, what string, start func() error, undo func(startErr er
 	for {
 		select {
 		case err := <-done:
+			started()
 			undo(err)
 			return errTimeout
 		case <-tick.C:
@@ -244,6 +256,7 @@ func launch(o launchOpts, what string, start func() error, undo func(startErr er
 				}()
 				err := <-done
 				close(stop)
+				started()
 				undo(err)
 			}()
 			return errTimeout
