@@ -1,11 +1,9 @@
 package containers
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -35,44 +33,16 @@ const (
 // client; the agent is stopped and checked for leftovers at cleanup.
 func startAgent(t *testing.T, ids []string, args ...string) *client.Client {
 	t.Helper()
-	dir := t.TempDir()
-	addr := "unix://" + filepath.Join(dir, "agent.sock")
-	var log bytes.Buffer
-	agent := exec.Command(agentBin, append([]string{"--addr", addr, "--state-root", filepath.Join(dir, "state")}, args...)...)
-	agent.Stdout, agent.Stderr = &log, &log
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := client.Dial(ctx, addr)
-	if err != nil {
-		agent.Process.Kill()
-		agent.Wait()
-		t.Fatal(err)
-	}
+	// Registered first, so it runs after the agent stopped.
 	t.Cleanup(func() {
-		c.Close()
-		agent.Process.Signal(os.Interrupt)
-		done := make(chan error, 1)
-		go func() { done <- agent.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			agent.Process.Kill()
-			<-done
-			t.Error("agent did not stop within 20s")
-		}
 		for _, id := range ids {
 			if n := containertest.KillCgroup("keel", id); n > 0 {
 				t.Errorf("killed %d processes of %s left behind", n, id)
 			}
 		}
-		if t.Failed() {
-			t.Logf("agent log:\n%s", log.String())
-		}
 	})
-	return c
+	a := containertest.StartAgent(t, containertest.AgentOptions{Bin: agentBin, Args: args, StopTimeout: 20 * time.Second})
+	return a.Dial(t)
 }
 
 // initPid finds a created container's init (the only process in its
