@@ -93,6 +93,12 @@ func (p *Plugger) addPCI(ctx context.Context, driver string, props map[string]an
 	}
 	path, err := p.pciPath(ctx, port)
 	if err != nil {
+		// Unplug it again, so the caller's cleanup (blockdev-del, ...)
+		// finds its backend free and the port is reusable.
+		if derr := p.qmp.DeviceDel(ctx, id); derr == nil {
+			p.release(port)
+		}
+		a.ID, a.port = "", -1
 		return err
 	}
 	a.PCIPath = path
