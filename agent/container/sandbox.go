@@ -313,10 +313,19 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	}
 	hostname, etcFiles, guestHooks := s.hostname, s.etcFiles, s.guestHooks
 	s.mu.Unlock()
-	defer func() {
+	unreserve := func() {
 		s.mu.Lock()
 		delete(s.reserved, cc.ID)
 		s.mu.Unlock()
+	}
+	// After a launch timeout the rollback may still run in the background
+	// (libcontainer's start has not returned): the id stays reserved until
+	// it is done, so a retry cannot race it on the same state and cgroup.
+	undoUnreserves := false
+	defer func() {
+		if !undoUnreserves {
+			unreserve()
+		}
 	}()
 
 	spec, err := ociconv.Clone(cc.Spec)
@@ -377,8 +386,10 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		if derr := destroyLocked(lc); derr != nil {
 			s.log.Warn("rollback of timed-out create", "container_id", cc.ID, "err", derr)
 		}
+		unreserve()
 	})
 	if errors.Is(err, errLaunchTimeout) {
+		undoUnreserves = true
 		return nil, err
 	}
 	if err != nil {
