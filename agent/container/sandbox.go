@@ -358,9 +358,19 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	if err != nil {
 		return nil, err
 	}
-	if err := s.podNetSysctls(cc.ID, spec); err != nil {
+	sysctls, err := s.podNetSysctls(cc.ID, spec)
+	if err != nil {
 		return nil, err
 	}
+	// A failed create puts the pod's previous values back (after a launch
+	// timeout, when the background rollback ends).
+	defer func() {
+		if retErr == nil {
+			sysctls.keep()
+		} else if !rollbackPending {
+			sysctls.restore()
+		}
+	}()
 	privateUTS := slices.ContainsFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.UTSNamespace && n.Path == "" })
 	if spec.Hostname == "" && privateUTS {
 		spec.Hostname = hostname
@@ -401,6 +411,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		if derr := destroyLocked(lc); derr != nil {
 			s.log.Warn("rollback of timed-out create", "container_id", cc.ID, "err", derr)
 		}
+		sysctls.restore()
 		unreserve()
 		if cc.Rollback != nil {
 			cc.Rollback()
