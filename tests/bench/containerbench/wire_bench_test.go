@@ -53,7 +53,9 @@ var (
 )
 
 // agentBinary is $KEEL_AGENT_BIN (make bench sets it to build/keel-agent),
-// or else keel-agent built once into a temporary directory.
+// or else keel-agent built once into a temporary directory the way `make
+// agent` builds it (static, stripped: buildLikeAgent), so that a container
+// init re-executes the same kind of binary as in the guest.
 func agentBinary(tb testing.TB) string {
 	tb.Helper()
 	agentBinOnce.Do(func() {
@@ -66,7 +68,8 @@ func agentBinary(tb testing.TB) string {
 			agentBinErr = err
 			return
 		}
-		agentBinPath, agentBinErr = containertest.AgentBinary(dir)
+		agentBinPath = filepath.Join(dir, "keel-agent")
+		agentBinErr = buildLikeAgent("github.com/keelvm/keel/cmd/keel-agent", agentBinPath)
 	})
 	if agentBinErr != nil {
 		tb.Fatal(agentBinErr)
