@@ -33,7 +33,7 @@ var pairs = []pair{
 	{"P3 stdout RPC path, 1 MiB reads, 1 MiB pipe, vs raw", "BenchmarkStdoutRPCPath1MiB/pipe=1MiB", "BenchmarkRawUnixCopy1MiB/pipe=1MiB", "MB/s", ">= 0.3"},
 	{"P3 wire: keel-agent binary, 32 KiB reads, its GC policy, vs raw", "BenchmarkAgentStdoutRPC32KiB/gc=policy", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ">= 0.3"},
 	{"P3 wire: GC policy vs GOGC=100, agent CPU per MB", "BenchmarkAgentStdoutRPC32KiB/gc=policy", "BenchmarkAgentStdoutRPC32KiB/gc=GOGC=100", "agent-cpu-ms/MB", ""},
-	{"P3 wire: GC policy vs GOGC=100, agent RssAnon after 64 MiB", "BenchmarkAgentStdoutRPC32KiB/gc=policy", "BenchmarkAgentStdoutRPC32KiB/gc=GOGC=100", "rssanon-KiB", ""},
+	{"P3 wire: GC policy vs GOGC=100, agent RssAnon after 64 MiB", "BenchmarkAgentStdoutRPC32KiB/gc=policy", "BenchmarkAgentStdoutRPC32KiB/gc=GOGC=100", "rssanon-64MiB-KiB", ""},
 	// VM tier (tests/bench/guestbench, KEEL_BENCH_VM=1): timed in one
 	// Debian guest, the agent over AF_VSOCK, runc/crun inside the guest.
 	{"P1 in guest: agent (vsock) vs runc run in guest", "BenchmarkGuestLifecycle", "BenchmarkGuestRuncRun", "ns/op", "<= 0.5"},
