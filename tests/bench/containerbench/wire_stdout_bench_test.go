@@ -11,6 +11,7 @@ import (
 
 	"github.com/keelvm/keel/agent/metrics"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/promtext"
 )
 
 // BenchmarkAgentStdoutRPC32KiB (P3, wire tier): the same 64 MiB of dd
@@ -75,8 +76,10 @@ func benchAgentStdout(b *testing.B, env string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var gogc float64 = -2
-	fmt.Sscanf(metricLine(m.Metrics, "keel_agent_go_gc_percent "), "%g", &gogc)
+	gogc, ok := promtext.Value(m.Metrics, "keel_agent_go_gc_percent")
+	if !ok {
+		b.Fatalf("GetMetrics has no keel_agent_go_gc_percent:\n%s", m.Metrics)
+	}
 	b.ReportMetric(gogc, "gogc")
 }
 
@@ -110,14 +113,4 @@ func rssAnonKiB(tb testing.TB, pid int) uint64 {
 // f[0] is field 3 (state).
 func fieldsAfterComm(stat []byte) []string {
 	return strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
-}
-
-// metricLine returns the rest of the Prometheus line starting with prefix.
-func metricLine(text, prefix string) string {
-	for _, line := range strings.Split(text, "\n") {
-		if rest, ok := strings.CutPrefix(line, prefix); ok {
-			return rest
-		}
-	}
-	return ""
 }
