@@ -218,17 +218,25 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	if _, err := r.o.Sandbox.Container(req.ContainerId); err == nil {
 		return nil, status.Errorf(codes.AlreadyExists, "container_id %q: already exists", req.ContainerId)
 	}
+	var refs *storage.Refs
 	if len(req.Storages) > 0 {
 		// Mounted before the container is created: its rootfs may be one.
-		if err := r.o.Storages.Add(ctx, req.ContainerId, "storages", storage.FromPB(req.Storages)); err != nil {
+		// This create holds them until it succeeded or rolled back.
+		if refs, err = r.o.Storages.Acquire(ctx, req.ContainerId, "storages", storage.FromPB(req.Storages)); err != nil {
 			return nil, errdefs.ToStatus(err)
 		}
-		defer func() {
-			if retErr != nil {
-				r.o.Storages.Release(req.ContainerId)
-			}
-		}()
 	}
+	dropStorages := func() {
+		if err := r.o.Storages.Drop(refs); err != nil {
+			r.o.Log.Warn("releasing storages of a failed create", "container_id", req.ContainerId, "err", err)
+		}
+	}
+	handedOver := false // to Sandbox.CreateContainer's Commit/Rollback
+	defer func() {
+		if retErr != nil && !handedOver {
+			dropStorages()
+		}
+	}()
 	if len(req.Devices) > 0 {
 		if err := r.o.Devices.Apply(ctx, devicesFromPB(req.Devices), spec); err != nil {
 			return nil, errdefs.ToStatus(err)
@@ -238,8 +246,13 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	if err != nil {
 		return nil, err
 	}
+	handedOver = true
 	_, err = r.o.Sandbox.CreateContainer(container.ContainerConfig{
 		ID: req.ContainerId, ExecID: req.ExecId, Spec: spec, SandboxPidns: req.SandboxPidns, IO: s,
+		// After a launch timeout the rollback may still run inside the
+		// storages: they are dropped when it ended, not when this RPC
+		// answers.
+		Commit: func() { r.o.Storages.Keep(req.ContainerId, refs) }, Rollback: dropStorages,
 	})
 	if err != nil {
 		return nil, errdefs.ToStatus(err)
