@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -502,41 +501,86 @@ const (
 
 // setOwnership gives the volume at root to group fg.GID, recursively,
 // making files group-readable (and writable unless ro), directories
-// group-searchable and setgid. Symlinks are left alone.
+// group-searchable and setgid. Symlinks are left alone. The tree (which
+// the host or a container may be changing) is walked through directory
+// fds, every entry opened O_PATH|O_NOFOLLOW relative to its directory and
+// changed through that handle: an entry swapped for a symlink is never
+// followed, so nothing outside the volume changes owner or mode.
 func setOwnership(root string, fg FSGroup, ro bool) error {
 	mask := uint32(rwMask)
 	if ro {
 		mask = roMask
 	}
+	fd, err := openNoSymlinks(root, unix.O_PATH)
+	if err != nil {
+		return fmt.Errorf("unable to open %s: %w", root, err)
+	}
+	defer unix.Close(fd)
 	if fg.OnRootMismatch {
 		var st unix.Stat_t
-		if err := unix.Lstat(root, &st); err == nil && st.Gid == fg.GID {
+		if err := unix.Fstat(fd, &st); err == nil && st.Gid == fg.GID {
 			want := mask | execMask
 			if st.Mode&want == want && st.Mode&unix.S_ISGID != 0 {
 				return nil
 			}
 		}
 	}
-	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+	return ownEntry(fd, root, fg.GID, mask, 0)
+}
+
+// ownEntry applies fs_group to the entry open as the O_PATH fd (named p in
+// errors) and, for a directory, to what is in it.
+func ownEntry(fd int, p string, gid, mask uint32, depth int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	typ := st.Mode & unix.S_IFMT
+	if typ == unix.S_IFLNK {
+		return nil
+	}
+	if err := unix.Fchownat(fd, "", -1, int(gid), unix.AT_EMPTY_PATH); err != nil {
+		return fmt.Errorf("unable to set fs_group on %s: %w", p, err)
+	}
+	add := mask
+	if typ == unix.S_IFDIR {
+		add |= execMask | unix.S_ISGID
+	}
+	// chmod through the handle's /proc link: it names the opened inode
+	// (fchmod does not take an O_PATH fd).
+	if err := unix.Fchmodat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), (st.Mode&0o7777)|add, 0); err != nil {
+		return fmt.Errorf("unable to set fs_group on %s: %w", p, err)
+	}
+	if typ != unix.S_IFDIR {
+		return nil
+	}
+	if depth >= 256 {
+		return fmt.Errorf("unable to set fs_group below %s: nested too deep", p)
+	}
+	dir, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("unable to open %s: %w", p, err)
+	}
+	defer unix.Close(dir)
+	names, err := readDirNames(dir)
+	if err != nil {
+		return fmt.Errorf("unable to list %s: %w", p, err)
+	}
+	for _, name := range names {
+		child, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOENT) {
+			continue // gone since the listing
+		}
+		if err != nil {
+			return fmt.Errorf("unable to open %s: %w", filepath.Join(p, name), err)
+		}
+		err = ownEntry(child, filepath.Join(p, name), gid, mask, depth+1)
+		unix.Close(child)
 		if err != nil {
 			return err
 		}
-		if d.Type()&fs.ModeSymlink != 0 {
-			return nil
-		}
-		if err := os.Lchown(p, -1, int(fg.GID)); err != nil {
-			return fmt.Errorf("unable to set fs_group on %s: %w", p, err)
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return err
-		}
-		add := mask
-		if d.IsDir() {
-			add |= execMask | unix.S_ISGID
-		}
-		return unix.Fchmodat(unix.AT_FDCWD, p, (st.Mode&0o7777)|add, 0)
-	})
+	}
+	return nil
 }
 
 func chownSetgid(p string, gid uint32) error {

@@ -95,3 +95,77 @@ func TestWatchableSourceSwappedMidWalk(t *testing.T) {
 		})
 	}
 }
+
+// exchangeLoop swaps a and b (renameat2 RENAME_EXCHANGE) until the test
+// ends, as a container writing a shared volume can.
+func exchangeLoop(t *testing.T, a, b string) {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE); err != nil {
+				t.Errorf("rename exchange: %v", err)
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); wg.Wait() })
+}
+
+// TestFSGroupSwappedEntries: fs_group is applied to a volume in which a
+// file and a directory are swapped, over and over, with symlinks to a file
+// and a directory outside it: the outside ones never change group or mode.
+// (Before, the walk's Lchown followed a swapped intermediate directory and
+// its Fchmodat followed a swapped last component.)
+func TestFSGroupSwappedEntries(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown to another group: needs root")
+	}
+	root := t.TempDir()
+	vol := filepath.Join(root, "vol")
+	outside := filepath.Join(root, "outside")
+	must(t, os.MkdirAll(filepath.Join(vol, "d"), 0o755))
+	must(t, os.MkdirAll(outside, 0o700))
+	must(t, os.WriteFile(filepath.Join(vol, "f"), []byte("f"), 0o600))
+	must(t, os.WriteFile(filepath.Join(vol, "d/x"), []byte("x"), 0o600))
+	victim, victimDir := filepath.Join(outside, "victim"), filepath.Join(outside, "dir")
+	must(t, os.MkdirAll(victimDir, 0o700))
+	must(t, os.WriteFile(victim, []byte("v"), 0o600))
+	must(t, os.WriteFile(filepath.Join(victimDir, "x"), []byte("v"), 0o600))
+	must(t, os.Symlink(victim, filepath.Join(root, "flink")))
+	must(t, os.Symlink(victimDir, filepath.Join(root, "dlink")))
+	exchangeLoop(t, filepath.Join(vol, "f"), filepath.Join(root, "flink"))
+	exchangeLoop(t, filepath.Join(vol, "d"), filepath.Join(root, "dlink"))
+	const gid = 4242
+	untouched := func(p string, mode uint32) {
+		t.Helper()
+		var st unix.Stat_t
+		must(t, unix.Lstat(p, &st))
+		if st.Gid == gid || st.Mode&0o7777 != mode {
+			t.Fatalf("%s, outside the volume, got gid %d mode %o", p, st.Gid, st.Mode&0o7777)
+		}
+	}
+	applied, failed := 0, 0
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := setOwnership(vol, FSGroup{GID: gid}, false); err != nil {
+			failed++
+		} else {
+			applied++
+		}
+		untouched(victim, 0o600)
+		untouched(filepath.Join(victimDir, "x"), 0o600)
+		untouched(victimDir, 0o700)
+	}
+	if applied == 0 {
+		t.Fatalf("fs_group never applied in %d tries", failed)
+	}
+	t.Logf("fs_group applied %d times (%d failed on a swapped entry), nothing outside changed", applied, failed)
+}
