@@ -433,14 +433,34 @@ func supportsDax(sysfs, disk, fstype string) bool {
 	return err == nil && strings.TrimSpace(string(b)) == "1"
 }
 
-// setUpOverlay mounts an overlay.
+// setUpOverlay mounts an overlay. The directories it creates (the rw
+// upper/work dirs, create_directory's) are made like a mount point: only
+// what is missing below the storage root, no symlink followed on the way;
+// they are removed again on failure and teardown.
 func (m *Manager) setUpOverlay(_ context.Context, owner, field string, s Storage) (func() error, error) {
 	opts := append([]string{}, s.Options...)
-	var created []string
+	var created []string // rw upper/work dirs, removed with their content
+	var targets []*target
 	cleanup := func() {
 		for i := len(created) - 1; i >= 0; i-- {
 			os.RemoveAll(created[i])
 		}
+		for i := len(targets) - 1; i >= 0; i-- {
+			targets[i].removeCreated()
+		}
+	}
+	mkdir := func(f, root, p string) error {
+		t, fd, err := makeTarget(root, p, true)
+		if err != nil {
+			if errors.Is(err, ErrInvalid) {
+				// Named by the field that asked for it.
+				return invalidf("%s: %s", f, strings.TrimPrefix(err.Error(), ErrInvalid.Error()+": "))
+			}
+			return err
+		}
+		fd.Close()
+		targets = append(targets, t)
+		return nil
 	}
 	const rwOpt = "io.katacontainers.fs-opt.overlay-rw"
 	if hasOption(opts, rwOpt) {
@@ -448,14 +468,15 @@ func (m *Manager) setUpOverlay(_ context.Context, owner, field string, s Storage
 			return nil, invalidf("%s.options %s: only for a container's storage", field, rwOpt)
 		}
 		base := filepath.Join(m.cfg.ContainerBase, owner)
-		if _, err := checkMountPoint(field+".options", base, m.cfg.Roots); err != nil {
+		root, err := checkMountPoint(field+".options", base, m.cfg.Roots)
+		if err != nil {
 			return nil, err
 		}
 		for _, d := range []string{"upper", "work"} {
 			p := filepath.Join(base, "overlay-"+d)
-			if err := os.MkdirAll(p, 0o755); err != nil {
+			if err := mkdir(field+".options", root, p); err != nil {
 				cleanup()
-				return nil, fmt.Errorf("unable to create %s: %w", p, err)
+				return nil, err
 			}
 			created = append(created, p)
 		}
@@ -470,13 +491,14 @@ func (m *Manager) setUpOverlay(_ context.Context, owner, field string, s Storage
 	const mkdirOpt = "io.katacontainers.volume.overlayfs.create_directory="
 	for i, o := range s.DriverOptions {
 		if d, ok := strings.CutPrefix(o, mkdirOpt); ok {
-			if _, err := checkMountPoint(fmt.Sprintf("%s.driver_options[%d]", field, i), d, m.cfg.Roots); err != nil {
+			f := fmt.Sprintf("%s.driver_options[%d]", field, i)
+			root, err := checkMountPoint(f, d, m.cfg.Roots)
+			if err == nil {
+				err = mkdir(f, root, d)
+			}
+			if err != nil {
 				cleanup()
 				return nil, err
-			}
-			if err := os.MkdirAll(d, 0o755); err != nil {
-				cleanup()
-				return nil, fmt.Errorf("unable to create %s: %w", d, err)
 			}
 		}
 	}

@@ -1,6 +1,8 @@
 package storage
 
 import (
+	"context"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -168,4 +170,42 @@ func TestFSGroupSwappedEntries(t *testing.T) {
 		t.Fatalf("fs_group never applied in %d tries", failed)
 	}
 	t.Logf("fs_group applied %d times (%d failed on a swapped entry), nothing outside changed", applied, failed)
+}
+
+// TestOverlayCreateDirectory: create_directory makes the directory named
+// (and what is missing of its parents below the storage root), refuses a
+// path through a symlink naming driver_options[i] and creating nothing
+// (before, MkdirAll followed it and created the directory outside the
+// roots), and what it created goes with the storage.
+func TestOverlayCreateDirectory(t *testing.T) {
+	m, root := newManager(t)
+	lower := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(lower, "a"), []byte("lower"), 0o644))
+	lowers := "lowerdir=" + lower + ":" + t.TempDir() // read-only: two layers
+	outside := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(root, "shared"), 0o755))
+	must(t, os.Symlink(outside, filepath.Join(root, "shared/link")))
+	const opt = "io.katacontainers.volume.overlayfs.create_directory="
+	mp := filepath.Join(root, "c1/rootfs")
+	err := m.Add(context.Background(), "c1", "storages", []Storage{{Driver: DriverOverlayfs, Source: "overlay", Fstype: "overlay", MountPoint: mp,
+		Options: []string{lowers}, DriverOptions: []string{opt + filepath.Join(root, "shared/link/made/here")}}})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "storages[0].driver_options[0]") {
+		t.Fatalf("create_directory through a symlink: %v, want InvalidArgument naming storages[0].driver_options[0]", err)
+	}
+	if _, err := os.Lstat(filepath.Join(outside, "made")); !os.IsNotExist(err) {
+		t.Fatalf("a directory was created outside the roots, through the symlink: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "c1")); !os.IsNotExist(err) {
+		t.Fatalf("the refused storage left its mount point: %v", err)
+	}
+	dir := filepath.Join(root, "c1/layers/upper")
+	must(t, m.Add(context.Background(), "c1", "storages", []Storage{{Driver: DriverOverlayfs, Source: "overlay", Fstype: "overlay", MountPoint: mp,
+		Options: []string{lowers}, DriverOptions: []string{opt + dir}}}))
+	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
+		t.Fatalf("create_directory: %v", err)
+	}
+	must(t, m.Release("c1"))
+	if _, err := os.Lstat(filepath.Join(root, "c1/layers")); !os.IsNotExist(err) {
+		t.Errorf("created directories left after the storage went: %v", err)
+	}
 }
