@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -184,42 +185,116 @@ func (m *Manager) setUpEphemeral(_ context.Context, _, field string, s Storage) 
 		}
 		return undo, nil
 	case "hugetlbfs":
-		if err := m.reserveHugepages(field, opts); err != nil {
+		unreserve, err := m.reserveHugepages(field, opts)
+		if err != nil {
 			return nil, err
 		}
-		return m.mount(field, s, source, fstype, opts, true)
+		undo, err := m.mount(field, s, source, fstype, opts, true)
+		if err != nil {
+			if uerr := unreserve(); uerr != nil {
+				m.cfg.Log.Warn("huge page reservation not restored", "err", uerr)
+			}
+			return nil, err
+		}
+		return func() error { return errors.Join(undo(), unreserve()) }, nil
 	}
 	return nil, invalidf("%s.fstype %q: an ephemeral storage is tmpfs or hugetlbfs", field, trunc(fstype))
 }
 
 // reserveHugepages makes sure size bytes of pagesize pages are reserved
-// (Kata: options pagesize=<bytes>, size=<bytes>).
-func (m *Manager) reserveHugepages(field string, opts []string) error {
+// (Kata: options pagesize=<bytes>, size=<bytes>) and returns how to give
+// them back: nr_hugepages goes back down to what the storages still set
+// up ask, never below what the agent found, and only while it still holds
+// the value the agent wrote.
+func (m *Manager) reserveHugepages(field string, opts []string) (func() error, error) {
 	ps, ok1 := optionValue(opts, "pagesize")
 	sz, ok2 := optionValue(opts, "size")
 	if !ok1 || !ok2 {
-		return invalidf("%s.options: hugetlbfs needs pagesize= and size= (bytes)", field)
+		return nil, invalidf("%s.options: hugetlbfs needs pagesize= and size= (bytes)", field)
 	}
 	pagesize, err1 := strconv.ParseUint(ps, 10, 64)
 	size, err2 := strconv.ParseUint(sz, 10, 64)
 	if err1 != nil || err2 != nil || pagesize < 4096 || size%pagesize != 0 {
-		return invalidf("%s.options pagesize=%q size=%q: want byte counts, size a multiple of pagesize", field, trunc(ps), trunc(sz))
+		return nil, invalidf("%s.options pagesize=%q size=%q: want byte counts, size a multiple of pagesize", field, trunc(ps), trunc(sz))
 	}
 	nr := filepath.Join(m.cfg.Sysfs, "kernel/mm/hugepages", fmt.Sprintf("hugepages-%dkB", pagesize/1024), "nr_hugepages")
-	cur, err := readUint(nr)
-	if err != nil {
-		return invalidf("%s.options pagesize=%s: the kernel has no such huge page size (%v)", field, ps, err)
-	}
 	want := size / pagesize
-	if cur >= want {
+	m.hugeMu.Lock()
+	defer m.hugeMu.Unlock()
+	if m.huge == nil {
+		m.huge = map[string]*hugeRes{}
+	}
+	r := m.huge[nr]
+	if r == nil {
+		cur, err := readUint(nr)
+		if err != nil {
+			return nil, invalidf("%s.options pagesize=%s: the kernel has no such huge page size (%v)", field, ps, err)
+		}
+		r = &hugeRes{base: cur}
+		m.huge[nr] = r
+	}
+	r.wants = append(r.wants, want)
+	released := false
+	release := func() error {
+		m.hugeMu.Lock()
+		defer m.hugeMu.Unlock()
+		if released {
+			return nil
+		}
+		released = true
+		i := slices.Index(r.wants, want)
+		r.wants = slices.Delete(r.wants, i, i+1)
+		if len(r.wants) == 0 {
+			delete(m.huge, nr)
+		}
+		return r.lower(nr)
+	}
+	target := r.target()
+	cur, err := readUint(nr)
+	if err != nil || cur >= target {
+		return release, err
+	}
+	if err := os.WriteFile(nr, []byte(strconv.FormatUint(target, 10)), 0); err != nil {
+		release()
+		return nil, fmt.Errorf("unable to reserve %d huge pages: %w", target, err)
+	}
+	r.set = target
+	if got, err := readUint(nr); err != nil || got < target {
+		release()
+		return nil, fmt.Errorf("unable to reserve %d huge pages of %d bytes: only %d", target, pagesize, got)
+	}
+	return release, nil
+}
+
+// hugeRes is the agent's reservation of one huge page size.
+type hugeRes struct {
+	base  uint64   // nr_hugepages as the agent found it
+	set   uint64   // what the agent last wrote (0: nothing)
+	wants []uint64 // pages each hugetlbfs storage set up asks
+}
+
+func (r *hugeRes) target() uint64 {
+	t := r.base
+	for _, w := range r.wants {
+		t = max(t, w)
+	}
+	return t
+}
+
+// lower writes the target back to nr when the agent's own value is still
+// there and is above it.
+func (r *hugeRes) lower(nr string) error {
+	t := r.target()
+	if r.set == 0 || r.set <= t {
 		return nil
 	}
-	if err := os.WriteFile(nr, []byte(strconv.FormatUint(want, 10)), 0); err != nil {
-		return fmt.Errorf("unable to reserve %d huge pages: %w", want, err)
+	if cur, err := readUint(nr); err != nil || cur != r.set {
+		return err // changed by someone else since: theirs now
 	}
-	if got, err := readUint(nr); err != nil || got < want {
-		return fmt.Errorf("unable to reserve %d huge pages of %d bytes: only %d", want, pagesize, got)
+	if err := os.WriteFile(nr, []byte(strconv.FormatUint(t, 10)), 0); err != nil {
+		return fmt.Errorf("unable to give back huge pages (%s to %d): %w", nr, t, err)
 	}
+	r.set = t
 	return nil
 }
 
