@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -207,5 +208,56 @@ func TestOverlayCreateDirectory(t *testing.T) {
 	must(t, m.Release("c1"))
 	if _, err := os.Lstat(filepath.Join(root, "c1/layers")); !os.IsNotExist(err) {
 		t.Errorf("created directories left after the storage went: %v", err)
+	}
+}
+
+// TestWatchableConcurrentFirstMount: watchable-bind storages of one
+// watchable directory set up at the same time all land in its one tmpfs
+// (before, the first counted itself and then mounted, so the others went
+// on before the tmpfs was there: they failed, or their copy was hidden
+// under it), and the tmpfs goes with the last of them.
+func TestWatchableConcurrentFirstMount(t *testing.T) {
+	m, root := newManager(t)
+	src := shareDir(t, root, "src")
+	must(t, os.WriteFile(filepath.Join(src, "key"), []byte("v1"), 0o644))
+	const n = 8
+	for round := range 20 {
+		dir := filepath.Join(root, fmt.Sprintf("shared/r%d/watchable", round))
+		start := make(chan struct{})
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				errs[i] = m.Add(context.Background(), fmt.Sprintf("c%d-%d", round, i), "storages", []Storage{{Driver: DriverWatchableBind, Source: src,
+					MountPoint: filepath.Join(dir, fmt.Sprintf("cm%d", i))}})
+			}()
+		}
+		close(start)
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: storage %d: %v", round, i, err)
+			}
+		}
+		if fsType(t, dir) != unix.TMPFS_MAGIC {
+			t.Fatalf("round %d: %s is not a tmpfs", round, dir)
+		}
+		for i := range n {
+			if b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("cm%d/key", i))); err != nil || string(b) != "v1" {
+				t.Fatalf("round %d: storage %d's copy is not in the tmpfs: %q %v", round, i, b, err)
+			}
+		}
+		for i := range n {
+			must(t, m.Release(fmt.Sprintf("c%d-%d", round, i)))
+		}
+		if ms := mountsUnder(dir); len(ms) != 0 {
+			t.Fatalf("round %d: left mounted after the last storage went: %v", round, ms)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+			t.Fatalf("round %d: left in %s under the tmpfs: %v", round, dir, ents)
+		}
 	}
 }

@@ -30,12 +30,22 @@ type watcher struct {
 
 	mu      sync.Mutex // guards the maps; never held during I/O
 	entries map[string]*watched
-	tmpfs   map[string]int          // watchable tmpfs root -> storages in it
-	undos   map[string]func() error // tmpfs root -> unmount
+	tmpfs   map[string]*watchTmpfs // by watchable directory
 	stopc   chan struct{}
 	started bool
 
 	syncMu sync.Mutex // serialises copies and teardowns of entries
+}
+
+// watchTmpfs is the tmpfs of one watchable directory, shared by its
+// storages: the first mounts it, the others wait until that ended; the
+// last unmounts it, and a new first waits until that ended.
+type watchTmpfs struct {
+	users   int
+	ready   chan struct{} // closed when the first user's mount ended
+	err     error         // the mount's error, valid after ready
+	undo    func() error  // unmount, set before ready is closed
+	closing chan struct{} // set when the last user left; closed after undo
 }
 
 type watched struct {
@@ -45,10 +55,10 @@ type watched struct {
 }
 
 func newWatcher(m *Manager) *watcher {
-	return &watcher{m: m, entries: map[string]*watched{}, tmpfs: map[string]int{}, stopc: make(chan struct{})}
+	return &watcher{m: m, entries: map[string]*watched{}, tmpfs: map[string]*watchTmpfs{}, stopc: make(chan struct{})}
 }
 
-func (m *Manager) setUpWatchable(_ context.Context, _, field string, s Storage) (func() error, error) {
+func (m *Manager) setUpWatchable(ctx context.Context, _, field string, s Storage) (func() error, error) {
 	// The source is in the sandbox share (Kata sends a path under the
 	// shared directory), reached without a symlink: what is in the share
 	// comes from the host and from containers, and a link there must not
@@ -80,46 +90,9 @@ func (m *Manager) setUpWatchable(_ context.Context, _, field string, s Storage) 
 		return nil, err
 	}
 	// The watchable tmpfs: one per directory, mounted with its first storage.
-	w.mu.Lock()
-	n := w.tmpfs[dir]
-	w.tmpfs[dir] = n + 1
-	w.mu.Unlock()
-	var tmpfsUndo func() error
-	dropTmpfs := func() error {
-		w.mu.Lock()
-		w.tmpfs[dir]--
-		last := w.tmpfs[dir] == 0
-		if last {
-			delete(w.tmpfs, dir)
-			delete(w.undos, dir)
-		}
-		w.mu.Unlock()
-		if last && tmpfsUndo != nil {
-			return tmpfsUndo()
-		}
-		return nil
-	}
-	if n == 0 {
-		t, f, err := makeTarget(root, dir, true)
-		if err != nil {
-			dropTmpfs()
-			return nil, err
-		}
-		err = mountAt(f, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=755")
-		f.Close()
-		if err != nil {
-			t.removeCreated()
-			dropTmpfs()
-			return nil, fmt.Errorf("unable to mount the watchable tmpfs on %s: %w", dir, err)
-		}
-		tmpfsUndo = func() error { err := unmount(dir); t.removeCreated(); return err }
-		w.mu.Lock()
-		w.tmpfsUndo(dir, tmpfsUndo)
-		w.mu.Unlock()
-	} else {
-		w.mu.Lock()
-		tmpfsUndo = w.undos[dir]
-		w.mu.Unlock()
+	dropTmpfs, err := w.useTmpfs(ctx, root, dir)
+	if err != nil {
+		return nil, err
 	}
 	e := &watched{src: s.Source, dst: s.MountPoint, seen: map[string]time.Time{}}
 	if st.IsDir() {
@@ -158,12 +131,89 @@ func (m *Manager) setUpWatchable(_ context.Context, _, field string, s Storage) 
 	}, nil
 }
 
-// undos of the tmpfs roots (set with tmpfsUndo).
-func (w *watcher) tmpfsUndo(dir string, f func() error) {
-	if w.undos == nil {
-		w.undos = map[string]func() error{}
+// useTmpfs takes a user of dir's watchable tmpfs, mounting it for the
+// first; the returned func drops the user, and the last one unmounts it.
+func (w *watcher) useTmpfs(ctx context.Context, root, dir string) (func() error, error) {
+	w.mu.Lock()
+	for {
+		tf := w.tmpfs[dir]
+		if tf == nil || tf.closing == nil {
+			break
+		}
+		w.mu.Unlock()
+		select {
+		case <-tf.closing:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		w.mu.Lock()
 	}
-	w.undos[dir] = f
+	tf := w.tmpfs[dir]
+	first := tf == nil
+	if first {
+		tf = &watchTmpfs{ready: make(chan struct{})}
+		w.tmpfs[dir] = tf
+	}
+	tf.users++
+	w.mu.Unlock()
+	drop := func() error {
+		w.mu.Lock()
+		tf.users--
+		last := tf.users == 0
+		if last {
+			tf.closing = make(chan struct{})
+		}
+		undo := tf.undo
+		w.mu.Unlock()
+		if !last {
+			return nil
+		}
+		var err error
+		if undo != nil {
+			err = undo()
+		}
+		w.mu.Lock()
+		if w.tmpfs[dir] == tf {
+			delete(w.tmpfs, dir)
+		}
+		close(tf.closing)
+		w.mu.Unlock()
+		return err
+	}
+	if !first {
+		select {
+		case <-tf.ready:
+		case <-ctx.Done():
+			drop()
+			return nil, ctx.Err()
+		}
+		if tf.err != nil {
+			drop()
+			return nil, tf.err
+		}
+		return drop, nil
+	}
+	t, f, err := makeTarget(root, dir, true)
+	if err == nil {
+		err = mountAt(f, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=755")
+		f.Close()
+		if err != nil {
+			t.removeCreated()
+			err = fmt.Errorf("unable to mount the watchable tmpfs on %s: %w", dir, err)
+		}
+	}
+	w.mu.Lock()
+	tf.err = err
+	if err == nil {
+		tf.undo = func() error { err := unmount(dir); t.removeCreated(); return err }
+	}
+	w.mu.Unlock()
+	close(tf.ready)
+	if err != nil {
+		drop()
+		return nil, err
+	}
+	return drop, nil
 }
 
 // start runs the polling loop (once).
