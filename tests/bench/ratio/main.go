@@ -59,6 +59,8 @@ var pairs = []pair{
 	{"P3 stdout RPC path vs raw unix copy", "BenchmarkStdoutRPCPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.3"},
 	{"P3 stdout RPC path, agent side only, vs raw", "BenchmarkStdoutRPCPathAgentSide", "BenchmarkRawUnixCopy", "MB/s", ""},
 	{"P3 stdout RPC path, generated handler (proto.Marshal), vs raw", "BenchmarkStdoutRPCPathGenerated", "BenchmarkRawUnixCopy", "MB/s", ""},
+	{"P3 stdout RPC path: agent/streamread vs ttrpc handler path", "BenchmarkStdoutRPCPath", "BenchmarkStdoutRPCPathTTRPC", "MB/s", ""},
+	{"P3 stdout RPC path, agent side: streamread vs ttrpc, CPU/MB", "BenchmarkStdoutRPCPathAgentSide", "BenchmarkStdoutRPCPathAgentSideTTRPC", "cpu-ms/MB", ""},
 	{"P3 stdout RPC path, container dd, 32 KiB reads, vs raw", "BenchmarkStdoutRPCPath32KiB/pipe=64KiB", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ">= 0.3"},
 	{"P3 stdout RPC path, 1 MiB reads, 1 MiB pipe, vs raw", "BenchmarkStdoutRPCPath1MiB/pipe=1MiB", "BenchmarkRawUnixCopy1MiB/pipe=1MiB", "MB/s", ">= 0.3"},
 	{"P3 wire: keel-agent binary, 32 KiB reads, its GC policy, vs raw", "BenchmarkAgentStdoutRPC32KiB/gc=policy", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ">= 0.3"},
@@ -80,6 +82,10 @@ var pairs = []pair{
 // reported are metrics a benchmark computes itself (already a ratio or a
 // per-item figure), printed as they are.
 var reported = []struct{ name, bench, unit, target string }{
+	{"P3 paired (same iteration): RPC path 32 KiB vs raw, in process", "BenchmarkStdoutRPCPaired32KiB/inproc", "rpc/raw", ">= 0.3"},
+	{"P3 paired: keel-agent binary, 32 KiB vs raw", "BenchmarkStdoutRPCPaired32KiB/wire", "rpc/raw", ">= 0.3"},
+	{"P3 paired: keel-agent binary, 32 KiB vs raw with 32 KiB buffers", "BenchmarkStdoutRPCPaired32KiB/wire", "rpc/raw-32KiB", ""},
+	{"P3 paired: raw with 32 KiB buffers vs raw", "BenchmarkStdoutRPCPaired32KiB/wire", "raw-32KiB/raw", ""},
 	{"P7 create p99, containers 191-200 vs 1-10", "BenchmarkCreate200", "p99-ratio", "<= 2"},
 	{"P7 create p50, containers 191-200 vs 1-10", "BenchmarkCreate200", "p50-ratio", ""},
 	{"P7 agent RSS per live container (KiB)", "BenchmarkCreate200", "rss-KiB/container", "<= 100"},
