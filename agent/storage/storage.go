@@ -142,6 +142,9 @@ type Manager struct {
 	entries map[string]*entry   // by mount point
 	owners  map[string][]string // owner ("" = sandbox) -> mount points it holds, in order
 	watch   *watcher
+
+	hugeMu sync.Mutex          // held while nr_hugepages is read and written
+	huge   map[string]*hugeRes // by nr_hugepages file
 }
 
 // mountedAs reports whether mp is a storage this manager set up, with
