@@ -50,6 +50,8 @@ var pairs = []pair{
 // reported are metrics a benchmark computes itself (already a ratio or a
 // per-item figure), printed as they are.
 var reported = []struct{ name, bench, unit, target string }{
+	{"P3 stdout fast path / raw unix copy, paired", "BenchmarkStdoutFastPathPaired", "fast/raw", ">= 0.95"},
+	{"P3 fast path by copy loop / raw unix copy, paired", "BenchmarkStdoutFastPathPaired", "copy/raw", ""},
 	{"P7 create p99, containers 191-200 vs 1-10", "BenchmarkCreate200", "p99-ratio", "<= 2"},
 	{"P7 create p50, containers 191-200 vs 1-10", "BenchmarkCreate200", "p50-ratio", ""},
 	{"P7 agent RSS per live container (KiB)", "BenchmarkCreate200", "rss-KiB/container", "<= 100"},
@@ -68,6 +70,9 @@ var reported = []struct{ name, bench, unit, target string }{
 	{"P6 QEMU CPU s to first RPC, nvdimm", "BenchmarkBootNVDIMM", "keel-first-rpc-cpu-s", ""},
 	{"guest used KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "used-KiB", ""},
 	{"agent RssAnon KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "agent-anon-KiB", ""},
+	{"P3 VM: passfd / raw AF_VSOCK, paired", "BenchmarkStdoutVsockPaired", "passfd/raw", ">= 0.95"},
+	{"P3 VM: QEMU CPU ms/MB while streaming, passfd", "BenchmarkStdoutVsockPaired", "passfd-qemu-cpu-ms/MB", ""},
+	{"P3 VM: QEMU CPU ms/MB while streaming, raw", "BenchmarkStdoutVsockPaired", "raw-qemu-cpu-ms/MB", ""},
 	// VM tier (tests/bench/guestbench): the same, paired round by round.
 	{"P1 in guest, paired: agent (vsock) / runc run", "BenchmarkGuestPairedRun", "agent/runc", "<= 0.5"},
 	{"P1 in guest, paired: agent (vsock) / crun run", "BenchmarkGuestPairedRun", "agent/crun", ""},
