@@ -220,17 +220,24 @@ func (s *outStream) readReady(limit, headroom int, bufs Buffers) ([]byte, error)
 	if s.eof {
 		return nil, ErrWouldBlock
 	}
-	avail, ok := s.available()
-	if !ok || avail <= 0 {
-		return nil, ErrWouldBlock
+	// The buffer is taken for the whole limit and the pipe read straight
+	// into it until it is full or empty: no FIONREAD to size it first and
+	// no scratch buffer to gather through (the caller's pool makes a buffer
+	// of the full size cheap). An empty pipe costs one read (EAGAIN).
+	out := bufs.Get(headroom + limit)
+	n := 0
+	for n < limit {
+		m, err := s.readNonblock(out[headroom+n : headroom+limit])
+		if m <= 0 || err != nil {
+			break // empty, EOF or an error: the blocking read tells them apart
+		}
+		n += m
 	}
-	out := bufs.Get(headroom + min(avail, limit))
-	n, err := s.readNonblock(out[headroom:])
-	if n <= 0 || err != nil {
+	if n == 0 {
 		bufs.Put(out)
 		return nil, ErrWouldBlock
 	}
-	return s.gatherInto(out, n, limit, headroom, bufs), nil
+	return out[:headroom+n], nil
 }
 
 // gather reads, without waiting, up to limit bytes that the stream already
