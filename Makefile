@@ -15,7 +15,7 @@ HOST_LDFLAGS  := -s -w -X github.com/keelvm/keel/agent/version.Version=$(VERSION
 
 TEST_TIMEOUT ?= 18m
 
-.PHONY: demo host-demo all agent host proto proto-check lint test test-slow bench bench-vm vm-demo vm-shell kernel clean
+.PHONY: demo host-demo all agent host proto proto-check lint test test-slow bench bench-vm bench-steps vm-demo vm-shell kernel clean
 
 all: agent host
 
@@ -64,6 +64,12 @@ bench: all
 # in the same guest (tests/bench/guestbench, tests/bench/vmbench).
 bench-vm: all kernel
 	KEEL_BENCH_VM=1 BENCH_HOST=0 ./tests/bench/run.sh
+
+# Before/after of each optimisation step of issue 16 (tests/bench/steps.txt):
+# keel-agent built at each step and its parent (cached in
+# $(KEEL_CACHE)/agent-steps), compared with the paired wire benchmarks.
+bench-steps:
+	GO=$(GO) ./tests/bench/steps.sh
 
 # The main job: boot a guest under QEMU, reach the agent over AF_VSOCK, run
 # a container, power off.

@@ -303,7 +303,7 @@ func (c *Container) Exec(execID string, sp *specs.Process, io *stdio.IO) (_ *Pro
 	}
 	var p *Process
 	// Execs run no hooks: the container's hookCtl belongs to Start.
-	lo := launchOpts{timeout: c.launch.timeout, procs: c.launch.procs, mntnsPid: c.init.Pid}
+	lo := launchOpts{timeout: c.launch.timeout, procs: c.launch.procs, mntnsPid: c.init.Pid, turn: c.launch.turn}
 	err = launch(lo, fmt.Sprintf("exec %q in container %q", execID, c.id), func() error {
 		var err error
 		p, err = startProcess(c.lc, lp, execID, io, nil)

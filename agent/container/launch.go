@@ -185,6 +185,13 @@ type launchOpts struct {
 	// kill, when set, is called at the deadline too (StartContainer
 	// kills the watched init, which killStart leaves alone).
 	kill func()
+	// turn (capacity 1, one per container) is held by a start from
+	// before libcontainer runs until the reaper watches what it started
+	// and, after a timeout, until its kill loop and undo have ended.
+	// killStart picks its targets as the container's unwatched children:
+	// without the turn, a sibling exec's process that libcontainer had
+	// just started and the reaper not yet watched was one of them.
+	turn chan struct{}
 }
 
 // launch runs start bounded by o.timeout. Past it, the hooks the agent runs
@@ -194,6 +201,23 @@ type launchOpts struct {
 // error says how far it got): synchronously when start returned within
 // launchGrace, else in the background when it finally returns.
 func launch(o launchOpts, what string, start func() error, undo func(startErr error)) error {
+	timeout := o.timeout
+	if timeout <= 0 {
+		timeout = DefaultLaunchTimeout
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	release := func() {}
+	if o.turn != nil {
+		// Waiting for the turn counts against the deadline; a start that
+		// never got it did nothing, so there is nothing to undo.
+		select {
+		case o.turn <- struct{}{}:
+		case <-timer.C:
+			return fmt.Errorf("%s: not started within %v (another start in the container did not end): %w", what, timeout, ErrTimeout)
+		}
+		release = func() { <-o.turn }
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	// The hooks' context is cleared only once start has returned: after a
 	// timeout, a hook the still-running start reaches gets the cancelled
@@ -205,16 +229,11 @@ func launch(o launchOpts, what string, start func() error, undo func(startErr er
 	}
 	done := make(chan error, 1)
 	go func() { done <- start() }()
-	timeout := o.timeout
-	if timeout <= 0 {
-		timeout = DefaultLaunchTimeout
-	}
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
 	select {
 	case err := <-done:
 		cancel()
 		started()
+		release()
 		return err
 	case <-timer.C:
 	}
@@ -236,6 +255,7 @@ func launch(o launchOpts, what string, start func() error, undo func(startErr er
 		case err := <-done:
 			started()
 			undo(err)
+			release()
 			return errTimeout
 		case <-tick.C:
 			killStart(o)
@@ -258,6 +278,7 @@ func launch(o launchOpts, what string, start func() error, undo func(startErr er
 				close(stop)
 				started()
 				undo(err)
+				release()
 			}()
 			return errTimeout
 		}
@@ -270,8 +291,8 @@ func launch(o launchOpts, what string, start func() error, undo func(startErr er
 // namespace. libcontainer's bootstrap stages are direct children (its later
 // stages are cloned with CLONE_PARENT); the one that entered the container
 // (and that a workload can stop) is in its mount namespace, and on cgroup
-// v2 or for an init every stage is in its cgroup. libcontainer serializes
-// the starts of one container, so these belong to the one start. Each is
+// v2 or for an init every stage is in its cgroup. The caller holds the
+// container's turn (launchOpts.turn), so these belong to its start. Each is
 // checked again after its pidfd is opened, so a reused pid is never hit.
 func killStart(o launchOpts) {
 	inCgroup := map[int]bool{}

@@ -389,3 +389,78 @@ func TestHookTimeout(t *testing.T) {
 	gone(t, pid, "the hook's background child")
 	leftNothing(t, s, id)
 }
+
+// TestTimedOutExecSparesSiblingExec: an exec timing out while a sibling
+// exec's process has just been started by libcontainer and is not yet
+// watched by the reaper (the window is held open here) kills nothing of the
+// sibling's: starts of one container take turns, so a start's killStart
+// only ever meets its own processes. The sibling's program runs to its own
+// exit code.
+func TestTimedOutExecSparesSiblingExec(t *testing.T) {
+	s := newLaunchSandbox(t, 30*time.Second)
+	id := uniqueID("siblings")
+	c, err := s.CreateContainer(ContainerConfig{ID: id, Spec: testSpec("sleep", "100")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.RemoveContainer(context.Background(), id, 0) })
+	release, atSibling := make(chan struct{}), make(chan struct{})
+	startHook = func(execID, stage string) {
+		switch {
+		case execID == "sibling" && stage == "started":
+			close(atSibling)
+			<-release
+		case execID == "stalled" && stage == "before":
+			<-release
+		}
+	}
+	t.Cleanup(func() { startHook = nil })
+	type result struct {
+		p   *Process
+		err error
+	}
+	sibling := make(chan result, 1)
+	go func() {
+		p, err := c.Exec("sibling", specProcess("/bin/sh", "-c", "sleep 3; exit 7"), newIO(t, false))
+		sibling <- result{p, err}
+	}()
+	select {
+	case <-atSibling:
+	case r := <-sibling:
+		t.Fatalf("sibling exec returned before its start hook: %v", r.err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("sibling exec never started")
+	}
+	// The sibling read its own bound already; this one is short.
+	c.launch.timeout = time.Second
+	t0 := time.Now()
+	_, err = c.Exec("stalled", specProcess("/bin/true"), newIO(t, false))
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("stalled exec: %v after %v, want ErrTimeout", err, time.Since(t0))
+	}
+	// Its deadline (and any kill loop) passed while the sibling was
+	// unwatched; let a kill loop run a few more rounds before releasing.
+	time.Sleep(4 * launchKillEvery)
+	close(release)
+	var r result
+	select {
+	case r = <-sibling:
+	case <-time.After(20 * time.Second):
+		t.Fatal("sibling exec never returned")
+	}
+	if r.err != nil {
+		t.Fatalf("sibling exec: %v", r.err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := r.p.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Code != 7 || st.Signal != 0 {
+		t.Fatalf("sibling exec ended %+v, want exit code 7 (killed by the timed-out exec's kill loop?)", st)
+	}
+}

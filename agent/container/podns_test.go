@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -255,4 +256,77 @@ func TestInitRlimitsAndHostOnlyFields(t *testing.T) {
 	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "OCI.process.rlimits[1].type") {
 		t.Errorf("unknown rlimit: %v", err)
 	}
+}
+
+// TestPodNetSysctlsRestoredOnFailedCreate: net sysctls of a container in
+// the agent's network namespace (containerd 2's pause) are written to the
+// pod's namespace; a create that fails after writing them (a createRuntime
+// hook failing) puts the previous values back, a create that succeeds
+// keeps its values. The agent's namespace is stood in for by a fresh
+// network namespace of the calling thread (sysctl files are bound to the
+// namespace of the thread that opens them), so the host's stay untouched.
+func TestPodNetSysctlsRestoredOnFailedCreate(t *testing.T) {
+	f := false
+	s, err := New(Config{StateRoot: t.TempDir(), CgroupParent: "/keel-test", NoPivotRoot: &f, PodNetSysctls: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Destroy(context.Background()) })
+	const (
+		port  = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+		group = "/proc/sys/net/ipv4/ping_group_range"
+	)
+	podSpec := func(hook string) *specs.Spec {
+		spec := testSpec("sleep", "100")
+		i := slices.IndexFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.NetworkNamespace })
+		spec.Linux.Namespaces[i].Path = "/proc/self/ns/net"
+		spec.Linux.Sysctl = map[string]string{"net.ipv4.ip_unprivileged_port_start": "77", "net.ipv4.ping_group_range": "0 5"}
+		if hook != "" {
+			spec.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: hook}}}
+		}
+		return spec
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// Never unlocked: the thread ends with this goroutine, and its
+		// network namespace with it.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			t.Errorf("unshare: %v", err)
+			return
+		}
+		read := func(p string) string {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Errorf("read %s: %v", p, err)
+			}
+			return strings.Join(strings.Fields(string(b)), " ")
+		}
+		portBefore, groupBefore := read(port), read(group)
+		if portBefore == "77" || groupBefore == "0 5" {
+			t.Errorf("fresh namespace already has the test's values: %s, %s", portBefore, groupBefore)
+			return
+		}
+		_, err := s.CreateContainer(ContainerConfig{ID: uniqueID("sysctl-fail"), Spec: podSpec("/bin/false"), IO: newIO(t, false)})
+		if err == nil {
+			t.Error("create with a failing createRuntime hook succeeded")
+			return
+		}
+		if p, g := read(port), read(group); p != portBefore || g != groupBefore {
+			t.Errorf("after a failed create: %s=%q, %s=%q; want the previous %q, %q", port, p, group, g, portBefore, groupBefore)
+		}
+		id := uniqueID("sysctl-ok")
+		if _, err := s.CreateContainer(ContainerConfig{ID: id, Spec: podSpec(""), IO: newIO(t, false)}); err != nil {
+			t.Errorf("create: %v", err)
+			return
+		}
+		if p, g := read(port), read(group); p != "77" || g != "0 5" {
+			t.Errorf("after a create: %s=%q, %s=%q; want the spec's 77, \"0 5\"", port, p, group, g)
+		}
+		if err := s.RemoveContainer(context.Background(), id, 0); err != nil {
+			t.Error(err)
+		}
+	}()
+	<-done
 }

@@ -1,7 +1,9 @@
 package container
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/keelvm/keel/agent/podns"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // Namespace kinds a container must never share with the agent: in the
@@ -155,8 +158,10 @@ func hostOnlyFields(p *specs.Process, field string, l *specs.Linux) []string {
 // agent's) to that namespace and drops them from the spec: libcontainer
 // refuses them there, while Kata's agent writes them (containerd 2 sets
 // net.ipv4.ip_unprivileged_port_start and ping_group_range on every pause
-// container, whose network namespace Kata's runtime strips).
-func (s *Sandbox) podNetSysctls(id string, spec *specs.Spec) error {
+// container, whose network namespace Kata's runtime strips). The returned
+// netSysctls put the previous values back should the create fail later;
+// on error, what was written is restored already.
+func (s *Sandbox) podNetSysctls(id string, spec *specs.Spec) (_ *netSysctls, retErr error) {
 	var keys []string
 	for k := range spec.Linux.Sysctl {
 		if strings.HasPrefix(k, "net.") || strings.HasPrefix(k, "net/") {
@@ -164,37 +169,96 @@ func (s *Sandbox) podNetSysctls(id string, spec *specs.Spec) error {
 		}
 	}
 	if len(keys) == 0 {
-		return nil
+		return nil, nil
 	}
 	for _, n := range spec.Linux.Namespaces {
 		if n.Type != specs.NetworkNamespace {
 			continue
 		}
 		if n.Path == "" {
-			return nil // its own: libcontainer applies them
+			return nil, nil // its own: libcontainer applies them
 		}
 		if agents, err := podns.Is(string(n.Type), n.Path); err != nil || !agents {
-			return nil // another namespace: libcontainer's
+			return nil, nil // another namespace: libcontainer's
 		}
 	}
 	sort.Strings(keys)
+	applied := &netSysctls{log: s.log}
+	defer func() {
+		if retErr != nil {
+			applied.restore()
+		}
+	}()
 	for _, k := range keys {
 		field := fmt.Sprintf("OCI.linux.sysctl[%q]", k)
 		if !s.cfg.PodNetSysctls {
-			return fmt.Errorf("%s: the container has no network namespace of its own and the agent's is not a pod's here (host mode): %w", field, ErrInvalid)
+			return nil, fmt.Errorf("%s: the container has no network namespace of its own and the agent's is not a pod's here (host mode): %w", field, ErrInvalid)
 		}
 		rel := strings.ReplaceAll(k, ".", "/")
 		if strings.Contains(k, "/") {
 			rel = k
 		}
 		if slices.Contains(strings.Split(rel, "/"), "..") || strings.ContainsRune(rel, 0) {
-			return fmt.Errorf("%s: not a sysctl name: %w", field, ErrInvalid)
+			return nil, fmt.Errorf("%s: not a sysctl name: %w", field, ErrInvalid)
 		}
-		if err := os.WriteFile(filepath.Join("/proc/sys", rel), []byte(spec.Linux.Sysctl[k]), 0o644); err != nil {
-			return fmt.Errorf("%s %q: unable to set it in the pod's network namespace: %v: %w", field, spec.Linux.Sysctl[k], err, ErrInvalid)
+		if err := applied.set(filepath.Join("/proc/sys", rel), spec.Linux.Sysctl[k]); err != nil {
+			return nil, fmt.Errorf("%s %q: unable to set it in the pod's network namespace: %v: %w", field, spec.Linux.Sysctl[k], err, ErrInvalid)
 		}
 		delete(spec.Linux.Sysctl, k)
 	}
 	s.log.Info("net sysctls applied to the pod's network namespace", "container_id", id, "sysctls", keys)
+	return applied, nil
+}
+
+// netSysctls are sysctls a create wrote, each with its previous value and
+// the handle it was written through: the handle stays bound to the network
+// namespace it was opened in, whichever thread restores it.
+type netSysctls struct {
+	log   *slog.Logger
+	files []*os.File
+	prev  [][]byte
+}
+
+// set reads path's value, then writes v to it.
+func (n *netSysctls) set(path, v string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 4096)
+	m, err := f.ReadAt(buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		f.Close()
+		return err
+	}
+	if _, err := f.WriteAt([]byte(v), 0); err != nil {
+		f.Close()
+		return err
+	}
+	n.files, n.prev = append(n.files, f), append(n.prev, buf[:m])
 	return nil
+}
+
+// restore writes the previous values back, last written first (nil: none).
+func (n *netSysctls) restore() {
+	if n == nil {
+		return
+	}
+	for i := len(n.files) - 1; i >= 0; i-- {
+		if _, err := n.files[i].WriteAt(n.prev[i], 0); err != nil {
+			n.log.Warn("unable to restore a pod net sysctl", "path", n.files[i].Name(), "err", err)
+		}
+	}
+	n.keep()
+}
+
+// keep lets the values stand and closes the handles (nil: none).
+func (n *netSysctls) keep() {
+	if n == nil {
+		return
+	}
+	for _, f := range n.files {
+		f.Close()
+	}
+	n.files, n.prev = nil, nil
 }

@@ -212,13 +212,23 @@ func reapVia(lp *libcontainer.Process) func() (unix.WaitStatus, error) {
 	}
 }
 
+// startHook, set by tests only, runs before libcontainer starts process id
+// and right after (the process is then an unwatched child).
+var startHook func(id, stage string)
+
 // startProcess starts lp in lc (init when lp.Init) and has the reaper
 // watch the final pid. No lock is held: libcontainer waits its own
 // bootstrap children, which the reaper never takes (see init/reaper). The
 // child side of io is closed either way.
 func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id string, io *stdio.IO, onExit func(*Process)) (*Process, error) {
+	if startHook != nil {
+		startHook(id, "before")
+	}
 	started := time.Now()
 	err := lc.Start(lp)
+	if startHook != nil {
+		startHook(id, "started")
+	}
 	if err != nil && lp.Init {
 		releaseExecFifo(lc)
 	}

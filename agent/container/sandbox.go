@@ -103,6 +103,14 @@ type ContainerConfig struct {
 	// IO is the init process's stdio; the container owns it from now on
 	// (closed on failure and on Remove).
 	IO *stdio.IO
+	// Commit and Rollback tie what the caller set up for the container
+	// (its storages) to the create's outcome; exactly one is called when
+	// set. Commit just before the container becomes visible (a Remove
+	// then finds what it committed). Rollback once a failed create has
+	// undone all it did: after a launch timeout that is after
+	// CreateContainer returned, when the background rollback, which runs
+	// inside the container's rootfs and mounts, has ended.
+	Commit, Rollback func()
 }
 
 // Sandbox owns the containers of one Kata sandbox.
@@ -274,6 +282,14 @@ func (s *Sandbox) Container(id string) (*Container, error) {
 // for Start (Kata CreateContainer = runc create). On failure nothing is left
 // behind: no state dir, cgroup, mount or process; cc.IO is closed.
 func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr error) {
+	// Set after a launch timeout: the rollback goes on in the background
+	// and ends by unreserving the id and calling cc.Rollback.
+	rollbackPending := false
+	defer func() {
+		if retErr != nil && !rollbackPending && cc.Rollback != nil {
+			cc.Rollback()
+		}
+	}()
 	defer func() {
 		if retErr != nil && cc.IO != nil {
 			cc.IO.Close()
@@ -321,9 +337,8 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	// After a launch timeout the rollback may still run in the background
 	// (libcontainer's start has not returned): the id stays reserved until
 	// it is done, so a retry cannot race it on the same state and cgroup.
-	undoUnreserves := false
 	defer func() {
-		if !undoUnreserves {
+		if !rollbackPending {
 			unreserve()
 		}
 	}()
@@ -343,9 +358,19 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	if err != nil {
 		return nil, err
 	}
-	if err := s.podNetSysctls(cc.ID, spec); err != nil {
+	sysctls, err := s.podNetSysctls(cc.ID, spec)
+	if err != nil {
 		return nil, err
 	}
+	// A failed create puts the pod's previous values back (after a launch
+	// timeout, when the background rollback ends).
+	defer func() {
+		if retErr == nil {
+			sysctls.keep()
+		} else if !rollbackPending {
+			sysctls.restore()
+		}
+	}()
 	privateUTS := slices.ContainsFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.UTSNamespace && n.Path == "" })
 	if spec.Hostname == "" && privateUTS {
 		spec.Hostname = hostname
@@ -370,7 +395,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		return nil, fmt.Errorf("OCI: %v: %w", err, ErrInvalid)
 	}
 	c := &Container{id: cc.ID, lc: lc, spec: spec, privatePidns: plan.privatePid, log: s.log, state: StateCreated, execs: map[string]*Process{}, retired: map[string]*Process{}, pending: map[string]bool{}}
-	c.launch = launchOpts{timeout: s.cfg.LaunchTimeout, hooks: hooks}
+	c.launch = launchOpts{timeout: s.cfg.LaunchTimeout, hooks: hooks, turn: make(chan struct{}, 1)}
 	if st, err := lc.State(); err == nil {
 		c.launch.procs = procsFile(st.CgroupPaths)
 	}
@@ -386,10 +411,14 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		if derr := destroyLocked(lc); derr != nil {
 			s.log.Warn("rollback of timed-out create", "container_id", cc.ID, "err", derr)
 		}
+		sysctls.restore()
 		unreserve()
+		if cc.Rollback != nil {
+			cc.Rollback()
+		}
 	})
 	if errors.Is(err, errLaunchTimeout) {
-		undoUnreserves = true
+		rollbackPending = true
 		return nil, err
 	}
 	if err != nil {
@@ -419,6 +448,9 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		}
 	}
 
+	if cc.Commit != nil {
+		cc.Commit()
+	}
 	s.mu.Lock()
 	s.containers[cc.ID] = c
 	if plan.becomesHolder {

@@ -21,6 +21,7 @@ import (
 	"github.com/keelvm/keel/agent/ociconv"
 	"github.com/keelvm/keel/agent/stdio"
 	"github.com/keelvm/keel/agent/storage"
+	"github.com/keelvm/keel/agent/streamread"
 	"github.com/keelvm/keel/init/kmod"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/protocol/readstream"
@@ -217,17 +218,25 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	if _, err := r.o.Sandbox.Container(req.ContainerId); err == nil {
 		return nil, status.Errorf(codes.AlreadyExists, "container_id %q: already exists", req.ContainerId)
 	}
+	var refs *storage.Refs
 	if len(req.Storages) > 0 {
 		// Mounted before the container is created: its rootfs may be one.
-		if err := r.o.Storages.Add(ctx, req.ContainerId, "storages", storage.FromPB(req.Storages)); err != nil {
+		// This create holds them until it succeeded or rolled back.
+		if refs, err = r.o.Storages.Acquire(ctx, req.ContainerId, "storages", storage.FromPB(req.Storages)); err != nil {
 			return nil, errdefs.ToStatus(err)
 		}
-		defer func() {
-			if retErr != nil {
-				r.o.Storages.Release(req.ContainerId)
-			}
-		}()
 	}
+	dropStorages := func() {
+		if err := r.o.Storages.Drop(refs); err != nil {
+			r.o.Log.Warn("releasing storages of a failed create", "container_id", req.ContainerId, "err", err)
+		}
+	}
+	handedOver := false // to Sandbox.CreateContainer's Commit/Rollback
+	defer func() {
+		if retErr != nil && !handedOver {
+			dropStorages()
+		}
+	}()
 	if len(req.Devices) > 0 {
 		if err := r.o.Devices.Apply(ctx, devicesFromPB(req.Devices), spec); err != nil {
 			return nil, errdefs.ToStatus(err)
@@ -237,8 +246,13 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	if err != nil {
 		return nil, err
 	}
+	handedOver = true
 	_, err = r.o.Sandbox.CreateContainer(container.ContainerConfig{
 		ID: req.ContainerId, ExecID: req.ExecId, Spec: spec, SandboxPidns: req.SandboxPidns, IO: s,
+		// After a launch timeout the rollback may still run inside the
+		// storages: they are dropped when it ended, not when this RPC
+		// answers.
+		Commit: func() { r.o.Storages.Keep(req.ContainerId, refs) }, Rollback: dropStorages,
 	})
 	if err != nil {
 		return nil, errdefs.ToStatus(err)
@@ -433,7 +447,7 @@ func (r *RPC) WriteStdin(ctx context.Context, req *pb.WriteStreamRequest) (*pb.W
 // read serves ReadStdout/ReadStderr; the data is returned after headroom
 // spare bytes (see stdio.IO.ReadStdoutWithHeadroom). Empty data with a nil
 // error is Kata's end of stream.
-func (r *RPC) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool, headroom int) ([]byte, error) {
+func (r *RPC) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool, headroom int, bufs stdio.Buffers) ([]byte, error) {
 	s, err := r.stdio(req.ContainerId, req.ExecId)
 	if err != nil {
 		return nil, err
@@ -447,9 +461,9 @@ func (r *RPC) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool, 
 	}
 	var b []byte
 	if stderr {
-		b, err = s.ReadStderrWithHeadroom(ctx, n, headroom)
+		b, err = s.ReadStderrInto(ctx, n, headroom, bufs)
 	} else {
-		b, err = s.ReadStdoutWithHeadroom(ctx, n, headroom)
+		b, err = s.ReadStdoutInto(ctx, n, headroom, bufs)
 	}
 	if errors.Is(err, io.EOF) {
 		return nil, nil
@@ -462,7 +476,7 @@ func (r *RPC) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool, 
 
 // ReadStdout reads the process's stdout (or pty); empty data = EOF.
 func (r *RPC) ReadStdout(ctx context.Context, req *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error) {
-	b, err := r.read(ctx, req, false, 0)
+	b, err := r.read(ctx, req, false, 0, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -471,7 +485,7 @@ func (r *RPC) ReadStdout(ctx context.Context, req *pb.ReadStreamRequest) (*pb.Re
 
 // ReadStderr reads the process's stderr; empty data = EOF.
 func (r *RPC) ReadStderr(ctx context.Context, req *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error) {
-	b, err := r.read(ctx, req, true, 0)
+	b, err := r.read(ctx, req, true, 0, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -492,7 +506,7 @@ func (r *RPC) ReadStderrEncoded(ctx context.Context, req *pb.ReadStreamRequest) 
 }
 
 func (r *RPC) readEncoded(ctx context.Context, req *pb.ReadStreamRequest, stderr bool) (proto.Message, error) {
-	b, err := r.read(ctx, req, stderr, readstream.Headroom)
+	b, err := r.read(ctx, req, stderr, readstream.Headroom, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -504,6 +518,37 @@ func (r *RPC) readEncoded(ctx context.Context, req *pb.ReadStreamRequest, stderr
 		return nil, status.Errorf(codes.Internal, "unable to encode the response: %v", err)
 	}
 	return m, nil
+}
+
+// ReadStream serves ReadStdout (stderr false) or ReadStderr for a caller
+// that writes the reply frame itself (agent/streamread): the data comes
+// after headroom spare bytes in a buffer taken from bufs, which the caller
+// gives back once the reply is written. nil with a nil error is the end of
+// the stream; errors are gRPC statuses.
+func (r *RPC) ReadStream(ctx context.Context, req *pb.ReadStreamRequest, stderr bool, headroom int, bufs streamread.Buffers) ([]byte, error) {
+	return r.read(ctx, req, stderr, headroom, bufs)
+}
+
+// ReadStreamNow is ReadStream for output already waiting: it never blocks
+// and returns false when the caller must make the blocking ReadStream
+// instead (nothing waiting, or anything to report but data: a bad request,
+// an unknown process, the end of the stream).
+func (r *RPC) ReadStreamNow(req *pb.ReadStreamRequest, stderr bool, headroom int, bufs streamread.Buffers) ([]byte, bool) {
+	if req.Len == 0 {
+		return nil, false
+	}
+	s, err := r.stdio(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, false
+	}
+	n := readstream.DataLen(int(req.Len))
+	var b []byte
+	if stderr {
+		b, err = s.ReadStderrNow(n, headroom, bufs)
+	} else {
+		b, err = s.ReadStdoutNow(n, headroom, bufs)
+	}
+	return b, err == nil
 }
 
 // CloseStdin closes the process's stdin.

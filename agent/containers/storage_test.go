@@ -2,6 +2,7 @@ package containers_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -118,5 +119,100 @@ func TestStoragesOverRPC(t *testing.T) {
 	data, _ := os.ReadFile("/proc/self/mountinfo")
 	if strings.Contains(string(data), root) {
 		t.Fatalf("mounts under %s left after DestroySandbox", root)
+	}
+}
+
+// TestRPCTimedOutCreateKeepsStorages: a CreateContainer whose start
+// outlives the launch timeout and its grace (a createRuntime hook frozen in
+// a cgroup v1 freezer: its SIGKILL waits for the thaw, so libcontainer's
+// start cannot return) answers DeadlineExceeded while the rollback goes on
+// in the background. The container's storage stays set up until that
+// rollback ended, also through a refused retry of the same id, and goes
+// with it; the id is free again.
+func TestRPCTimedOutCreateKeepsStorages(t *testing.T) {
+	const freezer = "/sys/fs/cgroup/freezer"
+	if _, err := os.Stat(filepath.Join(freezer, "cgroup.procs")); err != nil {
+		// cgroup v2's freezer lets SIGKILL through: no way to hold a
+		// hook past the kill without it.
+		t.Skipf("needs the cgroup v1 freezer (%v)", err)
+	}
+	fz := filepath.Join(freezer, fmt.Sprintf("keel-rpc-test-%d", os.Getpid()))
+	if err := os.Mkdir(fz, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	thaw := func() {
+		if err := os.WriteFile(filepath.Join(fz, "freezer.state"), []byte("THAWED"), 0o644); err != nil {
+			t.Errorf("thaw: %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		thaw()
+		deadline := time.Now().Add(10 * time.Second)
+		for os.Remove(fz) != nil && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	root := t.TempDir()
+	f := false
+	sb, err := container.New(container.Config{StateRoot: t.TempDir(), CgroupParent: "/" + cgParent, NoPivotRoot: &f, LaunchTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := storage.New(storage.Config{Roots: []string{root}})
+	r := containers.New(containers.Options{Sandbox: sb, Storages: st})
+	t.Cleanup(func() { _, _ = r.DestroySandbox(context.Background(), &pb.DestroySandboxRequest{}) })
+	ctx := context.Background()
+	src := filepath.Join(root, "shared/src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "key"), []byte("v1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mp := filepath.Join(root, "shared/watchable/cm")
+	storages := []*pb.Storage{{Driver: storage.DriverWatchableBind, Source: src, MountPoint: mp}}
+	s := spec("/bin/true")
+	s.Hooks = &pb.Hooks{CreateRuntime: []*pb.Hook{{Path: "/bin/sh", Args: []string{"sh", "-c",
+		"echo $$ > " + fz + "/cgroup.procs && echo FROZEN > " + fz + "/freezer.state; exec sleep 1000"}}}}
+	start := time.Now()
+	_, err = r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "frozen", OCI: s, Storages: storages})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("frozen create: %v after %v, want DeadlineExceeded", err, time.Since(start))
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("answered after %v: the RPC waited for the rollback", d)
+	}
+	stillThere := func(when string) {
+		t.Helper()
+		if b, err := os.ReadFile(filepath.Join(mp, "key")); err != nil || string(b) != "v1" {
+			t.Fatalf("%s: the storage is gone while the rollback still runs (%q, %v)", when, b, err)
+		}
+	}
+	stillThere("after the RPC answered")
+	// A retry of the id while the rollback runs is refused, and takes
+	// none of the first create's references with it.
+	_, err = r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "frozen", OCI: spec("/bin/true"), Storages: storages})
+	if status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("retry during the rollback: %v, want AlreadyExists", err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	stillThere("after a refused retry")
+	if n := st.Refs(mp); n != 1 {
+		t.Fatalf("storage refs during the rollback: %d, want the first create's 1", n)
+	}
+	thaw()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := os.Stat(filepath.Join(mp, "key"))
+		if os.IsNotExist(err) && st.Refs(mp) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("storage not torn down after the rollback (refs %d, %v)", st.Refs(mp), err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "frozen", OCI: spec("/bin/true")}); err != nil {
+		t.Fatalf("create of the same id after the rollback: %v", err)
 	}
 }

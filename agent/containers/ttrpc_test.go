@@ -122,8 +122,9 @@ func TestTerminalInit(t *testing.T) {
 }
 
 // TestTTRPCEncodedReads serves the handlers with agent/server, as the agent
-// does, so ReadStdout and ReadStderr answer through ReadStdoutEncoded (the
-// data read from the pipe into the buffer ttrpc sends): what a Go client
+// does, so ReadStdout and ReadStderr are answered by agent/streamread (the
+// data read from the pipe into the buffer the reply frame is written
+// from): what a Go client
 // decodes is exactly what the process wrote, on both streams, and a read
 // of Kata's 32 KiB that finds more waiting returns readstream.DataLen's
 // size-class-fitting 32,754 bytes (only the encoded path trims).
@@ -167,11 +168,11 @@ func TestTTRPCEncodedReads(t *testing.T) {
 	if w, err := c.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: "e"}); err != nil || w.Status != 0 {
 		t.Fatalf("wait: %v %v", w, err)
 	}
-	read := func(rd func(context.Context, *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error)) (string, []int) {
+	read := func(rd func(context.Context, *pb.ReadStreamRequest) (*pb.ReadStreamResponse, error), ln uint32) (string, []int) {
 		var out strings.Builder
 		var sizes []int
 		for {
-			resp, err := rd(ctx, &pb.ReadStreamRequest{ContainerId: "e", Len: 32 << 10})
+			resp, err := rd(ctx, &pb.ReadStreamRequest{ContainerId: "e", Len: ln})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -182,15 +183,20 @@ func TestTTRPCEncodedReads(t *testing.T) {
 			out.Write(resp.Data)
 		}
 	}
-	got, sizes := read(c.ReadStdout)
+	got, sizes := read(c.ReadStdout, 32<<10)
 	if got != want.String() {
 		t.Fatalf("stdout: %d bytes, want %d; chunks %v", len(got), want.Len(), sizes)
 	}
 	if sizes[0] != readstream.DataLen(32<<10) || readstream.DataLen(32<<10) != 32<<10-readstream.FrameOverhead {
 		t.Fatalf("first chunk of a full pipe: %d bytes, want %d (chunks %v)", sizes[0], readstream.DataLen(32<<10), sizes)
 	}
-	if got, _ := read(c.ReadStderr); got != wantErr.String() {
-		t.Fatalf("stderr: %q, want %d bytes", got, wantErr.Len())
+	// The largest len a request can carry is clamped (to stdio.MaxReadLen),
+	// not allocated: all of stderr in one answer.
+	if got, sizes := read(c.ReadStderr, 1<<32-1); got != wantErr.String() || len(sizes) != 1 {
+		t.Fatalf("stderr: %q in chunks %v, want %d bytes in one", got, sizes, wantErr.Len())
+	}
+	if _, err := c.ReadStdout(ctx, &pb.ReadStreamRequest{ContainerId: "nope", Len: 10}); status.Code(err) != codes.NotFound {
+		t.Fatalf("unknown container: %v, want NotFound", err)
 	}
 	if _, err := c.ReadStdout(ctx, &pb.ReadStreamRequest{ContainerId: "e"}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("len 0: %v, want InvalidArgument", err)

@@ -2,10 +2,11 @@ package metrics
 
 import (
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keelvm/keel/tests/promtext"
 )
 
 func TestRender(t *testing.T) {
@@ -66,17 +67,15 @@ func TestMemoryGauges(t *testing.T) {
 
 func metricValue(t *testing.T, text, name string) float64 {
 	t.Helper()
-	for _, line := range strings.Split(text, "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("%s: %v", line, err)
-			}
-			return f
-		}
+	all, err := promtext.Parse(text)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no %s in\n%s", name, text)
-	return 0
+	f, ok := all[name]
+	if !ok {
+		t.Fatalf("no %s in\n%s", name, text)
+	}
+	return f
 }
 
 func TestStatusField(t *testing.T) {

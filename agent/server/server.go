@@ -28,6 +28,7 @@ import (
 
 	"github.com/keelvm/keel/agent/connlimit"
 	"github.com/keelvm/keel/agent/metrics"
+	"github.com/keelvm/keel/agent/streamread"
 	"github.com/keelvm/keel/protocol/addr"
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
@@ -154,7 +155,16 @@ func New(agent pb.AgentServiceService, health pb.HealthService, m *metrics.Regis
 	for _, o := range opts {
 		o(s)
 	}
-	ts, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(s.intercept(m)))
+	sopts := []ttrpc.ServerOpt{ttrpc.WithUnaryServerInterceptor(s.intercept(m))}
+	if sr, ok := agent.(streamread.Reader); ok {
+		// ReadStdout/ReadStderr are answered in front of ttrpc, the reply
+		// frame written straight from the read buffer (agent/streamread).
+		cfg := streamread.Config{Reader: sr, Observe: s.observe(m), Record: s.record(m), Log: log}
+		sopts = append(sopts, ttrpc.WithServerHandshaker(handshaker(func(_ context.Context, c net.Conn) (net.Conn, any, error) {
+			return streamread.Wrap(c, cfg), nil, nil
+		})))
+	}
+	ts, err := ttrpc.NewServer(sopts...)
 	if err != nil {
 		return nil, fmt.Errorf("unable to create ttrpc server: %w", err)
 	}
@@ -221,36 +231,60 @@ func (s *Server) admit(method string) bool {
 }
 
 func (s *Server) intercept(m *metrics.Registry) ttrpc.UnaryServerInterceptor {
-	return func(ctx context.Context, um ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, h ttrpc.Method) (resp interface{}, err error) {
-		if !s.admit(info.FullMethod) {
-			return nil, status.Errorf(codes.ResourceExhausted, "%s: %d requests already pending in the agent (MaxPendingRequests); retry when some complete", info.FullMethod, s.maxPending)
-		}
-		if !exempt(info.FullMethod) {
-			defer s.pending.Add(-1)
-		}
-		start := time.Now()
-		defer func() {
-			if r := recover(); r != nil {
-				s.log.Error("rpc handler panicked", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
-				resp, err = nil, status.Errorf(codes.Internal, "%s: internal error (handler panicked: %v)", info.FullMethod, r)
-			}
-			d := time.Since(start)
-			if m != nil {
-				m.ObserveRPC(info.FullMethod, d, err != nil)
-			}
-			if err != nil {
-				lvl := slog.LevelWarn
-				if status.Code(err) == codes.Unimplemented {
-					lvl = slog.LevelDebug
-				}
-				s.log.Log(ctx, lvl, "rpc failed", "method", info.FullMethod, "duration", d, "err", err)
-			} else {
-				s.log.Debug("rpc", "method", info.FullMethod, "duration", d)
-			}
-		}()
+	observe := s.observe(m)
+	return func(ctx context.Context, um ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, h ttrpc.Method) (interface{}, error) {
 		if d, ok := s.direct[info.FullMethod]; ok {
 			h = d
 		}
-		return h(ctx, um)
+		return observe(ctx, info.FullMethod, func(ctx context.Context) (any, error) { return h(ctx, um) })
 	}
+}
+
+// observe runs one RPC with the accounting every RPC gets: the cap on
+// requests in flight, metrics, logging and panic recovery. The ttrpc
+// interceptor and agent/streamread both call it.
+func (s *Server) observe(m *metrics.Registry) streamread.Observer {
+	return func(ctx context.Context, method string, call func(context.Context) (any, error)) (resp any, err error) {
+		if !s.admit(method) {
+			return nil, status.Errorf(codes.ResourceExhausted, "%s: %d requests already pending in the agent (MaxPendingRequests); retry when some complete", method, s.maxPending)
+		}
+		if !exempt(method) {
+			defer s.pending.Add(-1)
+		}
+		start := time.Now()
+		record := s.record(m)
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.Error("rpc handler panicked", "method", method, "panic", r, "stack", string(debug.Stack()))
+				resp, err = nil, status.Errorf(codes.Internal, "%s: internal error (handler panicked: %v)", method, r)
+			}
+			record(ctx, method, time.Since(start), err)
+		}()
+		return call(ctx)
+	}
+}
+
+// record records one RPC's latency and outcome in m and the log.
+func (s *Server) record(m *metrics.Registry) streamread.Recorder {
+	return func(ctx context.Context, method string, d time.Duration, err error) {
+		if m != nil {
+			m.ObserveRPC(method, d, err != nil)
+		}
+		if err != nil {
+			lvl := slog.LevelWarn
+			if status.Code(err) == codes.Unimplemented {
+				lvl = slog.LevelDebug
+			}
+			s.log.Log(ctx, lvl, "rpc failed", "method", method, "duration", d, "err", err)
+		} else {
+			s.log.Debug("rpc", "method", method, "duration", d)
+		}
+	}
+}
+
+// handshaker adapts a function to ttrpc.Handshaker.
+type handshaker func(ctx context.Context, c net.Conn) (net.Conn, any, error)
+
+func (h handshaker) Handshake(ctx context.Context, c net.Conn) (net.Conn, any, error) {
+	return h(ctx, c)
 }

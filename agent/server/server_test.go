@@ -63,7 +63,13 @@ type health struct{ pb.HealthService }
 // serve runs New(agent) on a unix socket and returns a client.
 func serve(t *testing.T, agent pb.AgentServiceService, m *metrics.Registry) pb.AgentServiceService {
 	t.Helper()
-	s, err := New(agent, health{}, m, slog.New(slog.DiscardHandler))
+	return serveOpts(t, agent, m)
+}
+
+// serveOpts is serve with options for New.
+func serveOpts(t *testing.T, agent pb.AgentServiceService, m *metrics.Registry, opts ...Option) pb.AgentServiceService {
+	t.Helper()
+	s, err := New(agent, health{}, m, slog.New(slog.DiscardHandler), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,9 +30,12 @@
 //     (the RPC handler answers with empty data, Kata's EOF signal).
 //   - A read holds no buffer while it waits. Once data is there it reads
 //     the pipe straight into the buffer it returns, sized to what the pipe
-//     holds: no pooled buffer, no copy. ReadStdoutWithHeadroom leaves room
-//     in front of the data so the RPC handler can encode the answer in
-//     place (protocol/readstream) and ttrpc sends it without another copy.
+//     holds, with no copy. ReadStdoutWithHeadroom leaves room in front of
+//     the data so the RPC handler can encode the answer in place
+//     (protocol/readstream); ReadStdoutInto takes the buffer from the
+//     caller's pool (agent/streamread writes the reply frame itself and
+//     reuses it); ReadStdoutNow never waits, for a caller that answers from
+//     its connection's reader when output is already there.
 //   - An exited process never stalls readers forever. Kata agent#370 and
 //     kata-containers#4747: a background grandchild that inherited stdout
 //     keeps the pipe open, so EOF never comes. After ProcessExited, readers

@@ -254,7 +254,57 @@ func (s *IO) ReadStdoutWithHeadroom(ctx context.Context, max, headroom int) ([]b
 	if err := s.waitConsole(ctx); err != nil {
 		return nil, err
 	}
-	return s.stdout.readRPC(ctx, max, headroom)
+	return s.stdout.readRPC(ctx, max, headroom, nil)
+}
+
+// ReadStdoutInto is ReadStdoutWithHeadroom taking the returned buffer from
+// bufs (it still holds none while it waits), so a caller that knows when it
+// is done with the data (it wrote the reply itself) can reuse the buffer.
+func (s *IO) ReadStdoutInto(ctx context.Context, max, headroom int, bufs Buffers) ([]byte, error) {
+	if err := s.waitConsole(ctx); err != nil {
+		return nil, err
+	}
+	return s.stdout.readRPC(ctx, max, headroom, bufs)
+}
+
+// ReadStdoutNow is ReadStdoutInto for data already there: it never waits
+// and returns ErrWouldBlock whenever ReadStdoutInto would have to wait or
+// has something other than data to report (the end of the stream, an
+// error): the caller then makes the blocking call, which reports it. A
+// caller answering requests from its connection's reader uses it to answer
+// at once, without a goroutine, when output is waiting.
+func (s *IO) ReadStdoutNow(max, headroom int, bufs Buffers) ([]byte, error) {
+	if !s.consoleUp() {
+		return nil, ErrWouldBlock
+	}
+	return s.stdout.readReady(max, headroom, bufs)
+}
+
+// ReadStderrNow is ReadStdoutNow for stderr.
+func (s *IO) ReadStderrNow(max, headroom int, bufs Buffers) ([]byte, error) {
+	if s.terminal || !s.consoleUp() {
+		return nil, ErrWouldBlock
+	}
+	return s.stderr.readReady(max, headroom, bufs)
+}
+
+// consoleUp reports whether the streams are ready without error (a
+// terminal's master received; always true without a terminal).
+func (s *IO) consoleUp() bool {
+	select {
+	case <-s.consoleReady:
+		return s.consoleErr == nil
+	default:
+		return false
+	}
+}
+
+// ReadStderrInto is ReadStdoutInto for stderr.
+func (s *IO) ReadStderrInto(ctx context.Context, max, headroom int, bufs Buffers) ([]byte, error) {
+	if s.terminal {
+		return nil, io.EOF
+	}
+	return s.stderr.readRPC(ctx, max, headroom, bufs)
 }
 
 // ReadStderr is ReadStdout for stderr. A terminal has no separate stderr:
@@ -268,7 +318,7 @@ func (s *IO) ReadStderrWithHeadroom(ctx context.Context, max, headroom int) ([]b
 	if s.terminal {
 		return nil, io.EOF
 	}
-	return s.stderr.readRPC(ctx, max, headroom)
+	return s.stderr.readRPC(ctx, max, headroom, nil)
 }
 
 // Resize sets the window size of the pty (Kata TtyWinResize).

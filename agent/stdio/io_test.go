@@ -238,12 +238,12 @@ func TestReadLenLimits(t *testing.T) {
 	defer f.Close()
 	st := &outStream{name: "stdout", f: f, exit: &exitState{}}
 	ctx := ctxT(t, 10*time.Second)
-	if _, err := st.readRPC(ctx, 0, 0); err == nil {
+	if _, err := st.readRPC(ctx, 0, 0, nil); err == nil {
 		t.Fatal("len 0 accepted")
 	}
 	var got []byte
 	for _, ask := range []int{4 * MaxReadLen, MaxReadLen + 1, MaxReadLen} {
-		b, err := st.readRPC(ctx, ask, 0)
+		b, err := st.readRPC(ctx, ask, 0, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -253,7 +253,7 @@ func TestReadLenLimits(t *testing.T) {
 		}
 		got = append(got, b...)
 	}
-	if _, err := st.readRPC(ctx, 10, 0); !errors.Is(err, io.EOF) || !bytes.Equal(got, data) {
+	if _, err := st.readRPC(ctx, 10, 0, nil); !errors.Is(err, io.EOF) || !bytes.Equal(got, data) {
 		t.Fatalf("end: %v, equal=%v", err, bytes.Equal(got, data))
 	}
 }

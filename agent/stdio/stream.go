@@ -90,6 +90,17 @@ func (t *turn) acquire(ctx context.Context) error {
 	}
 }
 
+// tryAcquire takes the turn if it is free.
+func (t *turn) tryAcquire() bool {
+	t.once.Do(func() { t.ch = make(chan struct{}, 1) })
+	select {
+	case t.ch <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
 func (t *turn) release() { <-t.ch }
 
 func (s *outStream) file() *os.File {
@@ -111,7 +122,7 @@ func (s *outStream) file() *os.File {
 // for what gather adds). Fresh allocations rather than a pool because the
 // caller hands the buffer on (to ttrpc) and cannot tell when it is done
 // with it.
-func (s *outStream) readRPC(ctx context.Context, limit, headroom int) ([]byte, error) {
+func (s *outStream) readRPC(ctx context.Context, limit, headroom int, bufs Buffers) ([]byte, error) {
 	if s == nil {
 		return nil, ErrNoStream
 	}
@@ -122,6 +133,9 @@ func (s *outStream) readRPC(ctx context.Context, limit, headroom int) ([]byte, e
 		return nil, fmt.Errorf("read %s: headroom %d must not be negative", s.name, headroom)
 	}
 	limit = min(limit, MaxReadLen)
+	if bufs == nil {
+		bufs = freshBuffers{}
+	}
 	if err := s.enter(ctx, false); err != nil {
 		return nil, err
 	}
@@ -139,13 +153,19 @@ func (s *outStream) readRPC(ctx context.Context, limit, headroom int) ([]byte, e
 				// without allocating (EAGAIN, 0, or one real byte).
 				return s.probe[:]
 			}
-			out = make([]byte, headroom+min(avail, limit))
+			out = bufs.Get(headroom + min(avail, limit))
 		}
 		return out[headroom:]
 	}
-	put := func() { out = nil } // EAGAIN after all: hold nothing while waiting
+	put := func() { // EAGAIN after all: hold nothing while waiting
+		if out != nil {
+			bufs.Put(out)
+		}
+		out = nil
+	}
 	n, err := s.readHeld(ctx, lazyBuf{get, put})
 	if err != nil {
+		put()
 		return nil, err
 	}
 	if out == nil { // the probe caught the first byte of new data
@@ -153,20 +173,69 @@ func (s *outStream) readRPC(ctx context.Context, limit, headroom int) ([]byte, e
 		if !ok {
 			avail = unknownAvail
 		}
-		out = make([]byte, headroom+min(limit, 1+avail))
+		out = bufs.Get(headroom + min(limit, 1+avail))
 		out[headroom] = s.probe[0]
 	}
-	// One pipe read returns at most what the pipe held when the buffer was
-	// sized. While more is already waiting, gather it into the same answer:
-	// fewer RPCs per byte, and never a wait for data that is not there yet.
+	return s.gatherInto(out, n, limit, headroom, bufs), nil
+}
+
+// gatherInto completes an answer holding n bytes after headroom in out.
+// One pipe read returns at most what the pipe held when the buffer was
+// sized. While more is already waiting, gather it into the same answer:
+// fewer RPCs per byte, and never a wait for data that is not there yet.
+func (s *outStream) gatherInto(out []byte, n, limit, headroom int, bufs Buffers) []byte {
 	if n < limit {
 		if more := s.gather(limit - n); len(more) > 0 {
-			joined := make([]byte, headroom+n+len(more))
+			joined := bufs.Get(headroom + n + len(more))
 			copy(joined[headroom:], out[headroom:headroom+n])
 			copy(joined[headroom+n:], more)
 			putScratch(more)
+			bufs.Put(out)
 			out, n = joined, n+len(more)
 		}
+	}
+	return out[:headroom+n]
+}
+
+// ErrWouldBlock is ReadStdoutNow's answer when it has nothing to return at
+// once: the stream is empty, another reader has its turn, or anything else
+// that the blocking read handles (the end of the stream and every error
+// included, so they are reported by one path, in order).
+var ErrWouldBlock = errors.New("stdio: read would block")
+
+// readReady is readRPC for data that is already there: it never waits (not
+// for the turn, not for data) and returns data or ErrWouldBlock.
+func (s *outStream) readReady(limit, headroom int, bufs Buffers) ([]byte, error) {
+	if s == nil || limit <= 0 || headroom < 0 || s.closed.Load() || s.attached.Load() {
+		return nil, ErrWouldBlock
+	}
+	limit = min(limit, MaxReadLen)
+	if bufs == nil {
+		bufs = freshBuffers{}
+	}
+	if !s.turn.tryAcquire() {
+		return nil, ErrWouldBlock
+	}
+	defer s.turn.release()
+	if s.eof {
+		return nil, ErrWouldBlock
+	}
+	// The buffer is taken for the whole limit and the pipe read straight
+	// into it until it is full or empty: no FIONREAD to size it first and
+	// no scratch buffer to gather through (the caller's pool makes a buffer
+	// of the full size cheap). An empty pipe costs one read (EAGAIN).
+	out := bufs.Get(headroom + limit)
+	n := 0
+	for n < limit {
+		m, err := s.readNonblock(out[headroom+n : headroom+limit])
+		if m <= 0 || err != nil {
+			break // empty, EOF or an error: the blocking read tells them apart
+		}
+		n += m
+	}
+	if n == 0 {
+		bufs.Put(out)
+		return nil, ErrWouldBlock
 	}
 	return out[:headroom+n], nil
 }
@@ -208,6 +277,24 @@ func putScratch(b []byte) {
 	b = b[:cap(b)]
 	scratch.Put(&b)
 }
+
+// Buffers is where readRPC takes the buffer it returns. Get(n) returns a
+// slice of length n (its contents need not be zero); Put takes back a
+// buffer that readRPC took and no longer needs. The buffer readRPC returns
+// belongs to the caller, who may give it back to its own pool once it is
+// done with it.
+type Buffers interface {
+	Get(n int) []byte
+	Put([]byte)
+}
+
+// freshBuffers allocates every buffer and leaves the rest to the garbage
+// collector: for a caller that hands the buffer on (to ttrpc) and cannot
+// tell when it is done with it.
+type freshBuffers struct{}
+
+func (freshBuffers) Get(n int) []byte { return make([]byte, n) }
+func (freshBuffers) Put([]byte)       {}
 
 // unknownAvail sizes the buffer when FIONREAD cannot say what the stream
 // holds: a default pipe's capacity.

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -185,42 +185,116 @@ func (m *Manager) setUpEphemeral(_ context.Context, _, field string, s Storage) 
 		}
 		return undo, nil
 	case "hugetlbfs":
-		if err := m.reserveHugepages(field, opts); err != nil {
+		unreserve, err := m.reserveHugepages(field, opts)
+		if err != nil {
 			return nil, err
 		}
-		return m.mount(field, s, source, fstype, opts, true)
+		undo, err := m.mount(field, s, source, fstype, opts, true)
+		if err != nil {
+			if uerr := unreserve(); uerr != nil {
+				m.cfg.Log.Warn("huge page reservation not restored", "err", uerr)
+			}
+			return nil, err
+		}
+		return func() error { return errors.Join(undo(), unreserve()) }, nil
 	}
 	return nil, invalidf("%s.fstype %q: an ephemeral storage is tmpfs or hugetlbfs", field, trunc(fstype))
 }
 
 // reserveHugepages makes sure size bytes of pagesize pages are reserved
-// (Kata: options pagesize=<bytes>, size=<bytes>).
-func (m *Manager) reserveHugepages(field string, opts []string) error {
+// (Kata: options pagesize=<bytes>, size=<bytes>) and returns how to give
+// them back: nr_hugepages goes back down to what the storages still set
+// up ask, never below what the agent found, and only while it still holds
+// the value the agent wrote.
+func (m *Manager) reserveHugepages(field string, opts []string) (func() error, error) {
 	ps, ok1 := optionValue(opts, "pagesize")
 	sz, ok2 := optionValue(opts, "size")
 	if !ok1 || !ok2 {
-		return invalidf("%s.options: hugetlbfs needs pagesize= and size= (bytes)", field)
+		return nil, invalidf("%s.options: hugetlbfs needs pagesize= and size= (bytes)", field)
 	}
 	pagesize, err1 := strconv.ParseUint(ps, 10, 64)
 	size, err2 := strconv.ParseUint(sz, 10, 64)
 	if err1 != nil || err2 != nil || pagesize < 4096 || size%pagesize != 0 {
-		return invalidf("%s.options pagesize=%q size=%q: want byte counts, size a multiple of pagesize", field, trunc(ps), trunc(sz))
+		return nil, invalidf("%s.options pagesize=%q size=%q: want byte counts, size a multiple of pagesize", field, trunc(ps), trunc(sz))
 	}
 	nr := filepath.Join(m.cfg.Sysfs, "kernel/mm/hugepages", fmt.Sprintf("hugepages-%dkB", pagesize/1024), "nr_hugepages")
-	cur, err := readUint(nr)
-	if err != nil {
-		return invalidf("%s.options pagesize=%s: the kernel has no such huge page size (%v)", field, ps, err)
-	}
 	want := size / pagesize
-	if cur >= want {
+	m.hugeMu.Lock()
+	defer m.hugeMu.Unlock()
+	if m.huge == nil {
+		m.huge = map[string]*hugeRes{}
+	}
+	r := m.huge[nr]
+	if r == nil {
+		cur, err := readUint(nr)
+		if err != nil {
+			return nil, invalidf("%s.options pagesize=%s: the kernel has no such huge page size (%v)", field, ps, err)
+		}
+		r = &hugeRes{base: cur}
+		m.huge[nr] = r
+	}
+	r.wants = append(r.wants, want)
+	released := false
+	release := func() error {
+		m.hugeMu.Lock()
+		defer m.hugeMu.Unlock()
+		if released {
+			return nil
+		}
+		released = true
+		i := slices.Index(r.wants, want)
+		r.wants = slices.Delete(r.wants, i, i+1)
+		if len(r.wants) == 0 {
+			delete(m.huge, nr)
+		}
+		return r.lower(nr)
+	}
+	target := r.target()
+	cur, err := readUint(nr)
+	if err != nil || cur >= target {
+		return release, err
+	}
+	if err := os.WriteFile(nr, []byte(strconv.FormatUint(target, 10)), 0); err != nil {
+		release()
+		return nil, fmt.Errorf("unable to reserve %d huge pages: %w", target, err)
+	}
+	r.set = target
+	if got, err := readUint(nr); err != nil || got < target {
+		release()
+		return nil, fmt.Errorf("unable to reserve %d huge pages of %d bytes: only %d", target, pagesize, got)
+	}
+	return release, nil
+}
+
+// hugeRes is the agent's reservation of one huge page size.
+type hugeRes struct {
+	base  uint64   // nr_hugepages as the agent found it
+	set   uint64   // what the agent last wrote (0: nothing)
+	wants []uint64 // pages each hugetlbfs storage set up asks
+}
+
+func (r *hugeRes) target() uint64 {
+	t := r.base
+	for _, w := range r.wants {
+		t = max(t, w)
+	}
+	return t
+}
+
+// lower writes the target back to nr when the agent's own value is still
+// there and is above it.
+func (r *hugeRes) lower(nr string) error {
+	t := r.target()
+	if r.set == 0 || r.set <= t {
 		return nil
 	}
-	if err := os.WriteFile(nr, []byte(strconv.FormatUint(want, 10)), 0); err != nil {
-		return fmt.Errorf("unable to reserve %d huge pages: %w", want, err)
+	if cur, err := readUint(nr); err != nil || cur != r.set {
+		return err // changed by someone else since: theirs now
 	}
-	if got, err := readUint(nr); err != nil || got < want {
-		return fmt.Errorf("unable to reserve %d huge pages of %d bytes: only %d", want, pagesize, got)
+	if err := os.WriteFile(nr, []byte(strconv.FormatUint(t, 10)), 0); err != nil {
+		return fmt.Errorf("unable to give back huge pages (%s to %d): %w", nr, t, err)
 	}
+	r.set = t
 	return nil
 }
 
@@ -434,14 +508,34 @@ func supportsDax(sysfs, disk, fstype string) bool {
 	return err == nil && strings.TrimSpace(string(b)) == "1"
 }
 
-// setUpOverlay mounts an overlay.
+// setUpOverlay mounts an overlay. The directories it creates (the rw
+// upper/work dirs, create_directory's) are made like a mount point: only
+// what is missing below the storage root, no symlink followed on the way;
+// they are removed again on failure and teardown.
 func (m *Manager) setUpOverlay(_ context.Context, owner, field string, s Storage) (func() error, error) {
 	opts := append([]string{}, s.Options...)
-	var created []string
+	var created []string // rw upper/work dirs, removed with their content
+	var targets []*target
 	cleanup := func() {
 		for i := len(created) - 1; i >= 0; i-- {
 			os.RemoveAll(created[i])
 		}
+		for i := len(targets) - 1; i >= 0; i-- {
+			targets[i].removeCreated()
+		}
+	}
+	mkdir := func(f, root, p string) error {
+		t, fd, err := makeTarget(root, p, true)
+		if err != nil {
+			if errors.Is(err, ErrInvalid) {
+				// Named by the field that asked for it.
+				return invalidf("%s: %s", f, strings.TrimPrefix(err.Error(), ErrInvalid.Error()+": "))
+			}
+			return err
+		}
+		fd.Close()
+		targets = append(targets, t)
+		return nil
 	}
 	const rwOpt = "io.katacontainers.fs-opt.overlay-rw"
 	if hasOption(opts, rwOpt) {
@@ -449,14 +543,15 @@ func (m *Manager) setUpOverlay(_ context.Context, owner, field string, s Storage
 			return nil, invalidf("%s.options %s: only for a container's storage", field, rwOpt)
 		}
 		base := filepath.Join(m.cfg.ContainerBase, owner)
-		if _, err := checkMountPoint(field+".options", base, m.cfg.Roots); err != nil {
+		root, err := checkMountPoint(field+".options", base, m.cfg.Roots)
+		if err != nil {
 			return nil, err
 		}
 		for _, d := range []string{"upper", "work"} {
 			p := filepath.Join(base, "overlay-"+d)
-			if err := os.MkdirAll(p, 0o755); err != nil {
+			if err := mkdir(field+".options", root, p); err != nil {
 				cleanup()
-				return nil, fmt.Errorf("unable to create %s: %w", p, err)
+				return nil, err
 			}
 			created = append(created, p)
 		}
@@ -471,13 +566,14 @@ func (m *Manager) setUpOverlay(_ context.Context, owner, field string, s Storage
 	const mkdirOpt = "io.katacontainers.volume.overlayfs.create_directory="
 	for i, o := range s.DriverOptions {
 		if d, ok := strings.CutPrefix(o, mkdirOpt); ok {
-			if _, err := checkMountPoint(fmt.Sprintf("%s.driver_options[%d]", field, i), d, m.cfg.Roots); err != nil {
+			f := fmt.Sprintf("%s.driver_options[%d]", field, i)
+			root, err := checkMountPoint(f, d, m.cfg.Roots)
+			if err == nil {
+				err = mkdir(f, root, d)
+			}
+			if err != nil {
 				cleanup()
 				return nil, err
-			}
-			if err := os.MkdirAll(d, 0o755); err != nil {
-				cleanup()
-				return nil, fmt.Errorf("unable to create %s: %w", d, err)
 			}
 		}
 	}
@@ -502,41 +598,86 @@ const (
 
 // setOwnership gives the volume at root to group fg.GID, recursively,
 // making files group-readable (and writable unless ro), directories
-// group-searchable and setgid. Symlinks are left alone.
+// group-searchable and setgid. Symlinks are left alone. The tree (which
+// the host or a container may be changing) is walked through directory
+// fds, every entry opened O_PATH|O_NOFOLLOW relative to its directory and
+// changed through that handle: an entry swapped for a symlink is never
+// followed, so nothing outside the volume changes owner or mode.
 func setOwnership(root string, fg FSGroup, ro bool) error {
 	mask := uint32(rwMask)
 	if ro {
 		mask = roMask
 	}
+	fd, err := openNoSymlinks(root, unix.O_PATH)
+	if err != nil {
+		return fmt.Errorf("unable to open %s: %w", root, err)
+	}
+	defer unix.Close(fd)
 	if fg.OnRootMismatch {
 		var st unix.Stat_t
-		if err := unix.Lstat(root, &st); err == nil && st.Gid == fg.GID {
+		if err := unix.Fstat(fd, &st); err == nil && st.Gid == fg.GID {
 			want := mask | execMask
 			if st.Mode&want == want && st.Mode&unix.S_ISGID != 0 {
 				return nil
 			}
 		}
 	}
-	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+	return ownEntry(fd, root, fg.GID, mask, 0)
+}
+
+// ownEntry applies fs_group to the entry open as the O_PATH fd (named p in
+// errors) and, for a directory, to what is in it.
+func ownEntry(fd int, p string, gid, mask uint32, depth int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	typ := st.Mode & unix.S_IFMT
+	if typ == unix.S_IFLNK {
+		return nil
+	}
+	if err := unix.Fchownat(fd, "", -1, int(gid), unix.AT_EMPTY_PATH); err != nil {
+		return fmt.Errorf("unable to set fs_group on %s: %w", p, err)
+	}
+	add := mask
+	if typ == unix.S_IFDIR {
+		add |= execMask | unix.S_ISGID
+	}
+	// chmod through the handle's /proc link: it names the opened inode
+	// (fchmod does not take an O_PATH fd).
+	if err := unix.Fchmodat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), (st.Mode&0o7777)|add, 0); err != nil {
+		return fmt.Errorf("unable to set fs_group on %s: %w", p, err)
+	}
+	if typ != unix.S_IFDIR {
+		return nil
+	}
+	if depth >= 256 {
+		return fmt.Errorf("unable to set fs_group below %s: nested too deep", p)
+	}
+	dir, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("unable to open %s: %w", p, err)
+	}
+	defer unix.Close(dir)
+	names, err := readDirNames(dir)
+	if err != nil {
+		return fmt.Errorf("unable to list %s: %w", p, err)
+	}
+	for _, name := range names {
+		child, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOENT) {
+			continue // gone since the listing
+		}
+		if err != nil {
+			return fmt.Errorf("unable to open %s: %w", filepath.Join(p, name), err)
+		}
+		err = ownEntry(child, filepath.Join(p, name), gid, mask, depth+1)
+		unix.Close(child)
 		if err != nil {
 			return err
 		}
-		if d.Type()&fs.ModeSymlink != 0 {
-			return nil
-		}
-		if err := os.Lchown(p, -1, int(fg.GID)); err != nil {
-			return fmt.Errorf("unable to set fs_group on %s: %w", p, err)
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return err
-		}
-		add := mask
-		if d.IsDir() {
-			add |= execMask | unix.S_ISGID
-		}
-		return unix.Fchmodat(unix.AT_FDCWD, p, (st.Mode&0o7777)|add, 0)
-	})
+	}
+	return nil
 }
 
 func chownSetgid(p string, gid uint32) error {

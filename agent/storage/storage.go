@@ -142,6 +142,9 @@ type Manager struct {
 	entries map[string]*entry   // by mount point
 	owners  map[string][]string // owner ("" = sandbox) -> mount points it holds, in order
 	watch   *watcher
+
+	hugeMu sync.Mutex          // held while nr_hugepages is read and written
+	huge   map[string]*hugeRes // by nr_hugepages file
 }
 
 // mountedAs reports whether mp is a storage this manager set up, with
@@ -198,7 +201,25 @@ func New(cfg Config) *Manager {
 // It returns when every storage is mounted; on error, those this call set
 // up are torn down again (references it took are dropped) and the error
 // names the storage by its index in field ("storages[2].source: ...").
-func (m *Manager) Add(ctx context.Context, owner, field string, ss []Storage) (err error) {
+func (m *Manager) Add(ctx context.Context, owner, field string, ss []Storage) error {
+	refs, err := m.Acquire(ctx, owner, field, ss)
+	if err != nil {
+		return err
+	}
+	m.Keep(owner, refs)
+	return nil
+}
+
+// Refs are the references one Acquire took.
+type Refs struct{ mps []string }
+
+// Acquire is Add whose references stay with the caller instead of being
+// recorded under owner (owner still names the container for the drivers'
+// paths): they are given back by Drop or handed to owner by Keep. A
+// create in progress holds its storages this way, so that neither a
+// concurrent create of the same id nor a Release(owner) drops them while
+// the create, or its rollback, still runs inside them.
+func (m *Manager) Acquire(ctx context.Context, owner, field string, ss []Storage) (_ *Refs, err error) {
 	var taken []string
 	created := map[string]bool{}
 	defer func() {
@@ -224,19 +245,35 @@ func (m *Manager) Add(ctx context.Context, owner, field string, ss []Storage) (e
 			s, f = group, field
 		}
 		if err := m.validate(f, &s); err != nil {
-			return err
+			return nil, err
 		}
 		mp, isNew, err := m.addOne(ctx, owner, f, s)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		taken = append(taken, mp)
 		created[mp] = created[mp] || isNew
 	}
+	return &Refs{mps: taken}, nil
+}
+
+// Keep hands refs to owner: its Release drops them. A nil refs is none.
+func (m *Manager) Keep(owner string, refs *Refs) {
+	if refs == nil {
+		return
+	}
 	m.mu.Lock()
-	m.owners[owner] = append(m.owners[owner], taken...)
+	m.owners[owner] = append(m.owners[owner], refs.mps...)
 	m.mu.Unlock()
-	return nil
+}
+
+// Drop gives refs back, last taken first; storages left without users (and
+// not kept for the sandbox) are torn down. A nil refs is none.
+func (m *Manager) Drop(refs *Refs) error {
+	if refs == nil {
+		return nil
+	}
+	return m.release(refs.mps)
 }
 
 // addOne takes a reference on s's mount point, setting it up (isNew) if
@@ -304,6 +341,10 @@ func (m *Manager) Release(owner string) error {
 	mps := m.owners[owner]
 	delete(m.owners, owner)
 	m.mu.Unlock()
+	return m.release(mps)
+}
+
+func (m *Manager) release(mps []string) error {
 	var errs []error
 	for i := len(mps) - 1; i >= 0; i-- {
 		if err := m.releaseOne(mps[i], false); err != nil {

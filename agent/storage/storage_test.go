@@ -530,3 +530,44 @@ func TestWatchableAfterClose(t *testing.T) {
 	os.Chtimes(filepath.Join(src, "k"), future, future)
 	eventually(t, filepath.Join(mp, "k"), "2")
 }
+
+// TestHugetlbfsReservationGivenBack: huge pages reserved for a hugetlbfs
+// storage are given back when its mount fails (nr_hugepages back to what
+// the storages still set up ask) and when the storages are torn down
+// (back to what the agent found).
+func TestHugetlbfsReservationGivenBack(t *testing.T) {
+	m, root := newManager(t)
+	nr := "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+	old, err := os.ReadFile(nr)
+	if err != nil {
+		t.Skipf("no 2 MiB huge pages on this kernel: %v", err)
+	}
+	t.Cleanup(func() { os.WriteFile(nr, old, 0) })
+	before, err := readUint(nr)
+	must(t, err)
+	pages := func() uint64 {
+		t.Helper()
+		n, err := readUint(nr)
+		must(t, err)
+		return n
+	}
+	two, three := before+2, before+3
+	must(t, m.Add(context.Background(), "", "storages", []Storage{{Driver: DriverEphemeral, Source: "nodev", Fstype: "hugetlbfs", MountPoint: filepath.Join(root, "sandbox/huge1"),
+		Options: []string{"pagesize=2097152", fmt.Sprintf("size=%d", two*2<<20)}}}))
+	if n := pages(); n != two {
+		t.Fatalf("nr_hugepages = %d after a storage of %d pages, want %d", n, two, two)
+	}
+	// Reserved, then the mount fails (hugetlbfs refuses mode=zzz).
+	err = m.Add(context.Background(), "", "storages", []Storage{{Driver: DriverEphemeral, Source: "nodev", Fstype: "hugetlbfs", MountPoint: filepath.Join(root, "sandbox/huge2"),
+		Options: []string{"pagesize=2097152", fmt.Sprintf("size=%d", three*2<<20), "mode=zzz"}}})
+	if err == nil {
+		t.Fatal("hugetlbfs with mode=zzz mounted")
+	}
+	if n := pages(); n != two {
+		t.Fatalf("nr_hugepages = %d after a failed storage, want the %d the live one asks", n, two)
+	}
+	must(t, m.Close())
+	if n := pages(); n != before {
+		t.Fatalf("nr_hugepages = %d after the storages went, want the %d found", n, before)
+	}
+}

@@ -8,8 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -30,12 +30,22 @@ type watcher struct {
 
 	mu      sync.Mutex // guards the maps; never held during I/O
 	entries map[string]*watched
-	tmpfs   map[string]int          // watchable tmpfs root -> storages in it
-	undos   map[string]func() error // tmpfs root -> unmount
+	tmpfs   map[string]*watchTmpfs // by watchable directory
 	stopc   chan struct{}
 	started bool
 
 	syncMu sync.Mutex // serialises copies and teardowns of entries
+}
+
+// watchTmpfs is the tmpfs of one watchable directory, shared by its
+// storages: the first mounts it, the others wait until that ended; the
+// last unmounts it, and a new first waits until that ended.
+type watchTmpfs struct {
+	users   int
+	ready   chan struct{} // closed when the first user's mount ended
+	err     error         // the mount's error, valid after ready
+	undo    func() error  // unmount, set before ready is closed
+	closing chan struct{} // set when the last user left; closed after undo
 }
 
 type watched struct {
@@ -45,10 +55,10 @@ type watched struct {
 }
 
 func newWatcher(m *Manager) *watcher {
-	return &watcher{m: m, entries: map[string]*watched{}, tmpfs: map[string]int{}, stopc: make(chan struct{})}
+	return &watcher{m: m, entries: map[string]*watched{}, tmpfs: map[string]*watchTmpfs{}, stopc: make(chan struct{})}
 }
 
-func (m *Manager) setUpWatchable(_ context.Context, _, field string, s Storage) (func() error, error) {
+func (m *Manager) setUpWatchable(ctx context.Context, _, field string, s Storage) (func() error, error) {
 	// The source is in the sandbox share (Kata sends a path under the
 	// shared directory), reached without a symlink: what is in the share
 	// comes from the host and from containers, and a link there must not
@@ -80,46 +90,9 @@ func (m *Manager) setUpWatchable(_ context.Context, _, field string, s Storage) 
 		return nil, err
 	}
 	// The watchable tmpfs: one per directory, mounted with its first storage.
-	w.mu.Lock()
-	n := w.tmpfs[dir]
-	w.tmpfs[dir] = n + 1
-	w.mu.Unlock()
-	var tmpfsUndo func() error
-	dropTmpfs := func() error {
-		w.mu.Lock()
-		w.tmpfs[dir]--
-		last := w.tmpfs[dir] == 0
-		if last {
-			delete(w.tmpfs, dir)
-			delete(w.undos, dir)
-		}
-		w.mu.Unlock()
-		if last && tmpfsUndo != nil {
-			return tmpfsUndo()
-		}
-		return nil
-	}
-	if n == 0 {
-		t, f, err := makeTarget(root, dir, true)
-		if err != nil {
-			dropTmpfs()
-			return nil, err
-		}
-		err = mountAt(f, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=755")
-		f.Close()
-		if err != nil {
-			t.removeCreated()
-			dropTmpfs()
-			return nil, fmt.Errorf("unable to mount the watchable tmpfs on %s: %w", dir, err)
-		}
-		tmpfsUndo = func() error { err := unmount(dir); t.removeCreated(); return err }
-		w.mu.Lock()
-		w.tmpfsUndo(dir, tmpfsUndo)
-		w.mu.Unlock()
-	} else {
-		w.mu.Lock()
-		tmpfsUndo = w.undos[dir]
-		w.mu.Unlock()
+	dropTmpfs, err := w.useTmpfs(ctx, root, dir)
+	if err != nil {
+		return nil, err
 	}
 	e := &watched{src: s.Source, dst: s.MountPoint, seen: map[string]time.Time{}}
 	if st.IsDir() {
@@ -158,12 +131,89 @@ func (m *Manager) setUpWatchable(_ context.Context, _, field string, s Storage) 
 	}, nil
 }
 
-// undos of the tmpfs roots (set with tmpfsUndo).
-func (w *watcher) tmpfsUndo(dir string, f func() error) {
-	if w.undos == nil {
-		w.undos = map[string]func() error{}
+// useTmpfs takes a user of dir's watchable tmpfs, mounting it for the
+// first; the returned func drops the user, and the last one unmounts it.
+func (w *watcher) useTmpfs(ctx context.Context, root, dir string) (func() error, error) {
+	w.mu.Lock()
+	for {
+		tf := w.tmpfs[dir]
+		if tf == nil || tf.closing == nil {
+			break
+		}
+		w.mu.Unlock()
+		select {
+		case <-tf.closing:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		w.mu.Lock()
 	}
-	w.undos[dir] = f
+	tf := w.tmpfs[dir]
+	first := tf == nil
+	if first {
+		tf = &watchTmpfs{ready: make(chan struct{})}
+		w.tmpfs[dir] = tf
+	}
+	tf.users++
+	w.mu.Unlock()
+	drop := func() error {
+		w.mu.Lock()
+		tf.users--
+		last := tf.users == 0
+		if last {
+			tf.closing = make(chan struct{})
+		}
+		undo := tf.undo
+		w.mu.Unlock()
+		if !last {
+			return nil
+		}
+		var err error
+		if undo != nil {
+			err = undo()
+		}
+		w.mu.Lock()
+		if w.tmpfs[dir] == tf {
+			delete(w.tmpfs, dir)
+		}
+		close(tf.closing)
+		w.mu.Unlock()
+		return err
+	}
+	if !first {
+		select {
+		case <-tf.ready:
+		case <-ctx.Done():
+			drop()
+			return nil, ctx.Err()
+		}
+		if tf.err != nil {
+			drop()
+			return nil, tf.err
+		}
+		return drop, nil
+	}
+	t, f, err := makeTarget(root, dir, true)
+	if err == nil {
+		err = mountAt(f, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=755")
+		f.Close()
+		if err != nil {
+			t.removeCreated()
+			err = fmt.Errorf("unable to mount the watchable tmpfs on %s: %w", dir, err)
+		}
+	}
+	w.mu.Lock()
+	tf.err = err
+	if err == nil {
+		tf.undo = func() error { err := unmount(dir); t.removeCreated(); return err }
+	}
+	w.mu.Unlock()
+	close(tf.ready)
+	if err != nil {
+		drop()
+		return nil, err
+	}
+	return drop, nil
 }
 
 // start runs the polling loop (once).
@@ -227,11 +277,18 @@ func (w *watcher) sync(e *watched) error {
 		return err
 	}
 	os.RemoveAll(e.dst)
-	st, err := os.Stat(e.src)
+	// Bound through a handle reached without a symlink, so a component of
+	// the source swapped since the copy cannot bind anything else.
+	src, err := openNoSymlinks(e.src, unix.O_PATH)
 	if err != nil {
+		return fmt.Errorf("unable to open %s: %w", e.src, err)
+	}
+	defer unix.Close(src)
+	var st unix.Stat_t
+	if err := unix.Fstat(src, &st); err != nil {
 		return err
 	}
-	if st.IsDir() {
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		err = os.Mkdir(e.dst, 0o755)
 	} else {
 		err = os.WriteFile(e.dst, nil, 0o644)
@@ -239,7 +296,7 @@ func (w *watcher) sync(e *watched) error {
 	if err != nil {
 		return err
 	}
-	if err := unix.Mount(e.src, e.dst, "", unix.MS_BIND, ""); err != nil {
+	if err := unix.Mount(fmt.Sprintf("/proc/self/fd/%d", src), e.dst, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("unable to bind %s (over the watchable limits): %w", e.src, err)
 	}
 	e.bind = true
@@ -247,58 +304,116 @@ func (w *watcher) sync(e *watched) error {
 	return nil
 }
 
+// srcInfo is what mirror needs of a source entry.
+type srcInfo struct {
+	mode     fs.FileMode // type and permission bits
+	size     int64
+	mtime    time.Time
+	uid, gid int
+}
+
+func infoOf(st *unix.Stat_t) srcInfo {
+	mode := fs.FileMode(st.Mode & 0o777)
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		mode |= fs.ModeDir
+	case unix.S_IFLNK:
+		mode |= fs.ModeSymlink
+	case unix.S_IFREG:
+	default:
+		mode |= fs.ModeIrregular // devices, fifos, sockets: not mirrored
+	}
+	return srcInfo{mode: mode, size: st.Size, mtime: time.Unix(st.Mtim.Unix()), uid: int(st.Uid), gid: int(st.Gid)}
+}
+
+// watchMaxDepth bounds the directory nesting mirror walks (each level
+// holds a directory fd); a deeper source is treated as over the limits.
+const watchMaxDepth = 32
+
 // mirror copies what changed in e.src to e.dst and removes what went.
-// Nothing in dst is followed: entries whose type changed are replaced,
-// files are written to a temporary name and renamed over.
+// The source (in the share, which the host and containers write) is read
+// only through directory fds held from e.src down, each entry opened
+// relative to them without following a symlink: an intermediate directory
+// swapped for a symlink between the walk and the copy fails the poll
+// instead of having something outside the source read. Nothing in dst is
+// followed either: entries whose type changed are replaced, files are
+// written to a temporary name and renamed over.
 func mirror(e *watched) error {
 	type item struct {
 		rel string
-		d   fs.FileInfo
+		d   srcInfo
 	}
 	var items []item
 	var files int
 	var bytes int64
-	st, err := os.Lstat(e.src)
+	root, err := openNoSymlinks(e.src, unix.O_RDONLY|unix.O_NONBLOCK)
 	if err != nil {
+		return fmt.Errorf("unable to open %s: %w", e.src, err)
+	}
+	defer unix.Close(root)
+	var rst unix.Stat_t
+	if err := unix.Fstat(root, &rst); err != nil {
 		return err
 	}
-	if !st.IsDir() {
-		if !st.Mode().IsRegular() {
+	if st := infoOf(&rst); !st.mode.IsDir() {
+		if !st.mode.IsRegular() {
 			return fmt.Errorf("%s is not a regular file or directory", e.src)
 		}
-		if st.Size() > WatchMaxBytes {
+		if st.size > WatchMaxBytes {
 			return errTooBig
 		}
-		if t, ok := e.seen[""]; ok && t.Equal(st.ModTime()) {
+		if t, ok := e.seen[""]; ok && t.Equal(st.mtime) {
 			return nil
 		}
-		if err := copyFile(e.src, e.dst, st); err != nil {
+		if err := copyFrom(root, e.src, e.dst, st); err != nil {
 			return err
 		}
-		e.seen[""] = st.ModTime()
+		e.seen[""] = st.mtime
 		return nil
 	}
-	err = filepath.Walk(e.src, func(p string, fi fs.FileInfo, err error) error {
+	var walk func(dir int, rel string, depth int) error
+	walk = func(dir int, rel string, depth int) error {
+		if depth > watchMaxDepth {
+			return errTooBig
+		}
+		names, err := readDirNames(dir)
 		if err != nil {
-			return err
+			return fmt.Errorf("unable to list %s: %w", filepath.Join(e.src, rel), err)
 		}
-		if p == e.src {
-			return nil
-		}
-		rel, _ := filepath.Rel(e.src, p)
-		if fi.Mode().IsRegular() || fi.Mode()&fs.ModeSymlink != 0 {
-			files++
-			bytes += fi.Size()
-			if files > WatchMaxEntries || bytes > WatchMaxBytes {
-				return errTooBig
+		for _, name := range names {
+			var st unix.Stat_t
+			if err := unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				if errors.Is(err, unix.ENOENT) {
+					continue // gone since the listing
+				}
+				return err
 			}
-		} else if !fi.IsDir() {
-			return nil // devices, fifos, sockets: not mirrored
+			fi := infoOf(&st)
+			r := filepath.Join(rel, name)
+			switch {
+			case fi.mode.IsRegular() || fi.mode&fs.ModeSymlink != 0:
+				files++
+				bytes += fi.size
+				if files > WatchMaxEntries || bytes > WatchMaxBytes {
+					return errTooBig
+				}
+				items = append(items, item{r, fi})
+			case fi.mode.IsDir():
+				items = append(items, item{r, fi})
+				sub, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+				if err != nil {
+					return fmt.Errorf("unable to open %s: %w", filepath.Join(e.src, r), err)
+				}
+				err = walk(sub, r, depth+1)
+				unix.Close(sub)
+				if err != nil {
+					return err
+				}
+			}
 		}
-		items = append(items, item{rel, fi})
 		return nil
-	})
-	if err != nil {
+	}
+	if err := walk(root, "", 1); err != nil {
 		return err
 	}
 	keep := map[string]bool{}
@@ -306,22 +421,22 @@ func mirror(e *watched) error {
 		keep[it.rel] = true
 		dst := filepath.Join(e.dst, it.rel)
 		cur, cerr := os.Lstat(dst)
-		if cerr == nil && cur.Mode().Type() != it.d.Mode().Type() {
+		if cerr == nil && cur.Mode().Type() != it.d.mode.Type() {
 			os.RemoveAll(dst)
 			delete(e.seen, it.rel)
 			cerr = os.ErrNotExist
 		}
 		switch {
-		case it.d.IsDir():
+		case it.d.mode.IsDir():
 			if cerr != nil {
-				if err := os.Mkdir(dst, it.d.Mode().Perm()); err != nil {
+				if err := os.Mkdir(dst, it.d.mode.Perm()); err != nil {
 					return err
 				}
 			}
-		case it.d.Mode()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(filepath.Join(e.src, it.rel))
+		case it.d.mode&fs.ModeSymlink != 0:
+			target, err := readlinkBeneath(root, it.rel)
 			if err != nil {
-				return err
+				return fmt.Errorf("unable to read the link %s: %w", filepath.Join(e.src, it.rel), err)
 			}
 			if old, err := os.Readlink(dst); err == nil && old == target {
 				continue
@@ -331,13 +446,20 @@ func mirror(e *watched) error {
 				return err
 			}
 		default:
-			if t, ok := e.seen[it.rel]; ok && cerr == nil && t.Equal(it.d.ModTime()) {
+			if t, ok := e.seen[it.rel]; ok && cerr == nil && t.Equal(it.d.mtime) {
 				continue
 			}
-			if err := copyFile(filepath.Join(e.src, it.rel), dst, it.d); err != nil {
+			src := filepath.Join(e.src, it.rel)
+			fd, err := openBeneath(root, it.rel, unix.O_RDONLY|unix.O_NONBLOCK)
+			if err != nil {
+				return fmt.Errorf("unable to open %s: %w", src, err)
+			}
+			err = copyFrom(fd, src, dst, it.d)
+			unix.Close(fd)
+			if err != nil {
 				return err
 			}
-			e.seen[it.rel] = it.d.ModTime()
+			e.seen[it.rel] = it.d.mtime
 		}
 	}
 	// Remove what is gone from the source, deepest first.
@@ -362,20 +484,61 @@ func mirror(e *watched) error {
 	return nil
 }
 
-// copyFile writes src's content to dst through a temporary file renamed
-// over dst (a symlink planted at dst is replaced, not followed).
-func copyFile(src, dst string, fi fs.FileInfo) error {
-	// O_NONBLOCK: a FIFO swapped in since the walk must not block the
-	// poll (which holds syncMu); only a regular file is copied.
-	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+// readDirNames lists the directory dir (the fd stays open and is not
+// moved: a duplicate is read).
+func readDirNames(dir int) ([]string, error) {
+	dup, err := unix.Openat(dir, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(dup), "dir")
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// readlinkBeneath reads the symlink rel below the directory root, its
+// parent reached without following a symlink.
+func readlinkBeneath(root int, rel string) (string, error) {
+	parent, err := openBeneath(root, filepath.Dir(rel), unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(parent)
+	buf := make([]byte, unix.PathMax)
+	n, err := unix.Readlinkat(parent, filepath.Base(rel), buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}
+
+// copyFrom writes the content of the source file open as fd (named src in
+// errors) to dst through a temporary file renamed over dst (a symlink
+// planted at dst is replaced, not followed).
+func copyFrom(fd int, src, dst string, fi srcInfo) error {
+	// The source was opened O_NONBLOCK: a FIFO swapped in since the walk
+	// must not block the poll (which holds syncMu); only a regular file
+	// is copied.
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%s: %v is not a regular file", src, infoOf(&st).mode.Type())
+	}
+	dup, err := unix.Dup(fd)
 	if err != nil {
 		return err
 	}
+	in := os.NewFile(uintptr(dup), src)
 	defer in.Close()
-	if ist, err := in.Stat(); err != nil {
+	if _, err := in.Seek(0, io.SeekStart); err != nil {
 		return err
-	} else if !ist.Mode().IsRegular() {
-		return fmt.Errorf("%s: %v is not a regular file", src, ist.Mode().Type())
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(dst), ".keel-watch-")
 	if err != nil {
@@ -386,12 +549,10 @@ func copyFile(src, dst string, fi fs.FileInfo) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Chmod(tmp.Name(), fi.Mode().Perm())
+		err = os.Chmod(tmp.Name(), fi.mode.Perm())
 	}
 	if err == nil {
-		if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-			_ = os.Lchown(tmp.Name(), int(sys.Uid), int(sys.Gid))
-		}
+		_ = os.Lchown(tmp.Name(), fi.uid, fi.gid)
 		err = os.Rename(tmp.Name(), dst)
 	}
 	if err != nil {

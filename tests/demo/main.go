@@ -28,6 +28,7 @@ import (
 	"time"
 
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/promtext"
 	"github.com/keelvm/keel/tests/vmtest"
 )
 
@@ -199,13 +200,9 @@ func runShell(timeout time.Duration, keep bool) error {
 // metricLine picks gauges out of Prometheus text and renders them in KiB.
 func metricLine(text string, names ...string) string {
 	var out []string
-	for _, line := range strings.Split(text, "\n") {
-		for _, n := range names {
-			if v, ok := strings.CutPrefix(line, n+" "); ok {
-				var f float64
-				fmt.Sscan(v, &f)
-				out = append(out, fmt.Sprintf("%s %.0f KiB", strings.TrimPrefix(n, "keel_agent_"), f/1024))
-			}
+	for _, n := range names {
+		if f, ok := promtext.Value(text, n); ok {
+			out = append(out, fmt.Sprintf("%s %.0f KiB", strings.TrimPrefix(n, "keel_agent_"), f/1024))
 		}
 	}
 	return strings.Join(out, ", ")

@@ -2,12 +2,11 @@ package vmtest
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"testing"
 
 	"github.com/keelvm/keel/agent/gcpolicy"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/promtext"
 )
 
 // gcMetric returns the named metric of the agent's GetMetrics.
@@ -18,16 +17,11 @@ func gcMetric(ctx context.Context, t *testing.T, a pb.AgentServiceService) func(
 		t.Fatalf("GetMetrics: %v", err)
 	}
 	return func(name string) float64 {
-		for _, line := range strings.Split(m.Metrics, "\n") {
-			if rest, ok := strings.CutPrefix(line, name+" "); ok {
-				var v float64
-				if _, err := fmt.Sscan(rest, &v); err == nil {
-					return v
-				}
-			}
+		v, ok := promtext.Value(m.Metrics, name)
+		if !ok {
+			t.Fatalf("metrics lack %s", name)
 		}
-		t.Fatalf("metrics lack %s", name)
-		return 0
+		return v
 	}
 }
 

@@ -160,7 +160,10 @@ func startReaped(cmd *exec.Cmd) (<-chan reaper.ExitStatus, error) {
 
 // runcTool runs Debian's runc with its own state root and a log file.
 type runcTool struct {
-	bin, root, log string
+	bin, root string
+	// log is runc's stdout and stderr, opened once so that no timed run
+	// pays for opening it (runc writes nothing there when it succeeds).
+	log *os.File
 }
 
 func newRunc(tb testing.TB) *runcTool {
@@ -178,22 +181,22 @@ func newRuncOn(tb testing.TB, dir string) *runcTool {
 	if err := reaper.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	return &runcTool{bin: bin, root: filepath.Join(dir, "state"), log: filepath.Join(dir, "out.log")}
+	log, err := os.OpenFile(filepath.Join(dir, "out.log"), os.O_CREATE|os.O_TRUNC|os.O_RDWR|os.O_APPEND, 0o600)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { log.Close() })
+	return &runcTool{bin: bin, root: filepath.Join(dir, "state"), log: log}
 }
 
 // run runs `runc --root R args...` to completion; its stdio goes to a file
 // (a pipe would be inherited by a detached container and never reach EOF).
 func (rt *runcTool) run(args ...string) error {
-	out, err := os.OpenFile(rt.log, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
 	cmd := exec.Command(rt.bin, append([]string{"--root", rt.root}, args...)...)
-	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Stdout, cmd.Stderr = rt.log, rt.log
 	st, err := reaper.Command(cmd)
 	if err == nil && st.Code != 0 {
-		b, _ := os.ReadFile(rt.log)
+		b, _ := os.ReadFile(rt.log.Name())
 		err = fmt.Errorf("runc %s: %v: %s", strings.Join(args, " "), st, strings.TrimSpace(string(b)))
 	}
 	return err

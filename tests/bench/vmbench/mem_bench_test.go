@@ -3,13 +3,12 @@ package vmbench
 import (
 	"context"
 	"fmt"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/keelvm/keel/agent/metrics"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/promtext"
 	"github.com/keelvm/keel/tests/vmm/qemu"
 	"github.com/keelvm/keel/tests/vmtest"
 )
@@ -114,28 +113,19 @@ func idleContainerMemory(ctx context.Context, cfg vmtest.Config) (guestMemory, e
 // parseMemory reads the figures out of the agent's Prometheus text.
 func parseMemory(text string) (guestMemory, error) {
 	var m guestMemory
-	info := map[string]float64{}
-	for _, line := range strings.Split(text, "\n") {
-		name, v, ok := strings.Cut(line, " ")
-		if !ok || strings.HasPrefix(line, "#") {
-			continue
-		}
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil {
-			continue
-		}
-		if item, ok := strings.CutPrefix(name, `keel_guest_meminfo_bytes{item="`); ok {
-			info[strings.TrimSuffix(item, `"}`)] = f
-		}
-		if name == "keel_agent_anon_memory_bytes" {
-			m.AgentAnon = f
-		}
+	all, err := promtext.Parse(text)
+	if err != nil {
+		return m, err
 	}
+	info := map[string]float64{}
 	for _, item := range metrics.MeminfoItems {
-		if _, ok := info[item]; !ok {
+		v, ok := all[`keel_guest_meminfo_bytes{item="`+item+`"}`]
+		if !ok {
 			return m, fmt.Errorf("GetMetrics has no keel_guest_meminfo_bytes{item=%q}", item)
 		}
+		info[item] = v
 	}
+	m.AgentAnon = all["keel_agent_anon_memory_bytes"]
 	if m.AgentAnon == 0 {
 		return m, fmt.Errorf("GetMetrics has no keel_agent_anon_memory_bytes")
 	}

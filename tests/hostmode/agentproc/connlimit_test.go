@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/keelvm/keel/agent/connlimit"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/promtext"
 )
 
 // pid1NoFile is RLIMIT_NOFILE of the guest's PID 1 (the kernel's INR_OPEN_MAX
@@ -96,31 +96,20 @@ func TestNewClientServedDespiteIdleAndHalfSentConnections(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("keelctl metrics: exit %d", code)
 	}
-	for _, want := range []string{"keel_connections ", "keel_connections_evicted "} {
-		v := metricValue(out, want)
-		if v < 0 {
+	m, err := promtext.Parse(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"keel_connections", "keel_connections_evicted"} {
+		if _, ok := m[want]; !ok {
 			t.Fatalf("metrics lack %q:\n%s", want, out)
 		}
-		t.Logf("%s%v", want, v)
+		t.Logf("%s %v", want, m[want])
 	}
-	if open := metricValue(out, "keel_connections "); open > connlimit.DefaultMaxConns {
+	if open := m["keel_connections"]; open > connlimit.DefaultMaxConns {
 		t.Fatalf("keel_connections %v above the cap %d", open, connlimit.DefaultMaxConns)
 	}
-	if ev := metricValue(out, "keel_connections_evicted "); ev < idle+halfSent-connlimit.DefaultMaxConns {
+	if ev := m["keel_connections_evicted"]; ev < idle+halfSent-connlimit.DefaultMaxConns {
 		t.Fatalf("keel_connections_evicted %v, want at least %d", ev, idle+halfSent-connlimit.DefaultMaxConns)
 	}
-}
-
-// metricValue returns the value of the Prometheus line starting with
-// prefix, or -1.
-func metricValue(text, prefix string) float64 {
-	var v float64
-	for _, line := range strings.Split(text, "\n") {
-		if len(line) > len(prefix) && line[:len(prefix)] == prefix {
-			if _, err := fmt.Sscan(line[len(prefix):], &v); err == nil {
-				return v
-			}
-		}
-	}
-	return -1
 }

@@ -1,9 +1,9 @@
 package agentproc
 
 import (
-	"fmt"
-	"strings"
 	"testing"
+
+	"github.com/keelvm/keel/tests/promtext"
 )
 
 // TestGCPolicy reads the agent's effective GC settings back over
@@ -32,16 +32,11 @@ func TestGCPolicy(t *testing.T) {
 				t.Fatalf("keelctl metrics: exit %d", code)
 			}
 			get := func(name string) float64 {
-				for _, line := range strings.Split(out, "\n") {
-					var v float64
-					if rest, ok := strings.CutPrefix(line, name+" "); ok {
-						if _, err := fmt.Sscan(rest, &v); err == nil {
-							return v
-						}
-					}
+				v, ok := promtext.Value(out, name)
+				if !ok {
+					t.Fatalf("metrics lack %s:\n%s", name, out)
 				}
-				t.Fatalf("metrics lack %s:\n%s", name, out)
-				return 0
+				return v
 			}
 			pct, adaptive, headroom := get("keel_agent_go_gc_percent"), get("keel_agent_go_gc_policy_adaptive"), get("keel_agent_go_gc_headroom_bytes")
 			t.Logf("GOGC %v adaptive %v headroom %v live %v cycles %v limit %v", pct, adaptive, headroom,

@@ -17,6 +17,7 @@ import (
 	"github.com/keelvm/keel/agent/server"
 	"github.com/keelvm/keel/protocol/client"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/promtext"
 )
 
 // Issue 11 item 4: the real agent caps requests in flight across all
@@ -50,8 +51,8 @@ func TestAgentWideCapOnPendingRequests(t *testing.T) {
 		if err != nil {
 			t.Fatalf("GetMetrics: %v", err)
 		}
-		v := metricValue(r.Metrics, name+" ")
-		if v < 0 {
+		v, ok := promtext.Value(r.Metrics, name)
+		if !ok {
 			t.Fatalf("metrics lack %s:\n%s", name, r.Metrics)
 		}
 		return v
