@@ -82,6 +82,8 @@ var pairs = []pair{
 // reported are metrics a benchmark computes itself (already a ratio or a
 // per-item figure), printed as they are.
 var reported = []struct{ name, bench, unit, target string }{
+	{"P3 stdout fast path / raw unix copy, paired", "BenchmarkStdoutFastPathPaired", "fast/raw", ">= 0.95"},
+	{"P3 fast path by copy loop / raw unix copy, paired", "BenchmarkStdoutFastPathPaired", "copy/raw", ""},
 	{"P3 paired (same iteration): RPC path 32 KiB vs raw, in process", "BenchmarkStdoutRPCPaired32KiB/inproc", "rpc/raw", ">= 0.3"},
 	{"P3 paired: keel-agent binary, 32 KiB vs raw", "BenchmarkStdoutRPCPaired32KiB/wire", "rpc/raw", ">= 0.3"},
 	{"P3 paired: keel-agent binary, 32 KiB vs raw with 32 KiB buffers", "BenchmarkStdoutRPCPaired32KiB/wire", "rpc/raw-32KiB", ""},
@@ -106,6 +108,9 @@ var reported = []struct{ name, bench, unit, target string }{
 	{"guest used KiB, Debian kernel+initramfs, 1 idle ctr", "BenchmarkGuestMemory/debian-initramfs", "used-KiB", "report"},
 	{"agent RssAnon KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "agent-anon-KiB", "report"},
 	{"agent RssAnon KiB, Debian kernel+initramfs", "BenchmarkGuestMemory/debian-initramfs", "agent-anon-KiB", "report"},
+	{"P3 VM: passfd / raw AF_VSOCK, paired", "BenchmarkStdoutVsockPaired", "passfd/raw", ">= 0.95"},
+	{"P3 VM: QEMU CPU ms/MB while streaming, passfd", "BenchmarkStdoutVsockPaired", "passfd-qemu-cpu-ms/MB", ""},
+	{"P3 VM: QEMU CPU ms/MB while streaming, raw", "BenchmarkStdoutVsockPaired", "raw-qemu-cpu-ms/MB", ""},
 	// VM tier (tests/bench/guestbench): the same, paired round by round.
 	{"P1 in guest, paired: agent (vsock) / runc run", "BenchmarkGuestPairedRun", "agent/runc", "<= 0.5"},
 	{"P1 in guest, paired: agent (vsock) / crun run", "BenchmarkGuestPairedRun", "agent/crun", "report"},

@@ -17,7 +17,11 @@
 //   - BenchmarkStdoutVsock: a container's stdout over ReadStdout (32 KiB
 //     reads, as Kata's shim) and over passfd, against the same producer
 //     (testdata/vsockstream) writing to a raw AF_VSOCK connection.
+//   - BenchmarkStdoutVsockPaired: passfd and raw alternately in the same
+//     guest, with where the CPU went (guest, producer, QEMU, vsock device).
+//     KEEL_VMBENCH_STREAM_APPEND adds kernel parameters to this guest (an
+//     agent knob to measure, e.g. agent.container_pipe_size=1048576).
 //
 // Every guest is booted here; the default `go test` only checks the tools
-// and the metrics parsing (TestToolsAreStaticInits, TestParseMemory).
+// and the metrics parsing (TestToolsAreStaticInits, TestParseMemory, TestParseCPUStat).
 package vmbench

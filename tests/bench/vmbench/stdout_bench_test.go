@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -57,6 +59,11 @@ func containerImage(b *testing.B, ctx context.Context) string {
 	return containerImages.img
 }
 
+// StreamAppendEnv names extra kernel parameters for the stdout benchmarks'
+// guest, to measure an agent knob (e.g. agent.container_pipe_size=1048576)
+// against the same baseline.
+const StreamAppendEnv = "KEEL_VMBENCH_STREAM_APPEND"
+
 // streamGuest is the one guest the stdout benchmarks share (booted by the
 // first of them, closed by TestMain).
 var streamGuest struct {
@@ -78,9 +85,10 @@ func streamVM(b *testing.B) (*vmtest.Guest, *client.Client) {
 	img := containerImage(b, ctx)
 	g, err := vmtest.Boot(ctx, vmtest.Config{
 		Kernel: kernel, NoInitrd: true,
-		Append: append(append([]string{}, daxRoot...), "agent.passfd_listener_port="+strconv.Itoa(passfdPort)),
-		Pmem:   []qemu.PmemDevice{{Path: img, Kind: qemu.VirtioPmem, ReadOnly: true}},
-		QEMU:   fastQEMU(),
+		Append: append(append(append([]string{}, daxRoot...), "agent.passfd_listener_port="+strconv.Itoa(passfdPort)),
+			strings.Fields(os.Getenv(StreamAppendEnv))...),
+		Pmem: []qemu.PmemDevice{{Path: img, Kind: qemu.VirtioPmem, ReadOnly: true}},
+		QEMU: fastQEMU(),
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -114,13 +122,17 @@ func closeStreamGuest() {
 // patternCheck is an io.Writer that checks every byte against the
 // producer's pattern and counts them.
 type patternCheck struct {
-	n     int64
-	first time.Time
+	n       int64
+	first   time.Time
+	onFirst func() // called at the first byte
 }
 
 func (p *patternCheck) Write(b []byte) (int, error) {
 	if p.n == 0 && len(b) > 0 {
 		p.first = time.Now()
+		if p.onFirst != nil {
+			p.onFirst()
+		}
 	}
 	for i, c := range b {
 		if c != byte((p.n+int64(i))%pattern) {
@@ -135,6 +147,8 @@ func (p *patternCheck) Write(b []byte) (int, error) {
 type transfer struct {
 	bytes int64
 	took  time.Duration // first byte -> EOF
+	cpu   cpuStat       // over the producer's writes
+	qemu  float64       // QEMU's CPU seconds, first byte -> EOF
 }
 
 var streamSeq atomic.Int64
@@ -175,7 +189,7 @@ func BenchmarkStdoutVsock(b *testing.B) {
 // streamOnce runs one producer container and reads its output by mode.
 func streamOnce(ctx context.Context, g *vmtest.Guest, c *client.Client, mode string) (_ transfer, err error) {
 	id := fmt.Sprintf("stream-%s-%d", mode, streamSeq.Add(1))
-	args := []string{streamTool, "-bytes", strconv.Itoa(streamBytes)}
+	args := []string{streamTool, "-bytes", strconv.Itoa(streamBytes), "-cpustat"}
 	if mode == "raw" {
 		args = append(args, "-listen", strconv.Itoa(rawPort))
 	}
@@ -208,13 +222,15 @@ func streamOnce(ctx context.Context, g *vmtest.Guest, c *client.Client, mode str
 		defer conn.Close()
 		stream = conn
 	}
-	var check patternCheck
+	qemuPid := g.VM.Pid()
+	var qemuStart float64
+	check := patternCheck{onFirst: func() { qemuStart = cpuSeconds(qemuPid) }}
 	if stream != nil {
 		_, err = io.Copy(&check, stream)
 	} else {
 		err = readStdout(ctx, c, id, &check)
 	}
-	end := time.Now()
+	end, qemuEnd := time.Now(), cpuSeconds(qemuPid)
 	if err != nil {
 		return transfer{}, fmt.Errorf("%s: reading: %w", mode, err)
 	}
@@ -225,13 +241,21 @@ func streamOnce(ctx context.Context, g *vmtest.Guest, c *client.Client, mode str
 	if err != nil {
 		return transfer{}, fmt.Errorf("WaitProcess: %w", err)
 	}
+	stderr, err := readStderr(ctx, c, id)
+	if err != nil {
+		return transfer{}, fmt.Errorf("ReadStderr: %w", err)
+	}
 	if w.Status != 0 {
-		return transfer{}, fmt.Errorf("producer exited %d", w.Status)
+		return transfer{}, fmt.Errorf("producer exited %d: %s", w.Status, stderr)
 	}
 	if check.n != streamBytes {
 		return transfer{}, fmt.Errorf("%s: got %d bytes, want %d", mode, check.n, streamBytes)
 	}
-	return transfer{bytes: check.n, took: end.Sub(check.first)}, nil
+	cpu, err := parseCPUStat(stderr)
+	if err != nil {
+		return transfer{}, err
+	}
+	return transfer{bytes: check.n, took: end.Sub(check.first), cpu: cpu, qemu: qemuEnd - qemuStart}, nil
 }
 
 // readStdout reads with ReadStdout, kataReadLen per call, until Kata's EOF

@@ -11,6 +11,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,6 +24,7 @@ func main() {
 	n := flag.Int64("bytes", 64<<20, "bytes to write")
 	chunk := flag.Int("chunk", 64<<10, "bytes per write")
 	port := flag.Uint("listen", 0, "write to the first connection accepted on this vsock port instead of stdout")
+	cpustat := flag.Bool("cpustat", false, "print the guest's and this process's CPU time over the writes on stderr")
 	flag.Parse()
 	if *chunk <= 0 || *n < 0 {
 		fail(fmt.Errorf("-chunk must be positive and -bytes not negative"))
@@ -39,6 +42,10 @@ func main() {
 	for i := range buf {
 		buf[i] = byte(i % Period)
 	}
+	var start cpuTimes
+	if *cpustat {
+		start = readCPU()
+	}
 	for off := int64(0); off < *n; {
 		w := min(int64(*chunk), *n-off)
 		start := int(off % Period)
@@ -50,6 +57,12 @@ func main() {
 			fail(fmt.Errorf("write at %d: %w", off, err))
 		}
 		off += int64(m)
+	}
+	if *cpustat {
+		// After the last write, before EOF: the bytes still in flight (at
+		// most a pipe or a socket buffer) are moved after this.
+		end := readCPU()
+		fmt.Fprintf(os.Stderr, "cpustat busy=%d idle=%d self=%d\n", end.busy-start.busy, end.idle-start.idle, end.self-start.self)
 	}
 	if fd != 1 {
 		_ = unix.Shutdown(fd, unix.SHUT_WR)
@@ -84,6 +97,44 @@ func accept(port uint32) (int, error) {
 		_ = unix.Close(l)
 		return c, nil
 	}
+}
+
+// cpuTimes are the guest's busy and idle time (/proc/stat's cpu line, all
+// of them in USER_HZ ticks, converted to µs) and this process's own
+// (getrusage: user + system), in µs.
+type cpuTimes struct{ busy, idle, self int64 }
+
+func readCPU() cpuTimes {
+	var t cpuTimes
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		fail(err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		fail(fmt.Errorf("/proc/stat: %q", line))
+	}
+	for i, v := range f[1:9] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			fail(fmt.Errorf("/proc/stat: %q", line))
+		}
+		// USER_HZ is 100: a tick is 10,000 µs. Fields 4 and 5 are idle
+		// and iowait.
+		n *= 10000
+		if i == 3 || i == 4 {
+			t.idle += n
+		} else {
+			t.busy += n
+		}
+	}
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		fail(err)
+	}
+	t.self = (ru.Utime.Nano() + ru.Stime.Nano()) / 1000
+	return t
 }
 
 func fail(err error) {
