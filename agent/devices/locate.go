@@ -64,7 +64,7 @@ func (u Uevents) PCIDevice(ctx context.Context, p string) (string, error) {
 		return "", err
 	}
 	bdf := path.Base(ev.DevPath)
-	if !pciAddr.MatchString(bdf) {
+	if !pciAddr().MatchString(bdf) {
 		return "", fmt.Errorf("unexpected PCI devpath %s", ev.DevPath)
 	}
 	return bdf, nil

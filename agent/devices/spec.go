@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -75,7 +76,11 @@ func rewrite(spec *specs.Spec, found []guestDevice) (*specs.Spec, error) {
 }
 
 // pciAddr is a full PCI address, domain included ("0000:00:1f.7").
-var pciAddr = regexp.MustCompile(`^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-1][0-9a-fA-F]\.[0-7]$`)
+// Compiled on first use, not at package init (every container init, a
+// re-exec of this binary, would pay for it).
+var pciAddr = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-1][0-9a-fA-F]\.[0-7]$`)
+})
 
 // translatePCIEnv rewrites the SR-IOV device plugin's variables for the
 // guest, as Kata does: PCIDEVICE_<resource>=<host BDF>[,<host BDF>...]

@@ -25,7 +25,7 @@ func (m *Manager) vfio(ctx context.Context, i int, d Device, pciMap map[string]s
 	for j, opt := range d.Options {
 		field := fmt.Sprintf("devices[%d].options[%d] %q", i, j, opt)
 		host, pciPath, ok := strings.Cut(opt, "=")
-		if !ok || strings.Contains(pciPath, "=") || !pciAddr.MatchString(host) {
+		if !ok || strings.Contains(pciPath, "=") || !pciAddr().MatchString(host) {
 			return nil, fmt.Errorf("%s: must be HOSTBDF=pcipath, like 0000:3b:00.0=02/00: %w", field, ErrInvalid)
 		}
 		if _, err := parsePCIPath(pciPath); err != nil {

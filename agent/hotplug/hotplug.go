@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -41,9 +42,11 @@ var (
 	ErrUnsupported = errdefs.New(errdefs.ErrFailedPrecondition, "not supported by the guest kernel")
 )
 
+// Compiled on first use, not at package init (every container init, a
+// re-exec of this binary, would pay for it).
 var (
-	cpuDir    = regexp.MustCompile(`^cpu[0-9]+$`)
-	memoryDir = regexp.MustCompile(`^memory[0-9]+$`)
+	cpuDir    = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^cpu[0-9]+$`) })
+	memoryDir = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^memory[0-9]+$`) })
 )
 
 // Onliner onlines CPUs and memory blocks through sysfs. The zero value
@@ -90,7 +93,7 @@ func (o *Onliner) OnlineCPUs(ctx context.Context, want int) (int, error) {
 		if n >= want {
 			return n, nil
 		}
-		_, lastErr = onlineOffline(o.path("devices/system/cpu"), cpuDir, want-n)
+		_, lastErr = onlineOffline(o.path("devices/system/cpu"), cpuDir(), want-n)
 		if n, err := o.OnlineCount(); err == nil && n >= want {
 			return n, nil
 		}
@@ -136,7 +139,7 @@ func (o *Onliner) OnlineMemory(autoOnline bool) (int, error) {
 		// below either way.
 		_ = os.WriteFile(filepath.Join(dir, "auto_online_blocks"), []byte("online"), 0)
 	}
-	return onlineOffline(dir, memoryDir, -1)
+	return onlineOffline(dir, memoryDir(), -1)
 }
 
 // onlineOffline writes 1 to the online file of up to max (all when < 0)

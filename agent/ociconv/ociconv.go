@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/keelvm/keel/agent/errdefs"
 
@@ -172,7 +173,9 @@ func ToConfig(s *specs.Spec, o Options) (*configs.Config, error) {
 // systemdCgroupsPath is the systemd driver's "slice:prefix:name" form of
 // linux.cgroupsPath (kubelet's systemd cgroup driver), as Kata's agent
 // recognises it.
-var systemdCgroupsPath = regexp.MustCompile(`^[\w\-.]*:[\w\-.]*:[\w\-.]*$`)
+// Compiled on first use, not at package init (every container init, a
+// re-exec of this binary, would pay for it).
+var systemdCgroupsPath = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[\w\-.]*:[\w\-.]*:[\w\-.]*$`) })
 
 // CgroupsPath returns the cgroupfs path (from the root of the hierarchy)
 // for a spec's linux.cgroupsPath, converting as Kata's agent does in a
@@ -183,7 +186,7 @@ var systemdCgroupsPath = regexp.MustCompile(`^[\w\-.]*:[\w\-.]*:[\w\-.]*$`)
 func CgroupsPath(p string) (string, error) {
 	const field = "OCI.linux.cgroupsPath"
 	q := p
-	if systemdCgroupsPath.MatchString(p) {
+	if systemdCgroupsPath().MatchString(p) {
 		q = strings.ReplaceAll(p, ":", "/")
 	}
 	if strings.ContainsRune(q, 0) {

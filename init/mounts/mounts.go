@@ -69,6 +69,15 @@ func Base() []step.Step { return base(false) }
 // change the host's /dev (Base replaces /dev/ptmx with a symlink).
 func BaseIsolated() []step.Step { return base(true) }
 
+// Proc mounts /proc; Base and BaseIsolated start with these steps, so
+// PID 1 can read the command line before the other mounts.
+func Proc() []step.Step {
+	return []step.Step{
+		step.Mkdir{Path: "/proc", Mode: 0o555},
+		step.Mount{Source: "proc", Target: "/proc", FSType: "proc", Flags: nsn},
+	}
+}
+
 func base(isolated bool) []step.Step {
 	dev := []step.Step{
 		step.Mount{Source: "devtmpfs", Target: "/dev", FSType: "devtmpfs", Flags: unix.MS_NOSUID, Data: "mode=0755"},
@@ -84,13 +93,11 @@ func base(isolated bool) []step.Step {
 			step.Mknod{Path: "/dev/tty", Mode: 0o666, Major: 5, Minor: 0},
 		}
 	}
-	s := []step.Step{
-		step.Mkdir{Path: "/proc", Mode: 0o555},
-		step.Mount{Source: "proc", Target: "/proc", FSType: "proc", Flags: nsn},
+	s := append(Proc(),
 		step.Mkdir{Path: "/sys", Mode: 0o555},
 		step.Mount{Source: "sysfs", Target: "/sys", FSType: "sysfs", Flags: nsn},
 		step.Mkdir{Path: "/dev", Mode: 0o755},
-	}
+	)
 	s = append(s, dev...)
 	return append(s,
 		step.Mkdir{Path: "/dev/pts", Mode: 0o755},
