@@ -14,4 +14,15 @@ PATH="$bin:$PATH" protoc \
 	--go_out=. --go_opt=module=github.com/keelvm/keel \
 	--go-ttrpc_out=. --go-ttrpc_opt=module=github.com/keelvm/keel \
 	protocol/proto/agent.proto protocol/proto/oci.proto protocol/proto/health.proto protocol/proto/types.proto
+# A container init (keel-agent re-executed by libcontainer) never uses the
+# protocol: its descriptors are not registered there (see
+# protocol/internal/containerinit).
+for f in protocol/grpc/*.pb.go protocol/types/*.pb.go; do
+	grep -q '^func init() { file_.*_proto_init() }$' "$f" || continue
+	sed -i \
+		-e 's|^func init() { \(file_.*_proto_init\)() }$|func init() {\n\tif containerinit.Running() {\n\t\treturn\n\t}\n\t\1()\n}|' \
+		-e '0,/^import (/s|^import (|import (\n\tcontainerinit "github.com/keelvm/keel/protocol/internal/containerinit"|' \
+		"$f"
+	gofmt -w "$f"
+done
 gofmt -l protocol/grpc protocol/types

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
@@ -112,6 +114,7 @@ func newLibcontainerProcess(sp *specs.Process, io *stdio.IO, init bool) (*libcon
 		Init: init,
 		// No AppArmorProfile or Label: they name host policies (see
 		// hostOnlyFields), cleared before this point.
+		LogLevel: initLogLevel(),
 	}
 	for _, g := range sp.User.AdditionalGids {
 		lp.AdditionalGroups = append(lp.AdditionalGroups, int(g))
@@ -171,6 +174,16 @@ func newLibcontainerProcess(sp *specs.Process, io *stdio.IO, init bool) (*libcon
 	}
 	return lp, nil
 }
+
+// initLogLevel is the log level libcontainer hands the container's init
+// and its nsexec bootstrap (_LIBCONTAINER_LOGLEVEL): the level of logrus's
+// standard logger, through which the agent forwards the init's log lines
+// (libcontainer/logs.ForwardLogs), as runc passes its own --log-level.
+// Without it nsexec logs at debug: each bootstrap stage wrote some 20 debug
+// lines to the log pipe on the start's critical path, and the agent woke to
+// decode each one as JSON only for logrus to drop it (its level is info).
+// Fatal lines, which carry a failed start's error, pass at any level.
+func initLogLevel() string { return strconv.Itoa(int(logrus.GetLevel())) }
 
 var rlimits = map[string]int{
 	"RLIMIT_CPU": unix.RLIMIT_CPU, "RLIMIT_FSIZE": unix.RLIMIT_FSIZE, "RLIMIT_DATA": unix.RLIMIT_DATA,

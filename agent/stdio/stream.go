@@ -221,19 +221,14 @@ func (s *outStream) readReady(limit, headroom int, bufs Buffers) ([]byte, error)
 		return nil, ErrWouldBlock
 	}
 	// The buffer is taken for the whole limit and the pipe read straight
-	// into it until it is full or empty: no FIONREAD to size it first and
-	// no scratch buffer to gather through (the caller's pool makes a buffer
-	// of the full size cheap). An empty pipe costs one read (EAGAIN).
+	// into it, once: no FIONREAD to size it first (the caller's pool makes
+	// a buffer of the full size cheap, and can move a short answer to a
+	// smaller one), and no second read after a short one, since a pipe
+	// read returns less than asked only when it emptied the pipe. One
+	// read(2) per answer; an empty pipe costs one read (EAGAIN).
 	out := bufs.Get(headroom + limit)
-	n := 0
-	for n < limit {
-		m, err := s.readNonblock(out[headroom+n : headroom+limit])
-		if m <= 0 || err != nil {
-			break // empty, EOF or an error: the blocking read tells them apart
-		}
-		n += m
-	}
-	if n == 0 {
+	n, err := s.readNonblock(out[headroom:])
+	if n <= 0 || err != nil { // empty, EOF or an error: the blocking read tells them apart
 		bufs.Put(out)
 		return nil, ErrWouldBlock
 	}

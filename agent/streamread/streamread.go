@@ -277,6 +277,7 @@ func (c *Conn) answerNow(id uint32, method string, req *pb.ReadStreamRequest, st
 	if !ok {
 		return false
 	}
+	buf = pool.shrink(buf)
 	c.writeFrame(EncodeFrame(buf, id))
 	pool.Put(buf)
 	if c.cfg.Record != nil {
@@ -482,6 +483,22 @@ func (b *buffers) Get(n int) []byte {
 		return (*p)[:n]
 	}
 	return make([]byte, n, (1<<(minClassShift+i))+slack)
+}
+
+// shrink returns buf's contents in a buffer of the smallest class that
+// holds them, giving buf back, when buf is of a larger class: a read that
+// took a buffer for the whole len asked (up to 1 MiB) and found a few
+// bytes then holds only what it carries while its reply write waits on a
+// client that does not read. The copy is of the few bytes only.
+func (b *buffers) shrink(buf []byte) []byte {
+	need, have := class(len(buf)), class(cap(buf))
+	if need < 0 || have <= need {
+		return buf
+	}
+	small := b.Get(len(buf))
+	copy(small, buf)
+	b.Put(buf)
+	return small
 }
 
 // Put takes a buffer back; one not of a class size is left to the GC.

@@ -491,6 +491,15 @@ func TestBuffers(t *testing.T) {
 		b.Put(buf[:0])
 	}
 	b.Put(make([]byte, 5000)) // not a class size: ignored
+	big := b.Get(1 << 20)
+	copy(big, "hello")
+	small := b.shrink(big[:5])
+	if string(small) != "hello" || cap(small) != 4096+slack {
+		t.Errorf("shrink of 5 bytes in a 1 MiB buffer: %q, cap %d, want cap %d", small, cap(small), 4096+slack)
+	}
+	if full := b.Get(40000); cap(b.shrink(full)) != cap(full) {
+		t.Errorf("shrink of a buffer of its own class moved it")
+	}
 	if got := b.Get(4000); cap(got) != 4096+slack {
 		t.Errorf("Get(4000) cap %d, want %d", cap(got), 4096+slack)
 	}

@@ -16,6 +16,7 @@
 package grpc
 
 import (
+	containerinit "github.com/keelvm/keel/protocol/internal/containerinit"
 	types "github.com/keelvm/keel/protocol/types"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -5033,7 +5034,12 @@ var file_agent_proto_depIdxs = []int32{
 	0,  // [0:45] is the sub-list for field type_name
 }
 
-func init() { file_agent_proto_init() }
+func init() {
+	if containerinit.Running() {
+		return
+	}
+	file_agent_proto_init()
+}
 func file_agent_proto_init() {
 	if File_agent_proto != nil {
 		return

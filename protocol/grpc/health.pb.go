@@ -11,6 +11,7 @@
 package grpc
 
 import (
+	containerinit "github.com/keelvm/keel/protocol/internal/containerinit"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -267,7 +268,12 @@ var file_health_proto_depIdxs = []int32{
 	0, // [0:1] is the sub-list for field type_name
 }
 
-func init() { file_health_proto_init() }
+func init() {
+	if containerinit.Running() {
+		return
+	}
+	file_health_proto_init()
+}
 func file_health_proto_init() {
 	if File_health_proto != nil {
 		return

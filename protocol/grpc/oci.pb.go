@@ -16,6 +16,7 @@
 package grpc
 
 import (
+	containerinit "github.com/keelvm/keel/protocol/internal/containerinit"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -2590,7 +2591,12 @@ var file_oci_proto_depIdxs = []int32{
 	0,  // [0:41] is the sub-list for field type_name
 }
 
-func init() { file_oci_proto_init() }
+func init() {
+	if containerinit.Running() {
+		return
+	}
+	file_oci_proto_init()
+}
 func file_oci_proto_init() {
 	if File_oci_proto != nil {
 		return

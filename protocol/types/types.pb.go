@@ -12,6 +12,7 @@
 package types
 
 import (
+	containerinit "github.com/keelvm/keel/protocol/internal/containerinit"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -537,7 +538,12 @@ var file_types_proto_depIdxs = []int32{
 	0, // [0:4] is the sub-list for field type_name
 }
 
-func init() { file_types_proto_init() }
+func init() {
+	if containerinit.Running() {
+		return
+	}
+	file_types_proto_init()
+}
 func file_types_proto_init() {
 	if File_types_proto != nil {
 		return

@@ -106,21 +106,11 @@ func BootDAX(ctx context.Context, dir string, log io.Writer) (*DAXGuest, error) 
 		}
 		cfg.NoInitrd = true
 		cfg.Pmem[0].Kind = qemu.VirtioPmem
-		// Nothing to set up but the -kernel hand-over: qboot instead of
-		// SeaBIOS when installed.
-		cfg.QEMU = func(c *qemu.Config) {
-			if qemu.QBootAvailable() {
-				c.Firmware = qemu.QBoot
-			}
-		}
 		// Every driver is built in: the kernel mounts the DAX root itself
-		// and runs the agent from it.
-		// noapictimer: under TCG (no TSC-deadline timer) the kernel
-		// otherwise calibrates the local APIC timer against the PIT for
-		// ~0.2 s, 56% of its boot to init in guest time (icount: init at
-		// 0.158 s instead of 0.362 s). The one vCPU then ticks from the
-		// HPET. Not for KVM guests: there the calibration is skipped anyway.
-		cfg.Append = []string{"root=/dev/pmem0", "rootfstype=ext4", "rootflags=dax=always", "ro", "init=/sbin/init", "noapictimer"}
+		// and runs the agent from it; vmtest.DAXRootArgs says why each
+		// TCG option is there.
+		cfg.QEMU = vmtest.FastQEMU
+		cfg.Append = append([]string(nil), vmtest.DAXRootArgs...)
 		g.KernelDesc = "Keel's own kernel " + cfg.Kernel + " (no initramfs; the kernel mounts /dev/pmem0, a virtio-pmem device, with dax=always)"
 	case errors.Is(err, kbuild.ErrNotBuilt):
 		// The initramfs holds the agent and the NVDIMM modules; the agent

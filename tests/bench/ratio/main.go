@@ -27,7 +27,9 @@
 //     is not).
 //   - P3: the raw copy reads 1 MiB at a time through the same pipe size:
 //     the best a copy can do, not the same read size as the RPC path (32
-//     KiB, as Kata's shim reads).
+//     KiB, as Kata's shim reads). BenchmarkStdoutRPCPaired32KiB also times
+//     a raw copy with 32 KiB buffers, and takes every ratio within one
+//     iteration, so load drifting between separate benchmarks cancels.
 package main
 
 import (

@@ -21,21 +21,16 @@ import (
 // BootTimeout bounds one guest boot (TCG on a loaded 2-core machine).
 const BootTimeout = 3 * time.Minute
 
-// daxRoot is the command line of a guest whose kernel mounts the DAX image
-// itself and runs /sbin/init from it (no initramfs), as vm-demo boots.
-// agent.log=info is the agent's default (the test harness asks for debug,
+// daxRoot is vm-demo's command line (vmtest.DAXRootArgs: the kernel mounts
+// the DAX image itself and runs /sbin/init from it, no initramfs) plus
+// agent.log=info, the agent's default (the test harness asks for debug,
 // whose console lines cost milliseconds each under TCG).
-// noapictimer is vm-demo's too: it skips the local APIC timer calibration
-// TCG forces on the kernel (no TSC-deadline timer), ~0.2 s of guest time.
-var daxRoot = []string{"root=/dev/pmem0", "rootfstype=ext4", "rootflags=dax=always", "ro", "init=/sbin/init", "agent.log=info", "noapictimer"}
+var daxRoot = append(append([]string(nil), vmtest.DAXRootArgs...), "agent.log=info")
 
-// fastQEMU is vm-demo's QEMU set-up for a DAX boot of Keel's kernel (qboot
-// when installed) plus args.
+// fastQEMU is vm-demo's QEMU set-up (vmtest.FastQEMU) plus args.
 func fastQEMU(args ...string) func(*qemu.Config) {
 	return func(c *qemu.Config) {
-		if qemu.QBootAvailable() {
-			c.Firmware = qemu.QBoot
-		}
+		vmtest.FastQEMU(c)
 		c.ExtraArgs = append(c.ExtraArgs, args...)
 	}
 }
