@@ -261,3 +261,76 @@ func TestWatchableConcurrentFirstMount(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchableCopySwapped: the copy side of a watchable-bind storage
+// (mounted into containers, which may write it) has a directory swapped,
+// over and over, with a symlink to a directory outside the copy while the
+// source is mirrored into it: nothing outside is ever written or removed.
+// (Before, the copy side used full paths: the temporary file, the rename
+// and the removal of entries gone from the source followed the swapped
+// directory, writing a/key outside after a few hundred mirrors.)
+func TestWatchableCopySwapped(t *testing.T) {
+	root := t.TempDir()
+	src := filepath.Join(root, "src")
+	must(t, os.MkdirAll(filepath.Join(src, "a"), 0o755))
+	must(t, os.WriteFile(filepath.Join(src, "a/key"), []byte("inside"), 0o644))
+	outside := filepath.Join(root, "outside")
+	must(t, os.MkdirAll(outside, 0o755))
+	// "stale" is not in the source: a copy-side listing of a/ that follows
+	// the swapped link sees it as gone and removes it.
+	must(t, os.WriteFile(filepath.Join(outside, "stale"), []byte("keep me"), 0o644))
+	dst := filepath.Join(root, "dst")
+	must(t, os.Mkdir(dst, 0o755))
+	must(t, mirror(&watched{src: src, dst: dst, seen: map[string]time.Time{}}))
+	p1, p2 := filepath.Join(dst, "a"), filepath.Join(root, "spare")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// The mirror may replace dst/a: keep a fresh link at spare
+			// and swap it in and out.
+			if fi, err := os.Lstat(p2); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+				os.RemoveAll(p2)
+				os.Symlink(outside, p2)
+			}
+			unix.Renameat2(unix.AT_FDCWD, p1, unix.AT_FDCWD, p2, unix.RENAME_EXCHANGE)
+			unix.Renameat2(unix.AT_FDCWD, p1, unix.AT_FDCWD, p2, unix.RENAME_EXCHANGE)
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+	copied, failed := 0, 0
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		// A fresh entry each time: every file is copied again.
+		if err := mirror(&watched{src: src, dst: dst, seen: map[string]time.Time{}}); err != nil {
+			failed++
+		} else {
+			copied++
+		}
+		ents, err := os.ReadDir(outside)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ents) != 1 || ents[0].Name() != "stale" {
+			names := []string{}
+			for _, e := range ents {
+				names = append(names, e.Name())
+			}
+			t.Fatalf("after %d mirrors: %s, outside the copy, holds %v (want only stale)", copied+failed, outside, names)
+		}
+		if b, err := os.ReadFile(filepath.Join(outside, "stale")); err != nil || string(b) != "keep me" {
+			t.Fatalf("after %d mirrors: %s/stale changed: %q %v", copied+failed, outside, b, err)
+		}
+	}
+	if copied == 0 {
+		t.Fatalf("no mirror succeeded in %d tries", failed)
+	}
+	t.Logf("%d mirrors, %d failed on a swapped entry, nothing outside touched", copied, failed)
+}

@@ -2,6 +2,8 @@ package storage
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -335,8 +337,13 @@ const watchMaxDepth = 32
 // only through directory fds held from e.src down, each entry opened
 // relative to them without following a symlink: an intermediate directory
 // swapped for a symlink between the walk and the copy fails the poll
-// instead of having something outside the source read. Nothing in dst is
-// followed either: entries whose type changed are replaced, files are
+// instead of having something outside the source read. The copy (mounted
+// into containers, which may write it) is written only through an os.Root
+// held on e.dst: every step (lstat, mkdir, symlink, temporary file, rename,
+// removal) resolves relative to that fd, never follows a symlink out of
+// it and never follows the last component of what it removes or replaces,
+// so a directory of the copy swapped for a link to /etc is refused, not
+// written through. Entries whose type changed are replaced, files are
 // written to a temporary name and renamed over.
 func mirror(e *watched) error {
 	type item struct {
@@ -365,7 +372,15 @@ func mirror(e *watched) error {
 		if t, ok := e.seen[""]; ok && t.Equal(st.mtime) {
 			return nil
 		}
-		if err := copyFrom(root, e.src, e.dst, st); err != nil {
+		// e.dst is a file the agent made in its watchable tmpfs: the
+		// directory holding it is not in a container.
+		dir, err := os.OpenRoot(filepath.Dir(e.dst))
+		if err != nil {
+			return err
+		}
+		err = copyFrom(root, e.src, dir, filepath.Base(e.dst), st)
+		dir.Close()
+		if err != nil {
 			return err
 		}
 		e.seen[""] = st.mtime
@@ -416,20 +431,26 @@ func mirror(e *watched) error {
 	if err := walk(root, "", 1); err != nil {
 		return err
 	}
+	droot, err := os.OpenRoot(e.dst)
+	if err != nil {
+		return fmt.Errorf("unable to open %s: %w", e.dst, err)
+	}
+	defer droot.Close()
 	keep := map[string]bool{}
 	for _, it := range items {
 		keep[it.rel] = true
-		dst := filepath.Join(e.dst, it.rel)
-		cur, cerr := os.Lstat(dst)
+		cur, cerr := droot.Lstat(it.rel)
 		if cerr == nil && cur.Mode().Type() != it.d.mode.Type() {
-			os.RemoveAll(dst)
+			if err := droot.RemoveAll(it.rel); err != nil {
+				return err
+			}
 			delete(e.seen, it.rel)
 			cerr = os.ErrNotExist
 		}
 		switch {
 		case it.d.mode.IsDir():
 			if cerr != nil {
-				if err := os.Mkdir(dst, it.d.mode.Perm()); err != nil {
+				if err := droot.Mkdir(it.rel, it.d.mode.Perm()); err != nil {
 					return err
 				}
 			}
@@ -438,11 +459,11 @@ func mirror(e *watched) error {
 			if err != nil {
 				return fmt.Errorf("unable to read the link %s: %w", filepath.Join(e.src, it.rel), err)
 			}
-			if old, err := os.Readlink(dst); err == nil && old == target {
+			if old, err := droot.Readlink(it.rel); err == nil && old == target {
 				continue
 			}
-			os.Remove(dst)
-			if err := os.Symlink(target, dst); err != nil {
+			droot.Remove(it.rel)
+			if err := droot.Symlink(target, it.rel); err != nil {
 				return err
 			}
 		default:
@@ -454,7 +475,7 @@ func mirror(e *watched) error {
 			if err != nil {
 				return fmt.Errorf("unable to open %s: %w", src, err)
 			}
-			err = copyFrom(fd, src, dst, it.d)
+			err = copyFrom(fd, src, droot, it.rel, it.d)
 			unix.Close(fd)
 			if err != nil {
 				return err
@@ -462,24 +483,25 @@ func mirror(e *watched) error {
 			e.seen[it.rel] = it.d.mtime
 		}
 	}
-	// Remove what is gone from the source, deepest first.
+	// Remove what is gone from the source, deepest first. The listing
+	// goes through droot too (WalkDir does not descend into a symlink,
+	// and one swapped in for a directory cannot lead out of droot).
 	var gone []string
-	filepath.Walk(e.dst, func(p string, fi fs.FileInfo, err error) error {
-		if err != nil || p == e.dst {
+	fs.WalkDir(droot.FS(), ".", func(rel string, d fs.DirEntry, err error) error {
+		if err != nil || rel == "." {
 			return nil
 		}
-		rel, _ := filepath.Rel(e.dst, p)
 		if !keep[rel] {
-			gone = append(gone, p)
+			gone = append(gone, rel)
 			delete(e.seen, rel)
-			if fi.IsDir() {
-				return filepath.SkipDir
+			if d.IsDir() {
+				return fs.SkipDir
 			}
 		}
 		return nil
 	})
-	for _, p := range gone {
-		os.RemoveAll(p)
+	for _, rel := range gone {
+		droot.RemoveAll(rel)
 	}
 	return nil
 }
@@ -518,9 +540,10 @@ func readlinkBeneath(root int, rel string) (string, error) {
 }
 
 // copyFrom writes the content of the source file open as fd (named src in
-// errors) to dst through a temporary file renamed over dst (a symlink
-// planted at dst is replaced, not followed).
-func copyFrom(fd int, src, dst string, fi srcInfo) error {
+// errors) to rel below dir through a temporary file renamed over it (a
+// symlink planted at rel is replaced, not followed; dir keeps every step
+// inside it).
+func copyFrom(fd int, src string, dir *os.Root, rel string, fi srcInfo) error {
 	// The source was opened O_NONBLOCK: a FIFO swapped in since the walk
 	// must not block the poll (which holds syncMu); only a regular file
 	// is copied.
@@ -540,23 +563,28 @@ func copyFrom(fd int, src, dst string, fi srcInfo) error {
 	if _, err := in.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(dst), ".keel-watch-")
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	tmpName := filepath.Join(filepath.Dir(rel), ".keel-watch-"+hex.EncodeToString(rnd[:]))
+	tmp, err := dir.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
 	_, err = io.Copy(tmp, io.LimitReader(in, WatchMaxBytes+1))
+	if err == nil {
+		err = tmp.Chmod(fi.mode.Perm())
+	}
+	if err == nil {
+		_ = tmp.Chown(fi.uid, fi.gid)
+	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Chmod(tmp.Name(), fi.mode.Perm())
-	}
-	if err == nil {
-		_ = os.Lchown(tmp.Name(), fi.uid, fi.gid)
-		err = os.Rename(tmp.Name(), dst)
+		err = dir.Rename(tmpName, rel)
 	}
 	if err != nil {
-		os.Remove(tmp.Name())
+		dir.Remove(tmpName)
 	}
 	return err
 }
