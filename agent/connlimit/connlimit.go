@@ -18,7 +18,9 @@
 //     recently active; with none idle, the new connection is closed at once
 //     (refused) and the open ones keep being served.
 //   - FrameTimeout: a connection that started a frame and has not completed
-//     it within FrameTimeout is closed (its handlers see it gone).
+//     it within FrameTimeout of the agent waiting for it is closed (its
+//     handlers see it gone). Time the reader spends outside Read (writing a
+//     reply, handing a request over) does not count.
 //   - WriteTimeout: a reply write blocked that long (the client stopped
 //     reading) closes the connection.
 //   - MaxPending requests awaiting a reply on one connection: the agent
@@ -57,7 +59,8 @@ const (
 	// connections: container stdio pipes, pidfds, state files, cgroups.
 	FDReserve = 512
 	// FrameTimeout bounds how long a frame may take to arrive once its
-	// first byte did. The largest frame ttrpc takes is 4 MiB, which even a
+	// first byte did, counting only the time the connection's reader waited
+	// for it in Read (not time the agent spent elsewhere). The largest frame ttrpc takes is 4 MiB, which even a
 	// slow vsock moves in well under a second.
 	FrameTimeout = 15 * time.Second
 	// WriteTimeout bounds one blocked write of a reply.
@@ -256,7 +259,10 @@ type conn struct {
 	rhdrN      int
 	rbody      uint64 // body bytes of the current frame still to come
 	frameStart time.Time
-	armed      bool // a read deadline for the current frame is set
+	armed      bool      // a read deadline for the current frame is set
+	deadline   time.Time // the current frame's read deadline
+	readExit   time.Time // when the last Read returned
+	credit     time.Duration
 
 	// Write side, touched only by the (single) writer goroutine.
 	whdr  [headerLen]byte
@@ -292,8 +298,11 @@ func (c *conn) Read(p []byte) (int, error) {
 			c.replied.Wait()
 		}
 		c.mu.Unlock()
+	} else {
+		c.extendFrameClock()
 	}
 	n, err := c.Conn.Read(p)
+	c.readExit = time.Now()
 	if n > 0 {
 		c.readBytes(p[:n])
 	}
@@ -314,6 +323,25 @@ func (c *conn) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// extendFrameClock moves the frame deadline on by the time the reader spent
+// outside Read since its last Read returned. The frame clock measures the
+// client (how long the agent waited in Read for the rest of a frame), not
+// the agent: the reader goroutine may sit elsewhere mid-frame, in
+// agent/streamread writing a reply to a client that reads it late, or in
+// ttrpc waiting to hand a request over, and a frame the client already sent
+// whole must not time out meanwhile. That time is bounded on its own
+// (WriteTimeout per blocked write). Gaps are credited once they add up to
+// a millisecond, so a stream of reads does not reset the timer each time.
+func (c *conn) extendFrameClock() {
+	c.credit += time.Since(c.readExit)
+	if c.credit < time.Millisecond {
+		return
+	}
+	c.deadline = c.deadline.Add(c.credit)
+	c.credit = 0
+	c.Conn.SetReadDeadline(c.deadline)
 }
 
 // readBytes advances the read-side frame parser over b and arms or clears
@@ -351,7 +379,8 @@ func (c *conn) readBytes(b []byte) {
 		// A frame began (the clock runs from the first frame that did not
 		// complete in this read, so a busy stream of frames never trips it).
 		c.frameStart, c.armed = now, true
-		c.Conn.SetReadDeadline(now.Add(c.l.o.FrameTimeout))
+		c.deadline, c.credit = now.Add(c.l.o.FrameTimeout), 0
+		c.Conn.SetReadDeadline(c.deadline)
 	case !mid && c.armed:
 		c.armed = false
 		c.Conn.SetReadDeadline(time.Time{})

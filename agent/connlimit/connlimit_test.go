@@ -315,3 +315,55 @@ func TestPendingCapBackpressure(t *testing.T) {
 		t.Fatalf("other connection: %v after %v", err, time.Since(start))
 	}
 }
+
+// The frame clock counts only time the reader waits in Read: a reader that
+// got half a frame and then spent longer than FrameTimeout elsewhere (in
+// agent/streamread, writing a reply to a client that reads it late) still
+// gets the rest, which the client sent meanwhile. Before, the deadline ran
+// from the frame's first byte and this Read failed with a frame timeout.
+func TestFrameClockExcludesTimeOutsideRead(t *testing.T) {
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := Wrap(ln, Options{FrameTimeout: 300 * time.Millisecond})
+	defer l.Close()
+	cl, err := net.Dial("unix", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	sc, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	frame := make([]byte, headerLen+100)
+	binary.BigEndian.PutUint32(frame[:4], 100)
+	binary.BigEndian.PutUint32(frame[4:8], 1)
+	frame[8] = msgTypeRequest
+	cl.Write(frame[:headerLen+5])
+	buf := make([]byte, 4096)
+	n, err := sc.Read(buf)
+	if err != nil || n != headerLen+5 {
+		t.Fatalf("first read: %d, %v", n, err)
+	}
+	cl.Write(frame[headerLen+5:])
+	time.Sleep(900 * time.Millisecond) // the reader busy elsewhere, 3x FrameTimeout
+	if n, err := io.ReadFull(sc, buf[:95]); err != nil {
+		t.Fatalf("rest of a frame the client sent in time: %d bytes, %v", n, err)
+	}
+	if st := l.Stats(); st.FrameTimeouts != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	// The clock still runs while the reader waits: half a frame left
+	// unfinished times out.
+	cl.Write(frame[:headerLen+5])
+	start := time.Now()
+	if _, err := io.ReadFull(sc, buf[:100]); err == nil {
+		t.Fatal("half a frame was never finished, yet the read succeeded")
+	}
+	if d := time.Since(start); d < 250*time.Millisecond || l.Stats().FrameTimeouts != 1 {
+		t.Fatalf("half frame: closed after %v, stats %+v", d, l.Stats())
+	}
+}

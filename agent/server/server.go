@@ -26,7 +26,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/keelvm/keel/agent/bootgate"
 	"github.com/keelvm/keel/agent/connlimit"
+	"github.com/keelvm/keel/agent/errdefs"
 	"github.com/keelvm/keel/agent/metrics"
 	"github.com/keelvm/keel/agent/streamread"
 	"github.com/keelvm/keel/protocol/addr"
@@ -93,9 +95,17 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics.Registry
 	direct  map[string]ttrpc.Method // by full method name, see EncodedStreamReader
+	gate    *bootgate.Gate          // nil: no wait (WithBootGate)
 
 	maxPending        int64
 	pending, rejected atomic.Int64
+}
+
+// WithBootGate makes every request but grpc.Health wait until g opens (the
+// guest boot finished, package bootgate): the liveness probe answers as
+// soon as the agent listens, nothing else acts on a half-set-up guest.
+func WithBootGate(g *bootgate.Gate) Option {
+	return func(s *Server) { s.gate = g }
 }
 
 // Option configures New.
@@ -260,6 +270,11 @@ func (s *Server) observe(m *metrics.Registry) streamread.Observer {
 			}
 			record(ctx, method, time.Since(start), err)
 		}()
+		if s.gate != nil && !strings.HasPrefix(method, "/grpc.Health/") {
+			if err := s.gate.Wait(ctx); err != nil {
+				return nil, status.Errorf(errdefs.Code(err), "%s: %v", method, err)
+			}
+		}
 		return call(ctx)
 	}
 }

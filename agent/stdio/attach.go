@@ -38,7 +38,14 @@ func (s *IO) attachOut(st *outStream, conn net.Conn) error {
 	if err := st.attach(); err != nil {
 		return err
 	}
+	if !s.terminal && s.pipeSize == 0 {
+		// Fewer, larger moves per MB (see AttachPipeSize). Close gives
+		// the capacity back; charged before track, so a Close that
+		// track does not see has not missed it either.
+		s.pipeGrown.Add(int64(st.growPipe(AttachPipeSize, pipeBudget)))
+	}
 	if !s.track(conn) {
+		pipeBudget.give(int(s.pipeGrown.Swap(0)))
 		return ErrClosed
 	}
 	s.wg.Add(1)

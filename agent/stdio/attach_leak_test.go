@@ -32,13 +32,14 @@ func socketPair(t testing.TB) (agent, host *net.UnixConn) {
 	return conns[0], conns[1]
 }
 
-// Attached streams end without leaving a descriptor or a goroutine behind,
+// Attached streams end without leaving a descriptor, a goroutine or pipe
+// budget (AttachPipeBudget) behind,
 // whichever way they end: EOF after every byte moved, or Close while the
 // copier waits on a host that does not read (the process still running),
 // through splice(2) and through the copy loop, stdin included.
 func TestAttachLeavesNothing(t *testing.T) {
 	runtime.GC()
-	fds, goroutines := fdCount(t), runtime.NumGoroutine()
+	fds, goroutines, budget := fdCount(t), runtime.NumGoroutine(), pipeBudget.inUse()
 	for i := 0; i < 20; i++ {
 		for _, stalled := range []bool{false, true} {
 			for _, wrap := range []bool{false, true} {
@@ -47,6 +48,9 @@ func TestAttachLeavesNothing(t *testing.T) {
 		}
 	}
 	checkFds(t, fds)
+	if n := pipeBudget.inUse(); n != budget {
+		t.Errorf("pipe budget in use %d after the cycles, %d before", n, budget)
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for runtime.NumGoroutine() > goroutines {
 		if time.Now().After(deadline) {
@@ -58,7 +62,7 @@ func TestAttachLeavesNothing(t *testing.T) {
 }
 
 // attachCycle attaches stdout (splice, or the copy loop when wrap) and stdin
-// to fresh sockets and ends them: stalled leaves 1 MiB unread behind a
+// to fresh sockets and ends them: stalled leaves 4 MiB unwritten behind a
 // host that never reads and a writer that never closes, then Closes.
 func attachCycle(t *testing.T, stalled, wrap bool) {
 	s, err := New(Options{Stdin: true})
@@ -85,7 +89,8 @@ func attachCycle(t *testing.T, stalled, wrap bool) {
 	if err := s.AttachStdin(inA); err != nil {
 		t.Fatal(err)
 	}
-	const n = 1 << 20
+	// More than the pipe (at most AttachPipeSize) and the socket hold.
+	const n = 4 << 20
 	written := make(chan error, 1)
 	go func() {
 		_, err := wdup.Write(make([]byte, n))
@@ -97,7 +102,7 @@ func attachCycle(t *testing.T, stalled, wrap bool) {
 		time.Sleep(20 * time.Millisecond)
 		s.Close()
 		if err := <-written; err == nil {
-			t.Error("the writer finished 1 MiB into a stalled stream")
+			t.Error("the writer finished 4 MiB into a stalled stream")
 		}
 		wdup.Close()
 		return

@@ -47,6 +47,8 @@
 //     ExitGrace they fail with ErrProcessExited.
 //   - The passfd fast path moves stdout/stderr with splice(2) from the pipe
 //     straight into the socket (no copy through the agent), falling back to
-//     a user-space copy for ptys and connections that cannot splice.
+//     a user-space copy for ptys and connections that cannot splice. An
+//     attached stream's pipe grows to AttachPipeSize within the
+//     process-wide AttachPipeBudget, given back by Close.
 //   - Close releases every descriptor (tests compare /proc/self/fd counts).
 package stdio

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keelvm/keel/agent/errdefs"
@@ -89,6 +90,9 @@ type IO struct {
 	closeOnce sync.Once
 	connMu    sync.Mutex
 	conns     []net.Conn
+
+	pipeSize  int          // Options.PipeSize: 0 lets the fast path grow pipes
+	pipeGrown atomic.Int64 // pipe capacity charged to pipeBudget, given back by Close
 }
 
 // New creates the pipes (or the console socket) for one process.
@@ -97,7 +101,7 @@ func New(opts Options) (_ *IO, retErr error) {
 		return nil, fmt.Errorf("pipe size %d out of range [0, %d]", opts.PipeSize, MaxPipeSize)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &IO{terminal: opts.Terminal, ctx: ctx, cancel: cancel, consoleReady: make(chan struct{})}
+	s := &IO{terminal: opts.Terminal, pipeSize: opts.PipeSize, ctx: ctx, cancel: cancel, consoleReady: make(chan struct{})}
 	defer func() {
 		if retErr != nil {
 			s.Close()
@@ -390,6 +394,7 @@ func (s *IO) Close() error {
 		}
 		// In terminal mode stdin and stdout share the master; shut closed it.
 		s.wg.Wait()
+		pipeBudget.give(int(s.pipeGrown.Swap(0)))
 	})
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // BenchmarkStdoutFastPathPaired times the passfd path and its raw baseline
@@ -19,7 +21,8 @@ import (
 //   - copy: the same with the socket's descriptor hidden, so AttachStdout
 //     copies through user space as it does for AF_VSOCK;
 //   - raw: a plain read(2)/write(2) loop with 256 KiB buffers from a pipe of
-//     the same (default) size to the same kind of socket, no agent code.
+//     the same size (AttachPipeSize, which the fast path grows its pipe
+//     to) to the same kind of socket, no agent code.
 //
 // All arms have the same writer (256 KiB writes), the same pipe size and
 // the same host reader (256 KiB reads). It reports each arm's MB/s over the
@@ -94,6 +97,10 @@ func fastPathOnce(b *testing.B, buf []byte, copyLoop bool) time.Duration {
 func rawCopyOnce(b *testing.B, buf []byte) time.Duration {
 	r, w, err := os.Pipe()
 	if err != nil {
+		b.Fatal(err)
+	}
+	// The capacity the fast path's attached pipe gets (see AttachPipeSize).
+	if _, err := unix.FcntlInt(r.Fd(), unix.F_SETPIPE_SZ, AttachPipeSize); err != nil {
 		b.Fatal(err)
 	}
 	agent, host := unixPair(b)

@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keelvm/keel/agent/bootgate"
 	"github.com/keelvm/keel/agent/container"
 	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/devices"
@@ -145,14 +146,16 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	// boot.Run starts the reaper (it owns wait(2) from here on) and, as
-	// PID 1, brings the guest up; in host mode it only returns defaults.
+	// boot.Start starts the reaper (it owns wait(2) from here on) and, as
+	// PID 1, brings the guest up as far as serving needs (res.Finish does
+	// the rest once the listener is open); in host mode it only returns
+	// defaults.
 	// The services it starts (log port, debug console) live as long as
 	// this function: their context is not the signal context, which PID 1
 	// cancels right below.
 	bootCtx, bootCancel := context.WithCancel(context.Background())
 	defer bootCancel()
-	res, err := boot.Run(bootCtx)
+	res, err := boot.Start(bootCtx)
 	if err != nil {
 		return fmt.Errorf("boot: %w", err)
 	}
@@ -282,7 +285,9 @@ func run(args []string) error {
 		Volumes: &volume.Handler{Log: log},
 		Storage: &storage.Handler{M: storages},
 	})
-	srv, err := server.New(svc, service.Health{}, reg, log)
+	// Every RPC but Health waits for the end of the boot (res.Finish).
+	bootDone := bootgate.New(0)
+	srv, err := server.New(svc, service.Health{}, reg, log, server.WithBootGate(bootDone))
 	if err != nil {
 		return err
 	}
@@ -291,14 +296,21 @@ func run(args []string) error {
 		return err
 	}
 	timeline.Mark("listener_ready")
+	log.Info("listening", "addr", cfg.ServerAddr, "version", version.Version, "pid", os.Getpid())
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ctx, ln) }()
+	// The rest of the boot runs while the host connects (init/boot.Start
+	// says why); a failure fails the waiting RPCs, then powers off.
+	if err := res.Finish(); err != nil {
+		bootDone.Open(err)
+		return fmt.Errorf("boot: %w", err)
+	}
 	for _, e := range timeline.Entries() {
 		since := e.Since.Seconds()
 		reg.Gauge("keel_boot_"+e.Name+"_seconds", "Guest uptime (CLOCK_BOOTTIME) at the "+e.Name+" boot milestone.", func() float64 { return since })
 	}
-	log.Info("listening", "addr", cfg.ServerAddr, "version", version.Version, "pid", os.Getpid(), "timeline", timeline.String())
-
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ctx, ln) }()
+	bootDone.Open(nil)
 	select {
 	case err := <-errc:
 		if err != nil {

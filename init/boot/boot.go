@@ -1,7 +1,7 @@
 // Package boot is PID 1's bring-up, in order, as a script of named steps:
 //
 //	reaper.Start                         (before any child exists)
-//	hold every fatal or stopping signal   (sigguard; PID 1 only)
+//	hold every fatal or stopping signal   (sigguard.Fatal; PID 1 only; Realtime in Finish)
 //	mount /proc /sys /dev /dev/pts /dev/shm /run /tmp   (mounts.Base)
 //	setsid; TIOCSCTTY /dev/console; dup onto 0,1,2
 //	parse /proc/cmdline (+ agent.config_file)
@@ -9,16 +9,19 @@
 //	mount the cgroup hierarchy            (mounts.CgroupRootPlan, CgroupV1)
 //	load agent.modules                    (kmod)
 //	switch to agent.rootfs/root= and re-exec (switchroot)   -- stage 2 resumes here
-//	oom_score_adj, agent cgroup           (mounts.ProtectAgent)
-//	PATH, RLIMIT_NOFILE, hostname, ip link set lo up
+//	PATH, RLIMIT_NOFILE
+//	SIGTERM/SIGPWR/SIGINT -> power off
+//	                                      -- Start returns; the agent listens
+//	oom_score_adj, agent cgroup           (mounts.ProtectAgent; Finish)
+//	hostname, ip link set lo up
 //	entropy: agent.entropy seed, /dev/hwrng in the background
 //	log stream on agent.log_vport, debug console on agent.debug_console_vport
-//	SIGTERM/SIGPWR/SIGINT -> power off
 //
 // Each step is logged like the shell line it replaces; a failing required
-// step makes Run return an error (main then powers off). Milestones go to
-// init/timeline: init_start, mounts_done, modules_loaded, root_switched,
-// boot_done; main adds listener_ready.
+// step makes Start or Finish (Run does both) return an error (main then
+// powers off). Milestones go to init/timeline: init_start, mounts_done,
+// modules_loaded, root_switched, boot_done; main adds listener_ready
+// between Start and Finish.
 //
 // Across the re-exec after switching root, the stage and the timeline
 // travel in the environment (EnvStage, EnvTimeline) so the second Run
@@ -86,6 +89,9 @@ type Result struct {
 	RootIsInitramfs bool
 	// Closers stop the log and debug-console listeners.
 	Closers []io.Closer
+	// finish is the rest of the boot after Start (Finish); nil in host
+	// mode and once run.
+	finish func() error
 }
 
 // Options adjust Run for tests and host mode. The zero value is what PID 1
@@ -111,8 +117,29 @@ type Options struct {
 // Run brings the guest up when this process is PID 1; see the package doc.
 func Run(ctx context.Context) (*Result, error) { return RunWith(ctx, Options{}) }
 
-// RunWith is Run with Options.
+// RunWith is Run with Options: StartWith, then Finish.
 func RunWith(ctx context.Context, o Options) (*Result, error) {
+	res, err := StartWith(ctx, o)
+	if err != nil {
+		return res, err
+	}
+	return res, res.Finish()
+}
+
+// Start brings the guest up as far as the agent needs to serve (mounts,
+// console, configuration, modules, root switch, PATH, RLIMIT_NOFILE,
+// shutdown signals) and leaves the rest to Result.Finish: the agent's
+// cgroup and OOM protection (mounts.ProtectAgent), lo up, hostname,
+// entropy, the log and debug-console ports, then boot_done. The agent
+// calls Finish right after opening its listener, with every RPC but the
+// liveness probe held until it returned (agent/bootgate): under TCG that
+// work is tens of milliseconds of newly translated kernel and Go code,
+// which then overlaps the host's connection set-up instead of preceding
+// the listener.
+func Start(ctx context.Context) (*Result, error) { return StartWith(ctx, Options{}) }
+
+// StartWith is Start with Options.
+func StartWith(ctx context.Context, o Options) (*Result, error) {
 	stage2 := os.Getenv(EnvStage) == stageSwitch
 	if stage2 {
 		timeline.Decode(os.Getenv(EnvTimeline))
@@ -130,7 +157,9 @@ func RunWith(ctx context.Context, o Options) (*Result, error) {
 	res := &Result{PID1: os.Getpid() == 1, LogStream: console.NewStream()}
 	if res.PID1 {
 		// Before anything else: no signal may end or stop PID 1.
-		sigguard.Hold()
+		// The real-time signals in Finish: the runtime drops them until
+		// then (sigguard.Realtime).
+		sigguard.HoldSignals(sigguard.Fatal()...)
 	}
 	if !res.PID1 {
 		res.Config = cmdline.Default()
@@ -234,19 +263,41 @@ func RunWith(ctx context.Context, o Options) (*Result, error) {
 		}
 	}
 
-	if err := step.Run(log, mounts.ProtectAgent(cfg)); err != nil {
-		return res, err
-	}
+	// PATH and RLIMIT_NOFILE before the agent listens: its connection
+	// cap is derived from the descriptor limit when it starts serving.
 	if err := step.Run(log, systemSteps(cfg)); err != nil {
 		return res, err
 	}
-	seedEntropy(cfg, log)
 	res.RootIsInitramfs = switchroot.RootIsInitramfs()
-	startServices(ctx, res, o.Listen)
 	shutdown.HandleSignals()
-	timeline.Mark("boot_done")
-	log.Info("boot done", "timeline", timeline.String(), "root_is_initramfs", res.RootIsInitramfs)
+	res.finish = func() error {
+		if res.PID1 {
+			sigguard.HoldSignals(sigguard.Realtime()...)
+		}
+		if err := step.Run(log, mounts.ProtectAgent(cfg)); err != nil {
+			return err
+		}
+		if err := step.Run(log, lateSystemSteps(cfg)); err != nil {
+			return err
+		}
+		seedEntropy(cfg, log)
+		startServices(ctx, res, o.Listen)
+		timeline.Mark("boot_done")
+		log.Info("boot done", "timeline", timeline.String(), "root_is_initramfs", res.RootIsInitramfs)
+		return nil
+	}
 	return res, nil
+}
+
+// Finish runs the rest of the boot that Start left (see Start); once, and
+// nothing in host mode.
+func (r *Result) Finish() error {
+	f := r.finish
+	r.finish = nil
+	if f == nil {
+		return nil
+	}
+	return f()
 }
 
 func stageName(stage2 bool) string {
@@ -378,9 +429,15 @@ func switchRoot(cfg cmdline.Config, log *slog.Logger, flush func()) error {
 }
 
 func systemSteps(cfg cmdline.Config) []step.Step {
-	s := []step.Step{
+	return []step.Step{
 		step.Func{Line: "export PATH=" + Path, Fn: func() error { return os.Setenv("PATH", Path) }},
 		step.Func{Line: "ulimit -n " + strconv.Itoa(MaxNoFile), Fn: raiseNoFile, Opt: true},
+	}
+}
+
+// lateSystemSteps run in Finish.
+func lateSystemSteps(cfg cmdline.Config) []step.Step {
+	s := []step.Step{
 		step.Func{Line: "ip link set lo up", Fn: loUp},
 	}
 	if cfg.Hostname != "" {

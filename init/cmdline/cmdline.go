@@ -162,7 +162,7 @@ var Params = []Param{
 		set:     func(c *Config, _ *state, v string, _ bool) error { return setSeconds(&c.LaunchProcessTimeout, v) },
 		get:     func(c *Config) string { return fmtSeconds(c.LaunchProcessTimeout) }},
 	{Name: "agent.container_pipe_size", File: "container_pipe_size", Default: "0",
-		Meaning: "size in bytes of container stdio pipes (F_SETPIPE_SZ); 0 = kernel default",
+		Meaning: "size in bytes of container stdio pipes (F_SETPIPE_SZ), charged per pipe to uid 0's pipe-user-pages-soft (64 MiB); 0 = kernel default (64 KiB), and a stream attached to passfd grows to 1 MiB while all grown pipes stay within 16 MiB (stdio.AttachPipeBudget)",
 		set: func(c *Config, _ *state, v string, _ bool) error {
 			n, err := strconv.ParseInt(v, 10, 32)
 			if err != nil || n < 0 {

@@ -60,6 +60,7 @@ func TestOwnKernelBootsFromDAXRoot(t *testing.T) {
 	type result struct {
 		name                 string
 		initStart, ready     float64 // guest uptime, seconds
+		bootDone             float64
 		hostReady            time.Duration
 		missingKernelOptions []string
 	}
@@ -89,12 +90,20 @@ func TestOwnKernelBootsFromDAXRoot(t *testing.T) {
 			if v, ok := strings.CutPrefix(f, "keel.boot.listener_ready="); ok {
 				r.ready, _ = strconv.ParseFloat(v, 64)
 			}
+			if v, ok := strings.CutPrefix(f, "keel.boot.boot_done="); ok {
+				r.bootDone, _ = strconv.ParseFloat(v, 64)
+			}
 			if strings.HasPrefix(f, "keel.kernel.") {
 				r.missingKernelOptions = append(r.missingKernelOptions, f)
 			}
 		}
 		if r.ready == 0 {
 			t.Errorf("%s: no listener_ready in %v", name, d.AgentDetails.ExtraFeatures)
+		}
+		// The boot finishes after the listener opened (init/boot.Start),
+		// and GetGuestDetails waited for it (agent/bootgate).
+		if r.bootDone < r.ready {
+			t.Errorf("%s: boot_done %.6f, listener_ready %.6f: want the boot finished after the listener and before GetGuestDetails answered", name, r.bootDone, r.ready)
 		}
 		if !d.AgentDetails.InitDaemon {
 			t.Errorf("%s: agent is not PID 1", name)
