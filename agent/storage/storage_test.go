@@ -571,3 +571,59 @@ func TestHugetlbfsReservationGivenBack(t *testing.T) {
 		t.Fatalf("nr_hugepages = %d after the storages went, want the %d found", n, before)
 	}
 }
+
+// fakeHugepages makes a fake sysfs with nr_hugepages at base for 2 MiB
+// pages, whose "kernel" allocates at most limit pages, and a Manager
+// reading it.
+func fakeHugepages(t *testing.T, base, limit uint64) (*Manager, string) {
+	t.Helper()
+	sysfs := t.TempDir()
+	dir := filepath.Join(sysfs, "kernel/mm/hugepages/hugepages-2048kB")
+	must(t, os.MkdirAll(dir, 0o755))
+	nr := filepath.Join(dir, "nr_hugepages")
+	must(t, os.WriteFile(nr, []byte(fmt.Sprint(base)), 0o644))
+	old := writeHugepages
+	writeHugepages = func(p string, n uint64) error { return old(p, min(n, limit)) }
+	t.Cleanup(func() { writeHugepages = old })
+	return New(Config{Sysfs: sysfs, Roots: []string{t.TempDir()}}), nr
+}
+
+// TestHugepagesShortReservationGivenBack: when the kernel allocates fewer
+// huge pages than asked, the reservation fails and the pages it did get
+// are given back (before, this path deadlocked: release took hugeMu,
+// already held; and past that, the agent remembered the count it asked
+// for, took the count read back for someone else's and left the partial
+// pages reserved).
+func TestHugepagesShortReservationGivenBack(t *testing.T) {
+	m, nr := fakeHugepages(t, 1, 3)
+	_, err := m.reserveHugepages("storages[0]", []string{"pagesize=2097152", fmt.Sprintf("size=%d", 5*2<<20)})
+	if err == nil {
+		t.Fatal("5 pages reserved where the kernel gives 3")
+	}
+	if n, err := readUint(nr); err != nil || n != 1 {
+		t.Fatalf("nr_hugepages = %d %v after a short reservation, want the 1 found", n, err)
+	}
+}
+
+// TestHugepagesReadFailureReleased: a reservation whose read of
+// nr_hugepages fails is dropped with its error (before, its release was
+// returned with the error and discarded, so its count stayed wanted and
+// nr_hugepages never went back down).
+func TestHugepagesReadFailureReleased(t *testing.T) {
+	m, nr := fakeHugepages(t, 0, 100)
+	opts := func(pages int) []string {
+		return []string{"pagesize=2097152", fmt.Sprintf("size=%d", pages*2<<20)}
+	}
+	release, err := m.reserveHugepages("storages[0]", opts(2))
+	must(t, err)
+	// nr_hugepages unreadable for the second storage.
+	must(t, os.Rename(nr, nr+".away"))
+	if _, err := m.reserveHugepages("storages[1]", opts(4)); err == nil {
+		t.Fatal("reserved with nr_hugepages unreadable")
+	}
+	must(t, os.Rename(nr+".away", nr))
+	must(t, release())
+	if n, err := readUint(nr); err != nil || n != 0 {
+		t.Fatalf("nr_hugepages = %d %v after the storages went, want the 0 found", n, err)
+	}
+}
