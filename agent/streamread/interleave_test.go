@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,6 +92,57 @@ func TestLargeTTRPCRepliesInterleaveWithServed(t *testing.T) {
 			if !ok {
 				t.Errorf("%s: chunk %d never arrived", id, i)
 			}
+		}
+	}
+}
+
+// A read that is done but cannot write its reply yet (the client does not
+// read) stays inside Observe, so agent/server's cap on requests in flight
+// counts it (and the buffer it holds) until the reply is out. Before, the
+// slot was given back when the read returned, before the write: here all 8
+// reads were done and none counted.
+func TestObserveCoversReplyWrite(t *testing.T) {
+	const reads = 8
+	big := chunk(1<<20, 5)
+	f := &fakeStreams{chunks: map[string][][]byte{"c": {}}, noNow: true}
+	for range reads {
+		f.chunks["c"] = append(f.chunks["c"], big)
+	}
+	var inside atomic.Int64
+	observe := func(ctx context.Context, method string, call func(context.Context) (any, error)) (any, error) {
+		inside.Add(1)
+		defer inside.Add(-1)
+		return call(ctx)
+	}
+	c, lazy := serveWith(t, f, &Config{Reader: f, Observe: observe})
+	for i := range reads {
+		c.Write(requestFrame(t, uint32(2*i+1), "ReadStdout", &pb.ReadStreamRequest{ContainerId: "c", Len: 1 << 20}))
+	}
+	w := lazy()
+	defer w.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		f.mu.Lock()
+		left := len(f.chunks["c"])
+		f.mu.Unlock()
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d reads never started", left, reads)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // let the writes that fit in the socket buffer finish
+	// A unix socket buffers well under 2 MiB: at least 6 replies still wait.
+	if n := inside.Load(); n < reads-2 {
+		t.Fatalf("%d requests counted in flight with %d MiB of replies unwritten; want >= %d", n, reads, reads-2)
+	}
+	// Reading the replies releases them.
+	for range reads {
+		readFrame(t, c)
+	}
+	for deadline := time.Now().Add(10 * time.Second); inside.Load() != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests still counted after every reply was read", inside.Load())
 		}
 	}
 }

@@ -122,13 +122,22 @@ func (f *fakeStreams) CloseStdin(context.Context, *pb.CloseStdinRequest) (*empty
 // it (once accepted).
 func serve(t *testing.T, f *fakeStreams, wrap bool) (net.Conn, func() *Conn) {
 	t.Helper()
+	if !wrap {
+		return serveWith(t, f, nil)
+	}
+	return serveWith(t, f, &Config{Reader: f, Observe: recoverPanics})
+}
+
+// serveWith is serve with the wrapping Config (nil: not wrapped).
+func serveWith(t *testing.T, f *fakeStreams, cfg *Config) (net.Conn, func() *Conn) {
+	t.Helper()
 	opts := []ttrpc.ServerOpt{ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, um ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, h ttrpc.Method) (any, error) {
 		return recoverPanics(ctx, info.FullMethod, func(ctx context.Context) (any, error) { return h(ctx, um) })
 	})}
 	conns := make(chan *Conn, 1)
-	if wrap {
+	if cfg != nil {
 		opts = append(opts, ttrpc.WithServerHandshaker(hs(func(c net.Conn) net.Conn {
-			w := Wrap(c, Config{Reader: f, Observe: recoverPanics})
+			w := Wrap(c, *cfg)
 			conns <- w.(*Conn)
 			return w
 		})))
