@@ -3,6 +3,7 @@ package container
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -387,6 +388,48 @@ func TestCreatePanicRollsBack(t *testing.T) {
 			return
 		}
 		_ = s.RemoveContainer(context.Background(), id2, 0)
+	}()
+	<-done
+}
+
+// TestPodNetSysctlRestoreKeepsLaterValue: creates A and B of one pod write
+// the same net sysctl; B succeeds, then A fails: A leaves B's value (before,
+// A wrote its previous value back over it).
+func TestPodNetSysctlRestoreKeepsLaterValue(t *testing.T) {
+	const port = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: see TestPodNetSysctlsRestoredOnFailedCreate
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			t.Errorf("unshare: %v", err)
+			return
+		}
+		log := slog.New(slog.DiscardHandler)
+		a, b := &netSysctls{log: log}, &netSysctls{log: log}
+		if err := a.set(port, "77"); err != nil {
+			t.Error(err)
+			return
+		}
+		if err := b.set(port, "88"); err != nil {
+			t.Error(err)
+			return
+		}
+		b.keep()
+		a.restore()
+		if v, _ := os.ReadFile(port); strings.TrimSpace(string(v)) != "88" {
+			t.Errorf("%s = %q after B kept 88 and A failed, want 88", port, v)
+		}
+		// Alone, a failed create still puts the previous value back.
+		c := &netSysctls{log: log}
+		if err := c.set(port, "99"); err != nil {
+			t.Error(err)
+			return
+		}
+		c.restore()
+		if v, _ := os.ReadFile(port); strings.TrimSpace(string(v)) != "88" {
+			t.Errorf("%s = %q after a failed create, want the previous 88", port, v)
+		}
 	}()
 	<-done
 }
