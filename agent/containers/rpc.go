@@ -231,9 +231,12 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 			r.o.Log.Warn("releasing storages of a failed create", "container_id", req.ContainerId, "err", err)
 		}
 	}
-	handedOver := false // to Sandbox.CreateContainer's Commit/Rollback
+	// Until handed over to Sandbox.CreateContainer's Commit/Rollback,
+	// every way out drops them, a panic (recovered by the server, with
+	// retErr nil) included.
+	handedOver := false
 	defer func() {
-		if retErr != nil && !handedOver {
+		if !handedOver {
 			dropStorages()
 		}
 	}()

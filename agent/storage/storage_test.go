@@ -627,3 +627,31 @@ func TestHugepagesReadFailureReleased(t *testing.T) {
 		t.Fatalf("nr_hugepages = %d %v after the storages went, want the 0 found", n, err)
 	}
 }
+
+// TestLateDropAfterClose: references a create still held when the sandbox
+// was destroyed (its rollback runs late) are dropped after a new storage
+// took the same mount point: the new one keeps its reference and stays set
+// up (before, Refs held mount points and the late Drop took the new
+// storage's reference and tore it down).
+func TestLateDropAfterClose(t *testing.T) {
+	m, root := newManager(t)
+	src := shareDir(t, root, "src")
+	must(t, os.WriteFile(filepath.Join(src, "k"), []byte("1"), 0o644))
+	mp := filepath.Join(root, "watchable/cm")
+	st := []Storage{{Driver: DriverWatchableBind, Source: src, MountPoint: mp}}
+	late, err := m.Acquire(context.Background(), "old", "storages", st)
+	must(t, err)
+	must(t, m.Close())
+	must(t, m.Add(context.Background(), "new", "storages", st))
+	must(t, m.Drop(late))
+	if n := m.Refs(mp); n != 1 {
+		t.Fatalf("refs on %s = %d after a late Drop of the old sandbox's references, want the new storage's 1", mp, n)
+	}
+	if b, err := os.ReadFile(filepath.Join(mp, "k")); err != nil || string(b) != "1" {
+		t.Fatalf("the new storage's copy is gone after a late Drop: %q %v", b, err)
+	}
+	must(t, m.Release("new"))
+	if n := m.Refs(mp); n != 0 {
+		t.Fatalf("refs = %d after the new owner's Release", n)
+	}
+}
