@@ -540,7 +540,7 @@ func supportsDax(sysfs, disk, fstype string) bool {
 // they are removed again on failure and teardown.
 func (m *Manager) setUpOverlay(_ context.Context, owner, field string, s Storage) (func() error, error) {
 	opts := append([]string{}, s.Options...)
-	var created []string // rw upper/work dirs, removed with their content
+	var created []string // rw upper/work dirs this storage made, removed with their content
 	var targets []*target
 	cleanup := func() {
 		for i := len(created) - 1; i >= 0; i-- {
@@ -573,13 +573,19 @@ func (m *Manager) setUpOverlay(_ context.Context, owner, field string, s Storage
 		if err != nil {
 			return nil, err
 		}
+		var dirs []string
 		for _, d := range []string{"upper", "work"} {
 			p := filepath.Join(base, "overlay-"+d)
 			if err := mkdir(field+".options", root, p); err != nil {
 				cleanup()
 				return nil, err
 			}
-			created = append(created, p)
+			dirs = append(dirs, p)
+			// Only what this storage created goes with it: an upper
+			// dir that was there keeps its content.
+			if t := targets[len(targets)-1]; slices.Contains(t.created, p) {
+				created = append(created, p)
+			}
 		}
 		kept := opts[:0]
 		for _, o := range opts {
@@ -587,7 +593,7 @@ func (m *Manager) setUpOverlay(_ context.Context, owner, field string, s Storage
 				kept = append(kept, o)
 			}
 		}
-		opts = append(kept, "upperdir="+created[0], "workdir="+created[1])
+		opts = append(kept, "upperdir="+dirs[0], "workdir="+dirs[1])
 	}
 	const mkdirOpt = "io.katacontainers.volume.overlayfs.create_directory="
 	for i, o := range s.DriverOptions {

@@ -655,3 +655,31 @@ func TestLateDropAfterClose(t *testing.T) {
 		t.Fatalf("refs = %d after the new owner's Release", n)
 	}
 }
+
+// TestOverlayRWKeepsPreexistingDirs: the rw overlay's upper and work
+// directories are removed on teardown only if the storage created them:
+// ones already there (with their content) stay (before, they were
+// RemoveAll'ed either way).
+func TestOverlayRWKeepsPreexistingDirs(t *testing.T) {
+	m, root := newManager(t)
+	lower := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(lower, "a"), []byte("lower"), 0o644))
+	base := filepath.Join(root, "containers/c1")
+	upper, work := filepath.Join(base, "overlay-upper"), filepath.Join(base, "overlay-work")
+	must(t, os.MkdirAll(upper, 0o755))
+	must(t, os.MkdirAll(work, 0o755))
+	must(t, os.WriteFile(filepath.Join(upper, "pre"), []byte("was here"), 0o644))
+	mp := filepath.Join(root, "c1/rootfs")
+	must(t, m.Add(context.Background(), "c1", "storages", []Storage{{Driver: DriverOverlayfs, Source: "overlay", Fstype: "overlay", MountPoint: mp,
+		Options: []string{"lowerdir=" + lower, "io.katacontainers.fs-opt.overlay-rw"}}}))
+	if b, err := os.ReadFile(filepath.Join(mp, "pre")); err != nil || string(b) != "was here" {
+		t.Fatalf("the pre-existing upper dir is not the overlay's upper: %q %v", b, err)
+	}
+	must(t, m.Release("c1"))
+	if b, err := os.ReadFile(filepath.Join(upper, "pre")); err != nil || string(b) != "was here" {
+		t.Fatalf("the pre-existing upper dir's content went with the storage: %q %v", b, err)
+	}
+	if _, err := os.Stat(work); err != nil {
+		t.Fatalf("the pre-existing work dir went with the storage: %v", err)
+	}
+}
