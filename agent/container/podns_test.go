@@ -3,6 +3,7 @@ package container
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -326,6 +327,108 @@ func TestPodNetSysctlsRestoredOnFailedCreate(t *testing.T) {
 		}
 		if err := s.RemoveContainer(context.Background(), id, 0); err != nil {
 			t.Error(err)
+		}
+	}()
+	<-done
+}
+
+// TestCreatePanicRollsBack: a create that panics once the pod's net
+// sysctls are written (the server recovers panics) still rolls back: the
+// previous values are back, cc.Rollback ran (the caller's storages are
+// dropped), Commit did not, and the id is free again. (Before, rollback
+// was decided by the returned error, nil during a panic: nothing ran.)
+func TestCreatePanicRollsBack(t *testing.T) {
+	f := false
+	s, err := New(Config{StateRoot: t.TempDir(), CgroupParent: "/keel-test", NoPivotRoot: &f, PodNetSysctls: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Destroy(context.Background()) })
+	createFault = func() { panic("injected") }
+	t.Cleanup(func() { createFault = nil })
+	const port = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+	spec := testSpec("sleep", "100")
+	i := slices.IndexFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.NetworkNamespace })
+	spec.Linux.Namespaces[i].Path = "/proc/self/ns/net"
+	spec.Linux.Sysctl = map[string]string{"net.ipv4.ip_unprivileged_port_start": "77"}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: see TestPodNetSysctlsRestoredOnFailedCreate
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			t.Errorf("unshare: %v", err)
+			return
+		}
+		before, err := os.ReadFile(port)
+		if err != nil || strings.TrimSpace(string(before)) == "77" {
+			t.Errorf("read %s: %q %v", port, before, err)
+			return
+		}
+		id := uniqueID("panic")
+		var commits, rollbacks int
+		func() {
+			defer func() {
+				if r := recover(); r == nil {
+					t.Error("the injected panic did not happen")
+				}
+			}()
+			s.CreateContainer(ContainerConfig{ID: id, Spec: spec, IO: newIO(t, false),
+				Commit: func() { commits++ }, Rollback: func() { rollbacks++ }})
+		}()
+		if commits != 0 || rollbacks != 1 {
+			t.Errorf("after a panicking create: %d commits, %d rollbacks; want 0, 1", commits, rollbacks)
+		}
+		if after, _ := os.ReadFile(port); string(after) != string(before) {
+			t.Errorf("%s = %q after a panicking create, want the previous %q", port, after, before)
+		}
+		createFault = nil
+		id2 := id
+		if _, err := s.CreateContainer(ContainerConfig{ID: id2, Spec: testSpec("true"), IO: newIO(t, false)}); err != nil {
+			t.Errorf("the id of a panicked create is not free again: %v", err)
+			return
+		}
+		_ = s.RemoveContainer(context.Background(), id2, 0)
+	}()
+	<-done
+}
+
+// TestPodNetSysctlRestoreKeepsLaterValue: creates A and B of one pod write
+// the same net sysctl; B succeeds, then A fails: A leaves B's value (before,
+// A wrote its previous value back over it).
+func TestPodNetSysctlRestoreKeepsLaterValue(t *testing.T) {
+	const port = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: see TestPodNetSysctlsRestoredOnFailedCreate
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			t.Errorf("unshare: %v", err)
+			return
+		}
+		log := slog.New(slog.DiscardHandler)
+		a, b := &netSysctls{log: log}, &netSysctls{log: log}
+		if err := a.set(port, "77"); err != nil {
+			t.Error(err)
+			return
+		}
+		if err := b.set(port, "88"); err != nil {
+			t.Error(err)
+			return
+		}
+		b.keep()
+		a.restore()
+		if v, _ := os.ReadFile(port); strings.TrimSpace(string(v)) != "88" {
+			t.Errorf("%s = %q after B kept 88 and A failed, want 88", port, v)
+		}
+		// Alone, a failed create still puts the previous value back.
+		c := &netSysctls{log: log}
+		if err := c.set(port, "99"); err != nil {
+			t.Error(err)
+			return
+		}
+		c.restore()
+		if v, _ := os.ReadFile(port); strings.TrimSpace(string(v)) != "88" {
+			t.Errorf("%s = %q after a failed create, want the previous 88", port, v)
 		}
 	}()
 	<-done

@@ -1,6 +1,7 @@
 package container
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -210,24 +211,26 @@ func (s *Sandbox) podNetSysctls(id string, spec *specs.Spec) (_ *netSysctls, ret
 	return applied, nil
 }
 
-// netSysctls are sysctls a create wrote, each with its previous value and
-// the handle it was written through: the handle stays bound to the network
-// namespace it was opened in, whichever thread restores it.
+// netSysctls are sysctls a create wrote, each with its previous value, the
+// value read back after the write and the handle it was written through:
+// the handle stays bound to the network namespace it was opened in,
+// whichever thread restores it.
 type netSysctls struct {
 	log   *slog.Logger
 	files []*os.File
 	prev  [][]byte
+	wrote [][]byte // as read back after the write
 }
 
-// set reads path's value, then writes v to it.
+// set reads path's value, then writes v to it and reads back what the
+// kernel holds now.
 func (n *netSysctls) set(path, v string) error {
 	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return err
 	}
-	buf := make([]byte, 4096)
-	m, err := f.ReadAt(buf, 0)
-	if err != nil && !errors.Is(err, io.EOF) {
+	prev, err := readSysctl(f)
+	if err != nil {
 		f.Close()
 		return err
 	}
@@ -235,16 +238,38 @@ func (n *netSysctls) set(path, v string) error {
 		f.Close()
 		return err
 	}
-	n.files, n.prev = append(n.files, f), append(n.prev, buf[:m])
+	wrote, err := readSysctl(f)
+	if err != nil {
+		// Written but unreadable: restore the previous value anyway.
+		wrote = nil
+	}
+	n.files, n.prev, n.wrote = append(n.files, f), append(n.prev, prev), append(n.wrote, wrote)
 	return nil
 }
 
-// restore writes the previous values back, last written first (nil: none).
+func readSysctl(f *os.File) ([]byte, error) {
+	buf := make([]byte, 4096)
+	m, err := f.ReadAt(buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return buf[:m], nil
+}
+
+// restore writes the previous values back, last written first (nil:
+// none), each only while the sysctl still holds what this create wrote: a
+// value set since (another create of the pod that succeeded) is theirs.
 func (n *netSysctls) restore() {
 	if n == nil {
 		return
 	}
 	for i := len(n.files) - 1; i >= 0; i-- {
+		if n.wrote[i] != nil {
+			if cur, err := readSysctl(n.files[i]); err != nil || !bytes.Equal(cur, n.wrote[i]) {
+				n.log.Info("pod net sysctl changed since this create wrote it: left as is", "path", n.files[i].Name())
+				continue
+			}
+		}
 		if _, err := n.files[i].WriteAt(n.prev[i], 0); err != nil {
 			n.log.Warn("unable to restore a pod net sysctl", "path", n.files[i].Name(), "err", err)
 		}
@@ -260,5 +285,5 @@ func (n *netSysctls) keep() {
 	for _, f := range n.files {
 		f.Close()
 	}
-	n.files, n.prev = nil, nil
+	n.files, n.prev, n.wrote = nil, nil, nil
 }

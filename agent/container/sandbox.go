@@ -278,6 +278,10 @@ func (s *Sandbox) Container(id string) (*Container, error) {
 	return c, nil
 }
 
+// createFault, when set (tests), runs in CreateContainer once the pod's
+// net sysctls are written: a test makes it panic.
+var createFault func()
+
 // CreateContainer creates the container and its init process, which waits
 // for Start (Kata CreateContainer = runc create). On failure nothing is left
 // behind: no state dir, cgroup, mount or process; cc.IO is closed.
@@ -285,13 +289,17 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	// Set after a launch timeout: the rollback goes on in the background
 	// and ends by unreserving the id and calling cc.Rollback.
 	rollbackPending := false
+	// Set just before the successful return: every other way out, a
+	// panic included (recovered by the server; deferred functions run
+	// while panicking, with retErr nil), rolls back.
+	succeeded := false
 	defer func() {
-		if retErr != nil && !rollbackPending && cc.Rollback != nil {
+		if !succeeded && !rollbackPending && cc.Rollback != nil {
 			cc.Rollback()
 		}
 	}()
 	defer func() {
-		if retErr != nil && cc.IO != nil {
+		if !succeeded && cc.IO != nil {
 			cc.IO.Close()
 		}
 	}()
@@ -365,12 +373,15 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 	// A failed create puts the pod's previous values back (after a launch
 	// timeout, when the background rollback ends).
 	defer func() {
-		if retErr == nil {
+		if succeeded {
 			sysctls.keep()
 		} else if !rollbackPending {
 			sysctls.restore()
 		}
 	}()
+	if createFault != nil {
+		createFault()
+	}
 	privateUTS := slices.ContainsFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.UTSNamespace && n.Path == "" })
 	if spec.Hostname == "" && privateUTS {
 		spec.Hostname = hostname
@@ -448,6 +459,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		}
 	}
 
+	succeeded = true // from here on the container stands
 	if cc.Commit != nil {
 		cc.Commit()
 	}

@@ -151,6 +151,10 @@ func (r *RPC) DestroySandbox(ctx context.Context, _ *pb.DestroySandboxRequest) (
 	return empty, errdefs.ToStatus(err)
 }
 
+// createFault, when set (tests), runs in CreateContainer once its
+// storages are acquired: a test makes it panic.
+var createFault func()
+
 // newIO creates a process's stdio and attaches the passfd streams.
 func (r *RPC) newIO(terminal bool, in, out, errp uint32) (_ *stdio.IO, retErr error) {
 	if (in|out|errp) != 0 && r.o.PassFD == nil {
@@ -231,12 +235,18 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 			r.o.Log.Warn("releasing storages of a failed create", "container_id", req.ContainerId, "err", err)
 		}
 	}
-	handedOver := false // to Sandbox.CreateContainer's Commit/Rollback
+	// Until handed over to Sandbox.CreateContainer's Commit/Rollback,
+	// every way out drops them, a panic (recovered by the server, with
+	// retErr nil) included.
+	handedOver := false
 	defer func() {
-		if retErr != nil && !handedOver {
+		if !handedOver {
 			dropStorages()
 		}
 	}()
+	if createFault != nil {
+		createFault()
+	}
 	if len(req.Devices) > 0 {
 		if err := r.o.Devices.Apply(ctx, devicesFromPB(req.Devices), spec); err != nil {
 			return nil, errdefs.ToStatus(err)

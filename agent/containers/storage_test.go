@@ -216,3 +216,35 @@ func TestRPCTimedOutCreateKeepsStorages(t *testing.T) {
 		t.Fatalf("create of the same id after the rollback: %v", err)
 	}
 }
+
+// TestRPCCreatePanicDropsStorages: a CreateContainer that panics after
+// acquiring its storages (the server recovers panics) drops them: the
+// storage's reference count is back to 0. (Before, they were dropped only
+// when an error was returned, which a panic does not.)
+func TestRPCCreatePanicDropsStorages(t *testing.T) {
+	root := t.TempDir()
+	f := false
+	sb, err := container.New(container.Config{StateRoot: t.TempDir(), CgroupParent: "/" + cgParent, NoPivotRoot: &f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := storage.New(storage.Config{Roots: []string{root}})
+	r := containers.New(containers.Options{Sandbox: sb, Storages: st, ExecIOLinger: time.Second})
+	ctx := context.Background()
+	t.Cleanup(func() { r.DestroySandbox(ctx, &pb.DestroySandboxRequest{}) })
+	containers.SetCreateFault(func() { panic("injected") })
+	t.Cleanup(func() { containers.SetCreateFault(nil) })
+	vol := filepath.Join(root, "shared/containers/vol")
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("the injected panic did not happen")
+			}
+		}()
+		r.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: "p", ExecId: "p", OCI: spec("/bin/true"),
+			Storages: []*pb.Storage{{Driver: "ephemeral", Source: "tmpfs", Fstype: "tmpfs", MountPoint: vol, Options: []string{"size=1048576"}}}})
+	}()
+	if n := st.Refs(vol); n != 0 {
+		t.Fatalf("refs on %s = %d after a panicking CreateContainer, want 0", vol, n)
+	}
+}

@@ -235,9 +235,8 @@ func (m *Manager) reserveHugepages(field string, opts []string) (func() error, e
 	}
 	r.wants = append(r.wants, want)
 	released := false
-	release := func() error {
-		m.hugeMu.Lock()
-		defer m.hugeMu.Unlock()
+	// releaseLocked drops this storage's want; hugeMu is held.
+	releaseLocked := func() error {
 		if released {
 			return nil
 		}
@@ -249,19 +248,40 @@ func (m *Manager) reserveHugepages(field string, opts []string) (func() error, e
 		}
 		return r.lower(nr)
 	}
+	release := func() error {
+		m.hugeMu.Lock()
+		defer m.hugeMu.Unlock()
+		return releaseLocked()
+	}
+	// On failure the want is dropped here (the lock is held: releaseLocked,
+	// not release) and no release is returned, so nothing stays wanted.
+	fail := func(err error) (func() error, error) {
+		if rerr := releaseLocked(); rerr != nil {
+			m.cfg.Log.Warn("huge page reservation not restored", "err", rerr)
+		}
+		return nil, err
+	}
 	target := r.target()
 	cur, err := readUint(nr)
-	if err != nil || cur >= target {
-		return release, err
+	if err != nil {
+		return fail(fmt.Errorf("unable to read %s: %w", nr, err))
 	}
-	if err := os.WriteFile(nr, []byte(strconv.FormatUint(target, 10)), 0); err != nil {
-		release()
-		return nil, fmt.Errorf("unable to reserve %d huge pages: %w", target, err)
+	if cur >= target {
+		return release, nil
+	}
+	if err := writeHugepages(nr, target); err != nil {
+		return fail(fmt.Errorf("unable to reserve %d huge pages: %w", target, err))
 	}
 	r.set = target
-	if got, err := readUint(nr); err != nil || got < target {
-		release()
-		return nil, fmt.Errorf("unable to reserve %d huge pages of %d bytes: only %d", target, pagesize, got)
+	got, err := readUint(nr)
+	if err != nil {
+		return fail(fmt.Errorf("unable to read back %s: %w", nr, err))
+	}
+	// What the kernel gave is the agent's value now: set to what was read
+	// back, so that giving back recognises it (a short count is ours).
+	r.set = got
+	if got < target {
+		return fail(fmt.Errorf("unable to reserve %d huge pages of %d bytes: only %d", target, pagesize, got))
 	}
 	return release, nil
 }
@@ -291,11 +311,17 @@ func (r *hugeRes) lower(nr string) error {
 	if cur, err := readUint(nr); err != nil || cur != r.set {
 		return err // changed by someone else since: theirs now
 	}
-	if err := os.WriteFile(nr, []byte(strconv.FormatUint(t, 10)), 0); err != nil {
+	if err := writeHugepages(nr, t); err != nil {
 		return fmt.Errorf("unable to give back huge pages (%s to %d): %w", nr, t, err)
 	}
 	r.set = t
 	return nil
+}
+
+// writeHugepages writes n to the nr_hugepages file nr; a variable so that
+// tests can play a kernel that allocates fewer pages than asked.
+var writeHugepages = func(nr string, n uint64) error {
+	return os.WriteFile(nr, []byte(strconv.FormatUint(n, 10)), 0)
 }
 
 func readUint(p string) (uint64, error) {
@@ -514,7 +540,7 @@ func supportsDax(sysfs, disk, fstype string) bool {
 // they are removed again on failure and teardown.
 func (m *Manager) setUpOverlay(_ context.Context, owner, field string, s Storage) (func() error, error) {
 	opts := append([]string{}, s.Options...)
-	var created []string // rw upper/work dirs, removed with their content
+	var created []string // rw upper/work dirs this storage made, removed with their content
 	var targets []*target
 	cleanup := func() {
 		for i := len(created) - 1; i >= 0; i-- {
@@ -547,13 +573,19 @@ func (m *Manager) setUpOverlay(_ context.Context, owner, field string, s Storage
 		if err != nil {
 			return nil, err
 		}
+		var dirs []string
 		for _, d := range []string{"upper", "work"} {
 			p := filepath.Join(base, "overlay-"+d)
 			if err := mkdir(field+".options", root, p); err != nil {
 				cleanup()
 				return nil, err
 			}
-			created = append(created, p)
+			dirs = append(dirs, p)
+			// Only what this storage created goes with it: an upper
+			// dir that was there keeps its content.
+			if t := targets[len(targets)-1]; slices.Contains(t.created, p) {
+				created = append(created, p)
+			}
 		}
 		kept := opts[:0]
 		for _, o := range opts {
@@ -561,7 +593,7 @@ func (m *Manager) setUpOverlay(_ context.Context, owner, field string, s Storage
 				kept = append(kept, o)
 			}
 		}
-		opts = append(kept, "upperdir="+created[0], "workdir="+created[1])
+		opts = append(kept, "upperdir="+dirs[0], "workdir="+dirs[1])
 	}
 	const mkdirOpt = "io.katacontainers.volume.overlayfs.create_directory="
 	for i, o := range s.DriverOptions {

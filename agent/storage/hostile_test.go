@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -333,4 +334,60 @@ func TestWatchableCopySwapped(t *testing.T) {
 		t.Fatalf("no mirror succeeded in %d tries", failed)
 	}
 	t.Logf("%d mirrors, %d failed on a swapped entry, nothing outside touched", copied, failed)
+}
+
+// TestWatchableNeverOpensSwappedSpecial: a FIFO swapped, over and over,
+// with a regular file of a watched source (between the walk's fstatat and
+// the open) is never opened by the mirror: entries are opened O_PATH,
+// checked, and reopened for reading only when they are regular files.
+// Opens of the FIFO are counted with inotify IN_OPEN (a FIFO stands in for
+// a device node: opening either has effects, and the share has no nodev).
+// (Before, the entry was opened O_RDONLY|O_NONBLOCK before its type was
+// checked.)
+func TestWatchableNeverOpensSwappedSpecial(t *testing.T) {
+	root := t.TempDir()
+	src := filepath.Join(root, "src")
+	must(t, os.MkdirAll(src, 0o755))
+	must(t, os.WriteFile(filepath.Join(src, "f"), []byte("data"), 0o644))
+	fifo := filepath.Join(root, "fifo")
+	must(t, unix.Mkfifo(fifo, 0o644))
+	in, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	must(t, err)
+	defer unix.Close(in)
+	if _, err := unix.InotifyAddWatch(in, fifo, unix.IN_OPEN); err != nil {
+		t.Fatal(err)
+	}
+	opens := func() int {
+		n := 0
+		buf := make([]byte, 4096)
+		for {
+			k, err := unix.Read(in, buf)
+			if err != nil || k <= 0 {
+				return n
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= k; {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				if ev.Mask&unix.IN_OPEN != 0 {
+					n++
+				}
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+			}
+		}
+	}
+	exchangeLoop(t, filepath.Join(src, "f"), fifo)
+	dst := filepath.Join(root, "dst")
+	must(t, os.Mkdir(dst, 0o755))
+	copied, failed := 0, 0
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := mirror(&watched{src: src, dst: dst, seen: map[string]time.Time{}}); err != nil {
+			failed++
+		} else {
+			copied++
+		}
+		if n := opens(); n != 0 {
+			t.Fatalf("after %d mirrors: the FIFO swapped into the source was opened %d times", copied+failed, n)
+		}
+	}
+	t.Logf("%d mirrors (%d failed on a swapped entry), the FIFO never opened", copied, failed)
 }

@@ -139,8 +139,8 @@ type Manager struct {
 	cfg Config
 
 	mu      sync.Mutex
-	entries map[string]*entry   // by mount point
-	owners  map[string][]string // owner ("" = sandbox) -> mount points it holds, in order
+	entries map[string]*entry // by mount point
+	owners  map[string][]ref  // owner ("" = sandbox) -> references it holds, in order
 	watch   *watcher
 
 	hugeMu sync.Mutex          // held while nr_hugepages is read and written
@@ -192,7 +192,7 @@ func New(cfg Config) *Manager {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	m := &Manager{cfg: cfg, entries: map[string]*entry{}, owners: map[string][]string{}}
+	m := &Manager{cfg: cfg, entries: map[string]*entry{}, owners: map[string][]ref{}}
 	m.watch = newWatcher(m)
 	return m
 }
@@ -211,7 +211,16 @@ func (m *Manager) Add(ctx context.Context, owner, field string, ss []Storage) er
 }
 
 // Refs are the references one Acquire took.
-type Refs struct{ mps []string }
+type Refs struct{ refs []ref }
+
+// ref is one reference: the entry it was taken on, not just its mount
+// point, so that dropping it after Close (DestroySandbox does not wait for
+// a create's rollback) cannot drop a reference on a later storage at the
+// same mount point, which it never took.
+type ref struct {
+	mp string
+	e  *entry
+}
 
 // Acquire is Add whose references stay with the caller instead of being
 // recorded under owner (owner still names the container for the drivers'
@@ -220,15 +229,15 @@ type Refs struct{ mps []string }
 // concurrent create of the same id nor a Release(owner) drops them while
 // the create, or its rollback, still runs inside them.
 func (m *Manager) Acquire(ctx context.Context, owner, field string, ss []Storage) (_ *Refs, err error) {
-	var taken []string
-	created := map[string]bool{}
+	var taken []ref
+	created := map[*entry]bool{}
 	defer func() {
 		if err != nil {
 			// Undo in reverse, including what this call set up for the
 			// sandbox's lifetime (ephemeral, local, shared).
 			for i := len(taken) - 1; i >= 0; i-- {
-				if e := m.releaseOne(taken[i], created[taken[i]]); e != nil {
-					m.cfg.Log.Warn("storage rollback", "mount_point", taken[i], "err", e)
+				if e := m.releaseOne(taken[i], created[taken[i].e]); e != nil {
+					m.cfg.Log.Warn("storage rollback", "mount_point", taken[i].mp, "err", e)
 				}
 			}
 		}
@@ -247,14 +256,14 @@ func (m *Manager) Acquire(ctx context.Context, owner, field string, ss []Storage
 		if err := m.validate(f, &s); err != nil {
 			return nil, err
 		}
-		mp, isNew, err := m.addOne(ctx, owner, f, s)
+		r, isNew, err := m.addOne(ctx, owner, f, s)
 		if err != nil {
 			return nil, err
 		}
-		taken = append(taken, mp)
-		created[mp] = created[mp] || isNew
+		taken = append(taken, r)
+		created[r.e] = created[r.e] || isNew
 	}
-	return &Refs{mps: taken}, nil
+	return &Refs{refs: taken}, nil
 }
 
 // Keep hands refs to owner: its Release drops them. A nil refs is none.
@@ -263,7 +272,7 @@ func (m *Manager) Keep(owner string, refs *Refs) {
 		return
 	}
 	m.mu.Lock()
-	m.owners[owner] = append(m.owners[owner], refs.mps...)
+	m.owners[owner] = append(m.owners[owner], refs.refs...)
 	m.mu.Unlock()
 }
 
@@ -273,12 +282,12 @@ func (m *Manager) Drop(refs *Refs) error {
 	if refs == nil {
 		return nil
 	}
-	return m.release(refs.mps)
+	return m.release(refs.refs)
 }
 
 // addOne takes a reference on s's mount point, setting it up (isNew) if
 // it is the first.
-func (m *Manager) addOne(ctx context.Context, owner, field string, s Storage) (mp string, isNew bool, err error) {
+func (m *Manager) addOne(ctx context.Context, owner, field string, s Storage) (r ref, isNew bool, err error) {
 	m.mu.Lock()
 	for {
 		e, ok := m.entries[s.MountPoint]
@@ -289,28 +298,29 @@ func (m *Manager) addOne(ctx context.Context, owner, field string, s Storage) (m
 		select {
 		case <-e.closing:
 		case <-ctx.Done():
-			return "", false, ctx.Err()
+			return ref{}, false, ctx.Err()
 		}
 		m.mu.Lock()
 	}
 	if e, ok := m.entries[s.MountPoint]; ok {
 		if e.driver != s.Driver {
 			m.mu.Unlock()
-			return "", false, invalidf("%s.mount_point %q: already used by a %s storage", field, s.MountPoint, e.driver)
+			return ref{}, false, invalidf("%s.mount_point %q: already used by a %s storage", field, s.MountPoint, e.driver)
 		}
 		e.refs++
 		m.mu.Unlock()
+		r := ref{s.MountPoint, e}
 		select {
 		case <-e.ready:
 		case <-ctx.Done():
-			m.releaseOne(s.MountPoint, false)
-			return "", false, ctx.Err()
+			m.releaseOne(r, false)
+			return ref{}, false, ctx.Err()
 		}
 		if e.err != nil {
-			m.releaseOne(s.MountPoint, false)
-			return "", false, e.err
+			m.releaseOne(r, false)
+			return ref{}, false, e.err
 		}
-		return s.MountPoint, false, nil
+		return r, false, nil
 	}
 	e := &entry{ready: make(chan struct{}), refs: 1, driver: s.Driver,
 		keep: owner == "" || s.Shared || s.Driver == DriverEphemeral || s.Driver == DriverLocal}
@@ -327,10 +337,10 @@ func (m *Manager) addOne(ctx context.Context, owner, field string, s Storage) (m
 	m.mu.Unlock()
 	if err != nil {
 		m.cfg.Log.Warn("storage setup failed", "driver", s.Driver, "mount_point", s.MountPoint, "err", err)
-		return "", false, err
+		return ref{}, false, err
 	}
 	m.cfg.Log.Info("storage ready", "driver", s.Driver, "source", s.Source, "mount_point", s.MountPoint, "owner", owner)
-	return s.MountPoint, true, nil
+	return ref{s.MountPoint, e}, true, nil
 }
 
 // Release drops owner's references; storages left without users (and not
@@ -338,28 +348,30 @@ func (m *Manager) addOne(ctx context.Context, owner, field string, s Storage) (m
 // are dropped regardless.
 func (m *Manager) Release(owner string) error {
 	m.mu.Lock()
-	mps := m.owners[owner]
+	refs := m.owners[owner]
 	delete(m.owners, owner)
 	m.mu.Unlock()
-	return m.release(mps)
+	return m.release(refs)
 }
 
-func (m *Manager) release(mps []string) error {
+func (m *Manager) release(refs []ref) error {
 	var errs []error
-	for i := len(mps) - 1; i >= 0; i-- {
-		if err := m.releaseOne(mps[i], false); err != nil {
+	for i := len(refs) - 1; i >= 0; i-- {
+		if err := m.releaseOne(refs[i], false); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// releaseOne drops one reference on mp; the last one tears the storage
-// down unless it is kept for the sandbox (force: tear down anyway).
-func (m *Manager) releaseOne(mp string, force bool) error {
+// releaseOne drops the reference r; the last one tears the storage down
+// unless it is kept for the sandbox (force: tear down anyway). A reference
+// on an entry no longer in the map (Close tore it down) is dropped with it.
+func (m *Manager) releaseOne(r ref, force bool) error {
+	mp := r.mp
 	m.mu.Lock()
 	e, ok := m.entries[mp]
-	if !ok {
+	if !ok || e != r.e {
 		m.mu.Unlock()
 		return nil
 	}
@@ -391,7 +403,7 @@ func (m *Manager) Close() error {
 	m.mu.Lock()
 	entries := m.entries
 	m.entries = map[string]*entry{}
-	m.owners = map[string][]string{}
+	m.owners = map[string][]ref{}
 	// A new sandbox (host mode) gets a fresh polling loop; the storages
 	// torn down below keep the old watcher until their undo ran.
 	old := m.watch

@@ -571,3 +571,115 @@ func TestHugetlbfsReservationGivenBack(t *testing.T) {
 		t.Fatalf("nr_hugepages = %d after the storages went, want the %d found", n, before)
 	}
 }
+
+// fakeHugepages makes a fake sysfs with nr_hugepages at base for 2 MiB
+// pages, whose "kernel" allocates at most limit pages, and a Manager
+// reading it.
+func fakeHugepages(t *testing.T, base, limit uint64) (*Manager, string) {
+	t.Helper()
+	sysfs := t.TempDir()
+	dir := filepath.Join(sysfs, "kernel/mm/hugepages/hugepages-2048kB")
+	must(t, os.MkdirAll(dir, 0o755))
+	nr := filepath.Join(dir, "nr_hugepages")
+	must(t, os.WriteFile(nr, []byte(fmt.Sprint(base)), 0o644))
+	old := writeHugepages
+	writeHugepages = func(p string, n uint64) error { return old(p, min(n, limit)) }
+	t.Cleanup(func() { writeHugepages = old })
+	return New(Config{Sysfs: sysfs, Roots: []string{t.TempDir()}}), nr
+}
+
+// TestHugepagesShortReservationGivenBack: when the kernel allocates fewer
+// huge pages than asked, the reservation fails and the pages it did get
+// are given back (before, this path deadlocked: release took hugeMu,
+// already held; and past that, the agent remembered the count it asked
+// for, took the count read back for someone else's and left the partial
+// pages reserved).
+func TestHugepagesShortReservationGivenBack(t *testing.T) {
+	m, nr := fakeHugepages(t, 1, 3)
+	_, err := m.reserveHugepages("storages[0]", []string{"pagesize=2097152", fmt.Sprintf("size=%d", 5*2<<20)})
+	if err == nil {
+		t.Fatal("5 pages reserved where the kernel gives 3")
+	}
+	if n, err := readUint(nr); err != nil || n != 1 {
+		t.Fatalf("nr_hugepages = %d %v after a short reservation, want the 1 found", n, err)
+	}
+}
+
+// TestHugepagesReadFailureReleased: a reservation whose read of
+// nr_hugepages fails is dropped with its error (before, its release was
+// returned with the error and discarded, so its count stayed wanted and
+// nr_hugepages never went back down).
+func TestHugepagesReadFailureReleased(t *testing.T) {
+	m, nr := fakeHugepages(t, 0, 100)
+	opts := func(pages int) []string {
+		return []string{"pagesize=2097152", fmt.Sprintf("size=%d", pages*2<<20)}
+	}
+	release, err := m.reserveHugepages("storages[0]", opts(2))
+	must(t, err)
+	// nr_hugepages unreadable for the second storage.
+	must(t, os.Rename(nr, nr+".away"))
+	if _, err := m.reserveHugepages("storages[1]", opts(4)); err == nil {
+		t.Fatal("reserved with nr_hugepages unreadable")
+	}
+	must(t, os.Rename(nr+".away", nr))
+	must(t, release())
+	if n, err := readUint(nr); err != nil || n != 0 {
+		t.Fatalf("nr_hugepages = %d %v after the storages went, want the 0 found", n, err)
+	}
+}
+
+// TestLateDropAfterClose: references a create still held when the sandbox
+// was destroyed (its rollback runs late) are dropped after a new storage
+// took the same mount point: the new one keeps its reference and stays set
+// up (before, Refs held mount points and the late Drop took the new
+// storage's reference and tore it down).
+func TestLateDropAfterClose(t *testing.T) {
+	m, root := newManager(t)
+	src := shareDir(t, root, "src")
+	must(t, os.WriteFile(filepath.Join(src, "k"), []byte("1"), 0o644))
+	mp := filepath.Join(root, "watchable/cm")
+	st := []Storage{{Driver: DriverWatchableBind, Source: src, MountPoint: mp}}
+	late, err := m.Acquire(context.Background(), "old", "storages", st)
+	must(t, err)
+	must(t, m.Close())
+	must(t, m.Add(context.Background(), "new", "storages", st))
+	must(t, m.Drop(late))
+	if n := m.Refs(mp); n != 1 {
+		t.Fatalf("refs on %s = %d after a late Drop of the old sandbox's references, want the new storage's 1", mp, n)
+	}
+	if b, err := os.ReadFile(filepath.Join(mp, "k")); err != nil || string(b) != "1" {
+		t.Fatalf("the new storage's copy is gone after a late Drop: %q %v", b, err)
+	}
+	must(t, m.Release("new"))
+	if n := m.Refs(mp); n != 0 {
+		t.Fatalf("refs = %d after the new owner's Release", n)
+	}
+}
+
+// TestOverlayRWKeepsPreexistingDirs: the rw overlay's upper and work
+// directories are removed on teardown only if the storage created them:
+// ones already there (with their content) stay (before, they were
+// RemoveAll'ed either way).
+func TestOverlayRWKeepsPreexistingDirs(t *testing.T) {
+	m, root := newManager(t)
+	lower := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(lower, "a"), []byte("lower"), 0o644))
+	base := filepath.Join(root, "containers/c1")
+	upper, work := filepath.Join(base, "overlay-upper"), filepath.Join(base, "overlay-work")
+	must(t, os.MkdirAll(upper, 0o755))
+	must(t, os.MkdirAll(work, 0o755))
+	must(t, os.WriteFile(filepath.Join(upper, "pre"), []byte("was here"), 0o644))
+	mp := filepath.Join(root, "c1/rootfs")
+	must(t, m.Add(context.Background(), "c1", "storages", []Storage{{Driver: DriverOverlayfs, Source: "overlay", Fstype: "overlay", MountPoint: mp,
+		Options: []string{"lowerdir=" + lower, "io.katacontainers.fs-opt.overlay-rw"}}}))
+	if b, err := os.ReadFile(filepath.Join(mp, "pre")); err != nil || string(b) != "was here" {
+		t.Fatalf("the pre-existing upper dir is not the overlay's upper: %q %v", b, err)
+	}
+	must(t, m.Release("c1"))
+	if b, err := os.ReadFile(filepath.Join(upper, "pre")); err != nil || string(b) != "was here" {
+		t.Fatalf("the pre-existing upper dir's content went with the storage: %q %v", b, err)
+	}
+	if _, err := os.Stat(work); err != nil {
+		t.Fatalf("the pre-existing work dir went with the storage: %v", err)
+	}
+}

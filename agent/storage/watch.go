@@ -353,7 +353,11 @@ func mirror(e *watched) error {
 	var items []item
 	var files int
 	var bytes int64
-	root, err := openNoSymlinks(e.src, unix.O_RDONLY|unix.O_NONBLOCK)
+	// O_PATH: nothing is opened for reading before its type is known (a
+	// device node in the share, which has no nodev, must never be). A
+	// directory is used as it is (a dirfd for the *at calls); a regular
+	// file is reopened for reading by readRegular.
+	root, err := openNoSymlinks(e.src, unix.O_PATH)
 	if err != nil {
 		return fmt.Errorf("unable to open %s: %w", e.src, err)
 	}
@@ -471,7 +475,7 @@ func mirror(e *watched) error {
 				continue
 			}
 			src := filepath.Join(e.src, it.rel)
-			fd, err := openBeneath(root, it.rel, unix.O_RDONLY|unix.O_NONBLOCK)
+			fd, err := openBeneath(root, it.rel, unix.O_PATH)
 			if err != nil {
 				return fmt.Errorf("unable to open %s: %w", src, err)
 			}
@@ -544,25 +548,15 @@ func readlinkBeneath(root int, rel string) (string, error) {
 // symlink planted at rel is replaced, not followed; dir keeps every step
 // inside it).
 func copyFrom(fd int, src string, dir *os.Root, rel string, fi srcInfo) error {
-	// The source was opened O_NONBLOCK: a FIFO swapped in since the walk
-	// must not block the poll (which holds syncMu); only a regular file
-	// is copied.
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("%s: %v is not a regular file", src, infoOf(&st).mode.Type())
-	}
-	dup, err := unix.Dup(fd)
+	// The source was opened O_PATH: only a regular file is reopened for
+	// reading, through that very handle (a FIFO or device swapped in since
+	// the walk is never opened; O_NONBLOCK all the same, so nothing can
+	// stall the poll, which holds syncMu).
+	in, err := readRegular(fd, src)
 	if err != nil {
 		return err
 	}
-	in := os.NewFile(uintptr(dup), src)
 	defer in.Close()
-	if _, err := in.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
 	var rnd [8]byte
 	rand.Read(rnd[:])
 	tmpName := filepath.Join(filepath.Dir(rel), ".keel-watch-"+hex.EncodeToString(rnd[:]))
@@ -587,4 +581,27 @@ func copyFrom(fd int, src string, dir *os.Root, rel string, fi srcInfo) error {
 		dir.Remove(tmpName)
 	}
 	return err
+}
+
+// readRegular opens for reading what the O_PATH handle fd names, if it is a
+// regular file: checked with fstat on the handle, then reopened through
+// /proc/self/fd (the same inode, whatever happened to its name since).
+func readRegular(fd int, name string) (*os.File, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("%s: %v is not a regular file", name, infoOf(&st).mode.Type())
+	}
+	rfd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	var rst unix.Stat_t
+	if err := unix.Fstat(rfd, &rst); err != nil || rst.Dev != st.Dev || rst.Ino != st.Ino {
+		unix.Close(rfd)
+		return nil, fmt.Errorf("%s: changed while reopened: %w", name, unix.ESTALE)
+	}
+	return os.NewFile(uintptr(rfd), name), nil
 }

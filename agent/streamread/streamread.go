@@ -302,13 +302,29 @@ func requestContext(ctx context.Context, req *ttrpc.Request) (context.Context, c
 	return context.WithCancel(ctx)
 }
 
-// answer reads and writes the reply to one request.
+// answer reads and writes the reply to one request. The data reply is
+// written inside Observe's accounting, so a read that is done but waits to
+// write its reply (for the write turn, or on a client that reads slowly)
+// still counts against the agent-wide cap on requests in flight
+// (agent/server MaxPendingRequests) while it holds its buffer. An error
+// reply is written after (it holds no data).
 func (c *Conn) answer(ctx context.Context, id uint32, method string, req *pb.ReadStreamRequest, stderr bool) {
-	var buf []byte
 	call := func(ctx context.Context) (any, error) {
-		var err error
-		buf, err = c.cfg.Reader.ReadStream(ctx, req, stderr, Headroom, pool)
-		return nil, err
+		buf, err := c.cfg.Reader.ReadStream(ctx, req, stderr, Headroom, pool)
+		if err != nil {
+			if buf != nil {
+				pool.Put(buf)
+			}
+			return nil, err
+		}
+		if buf == nil { // end of stream: an empty ReadStreamResponse
+			var empty [Headroom]byte
+			c.writeFrame(EncodeFrame(empty[:], id))
+			return nil, nil
+		}
+		c.writeFrame(EncodeFrame(buf, id))
+		pool.Put(buf)
+		return nil, nil
 	}
 	var err error
 	if c.cfg.Observe != nil {
@@ -317,19 +333,8 @@ func (c *Conn) answer(ctx context.Context, id uint32, method string, req *pb.Rea
 		_, err = call(ctx)
 	}
 	if err != nil {
-		if buf != nil {
-			pool.Put(buf)
-		}
 		c.writeError(id, err)
-		return
 	}
-	if buf == nil { // end of stream: an empty ReadStreamResponse
-		buf = make([]byte, Headroom)
-		c.writeFrame(EncodeFrame(buf, id))
-		return
-	}
-	c.writeFrame(EncodeFrame(buf, id))
-	pool.Put(buf)
 }
 
 // EncodeFrame builds, in place, the ttrpc response frame of stream id

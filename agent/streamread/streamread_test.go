@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -120,13 +122,22 @@ func (f *fakeStreams) CloseStdin(context.Context, *pb.CloseStdinRequest) (*empty
 // it (once accepted).
 func serve(t *testing.T, f *fakeStreams, wrap bool) (net.Conn, func() *Conn) {
 	t.Helper()
+	if !wrap {
+		return serveWith(t, f, nil)
+	}
+	return serveWith(t, f, &Config{Reader: f, Observe: recoverPanics})
+}
+
+// serveWith is serve with the wrapping Config (nil: not wrapped).
+func serveWith(t *testing.T, f *fakeStreams, cfg *Config) (net.Conn, func() *Conn) {
+	t.Helper()
 	opts := []ttrpc.ServerOpt{ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, um ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, h ttrpc.Method) (any, error) {
 		return recoverPanics(ctx, info.FullMethod, func(ctx context.Context) (any, error) { return h(ctx, um) })
 	})}
 	conns := make(chan *Conn, 1)
-	if wrap {
+	if cfg != nil {
 		opts = append(opts, ttrpc.WithServerHandshaker(hs(func(c net.Conn) net.Conn {
-			w := Wrap(c, Config{Reader: f, Observe: recoverPanics})
+			w := Wrap(c, *cfg)
 			conns <- w.(*Conn)
 			return w
 		})))
@@ -439,26 +450,52 @@ func TestCloseEndsPendingRead(t *testing.T) {
 
 // A client that sends requests and never reads the replies blocks only
 // its own connection's writes; the Close of the connection (connlimit's
-// write timeout does it in the agent) unblocks the writers.
+// write timeout does it in the agent) unblocks the writers. The reads take
+// the blocking path (ReadStreamNow off), so each reply is written from a
+// goroutine Wait counts: before Close they must still be blocked, after it
+// they must return and the client must see the connection closed.
 func TestCloseUnblocksWriters(t *testing.T) {
+	const reads = 32
 	big := chunk(1<<20, 1)
-	f := &fakeStreams{chunks: map[string][][]byte{"c": {}}}
-	for range 32 {
+	f := &fakeStreams{chunks: map[string][][]byte{"c": {}}, noNow: true}
+	for range reads {
 		f.chunks["c"] = append(f.chunks["c"], big)
 	}
 	c, lazy := serve(t, f, true)
-	for i := range 32 {
+	for i := range reads {
 		c.Write(requestFrame(t, uint32(2*i+1), "ReadStdout", &pb.ReadStreamRequest{ContainerId: "c", Len: 1 << 20}))
 	}
 	w := lazy()
-	time.Sleep(200 * time.Millisecond) // let the socket buffer fill
-	w.Close()
+	// Every read has started (so every writer is counted) once the chunks
+	// are all taken.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		f.mu.Lock()
+		left := len(f.chunks["c"])
+		f.mu.Unlock()
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d reads never started", left, reads)
+		}
+	}
 	done := make(chan struct{})
 	go func() { w.Wait(); close(done) }()
 	select {
 	case <-done:
+		t.Fatal("32 MiB of replies written to a client that reads none: the writers were never blocked")
+	case <-time.After(300 * time.Millisecond):
+	}
+	w.Close()
+	select {
+	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("reply writers still blocked 10 s after Close")
+	}
+	// The client sees the connection end (after what was already sent).
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, c); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("client: %v, want the connection closed", err)
 	}
 }
 

@@ -1,7 +1,7 @@
 // Package boot is PID 1's bring-up, in order, as a script of named steps:
 //
 //	reaper.Start                         (before any child exists)
-//	hold every fatal or stopping signal   (sigguard; PID 1 only)
+//	hold every fatal or stopping signal   (sigguard.Fatal; PID 1 only; Realtime in Finish)
 //	mount /proc /sys /dev /dev/pts /dev/shm /run /tmp   (mounts.Base)
 //	setsid; TIOCSCTTY /dev/console; dup onto 0,1,2
 //	parse /proc/cmdline (+ agent.config_file)
@@ -157,7 +157,9 @@ func StartWith(ctx context.Context, o Options) (*Result, error) {
 	res := &Result{PID1: os.Getpid() == 1, LogStream: console.NewStream()}
 	if res.PID1 {
 		// Before anything else: no signal may end or stop PID 1.
-		sigguard.Hold()
+		// The real-time signals in Finish: the runtime drops them until
+		// then (sigguard.Realtime).
+		sigguard.HoldSignals(sigguard.Fatal()...)
 	}
 	if !res.PID1 {
 		res.Config = cmdline.Default()
@@ -269,6 +271,9 @@ func StartWith(ctx context.Context, o Options) (*Result, error) {
 	res.RootIsInitramfs = switchroot.RootIsInitramfs()
 	shutdown.HandleSignals()
 	res.finish = func() error {
+		if res.PID1 {
+			sigguard.HoldSignals(sigguard.Realtime()...)
+		}
 		if err := step.Run(log, mounts.ProtectAgent(cfg)); err != nil {
 			return err
 		}

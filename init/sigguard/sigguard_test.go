@@ -22,6 +22,11 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) == "control" {
 		select {} // unguarded: the control dies of SIGHUP
 	}
+	if os.Getenv(childEnv) == "fatal" {
+		HoldSignals(Fatal()...)
+		fmt.Println("ready")
+		select {}
+	}
 	if os.Getenv(childEnv) == "1" {
 		Hold()
 		out, err := exec.Command("/bin/sh", "-c", "grep SigIgn /proc/self/status").Output()
@@ -132,5 +137,39 @@ func TestEveryHeldSignalSurvived(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		_ = ctl.Process.Kill()
 		t.Fatal("control: an unguarded Go process survived SIGHUP (the test would prove nothing)")
+	}
+}
+
+// TestRealtimeSurvivedBeforeHeld: a process that held only Fatal (PID 1
+// until init/boot holds Realtime after the agent listens) survives every
+// real-time signal 35 to 64, which the Go runtime drops by itself.
+func TestRealtimeSurvivedBeforeHeld(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"=fatal")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() || sc.Text() != "ready" {
+		t.Fatalf("child did not get ready: %q", sc.Text())
+	}
+	pid := cmd.Process.Pid
+	if len(Realtime()) != 30 {
+		t.Fatalf("Realtime() has %d signals, want 35..64", len(Realtime()))
+	}
+	for _, s := range Realtime() {
+		sig := s.(unix.Signal)
+		if err := unix.Kill(pid, sig); err != nil {
+			t.Fatalf("kill %v: %v", sig, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		if st := state(pid); st != "S" && st != "R" {
+			t.Fatalf("after signal %d the process holding only Fatal is %q", int(sig), st)
+		}
 	}
 }

@@ -1,0 +1,148 @@
+package streamread
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+
+	pb "github.com/keelvm/keel/protocol/grpc"
+)
+
+// ttrpc writes a reply larger than its 4 KiB bufio.Writer in several
+// writes; the frame must keep the write turn across all of them while
+// replies written here (from their own goroutines: ReadStreamNow is off)
+// wait. One stream's requests carry an ExecId longer than maxRequest, so
+// they go to ttrpc's generated handler; the other's are served here; both
+// get ~20 KB replies, two readers each, concurrently, and every chunk must
+// arrive once and intact. A turn given back between ttrpc's writes
+// corrupts the stream (the client then fails or hangs until the deadline).
+func TestLargeTTRPCRepliesInterleaveWithServed(t *testing.T) {
+	const n = 150
+	f := &fakeStreams{chunks: map[string][][]byte{}, noNow: true}
+	// Chunk lengths differ, so a reply's length says which chunk it is.
+	base := map[string]int{"here": 20000, "ttrpc": 21000}
+	for i := range n {
+		for id, b := range base {
+			f.chunks[id] = append(f.chunks[id], chunk(b+i, byte(b)))
+		}
+	}
+	var mu sync.Mutex
+	seen := map[string][]bool{"here": make([]bool, n), "ttrpc": make([]bool, n)}
+	check := func(id string, d []byte) error {
+		i := len(d) - base[id]
+		if i < 0 || i >= n || !bytes.Equal(d, chunk(base[id]+i, byte(base[id]))) {
+			return fmt.Errorf("%s: a reply of %d bytes is not a chunk sent", id, len(d))
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if seen[id][i] {
+			return fmt.Errorf("%s: chunk %d came twice", id, i)
+		}
+		seen[id][i] = true
+		return nil
+	}
+	c, _ := serve(t, f, true)
+	tc := ttrpc.NewClient(c)
+	defer tc.Close()
+	agent := pb.NewAgentServiceClient(tc)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for id := range base {
+		for range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				req := &pb.ReadStreamRequest{ContainerId: id, Len: 1 << 20}
+				if id == "ttrpc" {
+					req.ExecId = strings.Repeat("x", maxRequest+10)
+				}
+				for {
+					r, err := agent.ReadStdout(ctx, req)
+					if err != nil {
+						errs <- fmt.Errorf("%s: %v", id, err)
+						return
+					}
+					if len(r.Data) == 0 {
+						return
+					}
+					if err := check(id, r.Data); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for id, s := range seen {
+		for i, ok := range s {
+			if !ok {
+				t.Errorf("%s: chunk %d never arrived", id, i)
+			}
+		}
+	}
+}
+
+// A read that is done but cannot write its reply yet (the client does not
+// read) stays inside Observe, so agent/server's cap on requests in flight
+// counts it (and the buffer it holds) until the reply is out. Before, the
+// slot was given back when the read returned, before the write: here all 8
+// reads were done and none counted.
+func TestObserveCoversReplyWrite(t *testing.T) {
+	const reads = 8
+	big := chunk(1<<20, 5)
+	f := &fakeStreams{chunks: map[string][][]byte{"c": {}}, noNow: true}
+	for range reads {
+		f.chunks["c"] = append(f.chunks["c"], big)
+	}
+	var inside atomic.Int64
+	observe := func(ctx context.Context, method string, call func(context.Context) (any, error)) (any, error) {
+		inside.Add(1)
+		defer inside.Add(-1)
+		return call(ctx)
+	}
+	c, lazy := serveWith(t, f, &Config{Reader: f, Observe: observe})
+	for i := range reads {
+		c.Write(requestFrame(t, uint32(2*i+1), "ReadStdout", &pb.ReadStreamRequest{ContainerId: "c", Len: 1 << 20}))
+	}
+	w := lazy()
+	defer w.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		f.mu.Lock()
+		left := len(f.chunks["c"])
+		f.mu.Unlock()
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d reads never started", left, reads)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // let the writes that fit in the socket buffer finish
+	// A unix socket buffers well under 2 MiB: at least 6 replies still wait.
+	if n := inside.Load(); n < reads-2 {
+		t.Fatalf("%d requests counted in flight with %d MiB of replies unwritten; want >= %d", n, reads, reads-2)
+	}
+	// Reading the replies releases them.
+	for range reads {
+		readFrame(t, c)
+	}
+	for deadline := time.Now().Add(10 * time.Second); inside.Load() != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests still counted after every reply was read", inside.Load())
+		}
+	}
+}
