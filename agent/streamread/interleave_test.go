@@ -246,3 +246,39 @@ func TestFailedWriteClosesBeforeNextWriter(t *testing.T) {
 		}
 	}
 }
+
+// fullLen answers ReadStreamNow as agent/stdio does: a buffer taken for the
+// whole len asked, holding the few bytes the pipe had.
+type fullLen struct{ fakeStreams }
+
+func (*fullLen) ReadStreamNow(req *pb.ReadStreamRequest, _ bool, headroom int, bufs Buffers) ([]byte, bool) {
+	b := bufs.Get(headroom + int(req.Len))
+	copy(b[headroom:], "hello")
+	return b[:headroom+5], true
+}
+
+// capConn records the capacity behind each write.
+type capConn struct {
+	net.Conn
+	caps []int
+}
+
+func (c *capConn) Write(p []byte) (int, error) {
+	c.caps = append(c.caps, cap(p))
+	return len(p), nil
+}
+
+// A reply answered at once from a 1 MiB buffer that holds 5 bytes is
+// written from a buffer of the smallest class: while the write waits on a
+// client that reads slowly, the memory it pins is what was read (4 KiB
+// class), not what was asked (1 MiB). (Done by b220af5; this holds it.)
+func TestShortNowAnswerPinsSmallBuffer(t *testing.T) {
+	cc := &capConn{}
+	c := Wrap(cc, Config{Reader: &fullLen{}, Log: slog.New(slog.DiscardHandler)}).(*Conn)
+	if !c.answerNow(1, "/grpc.AgentService/ReadStdout", &pb.ReadStreamRequest{ContainerId: "c", Len: 1 << 20}, false) {
+		t.Fatal("not answered")
+	}
+	if len(cc.caps) != 1 || cc.caps[0] > 4<<10+slack {
+		t.Fatalf("reply written from buffers of capacity %v, want one of at most %d", cc.caps, 4<<10+slack)
+	}
+}
