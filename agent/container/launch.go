@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -339,12 +340,69 @@ func killStart(o launchOpts) {
 // carry until the container's program is exec'd.
 var abandonedStages = map[string]bool{"runc:[1:CHILD]": true, "runc:[2:INIT]": true}
 
+// starts tracks libcontainer starts in flight. While one runs, its
+// bootstrap stages are zombies that libcontainer itself waits (through an
+// os.Process holding a pidfd) and that nobody else may reap: should the
+// stage's forking thread die, it becomes a child of the main thread, and
+// the orphan loop reaping it first made libcontainer's wait fail with
+// ECHILD and leave the pidfd open until a garbage collection (seen as
+// TestRPCBadInput's "fds 18 -> 19" under load: the loop reaped a failed
+// "runc:[2:INIT]"). So the orphan loop holds bootstrap-stage zombies while
+// any start is in flight, and the stages a failed start abandoned are
+// reaped only once no start is in flight.
+var starts struct {
+	// mu is read-held by every start in flight; reapAbandonedStages
+	// only ever TryLocks it, so no start waits on a blocking call.
+	mu        sync.RWMutex
+	n         atomic.Int64 // starts in flight
+	abandoned atomic.Bool  // a failed start may have left stages
+}
+
+func init() {
+	reaper.Hold(func(pid int) bool {
+		if starts.n.Load() == 0 {
+			return false
+		}
+		_, _, comm := statOf(pid)
+		return abandonedStages[comm]
+	})
+}
+
+type startInFlight struct{}
+
+func beginStart() startInFlight {
+	starts.mu.RLock()
+	starts.n.Add(1)
+	return startInFlight{}
+}
+
+// failed notes that the start may have abandoned bootstrap stages.
+func (startInFlight) failed() { starts.abandoned.Store(true) }
+
+// end ends the start; the last one out reaps abandoned stages and wakes
+// the orphan loop for the zombies it held.
+func (startInFlight) end() {
+	last := starts.n.Add(-1) == 0
+	starts.mu.RUnlock()
+	// Whoever holds mu checks again after releasing it, so a flag set
+	// while the TryLock fails is never forgotten.
+	for starts.abandoned.Load() && starts.mu.TryLock() {
+		if starts.abandoned.Swap(false) {
+			reapAbandonedStages()
+		}
+		starts.mu.Unlock()
+	}
+	if last {
+		reaper.Kick()
+	}
+}
+
 // reapAbandonedStages reaps bootstrap stages left as zombies by a start
 // that failed before libcontainer learnt their pids (a killed stage 0): they
 // are children of whatever thread ran the start, so the orphan loop never
 // sees them, and a zombie inside a dying pid namespace keeps its init in
-// zap_pid_ns_processes. A concurrent start that would wait such a stage
-// itself ignores ECHILD (libcontainer: "already reaped for any reason").
+// zap_pid_ns_processes. It runs with starts.mu held (no start in flight),
+// so it never takes a stage a running start still waits.
 func reapAbandonedStages() {
 	self := os.Getpid()
 	ents, err := os.ReadDir("/proc")

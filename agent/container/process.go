@@ -224,6 +224,8 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 	if startHook != nil {
 		startHook(id, "before")
 	}
+	inFlight := beginStart()
+	defer inFlight.end()
 	started := time.Now()
 	err := lc.Start(lp)
 	if startHook != nil {
@@ -248,7 +250,7 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 		io.CloseChildSide()
 	}
 	if err != nil {
-		reapAbandonedStages()
+		inFlight.failed()
 		return nil, err
 	}
 	p := &Process{ID: id, Init: lp.Init, Pid: pid, io: io, lp: lp, done: make(chan struct{}), state: ProcessRunning}

@@ -2,6 +2,7 @@ package containers_test
 
 import (
 	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
 
@@ -54,6 +55,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	os.RemoveAll(dir)
+	// The per-process cgroup parents (empty unless a test leaked).
+	parents, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", cgParent))
+	for _, p := range append(parents, filepath.Join("/sys/fs/cgroup", cgParent)) {
+		_ = os.Remove(p)
+	}
 	os.Exit(code)
 }
 

@@ -2,6 +2,7 @@ package containers_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -17,7 +18,10 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-const cgParent = "keel-rpc-test"
+// cgParent is per test process: two runs of this package at once (helpers
+// sharing a machine) would otherwise share container cgroups such as
+// keel-rpc-test/ok and fail with "container's cgroup is not empty".
+var cgParent = fmt.Sprintf("keel-rpc-containers-%d", os.Getpid())
 
 func newRPC(t *testing.T) *containers.RPC {
 	t.Helper()

@@ -54,6 +54,7 @@ import (
 	"os/signal"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -125,6 +126,9 @@ type reaper struct {
 	// kick wakes the orphan loop after a watcher reaped a process the
 	// loop had to leave alone (see reapOrphans).
 	kick chan struct{}
+	// held, when set, names zombies the orphan loop must leave to the
+	// thread that forked them (see Hold).
+	held atomic.Pointer[func(pid int) bool]
 }
 
 var r = &reaper{waiters: map[int]chan ExitStatus{}, watched: map[int]bool{}, early: map[int]early{}, kick: make(chan struct{}, 1)}
@@ -235,6 +239,11 @@ func (r *reaper) reapOrphans() {
 		// The check and the reap are one step under r.mu (wait4 with
 		// WNOHANG does not block), so a WatchThen that marked the pid
 		// meanwhile is never overtaken.
+		// A zombie its forker still means to wait (see Hold) ends the
+		// pass like a watched one; Release kicks the loop.
+		if hold := r.held.Load(); hold != nil && (*hold)(st.Pid) {
+			return
+		}
 		var ws unix.WaitStatus
 		r.mu.Lock()
 		if r.watched[st.Pid] {
@@ -291,6 +300,31 @@ func WatchThen(pid int, started time.Time, reap func() (unix.WaitStatus, error))
 	ch := RegisterSince(pid, started)
 	go r.watch(pid, fd, reap)
 	return ch, nil
+}
+
+// Hold makes the orphan loop leave alone every zombie for which keep
+// reports true; nil ends it. It is for children whose pids are not known
+// yet but that another waiter still means to reap: libcontainer's bootstrap
+// stages while a start is in flight. Their forking thread may die (a
+// goroutine exits locked to it), which makes them children of the main
+// thread; reaped here, the start's own wait fails with ECHILD and its
+// os.Process keeps a pidfd until a garbage collection. keep runs on the
+// main thread and must not block. Call Kick when keep may have turned
+// false.
+func Hold(keep func(pid int) bool) {
+	if keep == nil {
+		r.held.Store(nil)
+		return
+	}
+	r.held.Store(&keep)
+}
+
+// Kick wakes the orphan loop, which may have left zombies alone (see Hold).
+func Kick() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
 }
 
 // unwatch ends pid's watch and wakes the orphan loop, which may have left

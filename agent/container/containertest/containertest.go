@@ -92,6 +92,11 @@ func Take(cgroupParent string) Snapshot {
 		s.FDLinks = map[string]string{}
 		for _, e := range ents {
 			l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+			if l == "anon_inode:[pidfd]" {
+				// Name the process a pidfd refers to, so a leak report
+				// says whose it is.
+				l += pidfdOwner(e.Name())
+			}
 			s.FDLinks[e.Name()] = l
 		}
 	}
@@ -108,6 +113,22 @@ func Take(cgroupParent string) Snapshot {
 		}
 	}
 	return s
+}
+
+// pidfdOwner is " pid N (comm)" for the pidfd fd, read from its fdinfo.
+func pidfdOwner(fd string) string {
+	b, err := os.ReadFile("/proc/self/fdinfo/" + fd)
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if pid, ok := strings.CutPrefix(line, "Pid:"); ok {
+			pid = strings.TrimSpace(pid)
+			comm, _ := os.ReadFile("/proc/" + pid + "/comm")
+			return fmt.Sprintf(" pid %s (%s)", pid, strings.TrimSpace(string(comm)))
+		}
+	}
+	return ""
 }
 
 // Diff describes what now holds more than s ("" when nothing).
