@@ -25,7 +25,7 @@ import (
 // /proc/self/mountinfo show the container's view. Locking main here keeps
 // every other goroutine off the main thread.
 func init() {
-	if isLibcontainerInit(os.Args, os.Getpid(), os.Getenv) {
+	if isLibcontainerInit(os.Args, os.Getenv) {
 		libcontainer.Init()
 	}
 	runtime.LockOSThread()
@@ -35,8 +35,10 @@ func init() {
 // re-executed by libcontainer. The argument alone is not enough: the kernel
 // passes bare words of its command line it does not know (a stray "init")
 // to PID 1 as arguments, and libcontainer.Init run as PID 1 exits, which
-// panics the kernel. A re-executed init is never PID 1 and always has the
-// init pipe libcontainer hands it in _LIBCONTAINER_INITPIPE.
-func isLibcontainerInit(args []string, pid int, getenv func(string) string) bool {
-	return len(args) > 1 && args[1] == "init" && pid != 1 && getenv("_LIBCONTAINER_INITPIPE") != ""
+// panics the kernel. A re-executed init always has the init pipe
+// libcontainer hands it in _LIBCONTAINER_INITPIPE, which the kernel never
+// sets. The PID cannot tell them apart: a container init in its own PID
+// namespace is PID 1 there too.
+func isLibcontainerInit(args []string, getenv func(string) string) bool {
+	return len(args) > 1 && args[1] == "init" && getenv("_LIBCONTAINER_INITPIPE") != ""
 }
