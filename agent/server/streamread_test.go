@@ -67,8 +67,11 @@ func TestStreamReadAccounting(t *testing.T) {
 	if _, err := c.ReadStderr(ctx, &pb.ReadStreamRequest{ContainerId: "panic", Len: 10}); status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "reader bug") {
 		t.Fatalf("panicking reader: %v, want Internal naming the panic", err)
 	}
-	if out := m.Render(); !strings.Contains(out, `method="/grpc.AgentService/ReadStdout"`) || !strings.Contains(out, `method="/grpc.AgentService/ReadStderr"`) {
-		t.Fatalf("metrics do not count the reads:\n%s", out)
+	// Both reads counted: "now" answered from the reader (Record), "later"
+	// through Observe; and the panicking ReadStderr.
+	if out := m.Render(); !strings.Contains(out, `keel_agent_rpc_duration_seconds_count{method="/grpc.AgentService/ReadStdout"} 2`+"\n") ||
+		!strings.Contains(out, `keel_agent_rpc_duration_seconds_count{method="/grpc.AgentService/ReadStderr"} 1`+"\n") {
+		t.Fatalf("metrics do not count the reads (want 2 ReadStdout, 1 ReadStderr):\n%s", out)
 	}
 	wctx, wcancel := context.WithCancel(ctx)
 	for range 2 {

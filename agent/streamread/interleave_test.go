@@ -3,7 +3,10 @@ package streamread
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +14,7 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/keelvm/keel/protocol/grpc"
 )
@@ -144,5 +148,137 @@ func TestObserveCoversReplyWrite(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d requests still counted after every reply was read", inside.Load())
 		}
+	}
+}
+
+// The request's context is the one ttrpc gives its handlers: metadata keys
+// as sent (ttrpc does not lowercase them; MD.Append would), repeated keys
+// kept in order, and a negative timeout already expired (ttrpc's
+// context.WithTimeout; it used to mean no timeout here, and the read
+// waited for ever). Both answers are compared with stock ttrpc's.
+func TestRequestContextMatchesTTRPC(t *testing.T) {
+	send := func(wrap bool, id uint32, req *ttrpc.Request) []byte {
+		c, _ := serve(t, &fakeStreams{}, wrap)
+		body, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(rawFrame(id, 1, body))
+		return readFrame(t, c)
+	}
+	payload := func(id string) []byte {
+		p, err := proto.Marshal(&pb.ReadStreamRequest{ContainerId: id, Len: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	md := &ttrpc.Request{Service: "grpc.AgentService", Method: "ReadStdout", Payload: payload("md"),
+		Metadata: []*ttrpc.KeyValue{{Key: "Trace-ID", Value: "a"}, {Key: "x", Value: "1"}, {Key: "x", Value: "2"}}}
+	expired := &ttrpc.Request{Service: "grpc.AgentService", Method: "ReadStdout", Payload: payload("block"), TimeoutNano: -1}
+	for name, req := range map[string]*ttrpc.Request{"metadata": md, "negative timeout": expired} {
+		want, got := send(false, 1, req), send(true, 1, req)
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s: reply %q, ttrpc's %q", name, got[headerLen:], want[headerLen:])
+		}
+	}
+	if got := send(true, 1, md); !bytes.HasSuffix(got, []byte("Trace-ID=a;x=1,2")) {
+		t.Errorf("metadata seen by the reader: %q", got[headerLen:])
+	}
+}
+
+// halfWriter is a socket whose first write sends half the bytes and fails;
+// it notes any write that reaches it after that while it is still open
+// (a frame appended to a half-written one).
+type halfWriter struct {
+	net.Conn // nil: only Write and Close are used
+	mu       sync.Mutex
+	broken   bool
+	closed   bool
+	appended bool
+	started  chan struct{}
+	release  chan struct{}
+}
+
+func (h *halfWriter) Write(p []byte) (int, error) {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return 0, net.ErrClosed
+	}
+	if h.broken {
+		h.appended = true
+		h.mu.Unlock()
+		return len(p), nil
+	}
+	h.broken = true
+	h.mu.Unlock()
+	close(h.started)
+	<-h.release
+	return len(p) / 2, errors.New("connection broke")
+}
+
+func (h *halfWriter) Close() error {
+	time.Sleep(2 * time.Millisecond) // a close that takes a moment
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
+	return nil
+}
+
+// A reply write that fails half way closes the connection before the next
+// writer gets the write turn: nothing is written after a half frame.
+func TestFailedWriteClosesBeforeNextWriter(t *testing.T) {
+	for range 20 {
+		h := &halfWriter{started: make(chan struct{}), release: make(chan struct{})}
+		c := Wrap(h, Config{Reader: &fakeStreams{}, Log: slog.New(slog.DiscardHandler)}).(*Conn)
+		first := make(chan struct{})
+		go func() { c.writeFrame(EncodeFrame(make([]byte, Headroom+100), 1)); close(first) }()
+		<-h.started
+		second := make(chan struct{})
+		go func() { c.writeFrame(EncodeFrame(make([]byte, Headroom+100), 3)); close(second) }()
+		time.Sleep(time.Millisecond) // the second writer waits for the turn
+		close(h.release)
+		<-first
+		<-second
+		if h.appended {
+			t.Fatal("a frame was written after a half-written one, on the open connection")
+		}
+	}
+}
+
+// fullLen answers ReadStreamNow as agent/stdio does: a buffer taken for the
+// whole len asked, holding the few bytes the pipe had.
+type fullLen struct{ fakeStreams }
+
+func (*fullLen) ReadStreamNow(req *pb.ReadStreamRequest, _ bool, headroom int, bufs Buffers) ([]byte, bool) {
+	b := bufs.Get(headroom + int(req.Len))
+	copy(b[headroom:], "hello")
+	return b[:headroom+5], true
+}
+
+// capConn records the capacity behind each write.
+type capConn struct {
+	net.Conn
+	caps []int
+}
+
+func (c *capConn) Write(p []byte) (int, error) {
+	c.caps = append(c.caps, cap(p))
+	return len(p), nil
+}
+
+// A reply answered at once from a 1 MiB buffer that holds 5 bytes is
+// written from a buffer of the smallest class: while the write waits on a
+// client that reads slowly, the memory it pins is what was read (4 KiB
+// class), not what was asked (1 MiB). (Done by b220af5; this holds it.)
+func TestShortNowAnswerPinsSmallBuffer(t *testing.T) {
+	cc := &capConn{}
+	c := Wrap(cc, Config{Reader: &fullLen{}, Log: slog.New(slog.DiscardHandler)}).(*Conn)
+	if !c.answerNow(1, "/grpc.AgentService/ReadStdout", &pb.ReadStreamRequest{ContainerId: "c", Len: 1 << 20}, false) {
+		t.Fatal("not answered")
+	}
+	if len(cc.caps) != 1 || cc.caps[0] > 4<<10+slack {
+		t.Fatalf("reply written from buffers of capacity %v, want one of at most %d", cc.caps, 4<<10+slack)
 	}
 }

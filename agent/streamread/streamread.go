@@ -292,14 +292,15 @@ func requestContext(ctx context.Context, req *ttrpc.Request) (context.Context, c
 	if len(req.Metadata) > 0 {
 		md := ttrpc.MD{}
 		for _, kv := range req.Metadata {
-			md.Append(kv.Key, kv.Value)
+			md[kv.Key] = append(md[kv.Key], kv.Value) // keys as sent, as ttrpc does (MD.Append would lowercase them)
 		}
 		ctx = ttrpc.WithMetadata(ctx, md)
 	}
-	if req.TimeoutNano > 0 {
-		return context.WithTimeout(ctx, time.Duration(req.TimeoutNano))
+	if req.TimeoutNano == 0 {
+		return context.WithCancel(ctx)
 	}
-	return context.WithCancel(ctx)
+	// As ttrpc: any other value is a timeout, a negative one already expired.
+	return context.WithTimeout(ctx, time.Duration(req.TimeoutNano))
 }
 
 // answer reads and writes the reply to one request. The data reply is
@@ -389,11 +390,13 @@ func (c *Conn) writeFrame(frame []byte) {
 		return
 	}
 	_, err := c.Conn.Write(frame)
-	<-c.turn
 	if err != nil {
+		// Closed before the turn goes back, so no other writer appends a
+		// frame to the half-written one.
 		c.cfg.Log.Debug("closing connection: reply write failed", "err", err)
 		c.Close()
 	}
+	<-c.turn
 }
 
 // Write is ttrpc's writer: it takes the write turn at the first byte of a
@@ -409,14 +412,15 @@ func (c *Conn) Write(p []byte) (int, error) {
 	}
 	n, err := c.Conn.Write(p)
 	c.follow(p[:n])
-	if c.whdrN == 0 && c.wbody == 0 {
-		c.ttHolds = false
-		<-c.turn
+	mid := c.whdrN != 0 || c.wbody != 0
+	if err != nil && mid {
+		// The frame can never be completed: close before the turn goes
+		// back, so no other writer appends a frame to the half-written one.
+		c.Close()
 	}
-	if err != nil && c.ttHolds {
+	if !mid || err != nil {
 		c.ttHolds = false
 		<-c.turn
-		c.Close() // the frame can never be completed
 	}
 	return n, err
 }
@@ -461,7 +465,10 @@ func (c *Conn) Wait() { c.inflight.Wait() }
 var pool = &buffers{}
 
 type buffers struct {
-	classes [9]sync.Pool // 4 KiB << i, i = 0..8 (1 MiB)
+	classes [9]sync.Pool // *[]byte of 4 KiB << i, i = 0..8 (1 MiB)
+	// holders are the emptied *[]byte of buffers taken out, reused by Put
+	// so that putting a buffer back allocates nothing.
+	holders sync.Pool
 }
 
 const (
@@ -485,7 +492,10 @@ func (b *buffers) Get(n int) []byte {
 		return make([]byte, n)
 	}
 	if p, ok := b.classes[i].Get().(*[]byte); ok {
-		return (*p)[:n]
+		buf := (*p)[:n]
+		*p = nil
+		b.holders.Put(p)
+		return buf
 	}
 	return make([]byte, n, (1<<(minClassShift+i))+slack)
 }
@@ -513,6 +523,10 @@ func (b *buffers) Put(buf []byte) {
 	if i < 0 || c != (1<<(minClassShift+i))+slack {
 		return
 	}
-	buf = buf[:c]
-	b.classes[i].Put(&buf)
+	p, ok := b.holders.Get().(*[]byte)
+	if !ok {
+		p = new([]byte)
+	}
+	*p = buf[:c]
+	b.classes[i].Put(p)
 }

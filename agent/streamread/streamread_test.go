@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -52,6 +54,14 @@ func (f *fakeStreams) next(ctx context.Context, req *pb.ReadStreamRequest, stder
 		return nil, status.Errorf(codes.NotFound, "container %q: not found", req.ContainerId)
 	case "panic":
 		panic("boom")
+	case "md": // the request's metadata as the handler sees it
+		md, _ := ttrpc.GetMetadata(ctx)
+		keys := make([]string, 0, len(md))
+		for k, v := range md {
+			keys = append(keys, k+"="+strings.Join(v, ","))
+		}
+		sort.Strings(keys)
+		return []byte(strings.Join(keys, ";")), nil
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -77,7 +87,7 @@ func (f *fakeStreams) ReadStream(ctx context.Context, req *pb.ReadStreamRequest,
 // "panic" or the stream is at its end (as agent/containers does).
 func (f *fakeStreams) ReadStreamNow(req *pb.ReadStreamRequest, stderr bool, headroom int, bufs Buffers) ([]byte, bool) {
 	switch req.ContainerId {
-	case "block", "err", "panic":
+	case "block", "err", "panic", "md":
 		return nil, false
 	}
 	id := req.ContainerId
@@ -524,8 +534,7 @@ func TestBuffers(t *testing.T) {
 		if len(buf) != n {
 			t.Fatalf("Get(%d) has length %d", n, len(buf))
 		}
-		b.Put(buf)
-		b.Put(buf[:0])
+		b.Put(buf[:0]) // a buffer is taken back whatever its length
 	}
 	b.Put(make([]byte, 5000)) // not a class size: ignored
 	big := b.Get(1 << 20)

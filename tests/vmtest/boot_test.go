@@ -68,6 +68,7 @@ func TestBootContainerPowerOff(t *testing.T) {
 		t.Errorf("container cgroup (v2 in the guest) %q", errOut)
 	}
 	pid1Unkillable(ctx, t, a)
+	exeSealed(ctx, t, a)
 	if _, err := a.DestroySandbox(ctx, &pb.DestroySandboxRequest{}); err != nil {
 		t.Fatal(err)
 	}

@@ -123,6 +123,7 @@ func TestOwnKernelDevices(t *testing.T) {
 		})
 		t.Run("vfio", func(t *testing.T) { testVFIONoIOMMU(ctx, t, d) })
 		t.Run("cpuset_v1", func(t *testing.T) { testCPUSetV1(ctx, t, d) })
+		t.Run("exe_sealed", func(t *testing.T) { exeSealed(ctx, t, d.c.Agent) })
 	})
 	t.Run("mmio", func(t *testing.T) {
 		// Firecracker-style disks: virtio-blk on virtio-mmio transports
