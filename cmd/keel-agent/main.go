@@ -181,6 +181,7 @@ func run(args []string) error {
 		res.Level.Set(o.logLevel)
 	}
 	slog.SetDefault(log)
+	container.SetLogLevel(res.Level.Level())
 
 	reg := metrics.New()
 	registerGCMetrics(reg)
