@@ -10,7 +10,9 @@ export KEEL_CACHE
 # The guest agent: static (no libc in a minimal guest), cgo on because
 # libcontainer's nsenter is C, stripped.
 AGENT_TAGS    := netgo,osusergo,seccomp
-AGENT_LDFLAGS := -s -w -X github.com/keelvm/keel/agent/version.Version=$(VERSION) -linkmode external -extldflags -static
+# AGENT_LINKFLAGS: all but the version, shared with tests/bench/steps.sh.
+AGENT_LINKFLAGS := -s -w -linkmode external -extldflags -static
+AGENT_LDFLAGS := $(AGENT_LINKFLAGS) -X github.com/keelvm/keel/agent/version.Version=$(VERSION)
 HOST_LDFLAGS  := -s -w -X github.com/keelvm/keel/agent/version.Version=$(VERSION)
 
 TEST_TIMEOUT ?= 18m
@@ -69,7 +71,7 @@ bench-vm: all kernel
 # keel-agent built at each step and its parent (cached in
 # $(KEEL_CACHE)/agent-steps), compared with the paired wire benchmarks.
 bench-steps:
-	GO=$(GO) ./tests/bench/steps.sh
+	GO=$(GO) AGENT_TAGS='$(AGENT_TAGS)' AGENT_LINKFLAGS='$(AGENT_LINKFLAGS)' ./tests/bench/steps.sh
 
 # The main job: boot a guest under QEMU, reach the agent over AF_VSOCK, run
 # a container, power off.

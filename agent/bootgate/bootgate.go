@@ -79,6 +79,38 @@ func (g *Gate) Wait(ctx context.Context) error {
 	}
 }
 
+// Failed reports whether the gate opened with an error: the boot failed or
+// did not finish in time (the liveness probe then says NOT_SERVING).
+func (g *Gate) Failed() bool {
+	select {
+	case <-g.done:
+		return g.err != nil
+	default:
+		return false
+	}
+}
+
+// Finish runs the rest of the boot (finish) and opens g with its result.
+// A finish that has not returned within the gate's timeout fails the gate
+// once, with an error saying so, and Finish returns that error at once (the
+// caller powers off as for a failed boot): a stuck boot step must not leave
+// the guest up answering Health SERVING and every other RPC
+// DeadlineExceeded for good.
+func (g *Gate) Finish(finish func() error) error {
+	res := make(chan error, 1)
+	go func() { res <- finish() }()
+	t := time.NewTimer(g.timeout)
+	defer t.Stop()
+	var err error
+	select {
+	case err = <-res:
+	case <-t.C:
+		err = fmt.Errorf("a boot step did not finish within %v", g.timeout)
+	}
+	g.Open(err)
+	return err
+}
+
 func (g *Gate) result() error {
 	if g.err != nil {
 		return fmt.Errorf("the guest boot failed: %v: %w", g.err, errdefs.ErrUnavailable)

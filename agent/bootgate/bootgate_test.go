@@ -69,3 +69,47 @@ func TestOpened(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestStuckFinishFailsGate: a boot step that never returns fails the gate
+// after its timeout, so waiters get Unavailable (not DeadlineExceeded for
+// good), Failed says so, and Finish returns for the caller to power off.
+func TestStuckFinishFailsGate(t *testing.T) {
+	g := New(200 * time.Millisecond)
+	if g.Failed() {
+		t.Fatal("closed gate reports Failed")
+	}
+	stuck := make(chan struct{})
+	defer close(stuck)
+	done := make(chan error, 1)
+	go func() { done <- g.Finish(func() error { <-stuck; return nil }) }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Finish still blocked 30 s past a 200 ms timeout")
+	}
+	if err == nil || !strings.Contains(err.Error(), "did not finish within 200ms") {
+		t.Fatalf("Finish of a stuck boot = %v, want an error saying it did not finish", err)
+	}
+	if !g.Failed() {
+		t.Fatal("gate not Failed after a stuck boot")
+	}
+	if werr := g.Wait(context.Background()); !errors.Is(werr, errdefs.ErrUnavailable) || !strings.Contains(werr.Error(), "did not finish") {
+		t.Fatalf("Wait after a stuck boot = %v, want Unavailable naming it", werr)
+	}
+}
+
+func TestFinishOpensWithResult(t *testing.T) {
+	g := New(time.Minute)
+	if err := g.Finish(func() error { return nil }); err != nil || g.Failed() {
+		t.Fatalf("Finish(ok) = %v, Failed %v", err, g.Failed())
+	}
+	if err := g.Wait(context.Background()); err != nil {
+		t.Fatalf("Wait after a finished boot: %v", err)
+	}
+	g = New(time.Minute)
+	boom := errors.New("sethostname: invalid argument")
+	if err := g.Finish(func() error { return boom }); !errors.Is(err, boom) || !g.Failed() {
+		t.Fatalf("Finish(failing) = %v, Failed %v", err, g.Failed())
+	}
+}

@@ -3,6 +3,7 @@ package container
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -60,8 +61,17 @@ func TestInitsRunSingleProc(t *testing.T) {
 func TestInitLogLevel(t *testing.T) {
 	s := newSandbox(t)
 	defer logrus.SetLevel(logrus.GetLevel())
-	for _, level := range []logrus.Level{logrus.GetLevel(), logrus.DebugLevel} {
-		logrus.SetLevel(level)
+	for _, tc := range []struct {
+		agent slog.Level
+		level logrus.Level
+	}{
+		{slog.LevelInfo, logrus.InfoLevel},
+		{slog.LevelDebug, logrus.DebugLevel},
+		{slog.LevelWarn, logrus.WarnLevel},
+		{slog.LevelError, logrus.ErrorLevel},
+	} {
+		level := tc.level
+		SetLogLevel(tc.agent)
 		c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("loglevel"), Spec: testSpec("/bin/true")})
 		if err != nil {
 			t.Fatal(err)
@@ -72,7 +82,7 @@ func TestInitLogLevel(t *testing.T) {
 		}
 		want := fmt.Sprintf("_LIBCONTAINER_LOGLEVEL=%d", level)
 		if env := strings.Split(string(b), "\x00"); !slices.Contains(env, want) {
-			t.Errorf("logrus at %v: created init's environment %q lacks %q", level, env, want)
+			t.Errorf("agent at %v: created init's environment %q lacks %q", tc.agent, env, want)
 		}
 		if err := s.RemoveContainer(context.Background(), c.ID(), 0); err != nil {
 			t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"reflect"
 	"strconv"
@@ -184,6 +185,24 @@ func newLibcontainerProcess(sp *specs.Process, io *stdio.IO, init bool) (*libcon
 // decode each one as JSON only for logrus to drop it (its level is info).
 // Fatal lines, which carry a failed start's error, pass at any level.
 func initLogLevel() string { return strconv.Itoa(int(logrus.GetLevel())) }
+
+// SetLogLevel sets the level of logrus's standard logger, and so of the
+// container inits (initLogLevel), from the agent's slog level: agent.log=debug
+// must give nsexec's and the init's debug lines too. Nothing else sets it.
+func SetLogLevel(l slog.Level) { logrus.SetLevel(logrusLevel(l)) }
+
+func logrusLevel(l slog.Level) logrus.Level {
+	switch {
+	case l <= slog.LevelDebug:
+		return logrus.DebugLevel
+	case l <= slog.LevelInfo:
+		return logrus.InfoLevel
+	case l <= slog.LevelWarn:
+		return logrus.WarnLevel
+	default:
+		return logrus.ErrorLevel
+	}
+}
 
 var rlimits = map[string]int{
 	"RLIMIT_CPU": unix.RLIMIT_CPU, "RLIMIT_FSIZE": unix.RLIMIT_FSIZE, "RLIMIT_DATA": unix.RLIMIT_DATA,

@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"sort"
 
+	"github.com/keelvm/keel/agent/bootgate"
 	"github.com/keelvm/keel/agent/containers"
 	"github.com/keelvm/keel/agent/copyfile"
 	"github.com/keelvm/keel/agent/guestops"
@@ -144,12 +145,21 @@ func Implemented() []string {
 }
 
 // Health is grpc.Health.
-type Health struct{}
+type Health struct {
+	// Boot, when set, is the guest boot's gate: once it failed (the boot
+	// failed or got stuck; the guest is powering off) Check answers
+	// NOT_SERVING. Nil: always SERVING.
+	Boot *bootgate.Gate
+}
 
 var _ pb.HealthService = Health{}
 
-// Check answers SERVING: the agent answers RPCs as soon as it listens.
-func (Health) Check(context.Context, *pb.CheckRequest) (*pb.HealthCheckResponse, error) {
+// Check answers SERVING: the agent answers RPCs as soon as it listens
+// (they wait for the boot), unless the boot failed.
+func (h Health) Check(context.Context, *pb.CheckRequest) (*pb.HealthCheckResponse, error) {
+	if h.Boot != nil && h.Boot.Failed() {
+		return &pb.HealthCheckResponse{Status: pb.HealthCheckResponse_NOT_SERVING}, nil
+	}
 	return &pb.HealthCheckResponse{Status: pb.HealthCheckResponse_SERVING}, nil
 }
 

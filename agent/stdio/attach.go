@@ -67,7 +67,7 @@ func (s *IO) attachOut(st *outStream, conn net.Conn) error {
 				halfClose(conn)
 				return
 			case !errors.Is(err, errNoSplice):
-				conn.Close()
+				s.abandon(st, conn)
 				return
 			}
 			// No byte moved: copy through user space below.
@@ -77,7 +77,7 @@ func (s *IO) attachOut(st *outStream, conn net.Conn) error {
 			n, err := st.read(s.ctx, buf, true)
 			if n > 0 {
 				if _, werr := conn.Write(buf[:n]); werr != nil {
-					conn.Close()
+					s.abandon(st, conn)
 					return
 				}
 			}
@@ -86,12 +86,31 @@ func (s *IO) attachOut(st *outStream, conn net.Conn) error {
 				return
 			}
 			if err != nil {
-				conn.Close()
+				s.abandon(st, conn)
 				return
 			}
 		}
 	}()
 	return nil
+}
+
+// abandon ends an attached stream that failed before its end: the host
+// closed the connection (or it broke), or the stream could not be read.
+// The attachment is one-shot (ReadStdout cannot take the stream over), so
+// nothing will ever read the pipe again: its read end is closed at once,
+// not at Close, and the process's next write fails with EPIPE (SIGPIPE by
+// default) instead of blocking forever on a full pipe, as with Kata's agent,
+// which drops its end of the pipe when its copy task ends. For a terminal
+// the stream is the pty master, which stdin shares: closing it hangs up
+// the terminal (the process reads EOF and its writes fail with EIO). When
+// the IO itself was closed, Close shuts the stream. The grown pipe's
+// charge stays until Close: the kernel keeps charging the pipe's capacity
+// to its owner until the writer closes it too.
+func (s *IO) abandon(st *outStream, conn net.Conn) {
+	conn.Close()
+	if s.ctx.Err() == nil {
+		st.shut()
+	}
 }
 
 // halfClose signals EOF on conn: CloseWrite when it can, else Close.

@@ -21,6 +21,7 @@ import (
 	"github.com/keelvm/keel/agent/streamread"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/protocol/readstream"
+	"github.com/keelvm/keel/tests/bench/bufcopy"
 )
 
 // The benchmarks move the same bytes from a process-side pipe to a
@@ -334,7 +335,7 @@ func BenchmarkStdoutFastPath(b *testing.B) {
 		if err := s.AttachStdout(agent); err != nil {
 			b.Fatal(err)
 		}
-		n, err := io.CopyBuffer(io.Discard, host, buf)
+		n, err := bufcopy.Discard(host, buf)
 		if err != nil || n != benchBytes {
 			b.Fatalf("got %d bytes, %v", n, err)
 		}
@@ -356,12 +357,12 @@ func BenchmarkRawUnixCopy(b *testing.B) {
 		b.StartTimer()
 		benchWriter(b, w)
 		go func() {
-			// onlyReader: 256 KiB copies, as documented (see its comment).
-			io.CopyBuffer(agent, onlyReader{r}, make([]byte, 256<<10))
+			// bufcopy: 256 KiB copies, as documented.
+			bufcopy.Copy(agent, r, make([]byte, 256<<10))
 			agent.CloseWrite()
 			r.Close()
 		}()
-		n, err := io.CopyBuffer(io.Discard, host, buf)
+		n, err := bufcopy.Discard(host, buf)
 		if err != nil || n != benchBytes {
 			b.Fatalf("got %d bytes, %v", n, err)
 		}

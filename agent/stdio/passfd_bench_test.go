@@ -1,13 +1,11 @@
 package stdio
 
 import (
-	"io"
 	"net"
-	"os"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/keelvm/keel/tests/bench/bufcopy"
 )
 
 // BenchmarkStdoutFastPathPaired times the passfd path and its raw baseline
@@ -86,7 +84,7 @@ func fastPathOnce(b *testing.B, buf []byte, copyLoop bool) time.Duration {
 	if err := s.AttachStdout(conn); err != nil {
 		b.Fatal(err)
 	}
-	n, err := io.CopyBuffer(io.Discard, host, buf)
+	n, err := bufcopy.Discard(host, buf)
 	if err != nil || n != benchBytes {
 		b.Fatalf("fast path: got %d bytes, %v", n, err)
 	}
@@ -95,12 +93,11 @@ func fastPathOnce(b *testing.B, buf []byte, copyLoop bool) time.Duration {
 
 // rawCopyOnce is fastPathOnce with a read/write loop in place of the agent.
 func rawCopyOnce(b *testing.B, buf []byte) time.Duration {
-	r, w, err := os.Pipe()
+	// stdio's own pipe: the capacity the fast path's attached pipe gets
+	// (see AttachPipeSize), the copier's read end in Go's poller and the
+	// writer's end blocking, as a container's stdout is in the other arms.
+	r, w, err := pipe(AttachPipeSize, true)
 	if err != nil {
-		b.Fatal(err)
-	}
-	// The capacity the fast path's attached pipe gets (see AttachPipeSize).
-	if _, err := unix.FcntlInt(r.Fd(), unix.F_SETPIPE_SZ, AttachPipeSize); err != nil {
 		b.Fatal(err)
 	}
 	agent, host := unixPair(b)
@@ -108,10 +105,10 @@ func rawCopyOnce(b *testing.B, buf []byte) time.Duration {
 	benchWriter(b, w)
 	go func() {
 		defer r.Close()
-		io.CopyBuffer(agent, onlyReader{r}, make([]byte, 256<<10))
+		bufcopy.Copy(agent, r, make([]byte, 256<<10))
 		agent.CloseWrite()
 	}()
-	n, err := io.CopyBuffer(io.Discard, host, buf)
+	n, err := bufcopy.Discard(host, buf)
 	if err != nil || n != benchBytes {
 		b.Fatalf("raw: got %d bytes, %v", n, err)
 	}
@@ -123,11 +120,3 @@ func rawCopyOnce(b *testing.B, buf []byte) time.Duration {
 type noSyscallConn struct{ *net.UnixConn }
 
 func (c noSyscallConn) SyscallConn() {}
-
-// onlyReader is an io.Reader and nothing else, so io.CopyBuffer uses the
-// buffer it is given: given the *os.File itself, io.CopyBuffer calls its
-// WriteTo, which tries sendfile(2) (EINVAL from a pipe) and then copies
-// with io.Copy's own 32 KiB buffer.
-type onlyReader struct{ r io.Reader }
-
-func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }

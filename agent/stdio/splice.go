@@ -10,8 +10,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// spliceChunk is the most one splice(2) call may move; a pipe holds less
-// (64 KiB by default, MaxPipeSize at most), so one call empties it.
+// spliceChunk is the most one splice(2) call may move: a default pipe
+// (64 KiB) or an attached one (AttachPipeSize) is emptied in one call; a
+// larger agent.container_pipe_size (up to MaxPipeSize) takes several turns
+// of spliceTo's loop.
 const spliceChunk = 1 << 20
 
 // errNoSplice means splicing is impossible for this pair and no byte has

@@ -25,8 +25,20 @@ import (
 // /proc/self/mountinfo show the container's view. Locking main here keeps
 // every other goroutine off the main thread.
 func init() {
-	if len(os.Args) > 1 && os.Args[1] == "init" {
+	if isLibcontainerInit(os.Args, os.Getenv) {
 		libcontainer.Init()
 	}
 	runtime.LockOSThread()
+}
+
+// isLibcontainerInit reports whether this process is a container init
+// re-executed by libcontainer. The argument alone is not enough: the kernel
+// passes bare words of its command line it does not know (a stray "init")
+// to PID 1 as arguments, and libcontainer.Init run as PID 1 exits, which
+// panics the kernel. A re-executed init always has the init pipe
+// libcontainer hands it in _LIBCONTAINER_INITPIPE, which the kernel never
+// sets. The PID cannot tell them apart: a container init in its own PID
+// namespace is PID 1 there too.
+func isLibcontainerInit(args []string, getenv func(string) string) bool {
+	return len(args) > 1 && args[1] == "init" && getenv("_LIBCONTAINER_INITPIPE") != ""
 }

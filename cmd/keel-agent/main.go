@@ -181,6 +181,7 @@ func run(args []string) error {
 		res.Level.Set(o.logLevel)
 	}
 	slog.SetDefault(log)
+	container.SetLogLevel(res.Level.Level())
 
 	reg := metrics.New()
 	registerGCMetrics(reg)
@@ -287,7 +288,7 @@ func run(args []string) error {
 	})
 	// Every RPC but Health waits for the end of the boot (res.Finish).
 	bootDone := bootgate.New(0)
-	srv, err := server.New(svc, service.Health{}, reg, log, server.WithBootGate(bootDone))
+	srv, err := server.New(svc, service.Health{Boot: bootDone}, reg, log, server.WithBootGate(bootDone))
 	if err != nil {
 		return err
 	}
@@ -302,15 +303,20 @@ func run(args []string) error {
 	go func() { errc <- srv.Serve(ctx, ln) }()
 	// The rest of the boot runs while the host connects (init/boot.Start
 	// says why); a failure fails the waiting RPCs, then powers off.
-	if err := res.Finish(); err != nil {
-		bootDone.Open(err)
+	// A Finish stuck past the gate's timeout fails the gate and powers off
+	// too. The boot gauges are in place before the gate opens.
+	if err := bootDone.Finish(func() error {
+		if err := res.Finish(); err != nil {
+			return err
+		}
+		for _, e := range timeline.Entries() {
+			since := e.Since.Seconds()
+			reg.Gauge("keel_boot_"+e.Name+"_seconds", "Guest uptime (CLOCK_BOOTTIME) at the "+e.Name+" boot milestone.", func() float64 { return since })
+		}
+		return nil
+	}); err != nil {
 		return fmt.Errorf("boot: %w", err)
 	}
-	for _, e := range timeline.Entries() {
-		since := e.Since.Seconds()
-		reg.Gauge("keel_boot_"+e.Name+"_seconds", "Guest uptime (CLOCK_BOOTTIME) at the "+e.Name+" boot milestone.", func() float64 { return since })
-	}
-	bootDone.Open(nil)
 	select {
 	case err := <-errc:
 		if err != nil {

@@ -187,8 +187,8 @@ func StartWith(ctx context.Context, o Options) (*Result, error) {
 		// /proc first, then the command line's log level for the other
 		// mounts: each console line costs ~1 ms under TCG (a port write
 		// per byte), and at agent.log=info (the default) the mount steps
-		// log nothing. A command line asking for debug still gets every
-		// step but the two mounting /proc.
+		// log nothing but the two steps mounting /proc, which run before
+		// the level can be read and so are logged at every level.
 		nproc := len(mounts.Proc())
 		if err := step.Run(log, base[:nproc]); err != nil {
 			return res, err

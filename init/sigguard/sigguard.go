@@ -17,6 +17,7 @@
 package sigguard
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -139,8 +140,17 @@ func HoldSignals(sigs ...os.Signal) (stop func()) {
 			for k, n := range counts {
 				args = append(args, k, n)
 			}
+			level := slog.LevelWarn
+			if len(counts) == 1 && counts[unix.SIGPIPE.String()] > 0 {
+				// SIGPIPE alone is routine, not an attack: splice(2)
+				// into a socket whose peer closed (agent/stdio's attached
+				// streams) raises it in the agent itself, and splice has
+				// no MSG_NOSIGNAL. It is still caught, so PID 1 survives
+				// it, but logged at debug level only.
+				level = slog.LevelDebug
+			}
 			clear(counts)
-			slog.Default().Warn("signals sent to the agent (caught; only TERM, INT and PWR shut it down)", args...)
+			slog.Default().Log(context.Background(), level, "signals sent to the agent (caught; only TERM, INT and PWR shut it down)", args...)
 		}
 	})
 	return func() {

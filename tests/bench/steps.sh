@@ -2,9 +2,11 @@
 # make bench-steps: the before/after table of issue 16's optimisation steps
 # on the container lifecycle. For each line of tests/bench/steps.txt (a
 # commit: its first parent vs it; or FROM..TO) it builds keel-agent at both
-# commits like `make agent` does, into a cache outside the checkout keyed by
-# commit ($KEEL_CACHE/agent-steps/<commit>/keel-agent; the sources come
-# from `git archive`, the work tree is not touched), and runs the paired A/B
+# commits like `make agent` does (with the Makefile's AGENT_TAGS and
+# AGENT_LINKFLAGS, which `make bench-steps` passes), into a cache outside the
+# checkout keyed by commit, Go version and build flags
+# ($KEEL_CACHE/agent-steps/<commit>-<go version>-<flags hash>/keel-agent; the
+# sources come from `git archive`, the work tree is not touched), and runs the paired A/B
 # benchmarks of tests/bench/containerbench with A = before, B = after:
 # BenchmarkAgentLifecycleAB (P1 wire: create+start+read+wait+remove) and
 # BenchmarkAgentExecAB (P2 wire: exec /bin/true). Each alternates the two
@@ -17,14 +19,21 @@
 set -eu
 cd "$(dirname "$0")/../.."
 root=$PWD
+# The agents built from these commits run as root on this machine (host
+# mode, no VM around them): list only commits of this repository.
 steps=${STEPS_FILE:-tests/bench/steps.txt}
 pairs=${STEPS_PAIRS:-30}
 count=${STEPS_COUNT:-3}
 cache=${KEEL_CACHE:-/var/cache/keel}/agent-steps
 GO=${GO:-go}
+: "${AGENT_TAGS:?unset: run through make bench-steps}" "${AGENT_LINKFLAGS:?unset: run through make bench-steps}"
+# A cached binary is reused only when built by the same Go with the same flags.
+buildkey=$($GO env GOVERSION)-$(printf '%s\n' "$AGENT_TAGS" "$AGENT_LINKFLAGS" | sha256sum | cut -c1-12)
 mkdir -p build "$cache"
 work=$(mktemp -d /tmp/keel-bench-steps.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+# Killed: exit, so the EXIT trap cleans up.
+trap 'exit 143' TERM INT HUP
 
 # agent COMMIT: the path of keel-agent built at COMMIT (cached).
 agent() {
@@ -32,16 +41,27 @@ agent() {
 		echo "steps: unknown commit $1" >&2
 		return 1
 	}
-	out=$cache/$full/keel-agent
+	dir=$cache/$full-$buildkey
+	out=$dir/keel-agent
 	if [ ! -x "$out" ]; then
 		echo "steps: building keel-agent at $(git rev-parse --short "$full")" >&2
 		src=$work/src-$full
-		mkdir -p "$src" "$cache/$full"
+		mkdir -p "$src" "$dir"
 		git archive "$full" | tar -x -C "$src"
-		(cd "$src" && CGO_ENABLED=1 $GO build -trimpath -tags netgo,osusergo,seccomp \
-			-ldflags "-s -w -X github.com/keelvm/keel/agent/version.Version=$(git -C "$root" rev-parse --short "$full") -linkmode external -extldflags -static" \
-			-o "$out.tmp" ./cmd/keel-agent) >&2
-		mv "$out.tmp" "$out"
+		# Built under a private name and renamed into place: a concurrent
+		# run building the same commit never sees (or execs) a half-written
+		# binary. The subshell's own traps remove it on failure or kill.
+		(
+			tmp=$(mktemp "$dir/keel-agent.XXXXXX")
+			trap 'rm -f "$tmp"' EXIT
+			trap 'exit 143' TERM INT HUP
+			cd "$src"
+			CGO_ENABLED=1 $GO build -trimpath -tags "$AGENT_TAGS" \
+				-ldflags "$AGENT_LINKFLAGS -X github.com/keelvm/keel/agent/version.Version=$(git -C "$root" rev-parse --short "$full")" \
+				-o "$tmp" ./cmd/keel-agent
+			chmod 755 "$tmp"
+			mv -f "$tmp" "$out"
+		) >&2
 		rm -rf "$src"
 	fi
 	echo "$out"

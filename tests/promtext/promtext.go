@@ -13,8 +13,10 @@ import (
 // metric name with its labels as written (`keel_containers`,
 // `keel_guest_meminfo_bytes{item="MemFree"}`). Comments (# HELP, # TYPE)
 // and blank lines are skipped; an optional timestamp after the value is
-// ignored. A line that is not `series value [timestamp]` is an error
-// naming it, so a test that parses the whole text also checks its format.
+// ignored. Series and value may be separated by spaces or tabs. A line
+// that is not `series value [timestamp]`, or a series that appears twice,
+// is an error naming it, so a test that parses the whole text also checks
+// its format.
 func Parse(text string) (map[string]float64, error) {
 	out := map[string]float64{}
 	for i, line := range strings.Split(text, "\n") {
@@ -25,6 +27,9 @@ func Parse(text string) (map[string]float64, error) {
 		series, v, err := parseLine(line)
 		if err != nil {
 			return nil, fmt.Errorf("unable to parse metrics line %d %q: %w", i+1, line, err)
+		}
+		if _, dup := out[series]; dup {
+			return nil, fmt.Errorf("unable to parse metrics line %d %q: series %s appears twice", i+1, line, series)
 		}
 		out[series] = v
 	}
@@ -59,11 +64,11 @@ func parseLine(line string) (string, float64, error) {
 		}
 		series, rest = line[:j+1], line[j+1:]
 	} else {
-		var ok bool
-		series, rest, ok = strings.Cut(line, " ")
-		if !ok {
+		i := strings.IndexAny(line, " \t")
+		if i < 0 {
 			return "", 0, fmt.Errorf("no value")
 		}
+		series, rest = line[:i], line[i:]
 	}
 	f := strings.Fields(rest)
 	if len(f) < 1 || len(f) > 2 {

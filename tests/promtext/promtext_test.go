@@ -15,6 +15,8 @@ keel_connections_evicted 0 1700000000000
 keel_agent_go_gc_percent +Inf
 
 keel_containers_total 10
+keel_tabbed	7
+keel_tabbed_labels{item="a b"}		8	1700000000000
 `
 
 func TestParse(t *testing.T) {
@@ -29,6 +31,8 @@ func TestParse(t *testing.T) {
 		"keel_connections_evicted":                   0,
 		"keel_agent_go_gc_percent":                   math.Inf(1),
 		"keel_containers_total":                      10,
+		"keel_tabbed":                                7,
+		`keel_tabbed_labels{item="a b"}`:             8,
 	}
 	if len(got) != len(want) {
 		t.Errorf("got %d samples %v, want %d", len(got), got, len(want))
@@ -54,6 +58,24 @@ func TestParseRejectsMalformedLines(t *testing.T) {
 	}
 }
 
+// A series given twice is an error (a map would keep only one of the
+// values), tab-separated or not; the same name with other labels is not.
+func TestParseRejectsDuplicateSeries(t *testing.T) {
+	for _, text := range []string{
+		"keel_ok 1\nkeel_ok 2\n",
+		"keel_ok 1\nkeel_ok\t2\n",
+		"keel_ok{a=\"b\"} 1\nkeel_ok{a=\"b\"}\t1\n",
+	} {
+		if _, err := Parse(text); err == nil || !strings.Contains(err.Error(), "line 2") || !strings.Contains(err.Error(), "twice") {
+			t.Errorf("Parse(%q): %v, want an error naming line 2 as a duplicate", text, err)
+		}
+	}
+	got, err := Parse("keel_ok 1\nkeel_ok{a=\"b\"} 2\nkeel_ok{a=\"c\"} 3\n")
+	if err != nil || len(got) != 3 {
+		t.Errorf("distinct label sets: %v, %v; want 3 series", got, err)
+	}
+}
+
 func TestValue(t *testing.T) {
 	for _, c := range []struct {
 		series string
@@ -64,6 +86,8 @@ func TestValue(t *testing.T) {
 		{"keel_containers_total", 10, true}, // not confused with its prefix
 		{`keel_guest_meminfo_bytes{item="MemFree"}`, 12345000, true},
 		{"keel_connections_evicted", 0, true},
+		{"keel_tabbed", 7, true},
+		{`keel_tabbed_labels{item="a b"}`, 8, true},
 		{"keel_contain", 0, false},
 		{"keel_missing", 0, false},
 	} {

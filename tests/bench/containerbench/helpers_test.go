@@ -162,7 +162,8 @@ func startReaped(cmd *exec.Cmd) (<-chan reaper.ExitStatus, error) {
 type runcTool struct {
 	bin, root string
 	// log is runc's stdout and stderr, opened once so that no timed run
-	// pays for opening it (runc writes nothing there when it succeeds).
+	// pays for opening it (runc writes nothing there when it succeeds),
+	// and emptied before each run so an error quotes only its own run.
 	log *os.File
 }
 
@@ -193,6 +194,10 @@ func newRuncOn(tb testing.TB, dir string) *runcTool {
 // (a pipe would be inherited by a detached container and never reach EOF).
 func (rt *runcTool) run(args ...string) error {
 	cmd := exec.Command(rt.bin, append([]string{"--root", rt.root}, args...)...)
+	// O_APPEND: runc writes after what is there, so truncating is enough.
+	if err := rt.log.Truncate(0); err != nil {
+		return fmt.Errorf("unable to empty runc's log: %w", err)
+	}
 	cmd.Stdout, cmd.Stderr = rt.log, rt.log
 	st, err := reaper.Command(cmd)
 	if err == nil && st.Code != 0 {

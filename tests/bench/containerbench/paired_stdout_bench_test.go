@@ -3,7 +3,6 @@ package containerbench
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"slices"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/keelvm/keel/agent/containers"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/bench/bufcopy"
 )
 
 // BenchmarkStdoutRPCPaired32KiB (P3) times, in every iteration and in
@@ -119,11 +119,11 @@ func rawCopy(b *testing.B, bufSize int) time.Duration {
 	rbuf, wbuf := make([]byte, bufSize), make([]byte, bufSize)
 	t0 := time.Now()
 	go func() {
-		io.CopyBuffer(agentSide, pr, wbuf)
+		bufcopy.Copy(agentSide, pr, wbuf)
 		agentSide.CloseWrite()
 		pr.Close()
 	}()
-	n, err := io.CopyBuffer(io.Discard, hostSide, rbuf)
+	n, err := bufcopy.Discard(hostSide, rbuf)
 	d := time.Since(t0)
 	if err != nil || n != stdoutBytes {
 		b.Fatalf("copied %d bytes, %v", n, err)

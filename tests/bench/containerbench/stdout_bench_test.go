@@ -3,7 +3,6 @@ package containerbench
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"github.com/keelvm/keel/agent/server"
 	"github.com/keelvm/keel/protocol/client"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/bench/bufcopy"
 	"golang.org/x/sys/unix"
 )
 
@@ -146,11 +146,11 @@ func BenchmarkRawUnixCopy1MiB(b *testing.B) {
 				}
 				b.StartTimer()
 				go func() {
-					io.CopyBuffer(agentSide, pr, wbuf)
+					bufcopy.Copy(agentSide, pr, wbuf)
 					agentSide.CloseWrite()
 					pr.Close()
 				}()
-				n, err := io.CopyBuffer(io.Discard, hostSide, rbuf)
+				n, err := bufcopy.Discard(hostSide, rbuf)
 				b.StopTimer()
 				if err != nil || n != stdoutBytes {
 					b.Fatalf("copied %d bytes, %v", n, err)

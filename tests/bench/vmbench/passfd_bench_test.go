@@ -26,8 +26,12 @@ import (
 // writes (-cpustat), so per mode the benchmark reports the guest CPU per
 // MB, how busy the one vCPU was, and the producer's share; the rest of the
 // busy time is the agent (passfd) or the kernel's vsock transmit work
-// outside the producer's syscalls. Beside them, per MB: QEMU's CPU from
-// the first byte to EOF (what emulating the guest's work cost the host:
+// outside the producer's syscalls. The producer's window ends at its last
+// write, not when the host has read everything: in passfd mode up to a
+// pipe's worth (AttachPipeSize, 1 MiB of the 32 MiB) may still be in the
+// pipe for the agent to splice, so the guest figures undercount passfd's
+// tail (by at most ~3%); in raw mode only the socket's buffer is left.
+// Beside them, per MB: QEMU's CPU from the first byte to EOF (what emulating the guest's work cost the host:
 // unlike the guest's own clock, host load barely moves it) and, over whole
 // ops, this process's (the vsock device, the reader). A guest busy ~100% is CPU-bound: the
 // ratio is then the ratio of the guest CPU each path needs per byte. Idle
@@ -87,7 +91,9 @@ func selfCPUSeconds() float64 {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// cpuStat is what the producer measured over its writes (-cpustat).
+// cpuStat is what the producer measured over its writes (-cpustat): from
+// its first write to its last, not to the host's EOF (see
+// BenchmarkStdoutVsockPaired).
 type cpuStat struct {
 	busy, idle time.Duration // the guest's, from /proc/stat (10 ms ticks)
 	self       time.Duration // the producer's own user + system time
