@@ -2,8 +2,7 @@
 //
 // PID 1 opens its AF_VSOCK listener as soon as it can serve, and finishes
 // the rest of the boot (the agent's cgroup and OOM protection, lo, the
-// file-descriptor limit, hostname, entropy, the log and debug-console
-// ports) right after, while the host connects: under TCG that work costs
+// file-descriptor limit, hostname, entropy) right after, while the host connects: under TCG that work costs
 // tens of milliseconds of code translation, which the host's connection
 // set-up then overlaps. No RPC that acts on the guest may see it half set
 // up, so the server makes every request but the liveness probe wait here

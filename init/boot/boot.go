@@ -11,11 +11,11 @@
 //	switch to agent.rootfs/root= and re-exec (switchroot)   -- stage 2 resumes here
 //	PATH, RLIMIT_NOFILE
 //	SIGTERM/SIGPWR/SIGINT -> power off
+//	log stream on agent.log_vport, debug console on agent.debug_console_vport
 //	                                      -- Start returns; the agent listens
 //	oom_score_adj, agent cgroup           (mounts.ProtectAgent; Finish)
 //	hostname, ip link set lo up
 //	entropy: agent.entropy seed, /dev/hwrng in the background
-//	log stream on agent.log_vport, debug console on agent.debug_console_vport
 //
 // Each step is logged like the shell line it replaces; a failing required
 // step makes Start or Finish (Run does both) return an error (main then
@@ -270,6 +270,10 @@ func StartWith(ctx context.Context, o Options) (*Result, error) {
 	}
 	res.RootIsInitramfs = switchroot.RootIsInitramfs()
 	shutdown.HandleSignals()
+	// The log and debug-console ports open before the main listener: a
+	// host that polls Health and then connects to them must not find them
+	// refused. Opening them is a listen call and two goroutines.
+	startServices(ctx, res, o.Listen)
 	res.finish = func() error {
 		if res.PID1 {
 			sigguard.HoldSignals(sigguard.Realtime()...)
@@ -281,7 +285,6 @@ func StartWith(ctx context.Context, o Options) (*Result, error) {
 			return err
 		}
 		seedEntropy(cfg, log)
-		startServices(ctx, res, o.Listen)
 		timeline.Mark("boot_done")
 		log.Info("boot done", "timeline", timeline.String(), "root_is_initramfs", res.RootIsInitramfs)
 		return nil
