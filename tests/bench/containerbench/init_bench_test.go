@@ -99,6 +99,14 @@ func benchInitStart(b *testing.B, bin string) {
 // one, else the agent built here (agentBinary); a $KEEL_AGENT_BIN that is
 // not is skipped, saying why (make bench shows skips and their reasons).
 func BenchmarkAgentInitStart(b *testing.B) {
+	// Since keel-agent dispatches to libcontainer.Init only when
+	// _LIBCONTAINER_INITPIPE is set too (a stray "init" on the kernel
+	// command line must not make PID 1 a container init), a bare `init`
+	// runs the agent's main instead; and with the variable set, nsexec
+	// (cgo, before the Go runtime) reads a bootstrap message from that
+	// pipe and fails without one, so the Go side is never reached.
+	// Measuring it needs a real bootstrap message in the pipe: not done.
+	b.Skip("keel-agent reaches libcontainer.Init only with a real init pipe (bootstrap message for nsexec), which this benchmark does not provide yet")
 	bin := agentBinary(b)
 	if err := checkBuiltLikeAgent(bin); err != nil {
 		b.Skipf("the comparison with BenchmarkSlimInitStart needs the agent built like it: %v", err)
