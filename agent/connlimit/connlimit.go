@@ -34,7 +34,6 @@
 package connlimit
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -45,6 +44,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keelvm/keel/protocol/ttrpcframe"
 	"golang.org/x/sys/unix"
 )
 
@@ -77,7 +77,7 @@ const (
 
 // ttrpc framing.
 const (
-	headerLen       = 10
+	headerLen       = ttrpcframe.HeaderLen
 	msgTypeRequest  = 1
 	msgTypeResponse = 2
 )
@@ -255,9 +255,7 @@ type conn struct {
 	closed  bool
 
 	// Read side, touched only by the (single) reader goroutine.
-	rhdr       [headerLen]byte
-	rhdrN      int
-	rbody      uint64 // body bytes of the current frame still to come
+	rframe     ttrpcframe.Follower
 	frameStart time.Time
 	armed      bool      // a read deadline for the current frame is set
 	deadline   time.Time // the current frame's read deadline
@@ -265,9 +263,7 @@ type conn struct {
 	credit     time.Duration
 
 	// Write side, touched only by the (single) writer goroutine.
-	whdr  [headerLen]byte
-	whdrN int
-	wbody uint64
+	wframe ttrpcframe.Follower
 
 	closeOnce sync.Once
 }
@@ -347,28 +343,8 @@ func (c *conn) extendFrameClock() {
 // readBytes advances the read-side frame parser over b and arms or clears
 // the frame deadline.
 func (c *conn) readBytes(b []byte) {
-	requests, completed := 0, false
-	for len(b) > 0 {
-		if c.rbody > 0 {
-			k := min(uint64(len(b)), c.rbody)
-			c.rbody -= k
-			b = b[k:]
-			completed = completed || c.rbody == 0
-			continue
-		}
-		k := copy(c.rhdr[c.rhdrN:], b)
-		c.rhdrN += k
-		b = b[k:]
-		if c.rhdrN == headerLen {
-			c.rhdrN = 0
-			c.rbody = uint64(binary.BigEndian.Uint32(c.rhdr[:4]))
-			completed = completed || c.rbody == 0
-			if c.rhdr[8] == msgTypeRequest {
-				requests++
-			}
-		}
-	}
-	mid := c.rhdrN > 0 || c.rbody > 0
+	completed, requests := c.rframe.Feed(b, msgTypeRequest)
+	mid := c.rframe.Mid()
 	now := time.Now()
 	c.mu.Lock()
 	c.last = now
@@ -404,25 +380,7 @@ func (c *conn) Write(p []byte) (int, error) {
 // writeBytes advances the write-side frame parser: each response header
 // settles one pending request.
 func (c *conn) writeBytes(b []byte) {
-	responses := 0
-	for len(b) > 0 {
-		if c.wbody > 0 {
-			k := min(uint64(len(b)), c.wbody)
-			c.wbody -= k
-			b = b[k:]
-			continue
-		}
-		k := copy(c.whdr[c.whdrN:], b)
-		c.whdrN += k
-		b = b[k:]
-		if c.whdrN == headerLen {
-			c.whdrN = 0
-			c.wbody = uint64(binary.BigEndian.Uint32(c.whdr[:4]))
-			if c.whdr[8] == msgTypeResponse {
-				responses++
-			}
-		}
-	}
+	_, responses := c.wframe.Feed(b, msgTypeResponse)
 	c.mu.Lock()
 	c.last = time.Now()
 	c.pending = max(c.pending-responses, 0)

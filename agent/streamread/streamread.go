@@ -50,6 +50,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/protocol/ttrpcframe"
 )
 
 // Reader serves the reads; agent/containers implements it.
@@ -92,7 +93,7 @@ type Config struct {
 // ttrpc framing (its PROTOCOL.md): a 10-byte header (length, stream id,
 // type, flags), then length bytes.
 const (
-	headerLen       = 10
+	headerLen       = ttrpcframe.HeaderLen
 	msgTypeRequest  = 1
 	msgTypeResponse = 2
 	maxFrame        = 4 << 20 // ttrpc's messageLengthMax
@@ -151,9 +152,7 @@ type Conn struct {
 	// keeps it from the first byte of a frame to the last, across writes.
 	turn     chan struct{}
 	ttHolds  bool // under turn, ttrpc's writer only
-	whdr     [headerLen]byte
-	whdrN    int
-	wbody    uint64
+	wframe   ttrpcframe.Follower
 	closed   chan struct{}
 	closeMu  sync.Once
 	inflight sync.WaitGroup
@@ -411,8 +410,8 @@ func (c *Conn) Write(p []byte) (int, error) {
 		}
 	}
 	n, err := c.Conn.Write(p)
-	c.follow(p[:n])
-	mid := c.whdrN != 0 || c.wbody != 0
+	c.wframe.Feed(p[:n], 0)
+	mid := c.wframe.Mid()
 	if err != nil && mid {
 		// The frame can never be completed: close before the turn goes
 		// back, so no other writer appends a frame to the half-written one.
@@ -423,25 +422,6 @@ func (c *Conn) Write(p []byte) (int, error) {
 		<-c.turn
 	}
 	return n, err
-}
-
-// follow advances over frame bytes ttrpc wrote.
-func (c *Conn) follow(b []byte) {
-	for len(b) > 0 {
-		if c.wbody > 0 {
-			k := min(uint64(len(b)), c.wbody)
-			c.wbody -= k
-			b = b[k:]
-			continue
-		}
-		k := copy(c.whdr[c.whdrN:], b)
-		c.whdrN += k
-		b = b[k:]
-		if c.whdrN == headerLen {
-			c.whdrN = 0
-			c.wbody = uint64(binary.BigEndian.Uint32(c.whdr[:4]))
-		}
-	}
 }
 
 // Close closes the connection and ends the requests served here.
