@@ -20,6 +20,7 @@ import (
 	"github.com/keelvm/keel/agent/ociconv"
 	"github.com/keelvm/keel/protocol/client"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/bench/guestbench"
 )
 
 // The wire tier (P1/P2 as a host runtime pays them): the real keel-agent
@@ -196,57 +197,20 @@ func childrenCPU(tb testing.TB) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// lifecycleTrue is what a host runtime does for `run /bin/true` without a
-// terminal: CreateContainer, StartContainer, ReadStdout until EOF,
-// WaitProcess, RemoveContainer.
+// lifecycleTrue and lifecyclePhases run guestbench.LifecyclePhases, the
+// sequence the in-guest tier times too, on this package's rootfs.
 func lifecycleTrue(ctx context.Context, a pb.AgentServiceService, id string) error {
 	_, err := lifecyclePhases(ctx, a, id)
 	return err
 }
 
-// Phases of lifecycleTrue, as the host sees them (each RPC's round trip).
-const (
-	phaseCreate = iota // CreateContainer
-	phaseStart         // StartContainer
-	phaseRun           // ReadStdout until EOF + WaitProcess
-	phaseRemove        // RemoveContainer
-	nPhases
-)
-
-var phaseUnits = [nPhases]string{"create-ms", "start-ms", "run-ms", "remove-ms"}
-
-// lifecyclePhases is lifecycleTrue, timing each phase.
-func lifecyclePhases(ctx context.Context, a pb.AgentServiceService, id string) (ph [nPhases]time.Duration, _ error) {
-	t := time.Now()
-	lap := func(i int) {
-		now := time.Now()
-		ph[i], t = now.Sub(t), now
-	}
-	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: id, OCI: pbSpec("/bin/true")}); err != nil {
-		return ph, fmt.Errorf("CreateContainer %s: %w", id, err)
-	}
-	lap(phaseCreate)
-	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id}); err != nil {
-		return ph, fmt.Errorf("StartContainer %s: %w", id, err)
-	}
-	lap(phaseStart)
-	if n, err := drainStdout(ctx, a, id, "", 32<<10); err != nil || n != 0 {
-		return ph, fmt.Errorf("ReadStdout: %d bytes, %v", n, err)
-	}
-	w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: id})
-	if err != nil {
-		return ph, fmt.Errorf("WaitProcess: %w", err)
-	}
-	if w.Status != 0 {
-		return ph, fmt.Errorf("/bin/true: status %d", w.Status)
-	}
-	lap(phaseRun)
-	if _, err := a.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: id}); err != nil {
-		return ph, fmt.Errorf("RemoveContainer: %w", err)
-	}
-	lap(phaseRemove)
-	return ph, nil
+func lifecyclePhases(ctx context.Context, a pb.AgentServiceService, id string) ([nPhases]time.Duration, error) {
+	return guestbench.LifecyclePhases(ctx, a, rootfs, id)
 }
+
+const nPhases = guestbench.NPhases
+
+var phaseUnits = guestbench.PhaseUnits
 
 // BenchmarkAgentLifecycle (P1, wire tier): create+start+wait+remove of
 // /bin/true through the keel-agent binary over a unix socket. Besides the

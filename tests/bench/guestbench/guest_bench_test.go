@@ -108,57 +108,19 @@ func benchCtx(b *testing.B) context.Context {
 	return ctx
 }
 
-// lifecycleTrue is what a host runtime does for `run /bin/true` without a
-// terminal: CreateContainer, StartContainer, ReadStdout until EOF,
-// WaitProcess, RemoveContainer, each an RPC over AF_VSOCK.
+// lifecycleTrue and lifecyclePhases run LifecyclePhases on Rootfs.
 func lifecycleTrue(ctx context.Context, a pb.AgentServiceService, id string) error {
 	_, err := lifecyclePhases(ctx, a, id)
 	return err
 }
 
-// Phases of lifecyclePhases, as timed from the host.
-const (
-	phaseCreate = iota // CreateContainer
-	phaseStart         // StartContainer
-	phaseRun           // ReadStdout to EOF + WaitProcess
-	phaseRemove        // RemoveContainer
-	nPhases
-)
-
-var phaseUnits = [nPhases]string{"create-ms", "start-ms", "run-ms", "remove-ms"}
-
-// lifecyclePhases is lifecycleTrue, also returning how long each phase took.
-func lifecyclePhases(ctx context.Context, a pb.AgentServiceService, id string) (ph [nPhases]time.Duration, _ error) {
-	t := time.Now()
-	lap := func(i int) {
-		now := time.Now()
-		ph[i], t = now.Sub(t), now
-	}
-	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: id, ExecId: id, OCI: Spec(Rootfs, "/bin/true")}); err != nil {
-		return ph, fmt.Errorf("CreateContainer %s: %w", id, err)
-	}
-	lap(phaseCreate)
-	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: id}); err != nil {
-		return ph, fmt.Errorf("StartContainer %s: %w", id, err)
-	}
-	lap(phaseStart)
-	if err := drain(ctx, a, id, id); err != nil {
-		return ph, err
-	}
-	w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: id, ExecId: id})
-	if err != nil {
-		return ph, fmt.Errorf("WaitProcess %s: %w", id, err)
-	}
-	if w.Status != 0 {
-		return ph, fmt.Errorf("/bin/true in %s: status %d", id, w.Status)
-	}
-	lap(phaseRun)
-	if _, err := a.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: id}); err != nil {
-		return ph, fmt.Errorf("RemoveContainer %s: %w", id, err)
-	}
-	lap(phaseRemove)
-	return ph, nil
+func lifecyclePhases(ctx context.Context, a pb.AgentServiceService, id string) ([NPhases]time.Duration, error) {
+	return LifecyclePhases(ctx, a, Rootfs, id)
 }
+
+const nPhases = NPhases
+
+var phaseUnits = PhaseUnits
 
 // medianMs is the median of d in milliseconds.
 func medianMs(d []time.Duration) float64 {
@@ -167,16 +129,8 @@ func medianMs(d []time.Duration) float64 {
 	return float64(s[len(s)/2]) / float64(time.Millisecond)
 }
 
-// drain reads a process's stdout to EOF and fails if anything came.
 func drain(ctx context.Context, a pb.AgentServiceService, cid, eid string) error {
-	r, err := a.ReadStdout(ctx, &pb.ReadStreamRequest{ContainerId: cid, ExecId: eid, Len: 32 << 10})
-	if err != nil {
-		return fmt.Errorf("ReadStdout %s/%s: %w", cid, eid, err)
-	}
-	if len(r.Data) != 0 {
-		return fmt.Errorf("ReadStdout %s/%s: unexpected output %q", cid, eid, r.Data)
-	}
-	return nil
+	return Drain(ctx, a, cid, eid)
 }
 
 var seq int
