@@ -252,7 +252,9 @@ func TestBadReplies(t *testing.T) {
 			return frame(q.id, msgTypeResponse, []byte{0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 		}, ErrProtocol},
 		{"field past the frame", func(q request) []byte { return frame(q.id, msgTypeResponse, []byte{0x12, 0x20, 0x0a, 0x1e, 'a'}) }, ErrProtocol},
-		{"data past its payload", func(q request) []byte { return frame(q.id, msgTypeResponse, []byte{0x12, 0x02, 0x0a, 0x05, 'a', 'b', 'c'}) }, ErrProtocol},
+		{"data past its payload", func(q request) []byte {
+			return frame(q.id, msgTypeResponse, []byte{0x12, 0x02, 0x0a, 0x05, 'a', 'b', 'c'})
+		}, ErrProtocol},
 		{"field number 0", func(q request) []byte { return frame(q.id, msgTypeResponse, []byte{0x02, 0x00}) }, ErrProtocol},
 		{"bad status", func(q request) []byte { return frame(q.id, msgTypeResponse, []byte{0x0a, 0x02, 0x08, 0xff}) }, ErrProtocol},
 		{"more data than asked", func(q request) []byte {
