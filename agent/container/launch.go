@@ -161,6 +161,19 @@ func (h *agentHook) Run(s *specs.State) error {
 // abandoned and undo runs), as opposed to a start that failed by itself.
 var errLaunchTimeout = errors.New("agent.launch_process_timeout")
 
+// noTurn is the error of a start that never got its container's turn (it
+// did nothing); like errLaunchTimeout's, its text is complete as it is.
+type noTurn struct{ error }
+
+func (e noTurn) Unwrap() error { return e.error }
+
+// launchError reports whether err is launch's own (complete) error rather
+// than the start's.
+func launchError(err error) bool {
+	var nt noTurn
+	return errors.Is(err, errLaunchTimeout) || errors.As(err, &nt)
+}
+
 // killAndWait SIGKILLs the process and waits (at most launchGrace) until it
 // is reaped.
 func (p *Process) killAndWait() {
@@ -238,7 +251,7 @@ func (t *startTurn) take(what string, timeout time.Duration, expired <-chan time
 			t.mu.Unlock()
 			return nil
 		case <-expired:
-			return fmt.Errorf("%s: not started within %v (another start in the container did not end): %w", what, timeout, ErrTimeout)
+			return noTurn{fmt.Errorf("%s: not started within %v (another start in the container did not end): %w", what, timeout, ErrTimeout)}
 		case <-stuck:
 		}
 		t.mu.Lock()
@@ -250,8 +263,8 @@ func (t *startTurn) take(what string, timeout time.Duration, expired <-chan time
 		}
 		holder, began, since := t.what, t.began, t.since
 		t.mu.Unlock()
-		return fmt.Errorf("%s: refused: %s has been stuck since %s (began %s, %v ago; its processes were killed and did not die: uninterruptible sleep, a frozen cgroup or a hung filesystem?); starts of the container wait until it ends: %w",
-			what, holder, since.UTC().Format(time.RFC3339), began.UTC().Format(time.RFC3339), time.Since(began).Round(time.Millisecond), ErrUnavailable)
+		return noTurn{fmt.Errorf("%s: refused: %s has been stuck since %s (began %s, %v ago; its processes were killed and did not die: uninterruptible sleep, a frozen cgroup or a hung filesystem?); starts of the container wait until it ends: %w",
+			what, holder, since.UTC().Format(time.RFC3339), began.UTC().Format(time.RFC3339), time.Since(began).Round(time.Millisecond), ErrUnavailable)}
 	}
 }
 

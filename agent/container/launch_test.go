@@ -497,6 +497,10 @@ func refusedAtOnce(t *testing.T, c *Container, execID, stuckID string) {
 	if d > c.launch.timeout/4 {
 		t.Errorf("exec %s refused after %v: it waited for the stuck start (launch timeout %v)", execID, d, c.launch.timeout)
 	}
+	if strings.HasPrefix(err.Error(), "unable to") {
+		t.Errorf("error %q: wrapped as a failed start, though nothing was started", err)
+	}
+	t.Logf("refused: %v", err)
 	for _, want := range []string{strconv.Quote(c.id), strconv.Quote(stuckID), "stuck since"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %s", err, want)
