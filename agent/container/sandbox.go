@@ -406,7 +406,7 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		return nil, fmt.Errorf("OCI: %v: %w", err, ErrInvalid)
 	}
 	c := &Container{id: cc.ID, lc: lc, spec: spec, privatePidns: plan.privatePid, log: s.log, state: StateCreated, execs: map[string]*Process{}, retired: map[string]*Process{}, pending: map[string]bool{}}
-	c.launch = launchOpts{timeout: s.cfg.LaunchTimeout, hooks: hooks, turn: make(chan struct{}, 1)}
+	c.launch = launchOpts{timeout: s.cfg.LaunchTimeout, hooks: hooks, turn: newStartTurn()}
 	if st, err := lc.State(); err == nil {
 		c.launch.procs = procsFile(st.CgroupPaths)
 	}

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -209,7 +210,7 @@ func TestBindVFIOAlreadyBound(t *testing.T) {
 	if err := os.Symlink("../../../bus/pci/drivers/vfio-pci", filepath.Join(dev, "driver")); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.bindVFIO(bdf); err != nil {
+	if err := m.bindVFIO(context.Background(), bdf); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dev, "driver_override")); string(b) != "vfio-pci" {
@@ -224,7 +225,48 @@ func TestBindVFIOAlreadyBound(t *testing.T) {
 	if g, err := m.iommuGroup(bdf); err != nil || g != "7" {
 		t.Errorf("group %q %v", g, err)
 	}
-	if err := (&Manager{SysfsRoot: t.TempDir()}).bindVFIO(bdf); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "vfio-pci driver") {
+	if err := (&Manager{SysfsRoot: t.TempDir()}).bindVFIO(context.Background(), bdf); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "vfio-pci driver") {
 		t.Errorf("no vfio-pci driver: %v", err)
+	}
+}
+
+// TestBindVFIOWaitsForLateAttach: a hot-plugged function is announced
+// before the PCI core lets drivers match it, so the first probe binds
+// nothing; bindVFIO keeps looking until the core's own attach binds
+// vfio-pci (here: the driver link appears 150 ms later), and gives up
+// with ctx.
+func TestBindVFIOWaitsForLateAttach(t *testing.T) {
+	root := t.TempDir()
+	m := &Manager{SysfsRoot: root}
+	bdf := "0000:01:00.0"
+	dev := filepath.Join(root, "bus/pci/devices", bdf)
+	for _, d := range []string{dev, filepath.Join(root, "bus/pci/drivers/vfio-pci")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{filepath.Join(dev, "driver_override"), filepath.Join(root, "bus/pci/drivers_probe")} {
+		if err := os.WriteFile(f, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := m.bindVFIO(ctx, bdf); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("nothing bound: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "bus/pci/drivers_probe")); string(b) != bdf {
+		t.Errorf("drivers_probe got %q", b)
+	}
+	go func() {
+		time.Sleep(150 * time.Millisecond)
+		os.Symlink("../../../bus/pci/drivers/vfio-pci", filepath.Join(dev, "driver"))
+	}()
+	start := time.Now()
+	if err := m.bindVFIO(context.Background(), bdf); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Errorf("bound after %v, before the driver link appeared", d)
 	}
 }

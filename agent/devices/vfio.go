@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // vfio handles vfio-pci and vfio-pci-gk: every option names a function as
@@ -39,7 +40,7 @@ func (m *Manager) vfio(ctx context.Context, i int, d Device, pciMap map[string]s
 		if !bind {
 			continue
 		}
-		if err := m.bindVFIO(bdf); err != nil {
+		if err := m.bindVFIO(ctx, bdf); err != nil {
 			return nil, fmt.Errorf("%s: %w", field, err)
 		}
 		g, err := m.iommuGroup(bdf)
@@ -66,9 +67,20 @@ func (m *Manager) vfio(ctx context.Context, i int, d Device, pciMap map[string]s
 	return g, nil
 }
 
+// bindWait bounds how long bindVFIO waits for a function to bind.
+const bindWait = 5 * time.Second
+
 // bindVFIO makes vfio-pci the driver of PCI function bdf, like
 // `driverctl set-override BDF vfio-pci`.
-func (m *Manager) bindVFIO(bdf string) error {
+//
+// A hot-plugged function is announced (its add uevent, its sysfs
+// directory) before the PCI core lets drivers match it
+// (drivers/pci/bus.c pci_bus_add_device sets match_driver, then attaches
+// a driver): a probe in that window binds nothing, and the core's own
+// attach a moment later binds vfio-pci through the override. So bindVFIO
+// asks for a probe and looks again until vfio-pci is bound, for at most
+// bindWait within ctx.
+func (m *Manager) bindVFIO(ctx context.Context, bdf string) error {
 	if _, err := os.Stat(m.sysfs("bus/pci/drivers/vfio-pci")); err != nil {
 		return fmt.Errorf("the vfio-pci driver is not loaded (kernel_modules: vfio-pci, or CONFIG_VFIO_PCI): %w", ErrUnsupported)
 	}
@@ -76,25 +88,36 @@ func (m *Manager) bindVFIO(bdf string) error {
 	if err := os.WriteFile(filepath.Join(dev, "driver_override"), []byte("vfio-pci"), 0); err != nil {
 		return fmt.Errorf("unable to set the driver override of %s: %w", bdf, err)
 	}
-	cur, err := os.Readlink(filepath.Join(dev, "driver"))
-	switch {
-	case err == nil && filepath.Base(cur) == "vfio-pci":
-		return nil
-	case err == nil:
-		if err := os.WriteFile(filepath.Join(dev, "driver", "unbind"), []byte(bdf), 0); err != nil {
-			return fmt.Errorf("unable to unbind %s from %s: %w", bdf, filepath.Base(cur), err)
+	giveUp := time.NewTimer(bindWait)
+	defer giveUp.Stop()
+	for {
+		cur, err := os.Readlink(filepath.Join(dev, "driver"))
+		switch {
+		case err == nil && filepath.Base(cur) == "vfio-pci":
+			return nil
+		case err == nil:
+			// Bound before the override was set: unbind, then probe.
+			if err := os.WriteFile(filepath.Join(dev, "driver", "unbind"), []byte(bdf), 0); err != nil {
+				return fmt.Errorf("unable to unbind %s from %s: %w", bdf, filepath.Base(cur), err)
+			}
+		case !errors.Is(err, os.ErrNotExist):
+			return fmt.Errorf("unable to read the driver of %s: %w", bdf, err)
 		}
-	case !errors.Is(err, os.ErrNotExist):
-		return fmt.Errorf("unable to read the driver of %s: %w", bdf, err)
+		if err := os.WriteFile(m.sysfs("bus/pci/drivers_probe"), []byte(bdf), 0); err != nil {
+			return fmt.Errorf("unable to probe %s for vfio-pci: %w", bdf, err)
+		}
+		if cur, err := os.Readlink(filepath.Join(dev, "driver")); err == nil && filepath.Base(cur) == "vfio-pci" {
+			return nil
+		}
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-giveUp.C:
+			cur, err := os.Readlink(filepath.Join(dev, "driver"))
+			return fmt.Errorf("%s did not bind to vfio-pci within %s (driver %q, %v); a function without an IOMMU group needs vfio.enable_unsafe_noiommu_mode=1", bdf, bindWait, filepath.Base(cur), err)
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s to bind to vfio-pci: %w", bdf, ctx.Err())
+		}
 	}
-	if err := os.WriteFile(m.sysfs("bus/pci/drivers_probe"), []byte(bdf), 0); err != nil {
-		return fmt.Errorf("unable to probe %s for vfio-pci: %w", bdf, err)
-	}
-	cur, err = os.Readlink(filepath.Join(dev, "driver"))
-	if err != nil || filepath.Base(cur) != "vfio-pci" {
-		return fmt.Errorf("%s did not bind to vfio-pci (driver %q, %v); a function without an IOMMU group needs vfio.enable_unsafe_noiommu_mode=1", bdf, filepath.Base(cur), err)
-	}
-	return nil
 }
 
 // iommuGroup returns the IOMMU group number of PCI function bdf.

@@ -5,10 +5,8 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/keelvm/keel/agent/devmapper"
 	"github.com/keelvm/keel/agent/uevent"
@@ -36,25 +34,10 @@ func cryptName(mp string) string {
 	return "keel-ephemeral-" + hex.EncodeToString(h[:8])
 }
 
-// enxioWait bounds how long encrypt waits for a just-announced disk that
-// answers ENXIO to open.
-const enxioWait = 5 * time.Second
-
 // encrypt puts a dm-crypt device with a fresh random key over dev and
 // returns its /dev path and how to remove it.
 func (m *Manager) encrypt(ctx context.Context, field, mp, dev string) (string, func() error, error) {
 	sectors, err := devmapper.SectorsOf(dev)
-	// A disk whose uevent just arrived can still answer ENXIO to an open
-	// for a moment (seen under TCG): retry for up to enxioWait, within the
-	// request's deadline.
-	for giveUp := time.Now().Add(enxioWait); errors.Is(err, unix.ENXIO) && time.Now().Before(giveUp); {
-		select {
-		case <-ctx.Done():
-			return "", nil, fmt.Errorf("%s.source %s: %w (%w)", field, dev, err, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-		sectors, err = devmapper.SectorsOf(dev)
-	}
 	if err != nil {
 		return "", nil, err
 	}

@@ -3,8 +3,12 @@ package uevent
 import (
 	"context"
 	"fmt"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/keelvm/keel/agent/errdefs"
 )
@@ -44,6 +48,7 @@ type Matcher struct {
 // Registry dispatches uevents to the calls waiting for them.
 type Registry struct {
 	sysfs   string
+	devDir  string // where block nodes are opened to check them (devReady)
 	timeout time.Duration
 
 	mu      sync.Mutex
@@ -66,7 +71,11 @@ func NewRegistry(sysfs string, timeout time.Duration) *Registry {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	return &Registry{sysfs: sysfs, timeout: timeout, waiters: make(map[*waiter]struct{})}
+	r := &Registry{sysfs: sysfs, timeout: timeout, waiters: make(map[*waiter]struct{})}
+	if sysfs == DefaultSysfs {
+		r.devDir = "/dev" // a test's fake sysfs has no disks of its own to open
+	}
+	return r
 }
 
 // Sysfs is the sysfs mount point the registry looks in.
@@ -162,7 +171,9 @@ func (r *Registry) Wait(ctx context.Context, m Matcher, timeout time.Duration) (
 	}
 }
 
-// present looks in sysfs for the device.
+// present looks in sysfs for the device. A device found there may still
+// be in the middle of being added (see devReady): one that is not ready
+// is left for its uevent or the next rescan.
 func (r *Registry) present(m Matcher) (Event, bool) {
 	if m.Present == nil {
 		return Event{}, false
@@ -172,9 +183,30 @@ func (r *Registry) present(m Matcher) (Event, bool) {
 		if err != nil {
 			continue // went away, or not a device
 		}
-		if m.Match(&ev) {
+		if m.Match(&ev) && r.devReady(&ev) {
 			return ev, true
 		}
 	}
 	return Event{}, false
+}
+
+// devReady reports whether a disk found in sysfs can be opened yet. The
+// kernel adds a disk in steps (block/genhd.c device_add_disk): its sysfs
+// directory and /dev node appear first (device_add, with its uevent held
+// back), and only after bdev_add and the partition scan is the disk
+// announced; opening it before bdev_add answers ENXIO. A sysfs scan can
+// land in that window (a hot-plugged disk while an RPC waits for it: the
+// cause of the "open /dev/vda: no such device or address" flake), so a
+// disk that answers ENXIO is not there yet. Its uevent, sent after
+// bdev_add, needs no check. Anything else (no node, EACCES, ENOMEDIUM)
+// counts as ready and is the caller's to report.
+func (r *Registry) devReady(ev *Event) bool {
+	if ev.Subsystem != "block" || ev.DevName == "" || r.devDir == "" || strings.Contains(ev.DevName, "..") {
+		return true
+	}
+	fd, err := unix.Open(filepath.Join(r.devDir, ev.DevName), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err == nil {
+		unix.Close(fd)
+	}
+	return err != unix.ENXIO
 }

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // fakeDevice creates a sysfs-like device directory under root.
@@ -169,5 +171,45 @@ func BenchmarkDeliver(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		r.Deliver(ev)
+	}
+}
+
+// A disk found in sysfs whose node answers ENXIO is still being added
+// (its sysfs directory exists before the kernel can open it): Wait must
+// not return it from the scan, but from its uevent, which the kernel
+// sends once the disk opens. A node that opens, or none at all, is ready.
+func TestWaitSkipsDiskNotYetOpenable(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make device nodes")
+	}
+	root, dev := t.TempDir(), t.TempDir()
+	fakeDevice(t, root, vdaPath, "block", "MAJOR=259\nMINOR=1048575\nDEVNAME=vda\nDEVTYPE=disk\n")
+	// blkext's last minor: no disk has it, so opening the node is ENXIO.
+	if err := unix.Mknod(filepath.Join(dev, "vda"), unix.S_IFBLK|0o600, int(unix.Mkdev(259, 1<<20-1))); err != nil {
+		t.Fatal(err)
+	}
+	r := NewRegistry(root, 0)
+	r.devDir = dev
+	if _, err := r.Wait(context.Background(), vdaMatcher(), 700*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a disk answering ENXIO was returned from sysfs: %v", err)
+	}
+	go func() {
+		for r.Waiting() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond)
+		r.Deliver(Event{Action: ActionAdd, DevPath: vdaPath, Subsystem: "block", DevName: "vda", Seqnum: 9})
+	}()
+	ev, err := r.Wait(context.Background(), vdaMatcher(), 5*time.Second)
+	if err != nil || ev.Seqnum != 9 {
+		t.Fatalf("want the uevent (seqnum 9), got %+v, %v", ev, err)
+	}
+	// Once the node opens (here /dev/null's numbers) the scan finds it.
+	os.Remove(filepath.Join(dev, "vda"))
+	if err := unix.Mknod(filepath.Join(dev, "vda"), unix.S_IFCHR|0o600, int(unix.Mkdev(1, 3))); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := r.Wait(context.Background(), vdaMatcher(), time.Second); err != nil || ev.DevName != "vda" || ev.Seqnum != 0 {
+		t.Fatalf("an openable disk in sysfs: %+v, %v", ev, err)
 	}
 }
