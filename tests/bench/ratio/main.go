@@ -24,7 +24,8 @@
 //     AF_VSOCK round trip: the comparison favours runc and crun.
 //   - Container init start: both binaries static and stripped with the
 //     agent's tags (BenchmarkAgentInitStart skips a $KEEL_AGENT_BIN that
-//     is not).
+//     is not), started as libcontainer starts an init, with a real nsexec
+//     bootstrap message, up to libcontainer.Init's configuration read.
 //   - P3: the raw copy reads 1 MiB at a time through the same pipe size:
 //     the best a copy can do, not the same read size as the RPC path (32
 //     KiB, as Kata's shim reads). BenchmarkStdoutRPCPaired32KiB also times
@@ -57,6 +58,8 @@ var pairs = []pair{
 	{"P2 wire: keel-agent binary vs runc exec, tmpfs state", "BenchmarkAgentExec", "BenchmarkRuncExecTmpfs", "ns/op", "<= 0.5"},
 	{"P1 wire CPU: agent + its reaped inits vs runc + children", "BenchmarkAgentLifecycle", "BenchmarkRuncRunTmpfs", "cpu-ms/op", ""},
 	{"container init start: keel-agent vs libcontainer-only", "BenchmarkAgentInitStart", "BenchmarkSlimInitStart", "ns/op", ""},
+	{"container init start, page faults: keel-agent vs libcontainer-only", "BenchmarkAgentInitStart", "BenchmarkSlimInitStart", "faults/op", ""},
+	{"container init start, CPU: keel-agent vs libcontainer-only", "BenchmarkAgentInitStart", "BenchmarkSlimInitStart", "cpu-ms/op", ""},
 	{"P3 stdout fast path vs raw unix copy", "BenchmarkStdoutFastPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.95"},
 	{"P3 stdout RPC path vs raw unix copy", "BenchmarkStdoutRPCPath", "BenchmarkRawUnixCopy", "MB/s", ">= 0.3"},
 	{"P3 stdout RPC path, agent side only, vs raw", "BenchmarkStdoutRPCPathAgentSide", "BenchmarkRawUnixCopy", "MB/s", ""},
