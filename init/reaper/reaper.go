@@ -270,7 +270,7 @@ func (r *reaper) reapOrphans() {
 // as it exits, and delivers its status once on the returned channel. started
 // is when the process was started (see RegisterSince).
 func Watch(pid int, started time.Time) (<-chan ExitStatus, error) {
-	return WatchThen(pid, started, nil)
+	return WatchThen(pid, started, nil, nil)
 }
 
 // WatchThen is Watch for a process whose other owner holds a handle on it
@@ -279,7 +279,14 @@ func Watch(pid int, started time.Time) (<-chan ExitStatus, error) {
 // called, which must reap it (e.g. libcontainer.Process.Wait) and return
 // its wait status. Should reap fail, the process is reaped here. A nil reap
 // is Watch.
-func WatchThen(pid int, started time.Time, reap func() (unix.WaitStatus, error)) (<-chan ExitStatus, error) {
+//
+// The orphan loop may have reaped pid before this call marked it: its
+// forking thread died (a goroutine exited locked to it), which made it the
+// main thread's child, and it exited before its owner got here. Its status
+// is then delivered as kept, reap is not called (no wait can succeed any
+// more), and release is, when not nil: the owner drops its handle there
+// (os.Process.Release), or it stays open until a garbage collection.
+func WatchThen(pid int, started time.Time, reap func() (unix.WaitStatus, error), release func()) (<-chan ExitStatus, error) {
 	// Mark it watched before anything else, so the orphan loop leaves it
 	// alone from now on (see reapOrphans). The pid is our unreaped child,
 	// so it names this process even if it already exited.
@@ -293,6 +300,9 @@ func WatchThen(pid int, started time.Time, reap func() (unix.WaitStatus, error))
 			// Already reaped by the orphan loop (its parent thread
 			// died before we got here): the status is kept for a
 			// registration.
+			if release != nil {
+				release()
+			}
 			return RegisterSince(pid, started), nil
 		}
 		return nil, fmt.Errorf("unable to open pidfd of %d: %w", pid, err)

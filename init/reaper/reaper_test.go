@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -396,7 +397,7 @@ func TestWatchedOrphanLeftToItsOwner(t *testing.T) {
 				return 0, err
 			}
 			return unix.WaitStatus(ps.Sys().(syscall.WaitStatus)), nil
-		})
+		}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -442,7 +443,7 @@ func TestStatusKeptWhenReapFails(t *testing.T) {
 			return 0, err
 		}
 		return 0, errors.New("reaped, then failed")
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -454,5 +455,76 @@ func TestStatusKeptWhenReapFails(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no status delivered after the reap function failed")
+	}
+}
+
+// TestWatchThenReleasesWhenReapedFirst: a process whose forking thread died
+// and that exited before WatchThen was called is reaped by the orphan loop
+// first. WatchThen then delivers the kept status, does not call reap (its
+// wait could only fail) and calls release, so the owner drops its handle:
+// with release closing the os.Process's pidfd, no descriptor is left, no
+// GC needed.
+func TestWatchThenReleasesWhenReapedFirst(t *testing.T) {
+	old := debug.SetGCPercent(-1) // a GC would close a leaked pidfd
+	defer debug.SetGCPercent(old)
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	before := fds()
+	for i := range 5 {
+		cmd := exec.Command("/bin/sh", "-c", "exit 4")
+		reaped := Reaped()
+		type forked struct {
+			started time.Time
+			err     error
+		}
+		ch := make(chan forked)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+			started := time.Now()
+			err := cmd.Start()
+			ch <- forked{started, err}
+		}()
+		f := <-ch
+		if f.err != nil {
+			t.Fatal(f.err)
+		}
+		// Gone from the pid table only once reaped (a zombie is there).
+		deadline := time.Now().Add(10 * time.Second)
+		for Reaped() == reaped || unix.Kill(cmd.Process.Pid, 0) == nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the orphan loop never reaped the exited child", i)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		reapCalled, released := false, false
+		st, err := WatchThen(cmd.Process.Pid, f.started, func() (unix.WaitStatus, error) {
+			reapCalled = true
+			return 0, errors.New("reaped already")
+		}, func() {
+			released = true
+			cmd.Process.Release()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case s := <-st:
+			if s.Code != 4 {
+				t.Fatalf("round %d: status %+v, want exit code 4", i, s)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: no status for a process reaped before its watch", i)
+		}
+		if reapCalled || !released {
+			t.Fatalf("round %d: reap called %v, release called %v; want only release", i, reapCalled, released)
+		}
+	}
+	if after := fds(); after > before {
+		t.Fatalf("fds %d -> %d after 5 processes reaped before their watch", before, after)
 	}
 }
