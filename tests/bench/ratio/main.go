@@ -88,6 +88,8 @@ var pairs = []pair{
 	{"P2 in guest: agent exec (vsock) vs crun exec", "BenchmarkGuestExec", "BenchmarkGuestCrunExec", "ns/op", "report"},
 	// VM tier (tests/bench/vmbench, KEEL_BENCH_VM=1).
 	{"P3 VM: ReadStdout (32 KiB, as Kata) vs raw AF_VSOCK", "BenchmarkStdoutVsock/readstdout", "BenchmarkStdoutVsock/raw", "MB/s", ">= 0.3"},
+	{"P3 VM: Keel client stream reader (32 KiB) vs raw AF_VSOCK", "BenchmarkStdoutVsock/reader", "BenchmarkStdoutVsock/raw", "MB/s", ">= 0.3"},
+	{"P3 VM: Keel client stream reader, pipelined, vs raw AF_VSOCK", "BenchmarkStdoutVsock/reader-pipeline", "BenchmarkStdoutVsock/raw", "MB/s", ""},
 	{"P3 VM: passfd stdout vs raw AF_VSOCK", "BenchmarkStdoutVsock/passfd", "BenchmarkStdoutVsock/raw", "MB/s", ">= 0.95"},
 	{"guest memory used: Keel kernel+DAX vs Debian+initramfs", "BenchmarkGuestMemory/keel-dax", "BenchmarkGuestMemory/debian-initramfs", "used-KiB", "report"},
 	{"agent RssAnon: Keel kernel+DAX vs Debian+initramfs", "BenchmarkGuestMemory/keel-dax", "BenchmarkGuestMemory/debian-initramfs", "agent-anon-KiB", "report"},
