@@ -293,7 +293,9 @@ func (r *Reader) read(p []byte) (int, error) {
 		return 0, r.drop()
 	}
 	if !r.replying {
-		if !r.pending {
+		// A reply begun before a deadline expired is still the one to
+		// finish: no new request then.
+		if !r.pending && !r.inFrame {
 			if err := r.request(min(len(p), r.maxRead)); err != nil {
 				return 0, err
 			}
@@ -369,17 +371,20 @@ func (r *Reader) begin() error {
 		if err != errMore {
 			return fmt.Errorf("%w: %v", ErrProtocol, err)
 		}
-		if r.bodyLen > len(r.buf) {
-			// An envelope larger than the fixed buffer: read the whole
-			// body (bounded by the check on its length above).
-			r.slow = make([]byte, r.bodyLen)
-			r.slowN = copy(r.slow, r.buf[r.r:r.w])
-			r.r += r.slowN
-			break
+		limit := min(r.bodyLen, len(r.buf))
+		if have := r.w - r.r; have < limit {
+			// More of the envelope (a reply that arrived in pieces, or
+			// a longer one): a few data bytes may come with it.
+			if err := r.fill(have+1, limit); err != nil {
+				return err
+			}
+			continue
 		}
-		if err := r.fill(r.bodyLen, r.bodyLen); err != nil {
-			return err
-		}
+		// An envelope larger than the fixed buffer (a long status):
+		// read the whole body, bounded by the check on its length.
+		r.slow = make([]byte, r.bodyLen)
+		r.slowN = copy(r.slow, r.buf[r.r:r.w])
+		r.r += r.slowN
 	}
 	if r.slow != nil {
 		for r.slowN < len(r.slow) {

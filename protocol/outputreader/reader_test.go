@@ -3,10 +3,12 @@ package outputreader
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -417,3 +419,97 @@ func TestZeroAllocsPerRead(t *testing.T) {
 // The generated client's own types are what the test's frames are built
 // from.
 var _ = ttrpc.Response{}
+
+// splitServer answers the first request with reply written in two parts,
+// the second once release is closed, and then hangs up after the next
+// request. It reports how many requests it saw.
+func splitServer(t *testing.T, conn net.Conn, reply func(id uint32) []byte, cut int, release <-chan struct{}) <-chan int {
+	seen := make(chan int, 1)
+	go func() {
+		defer conn.Close()
+		n := 0
+		defer func() { seen <- n }()
+		var h [headerLen]byte
+		for {
+			if _, err := io.ReadFull(conn, h[:]); err != nil {
+				return
+			}
+			if _, err := io.ReadFull(conn, make([]byte, binary.BigEndian.Uint32(h[:4]))); err != nil {
+				return
+			}
+			n++
+			if n > 1 {
+				return
+			}
+			f := reply(binary.BigEndian.Uint32(h[4:8]))
+			if _, err := conn.Write(f[:cut]); err != nil {
+				return
+			}
+			<-release
+			if _, err := conn.Write(f[cut:]); err != nil {
+				return
+			}
+		}
+	}()
+	return seen
+}
+
+// TestDeadlineMidReply: a deadline met in the middle of a reply (some of
+// its header, envelope or data arrived) returns an error, and the next
+// Read finishes that same reply: the data is whole and no second request
+// went out for it.
+func TestDeadlineMidReply(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789abcdef"), 64)
+	long := &spb.Status{Code: int32(codes.Unavailable), Message: strings.Repeat("x", 900)}
+	for _, c := range []struct {
+		name string
+		st   *spb.Status
+		cut  int
+	}{{"header", nil, 3}, {"envelope", nil, 12}, {"data", nil, 16}, {"more data", nil, 600}, {"long status", long, 300}} {
+		t.Run(c.name, func(t *testing.T) {
+			cc, sc := socketPair(t)
+			release := make(chan struct{})
+			body := responseBody(t, c.st, data)
+			seen := splitServer(t, sc, func(id uint32) []byte { return frame(id, msgTypeResponse, body) }, c.cut, release)
+			r, err := New(cc, Stdout, "c", "", Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			p := make([]byte, 4096)
+			r.SetDeadline(time.Now().Add(100 * time.Millisecond))
+			n, err := r.Read(p)
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("Read with the reply cut at %d: %d, %v", c.cut, n, err)
+			}
+			got := append([]byte(nil), p[:n]...)
+			close(release)
+			r.SetDeadline(time.Time{})
+			for err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				if len(got) == len(data) {
+					break
+				}
+				n, err = r.Read(p)
+				got = append(got, p[:n]...)
+			}
+			if c.st != nil {
+				want := genericErr(t, body)
+				if !sameError(err, want) {
+					t.Fatalf("Read after the deadline: %v, want %v", err, want)
+				}
+			} else if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("Read after the deadline: %d bytes, %v", len(got), err)
+			}
+			r.Close()
+			if n := <-seen; n != 1 {
+				t.Errorf("%d requests for one reply", n)
+			}
+		})
+	}
+}
+
+func genericErr(t *testing.T, body []byte) error {
+	t.Helper()
+	_, err := genericDecode(body)
+	return err
+}
