@@ -14,13 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// readerModes are protocol/outputreader's two ways: one request per Read,
-// and the next request sent as soon as a reply's data begins.
-var readerModes = []struct {
-	name string
-	o    outputreader.Options
-}{{"plain", outputreader.Options{}}, {"pipeline", outputreader.Options{Pipeline: true}}}
-
 // BenchmarkStdoutReaderPath32KiB (P3, Keel's client): the same 64 MiB of
 // dd output as BenchmarkStdoutRPCPath32KiB, from the same in-process agent
 // on the kernel's default pipe, read 32 KiB at a time (as Kata's shim) by
@@ -28,30 +21,22 @@ var readerModes = []struct {
 // generated ttrpc client. The connection is dialled with the timer
 // stopped (once per stream, like the exec).
 func BenchmarkStdoutReaderPath32KiB(b *testing.B) {
-	for _, m := range readerModes {
-		b.Run(m.name, func(b *testing.B) {
-			r, _ := newRPC(b, containers.Options{ExecIOLinger: time.Nanosecond})
-			c, addr := serveTTRPCAt(b, r)
-			benchStdoutReader(b, c.Agent, addr, "out", m.o)
-		})
-	}
+	r, _ := newRPC(b, containers.Options{ExecIOLinger: time.Nanosecond})
+	c, addr := serveTTRPCAt(b, r)
+	benchStdoutReader(b, c.Agent, addr, "out")
 }
 
 // BenchmarkAgentStdoutReader32KiB (P3 wire, Keel's client): the same from
 // the keel-agent binary in host mode with its GC policy (as
 // BenchmarkAgentStdoutRPC32KiB/gc=policy).
 func BenchmarkAgentStdoutReader32KiB(b *testing.B) {
-	for _, m := range readerModes {
-		b.Run(m.name, func(b *testing.B) {
-			id := fmt.Sprintf("wire-reader-%d", os.Getpid())
-			ids := []string{id}
-			a, _, addr := startAgentBinAt(b, agentBinary(b), &ids)
-			benchStdoutReader(b, a, addr, id, m.o)
-		})
-	}
+	id := fmt.Sprintf("wire-reader-%d", os.Getpid())
+	ids := []string{id}
+	a, _, addr := startAgentBinAt(b, agentBinary(b), &ids)
+	benchStdoutReader(b, a, addr, id)
 }
 
-func benchStdoutReader(b *testing.B, a pb.AgentServiceService, addr, cid string, o outputreader.Options) {
+func benchStdoutReader(b *testing.B, a pb.AgentServiceService, addr, cid string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	if err := runContainer(ctx, a, cid, "/bin/sleep", "1000"); err != nil {
@@ -65,7 +50,7 @@ func benchStdoutReader(b *testing.B, a pb.AgentServiceService, addr, cid string,
 		if _, err := a.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: cid, ExecId: eid, Process: pbProcess(append([]string{"/bin/" + ddArgs[0]}, ddArgs[1:]...)...)}); err != nil {
 			b.Fatal(err)
 		}
-		r, err := outputreader.Dial(ctx, addr, outputreader.Stdout, cid, eid, o)
+		r, err := outputreader.Dial(ctx, addr, outputreader.Stdout, cid, eid, outputreader.Options{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -111,22 +96,20 @@ func drainReader(r io.Reader, buf []byte) (int, error) {
 // MB (this process: the client alone) and the agent's, which load moves
 // far less than wall time.
 func BenchmarkStdoutReaderPaired32KiB(b *testing.B) {
-	for _, m := range readerModes {
-		b.Run("inproc-"+m.name, func(b *testing.B) {
-			r, _ := newRPC(b, containers.Options{ExecIOLinger: time.Nanosecond})
-			c, addr := serveTTRPCAt(b, r)
-			benchReaderPaired(b, c.Agent, addr, "out", 0, m.o)
-		})
-		b.Run("wire-"+m.name, func(b *testing.B) {
-			id := fmt.Sprintf("paired-reader-%d", os.Getpid())
-			ids := []string{id}
-			a, pid, addr := startAgentBinAt(b, agentBinary(b), &ids)
-			benchReaderPaired(b, a, addr, id, pid, m.o)
-		})
-	}
+	b.Run("inproc", func(b *testing.B) {
+		r, _ := newRPC(b, containers.Options{ExecIOLinger: time.Nanosecond})
+		c, addr := serveTTRPCAt(b, r)
+		benchReaderPaired(b, c.Agent, addr, "out", 0)
+	})
+	b.Run("wire", func(b *testing.B) {
+		id := fmt.Sprintf("paired-reader-%d", os.Getpid())
+		ids := []string{id}
+		a, pid, addr := startAgentBinAt(b, agentBinary(b), &ids)
+		benchReaderPaired(b, a, addr, id, pid)
+	})
 }
 
-func benchReaderPaired(b *testing.B, a pb.AgentServiceService, addr, cid string, agentPid int, o outputreader.Options) {
+func benchReaderPaired(b *testing.B, a pb.AgentServiceService, addr, cid string, agentPid int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	if err := runContainer(ctx, a, cid, "/bin/sleep", "1000"); err != nil {
@@ -174,7 +157,7 @@ func benchReaderPaired(b *testing.B, a pb.AgentServiceService, addr, cid string,
 	reader := func(i int) time.Duration {
 		eid := fmt.Sprintf("reader%d", i)
 		exec(eid)
-		r, err := outputreader.Dial(ctx, addr, outputreader.Stdout, cid, eid, o)
+		r, err := outputreader.Dial(ctx, addr, outputreader.Stdout, cid, eid, outputreader.Options{})
 		if err != nil {
 			b.Fatal(err)
 		}

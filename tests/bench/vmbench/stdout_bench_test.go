@@ -164,14 +164,13 @@ var streamSeq atomic.Int64
 //     shim reads.
 //   - reader: the same requests from Keel's client stream reader
 //     (protocol/outputreader) on a hybrid-vsock connection of its own,
-//     read into a 32 KiB buffer as Kata's shim copies; reader-pipeline
-//     with its next request sent ahead (outputreader.Options.Pipeline).
+//     read into a 32 KiB buffer as Kata's shim copies.
 //   - passfd: stdout handed to a passfd stream (agent.passfd_listener_port).
 //
 // MB/s counts first byte to EOF; `make bench-vm` prints the ratios.
 func BenchmarkStdoutVsock(b *testing.B) {
 	needVM(b)
-	for _, mode := range []string{"raw", "readstdout", "reader", "reader-pipeline", "passfd"} {
+	for _, mode := range []string{"raw", "readstdout", "reader", "passfd"} {
 		b.Run(mode, func(b *testing.B) {
 			g, c := streamVM(b)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
@@ -233,10 +232,9 @@ func streamOnce(ctx context.Context, g *vmtest.Guest, c *client.Client, mode str
 	switch {
 	case stream != nil:
 		_, err = io.Copy(&check, stream)
-	case strings.HasPrefix(mode, "reader"):
+	case mode == "reader":
 		var r *outputreader.Reader
-		o := outputreader.Options{Pipeline: mode == "reader-pipeline"}
-		if r, err = outputreader.Dial(ctx, g.AgentAddr(), outputreader.Stdout, id, id, o); err == nil {
+		if r, err = outputreader.Dial(ctx, g.AgentAddr(), outputreader.Stdout, id, id, outputreader.Options{}); err == nil {
 			_, err = io.CopyBuffer(&check, r, make([]byte, kataReadLen))
 			r.Close()
 		}
