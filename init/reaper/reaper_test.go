@@ -528,3 +528,92 @@ func TestWatchThenReleasesWhenReapedFirst(t *testing.T) {
 		t.Fatalf("fds %d -> %d after 5 processes reaped before their watch", before, after)
 	}
 }
+
+// forkFromDyingThread starts cmd from a thread that exits right after, so
+// the child becomes the main thread's (an orphan the loop may reap), and
+// waits until that thread is gone.
+func forkFromDyingThread(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	type forked struct {
+		tid int
+		err error
+	}
+	ch := make(chan forked)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		err := cmd.Start()
+		ch <- forked{unix.Gettid(), err}
+	}()
+	f := <-ch
+	if f.err != nil {
+		t.Fatal(f.err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", f.tid)); errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("forking thread %d did not exit", f.tid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestHeldZombieBlocksNoOtherOrphan: a zombie the orphan loop must leave
+// alone (held for a start in flight, which may be stuck for good) and that
+// wait(P_ALL) returns first does not keep the orphans behind it from being
+// reaped: they are reaped by pid. Once released, the held one is reaped
+// too. (Before, every orphan of the guest waited behind it.)
+func TestHeldZombieBlocksNoOtherOrphan(t *testing.T) {
+	held := exec.Command("/bin/sh", "-c", "exit 1")
+	forkFromDyingThread(t, held)
+	heldPid := held.Process.Pid
+	Hold(func(pid int) bool { return pid == heldPid })
+	t.Cleanup(func() { Hold(nil); Kick() })
+	heldSt := Register(heldPid)
+	t.Cleanup(func() { Unregister(heldPid) })
+	// Only the held one is a zombie yet: it is first in the main thread's
+	// children, so wait(P_ALL) always returns it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var info unix.Siginfo
+		if unix.Waitid(unix.P_PID, heldPid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, nil) == nil {
+			if _, ok := fromSiginfo(&info); ok {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the held child did not exit")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for i := range 3 {
+		cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf("exit %d", 10+i))
+		forkFromDyingThread(t, cmd)
+		select {
+		case st := <-Register(cmd.Process.Pid):
+			if st.Code != 10+i {
+				t.Fatalf("orphan %d: %+v", i, st)
+			}
+		case <-time.After(10 * time.Second):
+			Unregister(cmd.Process.Pid)
+			t.Fatalf("orphan %d not reaped in 10 s behind a held zombie", i)
+		}
+	}
+	select {
+	case st := <-heldSt:
+		t.Fatalf("the held zombie was reaped: %+v", st)
+	default:
+	}
+	Hold(nil)
+	Kick()
+	select {
+	case st := <-heldSt:
+		if st.Code != 1 {
+			t.Fatalf("held zombie: %+v", st)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the released zombie was not reaped")
+	}
+}
