@@ -433,9 +433,15 @@ func killStart(o launchOpts) {
 	}
 }
 
-// abandonedStages are the names libcontainer's later bootstrap stages
-// carry until the container's program is exec'd.
-var abandonedStages = map[string]bool{"runc:[1:CHILD]": true, "runc:[2:INIT]": true}
+// abandonedStages are the names libcontainer's bootstrap stages carry
+// until the container's program is exec'd. Stage 0 (runc:[0:PARENT], the
+// os/exec child libcontainer waits with cmd.Wait) is one too: when the
+// thread that forked it dies (libcontainer forks an exec from a locked
+// thread that then exits when execCPUAffinity is set; a concurrent
+// create's mount-source goroutine can kill any thread), the orphan loop
+// reaping it made that wait fail with ECHILD and the exec fail
+// (TestExecReapedBeforeWatchKeepsNoPidfd).
+var abandonedStages = map[string]bool{"runc:[0:PARENT]": true, "runc:[1:CHILD]": true, "runc:[2:INIT]": true}
 
 // starts tracks libcontainer starts in flight. While one runs, its
 // bootstrap stages are zombies that libcontainer itself waits (through an
