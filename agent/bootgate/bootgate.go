@@ -12,6 +12,7 @@ package bootgate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -30,7 +31,58 @@ type Gate struct {
 	once    sync.Once
 	done    chan struct{}
 	err     error // set before done is closed
+
+	mu        sync.Mutex
+	step      string    // the boot step in progress (Step)
+	stepSince time.Time // when it began
 }
+
+// Step records that the boot step named (a shell line like "ip link set lo
+// up") begins now: a stuck or failed boot's errors name it.
+func (g *Gate) Step(name string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.step, g.stepSince = name, time.Now()
+}
+
+// current returns the step in progress and when it began ("" when none was
+// reported).
+func (g *Gate) current() (string, time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.step, g.stepSince
+}
+
+// inProgress says which step the boot is in and for how long, for errors.
+func (g *Gate) inProgress() string {
+	name, since := g.current()
+	if name == "" {
+		return "no boot step reported yet"
+	}
+	return fmt.Sprintf("boot step %q in progress for %v", name, time.Since(since).Round(time.Millisecond))
+}
+
+// stuckError is the gate's error once a boot step outlived the gate's
+// timeout. Its text is made when it is read, so every refusal says for how
+// long the step has been stuck by then.
+type stuckError struct {
+	step    string
+	since   time.Time
+	timeout time.Duration
+}
+
+func (e *stuckError) Error() string {
+	name := fmt.Sprintf("boot step %q", e.step)
+	if e.step == "" {
+		name = "a boot step (none reported)"
+	}
+	return fmt.Sprintf("%s did not finish within %v (the boot timeout): stuck for %v (since %s)",
+		name, e.timeout, time.Since(e.since).Round(time.Millisecond), e.since.UTC().Format(time.RFC3339))
+}
+
+// namesStep is an error that names the boot step it comes from
+// (init/step.Error).
+type namesStep interface{ BootStep() string }
 
 // New returns a closed gate whose waiters give up after timeout (<= 0:
 // DefaultTimeout).
@@ -74,7 +126,7 @@ func (g *Gate) Wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for the guest boot to finish: %w", ctx.Err())
 	case <-t.C:
-		return fmt.Errorf("the guest boot did not finish within %v: %w", g.timeout, errdefs.ErrDeadlineExceeded)
+		return fmt.Errorf("the guest boot did not finish within %v (%s): %w", g.timeout, g.inProgress(), errdefs.ErrDeadlineExceeded)
 	}
 }
 
@@ -90,8 +142,10 @@ func (g *Gate) Failed() bool {
 }
 
 // Finish runs the rest of the boot (finish) and opens g with its result.
-// A finish that has not returned within the gate's timeout fails the gate
-// once, with an error saying so, and Finish returns that error at once (the
+// finish reports each step it begins with g.Step; a failure names the step
+// it happened in. A finish that has not returned within the gate's timeout
+// fails the gate once, with an error naming the step in progress and for
+// how long it has been stuck, and Finish returns that error at once (the
 // caller powers off as for a failed boot): a stuck boot step must not leave
 // the guest up answering Health SERVING and every other RPC
 // DeadlineExceeded for good.
@@ -103,8 +157,16 @@ func (g *Gate) Finish(finish func() error) error {
 	var err error
 	select {
 	case err = <-res:
+		var ns namesStep
+		if name, _ := g.current(); err != nil && name != "" && !errors.As(err, &ns) {
+			err = fmt.Errorf("boot step %q: %w", name, err)
+		}
 	case <-t.C:
-		err = fmt.Errorf("a boot step did not finish within %v", g.timeout)
+		name, since := g.current()
+		if name == "" {
+			since = time.Now().Add(-g.timeout)
+		}
+		err = &stuckError{step: name, since: since, timeout: g.timeout}
 	}
 	g.Open(err)
 	return err

@@ -3,6 +3,8 @@ package bootgate
 import (
 	"context"
 	"errors"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -111,5 +113,96 @@ func TestFinishOpensWithResult(t *testing.T) {
 	boom := errors.New("sethostname: invalid argument")
 	if err := g.Finish(func() error { return boom }); !errors.Is(err, boom) || !g.Failed() {
 		t.Fatalf("Finish(failing) = %v, Failed %v", err, g.Failed())
+	}
+}
+
+// stuckFor returns the duration after "what for " in msg.
+func stuckFor(t *testing.T, msg, what string) time.Duration {
+	t.Helper()
+	m := regexp.MustCompile(regexp.QuoteMeta(what) + ` for ([0-9.]+[a-zµ]+)`).FindStringSubmatch(msg)
+	if m == nil {
+		t.Fatalf("%q does not say %q for how long", msg, what)
+	}
+	d, err := time.ParseDuration(m[1])
+	if err != nil {
+		t.Fatalf("%q: %v", msg, err)
+	}
+	return d
+}
+
+// TestStuckBootNamesStep: a boot stuck in a step fails the gate with an
+// error (Finish's, for the power-off log line, and every refused RPC's)
+// that names the step and says how long it has been stuck, growing with
+// each refusal. A request that gave up waiting before that names it too.
+func TestStuckBootNamesStep(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	const line = `echo "0" > /proc/self/oom_score_adj`
+	g := New(timeout)
+	g.Step("mkdir -p /sys/fs/cgroup/keel-agent")
+	stuck := make(chan struct{})
+	defer close(stuck)
+	done := make(chan error, 1)
+	go func() {
+		done <- g.Finish(func() error {
+			g.Step(line)
+			<-stuck
+			return nil
+		})
+	}()
+	// A waiter whose own bound ends first, mid-step.
+	early := New(50 * time.Millisecond)
+	early.Step(line)
+	if err := early.Wait(context.Background()); !errors.Is(err, errdefs.ErrDeadlineExceeded) ||
+		!strings.Contains(err.Error(), strconv.Quote(line)) || stuckFor(t, err.Error(), "in progress") < 50*time.Millisecond {
+		t.Fatalf("Wait past its bound mid-step = %v, want DeadlineExceeded naming the step and its time", err)
+	}
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Finish still blocked 30 s past its timeout")
+	}
+	if !strings.Contains(err.Error(), strconv.Quote(line)) || stuckFor(t, err.Error(), "stuck") < timeout {
+		t.Fatalf("Finish of a boot stuck in a step = %v, want it named with how long", err)
+	}
+	first := g.Wait(context.Background())
+	if !errors.Is(first, errdefs.ErrUnavailable) || !strings.Contains(first.Error(), strconv.Quote(line)) {
+		t.Fatalf("Wait after a stuck boot = %v, want Unavailable naming the step", first)
+	}
+	time.Sleep(200 * time.Millisecond)
+	later := g.Wait(context.Background())
+	if d0, d1 := stuckFor(t, first.Error(), "stuck"), stuckFor(t, later.Error(), "stuck"); d1 < d0+150*time.Millisecond {
+		t.Fatalf("stuck for %v, then %v 200 ms later: the refusal does not say for how long by now", d0, d1)
+	}
+}
+
+// failingStep is an error that names its step, as init/step's does.
+type failingStep struct{ line string }
+
+func (e failingStep) Error() string    { return "boot step " + strconv.Quote(e.line) + ": no such device" }
+func (e failingStep) BootStep() string { return e.line }
+
+// TestFailedBootNamesStep: a boot that fails names the step it failed in,
+// once: the step in progress is added to an error that does not name it.
+func TestFailedBootNamesStep(t *testing.T) {
+	g := New(time.Minute)
+	err := g.Finish(func() error {
+		g.Step("ip link set lo up")
+		g.Step("hostname pod-1")
+		return errors.New("sethostname: invalid argument")
+	})
+	werr := g.Wait(context.Background())
+	for _, e := range []error{err, werr} {
+		if !strings.Contains(e.Error(), `"hostname pod-1"`) || !strings.Contains(e.Error(), "invalid argument") {
+			t.Fatalf("failed boot: %v, want the failed step named", e)
+		}
+	}
+	g = New(time.Minute)
+	err = g.Finish(func() error {
+		g.Step("ip link set lo up")
+		return failingStep{"ip link set lo up"}
+	})
+	if n := strings.Count(err.Error(), "ip link set lo up"); n != 1 {
+		t.Fatalf("failed boot: %v names the step %d times, want once", err, n)
 	}
 }

@@ -201,7 +201,7 @@ func (c *Container) Start() error {
 		c.execvePending = true
 	}
 	c.mu.Unlock()
-	if errors.Is(err, errLaunchTimeout) {
+	if launchError(err) {
 		return err
 	}
 	if err != nil {
@@ -313,7 +313,7 @@ func (c *Container) Exec(execID string, sp *specs.Process, io *stdio.IO) (_ *Pro
 			p.killAndWait()
 		}
 	})
-	if errors.Is(err, errLaunchTimeout) {
+	if launchError(err) {
 		return nil, err
 	}
 	if err != nil {

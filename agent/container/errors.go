@@ -22,4 +22,7 @@ var (
 	ErrUnimplemented = errdefs.New(errdefs.ErrUnimplemented, "not implemented")
 	// ErrTimeout: the operation did not finish in time (DeadlineExceeded).
 	ErrTimeout = errdefs.New(errdefs.ErrDeadlineExceeded, "timed out")
+	// ErrUnavailable: the operation cannot run now but may later, e.g. a
+	// container whose earlier start is stuck (Unavailable).
+	ErrUnavailable = errdefs.New(errdefs.ErrUnavailable, "unavailable")
 )

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -160,6 +161,19 @@ func (h *agentHook) Run(s *specs.State) error {
 // abandoned and undo runs), as opposed to a start that failed by itself.
 var errLaunchTimeout = errors.New("agent.launch_process_timeout")
 
+// noTurn is the error of a start that never got its container's turn (it
+// did nothing); like errLaunchTimeout's, its text is complete as it is.
+type noTurn struct{ error }
+
+func (e noTurn) Unwrap() error { return e.error }
+
+// launchError reports whether err is launch's own (complete) error rather
+// than the start's.
+func launchError(err error) bool {
+	var nt noTurn
+	return errors.Is(err, errLaunchTimeout) || errors.As(err, &nt)
+}
+
 // killAndWait SIGKILLs the process and waits (at most launchGrace) until it
 // is reaped.
 func (p *Process) killAndWait() {
@@ -186,13 +200,93 @@ type launchOpts struct {
 	// kill, when set, is called at the deadline too (StartContainer
 	// kills the watched init, which killStart leaves alone).
 	kill func()
-	// turn (capacity 1, one per container) is held by a start from
-	// before libcontainer runs until the reaper watches what it started
-	// and, after a timeout, until its kill loop and undo have ended.
+	// turn (one per container) is held by a start from before
+	// libcontainer runs until the reaper watches what it started and,
+	// after a timeout, until its kill loop and undo have ended.
 	// killStart picks its targets as the container's unwatched children:
 	// without the turn, a sibling exec's process that libcontainer had
 	// just started and the reaper not yet watched was one of them.
-	turn chan struct{}
+	turn *startTurn
+}
+
+// startTurn lets the starts of one container take turns (launchOpts.turn).
+// A start that outlives its deadline and its grace (libcontainer's start
+// does not return even though its processes are SIGKILLed: one is in
+// uninterruptible sleep, in a frozen cgroup or on a hung FUSE/NFS read)
+// keeps the turn until it finally ends, perhaps never; the starts that then
+// want the turn are refused at once with ErrUnavailable, naming the stuck
+// start and since when, instead of each waiting its whole launch timeout
+// for nothing. They are refused rather than let through: the stuck start's
+// kill loop still SIGKILLs the container's unwatched children, which a
+// start let through would have among its own processes. Waiting costs no
+// goroutine and no memory per waiter: each blocks in its own select on ch
+// and on stuck.
+type startTurn struct {
+	ch chan struct{} // capacity 1: full while a start holds the turn
+	mu sync.Mutex
+	// stuck is closed when the holder is declared stuck; a new channel
+	// comes with every release.
+	stuck chan struct{}
+	// what the holder is, when it began and when it was declared stuck.
+	what         string
+	began, since time.Time
+}
+
+func newStartTurn() *startTurn {
+	return &startTurn{ch: make(chan struct{}, 1), stuck: make(chan struct{})}
+}
+
+// take waits for the turn until expired fires. It fails with ErrTimeout
+// then, and with ErrUnavailable at once when the holder is (or becomes)
+// stuck.
+func (t *startTurn) take(what string, timeout time.Duration, expired <-chan time.Time) error {
+	for {
+		t.mu.Lock()
+		stuck := t.stuck
+		t.mu.Unlock()
+		select {
+		case t.ch <- struct{}{}:
+			t.mu.Lock()
+			t.what, t.began, t.since = what, time.Now(), time.Time{}
+			t.mu.Unlock()
+			return nil
+		case <-expired:
+			return noTurn{fmt.Errorf("%s: not started within %v (another start in the container did not end): %w", what, timeout, ErrTimeout)}
+		case <-stuck:
+		}
+		t.mu.Lock()
+		if t.stuck != stuck {
+			// Released since (and maybe taken by a start that is
+			// not stuck): look again.
+			t.mu.Unlock()
+			continue
+		}
+		holder, began, since := t.what, t.began, t.since
+		t.mu.Unlock()
+		return noTurn{fmt.Errorf("%s: refused: %s has been stuck since %s (began %s, %v ago; its processes were killed and did not die: uninterruptible sleep, a frozen cgroup or a hung filesystem?); starts of the container wait until it ends: %w",
+			what, holder, since.UTC().Format(time.RFC3339), began.UTC().Format(time.RFC3339), time.Since(began).Round(time.Millisecond), ErrUnavailable)}
+	}
+}
+
+// markStuck declares the holder stuck: it outlived its deadline and grace.
+func (t *startTurn) markStuck() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.since = time.Now()
+	close(t.stuck)
+}
+
+// release ends the holder's turn.
+func (t *startTurn) release() {
+	t.mu.Lock()
+	holder, began, stuck := t.what, t.began, !t.since.IsZero()
+	t.stuck = make(chan struct{})
+	t.what, t.since = "", time.Time{}
+	t.mu.Unlock()
+	<-t.ch
+	if stuck {
+		slog.Info("a stuck start ended; the container's starts run again", "start", holder, "after", time.Since(began).Round(time.Millisecond))
+	}
 }
 
 // launch runs start bounded by o.timeout. Past it, the hooks the agent runs
@@ -212,12 +306,10 @@ func launch(o launchOpts, what string, start func() error, undo func(startErr er
 	if o.turn != nil {
 		// Waiting for the turn counts against the deadline; a start that
 		// never got it did nothing, so there is nothing to undo.
-		select {
-		case o.turn <- struct{}{}:
-		case <-timer.C:
-			return fmt.Errorf("%s: not started within %v (another start in the container did not end): %w", what, timeout, ErrTimeout)
+		if err := o.turn.take(what, timeout, timer.C); err != nil {
+			return err
 		}
-		release = func() { <-o.turn }
+		release = o.turn.release
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	// The hooks' context is cleared only once start has returned: after a
@@ -261,6 +353,11 @@ func launch(o launchOpts, what string, start func() error, undo func(startErr er
 		case <-tick.C:
 			killStart(o)
 		case <-grace.C:
+			if o.turn != nil {
+				o.turn.markStuck()
+			}
+			slog.Warn("a start outlived its deadline and grace; its processes do not die (uninterruptible sleep?): later starts of the container are refused until it ends",
+				"start", what, "timeout", timeout)
 			go func() {
 				stop := make(chan struct{})
 				go func() {
@@ -336,9 +433,15 @@ func killStart(o launchOpts) {
 	}
 }
 
-// abandonedStages are the names libcontainer's later bootstrap stages
-// carry until the container's program is exec'd.
-var abandonedStages = map[string]bool{"runc:[1:CHILD]": true, "runc:[2:INIT]": true}
+// abandonedStages are the names libcontainer's bootstrap stages carry
+// until the container's program is exec'd. Stage 0 (runc:[0:PARENT], the
+// os/exec child libcontainer waits with cmd.Wait) is one too: when the
+// thread that forked it dies (libcontainer forks an exec from a locked
+// thread that then exits when execCPUAffinity is set; a concurrent
+// create's mount-source goroutine can kill any thread), the orphan loop
+// reaping it made that wait fail with ECHILD and the exec fail
+// (TestExecReapedBeforeWatchKeepsNoPidfd).
+var abandonedStages = map[string]bool{"runc:[0:PARENT]": true, "runc:[1:CHILD]": true, "runc:[2:INIT]": true}
 
 // starts tracks libcontainer starts in flight. While one runs, its
 // bootstrap stages are zombies that libcontainer itself waits (through an

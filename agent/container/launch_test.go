@@ -464,3 +464,168 @@ func TestTimedOutExecSparesSiblingExec(t *testing.T) {
 		t.Fatalf("sibling exec ended %+v, want exit code 7 (killed by the timed-out exec's kill loop?)", st)
 	}
 }
+
+// stuckExecSetup starts a container running sleep and returns it with a
+// short launch timeout for the exec the caller is about to hold.
+func stuckExecSetup(t *testing.T, prefix string) *Container {
+	t.Helper()
+	s := newLaunchSandbox(t, time.Second)
+	id := uniqueID(prefix)
+	c, err := s.CreateContainer(ContainerConfig{ID: id, Spec: testSpec("sleep", "100")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.RemoveContainer(context.Background(), id, 0) })
+	return c
+}
+
+// refusedAtOnce runs an exec while the container's earlier start is stuck:
+// it must fail with ErrUnavailable well within its own launch timeout
+// (c.launch.timeout, set long by the caller), naming the container and the
+// stuck start.
+func refusedAtOnce(t *testing.T, c *Container, execID, stuckID string) {
+	t.Helper()
+	t0 := time.Now()
+	_, err := c.Exec(execID, specProcess("/bin/true"), newIO(t, false))
+	d := time.Since(t0)
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("exec %s during a stuck start: %v after %v, want ErrUnavailable at once", execID, err, d)
+	}
+	if d > c.launch.timeout/4 {
+		t.Errorf("exec %s refused after %v: it waited for the stuck start (launch timeout %v)", execID, d, c.launch.timeout)
+	}
+	if strings.HasPrefix(err.Error(), "unable to") {
+		t.Errorf("error %q: wrapped as a failed start, though nothing was started", err)
+	}
+	t.Logf("refused: %v", err)
+	for _, want := range []string{strconv.Quote(c.id), strconv.Quote(stuckID), "stuck since"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %s", err, want)
+		}
+	}
+}
+
+// execRunsAgain waits (at most 20 s) until an exec of the container
+// succeeds again once the stuck start ended, and sees its exit code.
+func execRunsAgain(t *testing.T, c *Container) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; ; i++ {
+		p, err := c.Exec(fmt.Sprintf("again%d", i), specProcess("/bin/sh", "-c", "exit 3"), newIO(t, false))
+		if err == nil {
+			if st := waitStatus(t, p); st.Code != 3 {
+				t.Fatalf("exec after the stuck start ended: %+v, want exit code 3", st)
+			}
+			return
+		}
+		if !errors.Is(err, ErrUnavailable) || time.Now().After(deadline) {
+			t.Fatalf("exec after the stuck start ended: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestStuckStartRefusesLaterStarts: an exec whose start never returns (held
+// here in the start hook, as a start whose process sleeps uninterruptibly
+// holds libcontainer) times out and keeps the container's turn past its
+// grace. An exec already waiting for the turn then, and every later one,
+// is refused at once with ErrUnavailable naming the stuck start, instead of
+// waiting its full launch timeout; once the stuck start ends, execs run
+// again. (Before, each waited its whole timeout and failed with
+// DeadlineExceeded.)
+func TestStuckStartRefusesLaterStarts(t *testing.T) {
+	c := stuckExecSetup(t, "stuckturn")
+	release, held := make(chan struct{}), make(chan struct{})
+	startHook = func(execID, stage string) {
+		if execID == "stuck" && stage == "before" {
+			close(held)
+			<-release
+		}
+	}
+	t.Cleanup(func() { startHook = nil })
+	var once bool
+	unhold := func() {
+		if !once {
+			once = true
+			close(release)
+		}
+	}
+	t.Cleanup(unhold)
+	stuck := make(chan error, 1)
+	go func() {
+		_, err := c.Exec("stuck", specProcess("/bin/true"), newIO(t, false))
+		stuck <- err
+	}()
+	select {
+	case <-held:
+	case err := <-stuck:
+		t.Fatalf("stuck exec returned before its start: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the exec never reached its start")
+	}
+	// Starts from now on would wait long for the turn.
+	c.launch.timeout = 40 * time.Second
+	waiter := make(chan error, 1)
+	go func() {
+		_, err := c.Exec("waiter", specProcess("/bin/true"), newIO(t, false))
+		waiter <- err
+	}()
+	select {
+	case err := <-stuck:
+		if !errors.Is(err, ErrTimeout) {
+			t.Fatalf("stuck exec: %v, want ErrTimeout", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the stuck exec did not answer after its timeout and grace")
+	}
+	select {
+	case err := <-waiter:
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), `"stuck"`) {
+			t.Fatalf("exec waiting for the turn: %v, want ErrUnavailable naming the stuck start", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("an exec waiting for the turn was not refused once the holder was stuck")
+	}
+	refusedAtOnce(t, c, "later", "stuck")
+	unhold()
+	execRunsAgain(t, c)
+}
+
+// TestFrozenExecRefusesLaterExecs: the same with a real stuck start. The
+// container's cgroup is frozen (cgroup v1 freezer: a frozen task's SIGKILL
+// waits for the thaw), so an exec's bootstrap stages stop as they join it
+// and libcontainer's start cannot return even when they are killed. A later
+// exec is refused at once; after the thaw, execs run again.
+func TestFrozenExecRefusesLaterExecs(t *testing.T) {
+	c := stuckExecSetup(t, "frozenexec")
+	st, err := c.lc.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fz := st.CgroupPaths["freezer"]
+	if fz == "" || !strings.HasPrefix(fz, "/sys/fs/cgroup/freezer/") {
+		// cgroup v2's freezer lets SIGKILL through: no way to hold a
+		// start past its kill without the v1 one.
+		t.Skipf("needs the cgroup v1 freezer (container cgroups %v)", st.CgroupPaths)
+	}
+	state := filepath.Join(fz, "freezer.state")
+	set := func(v string) {
+		if err := os.WriteFile(state, []byte(v), 0o644); err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+	}
+	set("FROZEN")
+	t.Cleanup(func() { _ = os.WriteFile(state, []byte("THAWED"), 0o644) })
+	t0 := time.Now()
+	_, err = c.Exec("frozen", specProcess("/bin/true"), newIO(t, false))
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("exec into a frozen container: %v after %v, want ErrTimeout", err, time.Since(t0))
+	}
+	c.launch.timeout = 40 * time.Second
+	refusedAtOnce(t, c, "later", "frozen")
+	set("THAWED")
+	execRunsAgain(t, c)
+}

@@ -272,3 +272,67 @@ func BenchmarkRuncRun(b *testing.B) {
 	}
 	b.ReportMetric(float64(median(lat).Microseconds())/1000, "median-ms")
 }
+
+// TestExecReapedBeforeWatchKeepsNoPidfd: an exec whose process is reaped by
+// the orphan loop before the reaper watches it leaves no pidfd open. The
+// window is real: a thread that forked the exec's process can die (a
+// goroutine exits locked to it: libcontainer's mount-source goroutine of
+// any concurrent create; here, libcontainer's own CPU-affinity start thread,
+// which execCPUAffinity.initial makes it use for every exec), making the
+// process the main thread's child, and a fast program exits before
+// WatchThen marks it. The start hook holds that window open until the orphan
+// loop has reaped it. The exec still reports its exit code. (Before,
+// libcontainer's os.Process kept the process's pidfd until a GC.)
+func TestExecReapedBeforeWatchKeepsNoPidfd(t *testing.T) {
+	containertest.NoGC(t)
+	s := newSandbox(t)
+	spec := testSpec("sleep", "100")
+	// libcontainer forks an exec from a locked thread that then exits.
+	spec.Process.ExecCPUAffinity = &specs.CPUAffinity{Initial: "0"}
+	id := uniqueID("reapedearly")
+	c, err := s.CreateContainer(ContainerConfig{ID: id, Spec: spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.RemoveContainer(context.Background(), id, 0) })
+	var before uint64
+	reapedFirst := false
+	startHook = func(execID, stage string) {
+		if stage != "started" {
+			return
+		}
+		// Hold the start until the orphan loop reaped the exited program.
+		deadline := time.Now().Add(5 * time.Second)
+		for reaper.Reaped() == before && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		reapedFirst = reaper.Reaped() > before
+	}
+	t.Cleanup(func() { startHook = nil })
+	exec := func(i int) {
+		t.Helper()
+		before = reaper.Reaped()
+		p, err := c.Exec(fmt.Sprintf("fast%d", i), specProcess("/bin/sh", "-c", "exit 5"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := waitStatus(t, p); st.Code != 5 {
+			t.Fatalf("exec %d: %+v, want exit code 5", i, st)
+		}
+		if !reapedFirst {
+			t.Fatalf("exec %d: the orphan loop did not reap the program before the watch (the window was not hit)", i)
+		}
+		c.ForgetProcess(p)
+	}
+	exec(-1) // warm-up
+	snap := own(containertest.Take("keel-test"))
+	for i := range 3 {
+		exec(i)
+	}
+	if d := settledDiff(snap); d != "" {
+		t.Fatalf("after 3 execs reaped before their watch: %s", d)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"reflect"
 	"strconv"
 	"sync"
@@ -231,6 +232,35 @@ func reapVia(lp *libcontainer.Process) func() (unix.WaitStatus, error) {
 	}
 }
 
+// releaseOSProcess releases the os.Process libcontainer keeps for lp's
+// final process (its pidfd) when the process was reaped by the orphan loop
+// before the reaper watched it (see reaper.WatchThen): its wait can only
+// fail (ECHILD) and a failed wait keeps the pidfd until a garbage
+// collection. libcontainer.Process offers no Release, so the handle is
+// reached through its unexported ops (runc v1.5.2: *setnsProcess or
+// *initProcess, whose embedded containerProcess.cmd.Process is the final
+// process); should an upgrade rename or retype them, nothing is released
+// and TestExecReapedBeforeWatchKeepsNoPidfd reports the fd.
+func releaseOSProcess(lp *libcontainer.Process) {
+	ops := reflect.ValueOf(lp).Elem().FieldByName("ops")
+	if !ops.IsValid() || ops.Kind() != reflect.Interface || ops.IsNil() {
+		return
+	}
+	impl := ops.Elem()
+	if impl.Kind() != reflect.Pointer || impl.IsNil() || impl.Elem().Kind() != reflect.Struct {
+		return
+	}
+	cmd := impl.Elem().FieldByName("cmd")
+	if !cmd.IsValid() || cmd.Type() != reflect.TypeFor[*exec.Cmd]() || cmd.IsNil() {
+		return
+	}
+	if p := (*exec.Cmd)(cmd.UnsafePointer()).Process; p != nil {
+		// Nobody waits it any more: libcontainer's own waits ran
+		// during its start, and reap is not called for such a process.
+		_ = p.Release()
+	}
+}
+
 // startHook, set by tests only, runs before libcontainer starts process id
 // and right after (the process is then an unwatched child).
 var startHook func(id, stage string)
@@ -258,7 +288,7 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 	if err == nil {
 		pid, err = lp.Pid()
 		if err == nil {
-			ch, err = reaper.WatchThen(pid, started, reapVia(lp))
+			ch, err = reaper.WatchThen(pid, started, reapVia(lp), func() { releaseOSProcess(lp) })
 			if err != nil {
 				_ = lp.Signal(unix.SIGKILL)
 				_, _ = lp.Wait()

@@ -406,9 +406,13 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		return nil, fmt.Errorf("OCI: %v: %w", err, ErrInvalid)
 	}
 	c := &Container{id: cc.ID, lc: lc, spec: spec, privatePidns: plan.privatePid, log: s.log, state: StateCreated, execs: map[string]*Process{}, retired: map[string]*Process{}, pending: map[string]bool{}}
-	c.launch = launchOpts{timeout: s.cfg.LaunchTimeout, hooks: hooks, turn: make(chan struct{}, 1)}
+	c.launch = launchOpts{timeout: s.cfg.LaunchTimeout, hooks: hooks, turn: newStartTurn()}
+	// The cgroup paths are fixed when libcontainer.Create makes the cgroup
+	// manager: one read serves the start's kill path and the OOM watch.
+	var cgroupPaths map[string]string
 	if st, err := lc.State(); err == nil {
-		c.launch.procs = procsFile(st.CgroupPaths)
+		cgroupPaths = st.CgroupPaths
+		c.launch.procs = procsFile(cgroupPaths)
 	}
 	var p *Process
 	err = launch(c.launch, fmt.Sprintf("create container %q", cc.ID), func() error {
@@ -451,11 +455,9 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 			return nil, fmt.Errorf("unable to create container %q: %w", cc.ID, err)
 		}
 	}
-	if s.cfg.OOM != nil {
-		if st, err := lc.State(); err == nil {
-			if err := s.cfg.OOM.WatchPaths(cc.ID, st.CgroupPaths); err != nil {
-				s.log.Warn("no OOM events for container", "container_id", cc.ID, "err", err)
-			}
+	if s.cfg.OOM != nil && cgroupPaths != nil {
+		if err := s.cfg.OOM.WatchPaths(cc.ID, cgroupPaths); err != nil {
+			s.log.Warn("no OOM events for container", "container_id", cc.ID, "err", err)
 		}
 	}
 

@@ -18,7 +18,15 @@ import (
 )
 
 // Kata's watchable-bind limits: beyond them the storage becomes a plain
-// bind mount (no longer updated by copy).
+// bind mount (no longer updated by copy). Entries are counted as Kata's
+// watcher (src/agent/src/watcher.rs) holds them: the source itself, and
+// every directory, file, symlink and other entry below it; bytes are the
+// sizes of the files and symlinks. Kata checks the count only when it
+// adds a file or symlink, so a source of directories alone is never over
+// its limit there, and a workload planting a million empty directories
+// has them all walked and mirrored on every poll; Keel checks at every
+// entry and stops listing a directory at the limit, so it walks at most
+// WatchMaxEntries+1 entries per poll.
 const (
 	WatchMaxEntries = 16
 	WatchMaxBytes   = 1 << 20
@@ -265,7 +273,7 @@ func (w *watcher) stop() {
 	}
 }
 
-// errTooBig: the source is over Kata's limits.
+// errTooBig: the source is over Kata's limits (wrapped with which one).
 var errTooBig = errors.New("over the watchable limits")
 
 // sync makes e.dst mirror e.src. Over the limits, it bind-mounts the
@@ -278,7 +286,13 @@ func (w *watcher) sync(e *watched) error {
 	if !errors.Is(err, errTooBig) {
 		return err
 	}
-	os.RemoveAll(e.dst)
+	why := err
+	// The walk stopped before anything was copied this time; what earlier
+	// polls copied goes, so nothing of a mirror stays under the bind.
+	if err := os.RemoveAll(e.dst); err != nil {
+		return fmt.Errorf("unable to remove the copy %s (over the watchable limits: %v): %w", e.dst, why, err)
+	}
+	clear(e.seen)
 	// Bound through a handle reached without a symlink, so a component of
 	// the source swapped since the copy cannot bind anything else.
 	src, err := openNoSymlinks(e.src, unix.O_PATH)
@@ -302,7 +316,7 @@ func (w *watcher) sync(e *watched) error {
 		return fmt.Errorf("unable to bind %s (over the watchable limits): %w", e.src, err)
 	}
 	e.bind = true
-	w.m.cfg.Log.Info("watchable storage over the limits: bind-mounted", "source", e.src, "limit_files", WatchMaxEntries, "limit_bytes", WatchMaxBytes)
+	w.m.cfg.Log.Info("watchable storage over the limits: bind-mounted", "source", e.src, "reason", why, "limit_entries", WatchMaxEntries, "limit_bytes", WatchMaxBytes)
 	return nil
 }
 
@@ -351,8 +365,12 @@ func mirror(e *watched) error {
 		d   srcInfo
 	}
 	var items []item
-	var files int
 	var bytes int64
+	entries := 1 // the source itself, as Kata counts it
+	tooMany := func() error {
+		return fmt.Errorf("%s: more than %d entries (the source and every directory, file, symlink or other entry in it count): %w",
+			e.src, WatchMaxEntries, errTooBig)
+	}
 	// O_PATH: nothing is opened for reading before its type is known (a
 	// device node in the share, which has no nodev, must never be). A
 	// directory is used as it is (a dirfd for the *at calls); a regular
@@ -371,7 +389,7 @@ func mirror(e *watched) error {
 			return fmt.Errorf("%s is not a regular file or directory", e.src)
 		}
 		if st.size > WatchMaxBytes {
-			return errTooBig
+			return fmt.Errorf("%s: %d bytes, more than %d: %w", e.src, st.size, WatchMaxBytes, errTooBig)
 		}
 		if t, ok := e.seen[""]; ok && t.Equal(st.mtime) {
 			return nil
@@ -393,11 +411,16 @@ func mirror(e *watched) error {
 	var walk func(dir int, rel string, depth int) error
 	walk = func(dir int, rel string, depth int) error {
 		if depth > watchMaxDepth {
-			return errTooBig
+			return fmt.Errorf("%s: nested deeper than %d: %w", e.src, watchMaxDepth, errTooBig)
 		}
-		names, err := readDirNames(dir)
+		// Listing more names than the count has room for is never
+		// needed: one more is over the limit.
+		names, more, err := readDirNamesAtMost(dir, WatchMaxEntries-entries)
 		if err != nil {
 			return fmt.Errorf("unable to list %s: %w", filepath.Join(e.src, rel), err)
+		}
+		if more {
+			return tooMany()
 		}
 		for _, name := range names {
 			var st unix.Stat_t
@@ -407,14 +430,17 @@ func mirror(e *watched) error {
 				}
 				return err
 			}
+			entries++
 			fi := infoOf(&st)
+			if entries > WatchMaxEntries {
+				return tooMany()
+			}
 			r := filepath.Join(rel, name)
 			switch {
 			case fi.mode.IsRegular() || fi.mode&fs.ModeSymlink != 0:
-				files++
 				bytes += fi.size
-				if files > WatchMaxEntries || bytes > WatchMaxBytes {
-					return errTooBig
+				if bytes > WatchMaxBytes {
+					return fmt.Errorf("%s: more than %d bytes in its files and symlinks: %w", e.src, WatchMaxBytes, errTooBig)
 				}
 				items = append(items, item{r, fi})
 			case fi.mode.IsDir():
@@ -525,6 +551,36 @@ func readDirNames(dir int) ([]string, error) {
 	}
 	slices.Sort(names)
 	return names, nil
+}
+
+// readDirNamesAtMost lists at most n names of the directory dir (sorted;
+// the fd stays open and is not moved) and reports whether it holds more:
+// a directory of a million entries costs no more than one of n+1.
+func readDirNamesAtMost(dir, n int) (names []string, more bool, err error) {
+	if n < 0 {
+		n = 0
+	}
+	dup, err := unix.Openat(dir, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, false, err
+	}
+	f := os.NewFile(uintptr(dup), "dir")
+	defer f.Close()
+	for len(names) <= n {
+		batch, err := f.Readdirnames(n + 1 - len(names))
+		names = append(names, batch...)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, false, err
+		}
+	}
+	if len(names) > n {
+		return nil, true, nil
+	}
+	slices.Sort(names)
+	return names, false, nil
 }
 
 // readlinkBeneath reads the symlink rel below the directory root, its

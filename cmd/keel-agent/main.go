@@ -306,9 +306,10 @@ func run(args []string) error {
 	// A Finish stuck past the gate's timeout fails the gate and powers off
 	// too. The boot gauges are in place before the gate opens.
 	if err := bootDone.Finish(func() error {
-		if err := res.Finish(); err != nil {
+		if err := res.FinishReporting(bootDone.Step); err != nil {
 			return err
 		}
+		bootDone.Step("register the boot gauges")
 		for _, e := range timeline.Entries() {
 			since := e.Since.Seconds()
 			reg.Gauge("keel_boot_"+e.Name+"_seconds", "Guest uptime (CLOCK_BOOTTIME) at the "+e.Name+" boot milestone.", func() float64 { return since })

@@ -91,7 +91,7 @@ type Result struct {
 	Closers []io.Closer
 	// finish is the rest of the boot after Start (Finish); nil in host
 	// mode and once run.
-	finish func() error
+	finish func(report func(step string)) error
 }
 
 // Options adjust Run for tests and host mode. The zero value is what PID 1
@@ -281,16 +281,18 @@ func StartWith(ctx context.Context, o Options) (*Result, error) {
 	// host that polls Health and then connects to them must not find them
 	// refused. Opening them is a listen call and two goroutines.
 	startServices(ctx, res, o.Listen)
-	res.finish = func() error {
+	res.finish = func(report func(string)) error {
 		if res.PID1 {
+			report("hold realtime signals")
 			sigguard.HoldSignals(sigguard.Realtime()...)
 		}
-		if err := step.Run(log, mounts.ProtectAgent(cfg)); err != nil {
+		if err := step.RunReporting(log, mounts.ProtectAgent(cfg), report); err != nil {
 			return err
 		}
-		if err := step.Run(log, lateSystemSteps(cfg)); err != nil {
+		if err := step.RunReporting(log, lateSystemSteps(cfg), report); err != nil {
 			return err
 		}
+		report("seed entropy")
 		seedEntropy(cfg, log)
 		timeline.Mark("boot_done")
 		log.Info("boot done", "timeline", timeline.String(), "root_is_initramfs", res.RootIsInitramfs)
@@ -301,13 +303,21 @@ func StartWith(ctx context.Context, o Options) (*Result, error) {
 
 // Finish runs the rest of the boot that Start left (see Start); once, and
 // nothing in host mode.
-func (r *Result) Finish() error {
+func (r *Result) Finish() error { return r.FinishReporting(nil) }
+
+// FinishReporting is Finish that calls report (when not nil) with the name
+// of each step before it runs (its shell line), so the boot gate can say
+// which step a stuck boot is in.
+func (r *Result) FinishReporting(report func(step string)) error {
 	f := r.finish
 	r.finish = nil
 	if f == nil {
 		return nil
 	}
-	return f()
+	if report == nil {
+		report = func(string) {}
+	}
+	return f(report)
 }
 
 func stageName(stage2 bool) string {

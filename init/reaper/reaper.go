@@ -53,6 +53,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -220,8 +222,10 @@ func RunMain(f func()) error {
 // goroutine does on the thread that forked the container's init). Reaping
 // it here would make the owner's wait fail with ECHILD, and an os.Process
 // whose wait failed keeps its pidfd until a garbage collection. Each
-// zombie is peeked at with WNOWAIT first; a watched one ends the pass (wait
-// cannot skip it), and its watcher kicks the loop once it has reaped it.
+// zombie is peeked at with WNOWAIT first; a watched (or held) one ends the
+// pass of wait(P_ALL), which cannot skip it: the zombies behind it are then
+// reaped by pid (reapAround), and its watcher kicks the loop once it has
+// reaped it.
 func (r *reaper) reapOrphans() {
 	for {
 		var info unix.Siginfo
@@ -241,13 +245,15 @@ func (r *reaper) reapOrphans() {
 		// meanwhile is never overtaken.
 		// A zombie its forker still means to wait (see Hold) ends the
 		// pass like a watched one; Release kicks the loop.
-		if hold := r.held.Load(); hold != nil && (*hold)(st.Pid) {
+		if r.left(st.Pid) {
+			r.reapAround()
 			return
 		}
 		var ws unix.WaitStatus
 		r.mu.Lock()
 		if r.watched[st.Pid] {
 			r.mu.Unlock()
+			r.reapAround()
 			return
 		}
 		pid, err := unix.Wait4(st.Pid, &ws, unix.WNOHANG|unix.WALL|unix.WNOTHREAD, nil)
@@ -265,12 +271,62 @@ func (r *reaper) reapOrphans() {
 	}
 }
 
+// left reports whether the orphan loop must leave pid's zombie alone: it
+// is held (Hold) or watched.
+func (r *reaper) left(pid int) bool {
+	if hold := r.held.Load(); hold != nil && (*hold)(pid) {
+		return true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.watched[pid]
+}
+
+// reapAround reaps, one by one, the main thread's zombie children that need
+// not be left alone, when wait(P_ALL) keeps returning one that must be (a
+// start's held bootstrap stage, a watched process): a zombie left for as
+// long as a start is stuck must not stop every other orphan of the guest
+// from being reaped meanwhile. The children are listed in
+// /proc/self/task/<tid>/children (CONFIG_PROC_CHILDREN; without it, they
+// wait until the zombie in front goes, as before). Must run on the main
+// thread.
+func (r *reaper) reapAround() {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/children", unix.Gettid()))
+	if err != nil {
+		return
+	}
+	for _, f := range strings.Fields(string(b)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil || pid <= 0 {
+			continue
+		}
+		var info unix.Siginfo
+		if err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL|unix.WNOTHREAD, nil); err != nil {
+			continue
+		}
+		if _, ok := fromSiginfo(&info); !ok || r.left(pid) {
+			continue // running, or to be left alone
+		}
+		var ws unix.WaitStatus
+		r.mu.Lock()
+		if r.watched[pid] {
+			r.mu.Unlock()
+			continue
+		}
+		got, err := unix.Wait4(pid, &ws, unix.WNOHANG|unix.WALL|unix.WNOTHREAD, nil)
+		r.mu.Unlock()
+		if err == nil && got == pid && (ws.Exited() || ws.Signaled()) {
+			r.deliver(FromWaitStatus(pid, ws))
+		}
+	}
+}
+
 // Watch reaps pid, an unreaped child of this process that nobody else
 // waits (a container process after libcontainer's start returned), as soon
 // as it exits, and delivers its status once on the returned channel. started
 // is when the process was started (see RegisterSince).
 func Watch(pid int, started time.Time) (<-chan ExitStatus, error) {
-	return WatchThen(pid, started, nil)
+	return WatchThen(pid, started, nil, nil)
 }
 
 // WatchThen is Watch for a process whose other owner holds a handle on it
@@ -279,7 +335,14 @@ func Watch(pid int, started time.Time) (<-chan ExitStatus, error) {
 // called, which must reap it (e.g. libcontainer.Process.Wait) and return
 // its wait status. Should reap fail, the process is reaped here. A nil reap
 // is Watch.
-func WatchThen(pid int, started time.Time, reap func() (unix.WaitStatus, error)) (<-chan ExitStatus, error) {
+//
+// The orphan loop may have reaped pid before this call marked it: its
+// forking thread died (a goroutine exited locked to it), which made it the
+// main thread's child, and it exited before its owner got here. Its status
+// is then delivered as kept, reap is not called (no wait can succeed any
+// more), and release is, when not nil: the owner drops its handle there
+// (os.Process.Release), or it stays open until a garbage collection.
+func WatchThen(pid int, started time.Time, reap func() (unix.WaitStatus, error), release func()) (<-chan ExitStatus, error) {
 	// Mark it watched before anything else, so the orphan loop leaves it
 	// alone from now on (see reapOrphans). The pid is our unreaped child,
 	// so it names this process even if it already exited.
@@ -293,6 +356,9 @@ func WatchThen(pid int, started time.Time, reap func() (unix.WaitStatus, error))
 			// Already reaped by the orphan loop (its parent thread
 			// died before we got here): the status is kept for a
 			// registration.
+			if release != nil {
+				release()
+			}
 			return RegisterSince(pid, started), nil
 		}
 		return nil, fmt.Errorf("unable to open pidfd of %d: %w", pid, err)

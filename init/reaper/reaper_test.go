@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -396,7 +397,7 @@ func TestWatchedOrphanLeftToItsOwner(t *testing.T) {
 				return 0, err
 			}
 			return unix.WaitStatus(ps.Sys().(syscall.WaitStatus)), nil
-		})
+		}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -442,7 +443,7 @@ func TestStatusKeptWhenReapFails(t *testing.T) {
 			return 0, err
 		}
 		return 0, errors.New("reaped, then failed")
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -454,5 +455,165 @@ func TestStatusKeptWhenReapFails(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no status delivered after the reap function failed")
+	}
+}
+
+// TestWatchThenReleasesWhenReapedFirst: a process whose forking thread died
+// and that exited before WatchThen was called is reaped by the orphan loop
+// first. WatchThen then delivers the kept status, does not call reap (its
+// wait could only fail) and calls release, so the owner drops its handle:
+// with release closing the os.Process's pidfd, no descriptor is left, no
+// GC needed.
+func TestWatchThenReleasesWhenReapedFirst(t *testing.T) {
+	old := debug.SetGCPercent(-1) // a GC would close a leaked pidfd
+	defer debug.SetGCPercent(old)
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	before := fds()
+	for i := range 5 {
+		cmd := exec.Command("/bin/sh", "-c", "exit 4")
+		reaped := Reaped()
+		type forked struct {
+			started time.Time
+			err     error
+		}
+		ch := make(chan forked)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+			started := time.Now()
+			err := cmd.Start()
+			ch <- forked{started, err}
+		}()
+		f := <-ch
+		if f.err != nil {
+			t.Fatal(f.err)
+		}
+		// Gone from the pid table only once reaped (a zombie is there).
+		deadline := time.Now().Add(10 * time.Second)
+		for Reaped() == reaped || unix.Kill(cmd.Process.Pid, 0) == nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the orphan loop never reaped the exited child", i)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		reapCalled, released := false, false
+		st, err := WatchThen(cmd.Process.Pid, f.started, func() (unix.WaitStatus, error) {
+			reapCalled = true
+			return 0, errors.New("reaped already")
+		}, func() {
+			released = true
+			cmd.Process.Release()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case s := <-st:
+			if s.Code != 4 {
+				t.Fatalf("round %d: status %+v, want exit code 4", i, s)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: no status for a process reaped before its watch", i)
+		}
+		if reapCalled || !released {
+			t.Fatalf("round %d: reap called %v, release called %v; want only release", i, reapCalled, released)
+		}
+	}
+	if after := fds(); after > before {
+		t.Fatalf("fds %d -> %d after 5 processes reaped before their watch", before, after)
+	}
+}
+
+// forkFromDyingThread starts cmd from a thread that exits right after, so
+// the child becomes the main thread's (an orphan the loop may reap), and
+// waits until that thread is gone.
+func forkFromDyingThread(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	type forked struct {
+		tid int
+		err error
+	}
+	ch := make(chan forked)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		err := cmd.Start()
+		ch <- forked{unix.Gettid(), err}
+	}()
+	f := <-ch
+	if f.err != nil {
+		t.Fatal(f.err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", f.tid)); errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("forking thread %d did not exit", f.tid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestHeldZombieBlocksNoOtherOrphan: a zombie the orphan loop must leave
+// alone (held for a start in flight, which may be stuck for good) and that
+// wait(P_ALL) returns first does not keep the orphans behind it from being
+// reaped: they are reaped by pid. Once released, the held one is reaped
+// too. (Before, every orphan of the guest waited behind it.)
+func TestHeldZombieBlocksNoOtherOrphan(t *testing.T) {
+	held := exec.Command("/bin/sh", "-c", "exit 1")
+	forkFromDyingThread(t, held)
+	heldPid := held.Process.Pid
+	Hold(func(pid int) bool { return pid == heldPid })
+	t.Cleanup(func() { Hold(nil); Kick() })
+	heldSt := Register(heldPid)
+	t.Cleanup(func() { Unregister(heldPid) })
+	// Only the held one is a zombie yet: it is first in the main thread's
+	// children, so wait(P_ALL) always returns it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var info unix.Siginfo
+		if unix.Waitid(unix.P_PID, heldPid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, nil) == nil {
+			if _, ok := fromSiginfo(&info); ok {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the held child did not exit")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for i := range 3 {
+		cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf("exit %d", 10+i))
+		forkFromDyingThread(t, cmd)
+		select {
+		case st := <-Register(cmd.Process.Pid):
+			if st.Code != 10+i {
+				t.Fatalf("orphan %d: %+v", i, st)
+			}
+		case <-time.After(10 * time.Second):
+			Unregister(cmd.Process.Pid)
+			t.Fatalf("orphan %d not reaped in 10 s behind a held zombie", i)
+		}
+	}
+	select {
+	case st := <-heldSt:
+		t.Fatalf("the held zombie was reaped: %+v", st)
+	default:
+	}
+	Hold(nil)
+	Kick()
+	select {
+	case st := <-heldSt:
+		if st.Code != 1 {
+			t.Fatalf("held zombie: %+v", st)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the released zombie was not reaped")
 	}
 }

@@ -28,10 +28,18 @@ type Step interface {
 }
 
 // Run executes steps in order, logging each. It returns the first error of
-// a required step (wrapped with the step's shell line); optional failures
-// are logged at warn level and skipped.
-func Run(log *slog.Logger, steps []Step) error {
+// a required step (an *Error naming the step's shell line); optional
+// failures are logged at warn level and skipped.
+func Run(log *slog.Logger, steps []Step) error { return RunReporting(log, steps, nil) }
+
+// RunReporting is Run that also calls report (when not nil) with each
+// step's shell line before running it, so a watcher can say which step a
+// stuck boot is in (agent/bootgate).
+func RunReporting(log *slog.Logger, steps []Step, report func(line string)) error {
 	for _, s := range steps {
+		if report != nil {
+			report(s.String())
+		}
 		start := time.Now()
 		err := s.Run()
 		switch {
@@ -41,11 +49,24 @@ func Run(log *slog.Logger, steps []Step) error {
 			log.Warn(s.String(), "err", err)
 		default:
 			log.Error(s.String(), "err", err)
-			return fmt.Errorf("boot step %q: %w", s.String(), err)
+			return &Error{Line: s.String(), Err: err}
 		}
 	}
 	return nil
 }
+
+// Error is a required step's failure.
+type Error struct {
+	Line string // the step's shell line
+	Err  error
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("boot step %q: %v", e.Line, e.Err) }
+func (e *Error) Unwrap() error { return e.Err }
+
+// BootStep names the failed step (agent/bootgate asks for it so as not to
+// name it twice).
+func (e *Error) BootStep() string { return e.Line }
 
 // Mkdir is `mkdir -p -m MODE PATH`.
 type Mkdir struct {

@@ -85,3 +85,30 @@ func TestMountedAs(t *testing.T) {
 		}
 	}
 }
+
+// TestRunReporting: each step's line is reported before it runs, in order,
+// up to the required step that fails, whose error names it (BootStep).
+func TestRunReporting(t *testing.T) {
+	boom := errors.New("no such device")
+	var ran, reported []string
+	steps := []Step{
+		Func{Line: "one", Fn: func() error { ran = append(ran, "one"); return nil }},
+		Func{Line: "two", Opt: true, Fn: func() error { ran = append(ran, "two"); return boom }},
+		Func{Line: "three", Fn: func() error {
+			ran = append(ran, "three")
+			if len(reported) == 0 || reported[len(reported)-1] != "three" {
+				t.Error("step three ran before it was reported")
+			}
+			return boom
+		}},
+		Func{Line: "four", Fn: func() error { ran = append(ran, "four"); return nil }},
+	}
+	err := RunReporting(slog.New(slog.DiscardHandler), steps, func(line string) { reported = append(reported, line) })
+	if got := strings.Join(reported, ","); got != "one,two,three" || strings.Join(ran, ",") != got {
+		t.Fatalf("reported %q, ran %q; want one,two,three both", reported, ran)
+	}
+	var se *Error
+	if !errors.As(err, &se) || se.BootStep() != "three" || !errors.Is(err, boom) || !strings.Contains(err.Error(), `"three"`) {
+		t.Fatalf("error %v, want a step Error naming \"three\"", err)
+	}
+}

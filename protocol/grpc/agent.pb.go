@@ -4807,8 +4807,8 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
+var file_agent_proto_enumTypes [1]protoimpl.EnumInfo
+var file_agent_proto_msgTypes [77]protoimpl.MessageInfo
 var file_agent_proto_goTypes = []any{
 	(VolumeUsage_Unit)(0),                         // 0: grpc.VolumeUsage.Unit
 	(*CreateContainerRequest)(nil),                // 1: grpc.CreateContainerRequest
@@ -5059,8 +5059,8 @@ func file_agent_proto_init() {
 		},
 		GoTypes:           file_agent_proto_goTypes,
 		DependencyIndexes: file_agent_proto_depIdxs,
-		EnumInfos:         file_agent_proto_enumTypes,
-		MessageInfos:      file_agent_proto_msgTypes,
+		EnumInfos:         file_agent_proto_enumTypes[:],
+		MessageInfos:      file_agent_proto_msgTypes[:],
 	}.Build()
 	File_agent_proto = out.File
 	file_agent_proto_goTypes = nil

@@ -247,8 +247,8 @@ func file_health_proto_rawDescGZIP() []byte {
 	return file_health_proto_rawDescData
 }
 
-var file_health_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_health_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_health_proto_enumTypes [1]protoimpl.EnumInfo
+var file_health_proto_msgTypes [3]protoimpl.MessageInfo
 var file_health_proto_goTypes = []any{
 	(HealthCheckResponse_ServingStatus)(0), // 0: grpc.HealthCheckResponse.ServingStatus
 	(*CheckRequest)(nil),                   // 1: grpc.CheckRequest
@@ -290,8 +290,8 @@ func file_health_proto_init() {
 		},
 		GoTypes:           file_health_proto_goTypes,
 		DependencyIndexes: file_health_proto_depIdxs,
-		EnumInfos:         file_health_proto_enumTypes,
-		MessageInfos:      file_health_proto_msgTypes,
+		EnumInfos:         file_health_proto_enumTypes[:],
+		MessageInfos:      file_health_proto_msgTypes[:],
 	}.Build()
 	File_health_proto = out.File
 	file_health_proto_goTypes = nil

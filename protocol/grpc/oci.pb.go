@@ -2506,7 +2506,7 @@ func file_oci_proto_rawDescGZIP() []byte {
 	return file_oci_proto_rawDescData
 }
 
-var file_oci_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_oci_proto_msgTypes [33]protoimpl.MessageInfo
 var file_oci_proto_goTypes = []any{
 	(*Spec)(nil),                   // 0: grpc.Spec
 	(*Process)(nil),                // 1: grpc.Process
@@ -2616,7 +2616,7 @@ func file_oci_proto_init() {
 		},
 		GoTypes:           file_oci_proto_goTypes,
 		DependencyIndexes: file_oci_proto_depIdxs,
-		MessageInfos:      file_oci_proto_msgTypes,
+		MessageInfos:      file_oci_proto_msgTypes[:],
 	}.Build()
 	File_oci_proto = out.File
 	file_oci_proto_goTypes = nil

@@ -516,8 +516,8 @@ func file_types_proto_rawDescGZIP() []byte {
 	return file_types_proto_rawDescData
 }
 
-var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_types_proto_enumTypes [2]protoimpl.EnumInfo
+var file_types_proto_msgTypes [4]protoimpl.MessageInfo
 var file_types_proto_goTypes = []any{
 	(IPFamily)(0),            // 0: types.IPFamily
 	(FSGroupChangePolicy)(0), // 1: types.FSGroupChangePolicy
@@ -560,8 +560,8 @@ func file_types_proto_init() {
 		},
 		GoTypes:           file_types_proto_goTypes,
 		DependencyIndexes: file_types_proto_depIdxs,
-		EnumInfos:         file_types_proto_enumTypes,
-		MessageInfos:      file_types_proto_msgTypes,
+		EnumInfos:         file_types_proto_enumTypes[:],
+		MessageInfos:      file_types_proto_msgTypes[:],
 	}.Build()
 	File_types_proto = out.File
 	file_types_proto_goTypes = nil

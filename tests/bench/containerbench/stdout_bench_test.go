@@ -39,6 +39,14 @@ var pipeSizes = []struct {
 // a unix socket and returns a client connected to it.
 func serveTTRPC(tb testing.TB, r *containers.RPC) *client.Client {
 	tb.Helper()
+	c, _ := serveTTRPCAt(tb, r)
+	return c
+}
+
+// serveTTRPCAt is serveTTRPC that also returns the address served, for
+// more connections (protocol/outputreader dials its own).
+func serveTTRPCAt(tb testing.TB, r *containers.RPC) (*client.Client, string) {
+	tb.Helper()
 	srv, err := server.New(agentService{RPC: r}, nil, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		tb.Fatal(err)
@@ -63,7 +71,7 @@ func serveTTRPC(tb testing.TB, r *containers.RPC) *client.Client {
 		srv.Close()
 		<-done
 	})
-	return c
+	return c, "unix://" + l.Addr().String()
 }
 
 // BenchmarkStdoutRPCPath1MiB: a container process's stdout read with 1 MiB

@@ -97,6 +97,14 @@ func startAgentPid(tb testing.TB, ids *[]string) (pb.AgentServiceService, int) {
 // any, changes the agent's environment: KEY=VALUE sets, a bare KEY unsets.
 func startAgentBin(tb testing.TB, bin string, ids *[]string, env ...string) (pb.AgentServiceService, int) {
 	tb.Helper()
+	a, pid, _ := startAgentBinAt(tb, bin, ids, env...)
+	return a, pid
+}
+
+// startAgentBinAt is startAgentBin that also returns the agent's address,
+// for more connections (protocol/outputreader dials its own).
+func startAgentBinAt(tb testing.TB, bin string, ids *[]string, env ...string) (pb.AgentServiceService, int, string) {
+	tb.Helper()
 	state := tmpfsDir(tb)
 	dir := tb.TempDir()
 	sock := "unix://" + filepath.Join(dir, "agent.sock")
@@ -140,7 +148,7 @@ func startAgentBin(tb testing.TB, bin string, ids *[]string, env ...string) (pb.
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { c.Close() })
-	return c.Agent, cmd.Process.Pid
+	return c.Agent, cmd.Process.Pid, sock
 }
 
 // agentEnv is this process's environment changed by env (KEY=VALUE sets,

@@ -33,6 +33,9 @@ BenchmarkAgentStdoutRPC32KiB/gc=policy
 --- SKIP: BenchmarkAgentStdoutRPC32KiB/gc=policy
 BenchmarkAgentStdoutRPC32KiB/gc=GOGC=100
 BenchmarkAgentStdoutRPC32KiB/gc=GOGC=100-2 	       1	 100 ns/op	  40.0 MB/s	 7000 rssanon-64MiB-KiB
+BenchmarkStdoutReaderPath32KiB/plain-2 	       6	 221769128 ns/op	 300.00 MB/s	 1281226 B/op	   24616 allocs/op
+BenchmarkRawUnixCopy1MiB/pipe=64KiB-2 	      20	  88329663 ns/op	 750.00 MB/s	     179 B/op	       6 allocs/op
+BenchmarkStdoutReaderPaired32KiB/wire-plain-2 	       5	1688927914 ns/op	  39.73 MB/s	         0.1424 reader/raw	         0.1605 reader/raw-32KiB	         1.474 reader/rpc	         0.09662 rpc/raw
 PASS
 ok  	github.com/keelvm/keel/tests/bench/containerbench	10.0s
 pkg: github.com/keelvm/keel/tests/bench/guestbench
@@ -71,6 +74,11 @@ func TestReport(t *testing.T) {
 		{[]string{"container init start: keel-agent vs libcontainer-only"}, []string{"not run", "BenchmarkAgentInitStart failed: boom"}},
 		{[]string{"P3 wire: keel-agent binary, 32 KiB reads, its GC policy, vs raw"}, []string{"not run", ">= 0.3", "BenchmarkAgentStdoutRPC32KiB/gc=policy skipped: no dd in the rootfs"}},
 		{[]string{"P1 in guest: agent (vsock) vs runc run in guest"}, []string{"not run", "<= 0.5", "skipped: VM tier: set KEEL_BENCH_VM=1 (make bench-vm)"}},
+		// Keel's client stream reader: a ratio of MB/s, and a reported one
+		{[]string{"P3 RPC path, Keel client stream reader, 32 KiB, vs raw"}, []string{"0.400", ">= 0.3"}},
+		{[]string{"P3 paired: Keel client stream reader, keel-agent binary, vs raw"}, []string{"0.142", ">= 0.3"}},
+		{[]string{"P3 paired: Keel client stream reader / generated client, wire"}, []string{"1.47"}},
+		{[]string{"P3 wire: Keel client stream reader, keel-agent binary, vs raw"}, []string{"not run", ">= 0.3", "no result for BenchmarkAgentStdoutReader32KiB/plain"}},
 		// absent from the output altogether
 		{[]string{"P1 create+start+wait+remove /bin/true vs runc run"}, []string{"not run", "<= 0.5", "no result for BenchmarkLifecycle"}},
 		{[]string{"P6 QEMU start->first gated RPC, DAX on virtio-pmem (s)"}, []string{"not run", "<= 1.0", "no result for BenchmarkP6Boot"}},
@@ -102,23 +110,25 @@ func TestIssue16Figures(t *testing.T) {
 		targets[x.name] = x.target
 	}
 	for _, want := range []string{
-		"P1 create+start+wait+remove",                   // P1 in-process
-		"P1 wire: keel-agent binary vs runc run",        // P1 over the wire
-		"P1 in guest: agent (vsock) vs runc run",        // P1 in the guest
-		"P1 in guest: agent (vsock) vs crun run",        // and crun's ratio
-		"P2 exec /bin/true vs runc exec",                // P2 in-process
-		"P2 wire: keel-agent binary vs runc exec",       // P2 over the wire
-		"P2 in guest: agent exec (vsock) vs runc",       // P2 in the guest
-		"P3 stdout RPC path, container dd, 32 KiB",      // P3 RPC path at Kata's read size
-		"P3 wire: keel-agent binary, 32 KiB reads",      // P3 RPC path, real binary
-		"P3 stdout fast path vs raw",                    // P3 fast path
-		"P6 uptime when serving every RPC",              // P6 boot vs trivial init
-		"P6 icount (guest work only)",                   // P6 without TCG's translation
-		"P6 QEMU start->first gated RPC, DAX on virtio", // P6 QEMU start -> first RPC
-		"guest memory used: Keel kernel+DAX vs",         // memory, guest
-		"agent RssAnon: Keel kernel+DAX vs Debian",      // memory, agent
-		"P3 VM: ReadStdout (32 KiB, as Kata) vs raw",    // VM stdout over ReadStdout
-		"P3 VM: passfd stdout vs raw AF_VSOCK",          // VM stdout over passfd
+		"P1 create+start+wait+remove",                    // P1 in-process
+		"P1 wire: keel-agent binary vs runc run",         // P1 over the wire
+		"P1 in guest: agent (vsock) vs runc run",         // P1 in the guest
+		"P1 in guest: agent (vsock) vs crun run",         // and crun's ratio
+		"P2 exec /bin/true vs runc exec",                 // P2 in-process
+		"P2 wire: keel-agent binary vs runc exec",        // P2 over the wire
+		"P2 in guest: agent exec (vsock) vs runc",        // P2 in the guest
+		"P3 stdout RPC path, container dd, 32 KiB",       // P3 RPC path at Kata's read size
+		"P3 wire: keel-agent binary, 32 KiB reads",       // P3 RPC path, real binary
+		"P3 RPC path, Keel client stream reader, 32 KiB", // P3 RPC path, Keel's own client
+		"P3 wire: Keel client stream reader, keel-agent", // and from the binary
+		"P3 stdout fast path vs raw",                     // P3 fast path
+		"P6 uptime when serving every RPC",               // P6 boot vs trivial init
+		"P6 icount (guest work only)",                    // P6 without TCG's translation
+		"P6 QEMU start->first gated RPC, DAX on virtio",  // P6 QEMU start -> first RPC
+		"guest memory used: Keel kernel+DAX vs",          // memory, guest
+		"agent RssAnon: Keel kernel+DAX vs Debian",       // memory, agent
+		"P3 VM: ReadStdout (32 KiB, as Kata) vs raw",     // VM stdout over ReadStdout
+		"P3 VM: passfd stdout vs raw AF_VSOCK",           // VM stdout over passfd
 	} {
 		found := false
 		for name, target := range targets {

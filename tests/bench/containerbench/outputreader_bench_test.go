@@ -1,0 +1,198 @@
+package containerbench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/keelvm/keel/agent/containers"
+	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/protocol/outputreader"
+)
+
+// readerModes are protocol/outputreader's two ways: one request per Read,
+// and the next request sent as soon as a reply's data begins.
+var readerModes = []struct {
+	name string
+	o    outputreader.Options
+}{{"plain", outputreader.Options{}}, {"pipeline", outputreader.Options{Pipeline: true}}}
+
+// BenchmarkStdoutReaderPath32KiB (P3, Keel's client): the same 64 MiB of
+// dd output as BenchmarkStdoutRPCPath32KiB, from the same in-process agent
+// on the kernel's default pipe, read 32 KiB at a time (as Kata's shim) by
+// protocol/outputreader on a connection of its own instead of the
+// generated ttrpc client. The connection is dialled with the timer
+// stopped (once per stream, like the exec).
+func BenchmarkStdoutReaderPath32KiB(b *testing.B) {
+	for _, m := range readerModes {
+		b.Run(m.name, func(b *testing.B) {
+			r, _ := newRPC(b, containers.Options{ExecIOLinger: time.Nanosecond})
+			c, addr := serveTTRPCAt(b, r)
+			benchStdoutReader(b, c.Agent, addr, "out", m.o)
+		})
+	}
+}
+
+// BenchmarkAgentStdoutReader32KiB (P3 wire, Keel's client): the same from
+// the keel-agent binary in host mode with its GC policy (as
+// BenchmarkAgentStdoutRPC32KiB/gc=policy).
+func BenchmarkAgentStdoutReader32KiB(b *testing.B) {
+	for _, m := range readerModes {
+		b.Run(m.name, func(b *testing.B) {
+			id := fmt.Sprintf("wire-reader-%d", os.Getpid())
+			ids := []string{id}
+			a, _, addr := startAgentBinAt(b, agentBinary(b), &ids)
+			benchStdoutReader(b, a, addr, id, m.o)
+		})
+	}
+}
+
+func benchStdoutReader(b *testing.B, a pb.AgentServiceService, addr, cid string, o outputreader.Options) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	if err := runContainer(ctx, a, cid, "/bin/sleep", "1000"); err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 32<<10)
+	b.SetBytes(stdoutBytes)
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer()
+		eid := fmt.Sprintf("dd%d", i)
+		if _, err := a.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: cid, ExecId: eid, Process: pbProcess(append([]string{"/bin/" + ddArgs[0]}, ddArgs[1:]...)...)}); err != nil {
+			b.Fatal(err)
+		}
+		r, err := outputreader.Dial(ctx, addr, outputreader.Stdout, cid, eid, o)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		n, err := drainReader(r, buf)
+		b.StopTimer()
+		r.Close()
+		if err != nil || n != stdoutBytes {
+			b.Fatalf("outputreader: %d bytes, %v", n, err)
+		}
+		if w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: cid, ExecId: eid}); err != nil || w.Status != 0 {
+			b.Fatalf("WaitProcess: %v %v", w, err)
+		}
+		b.StartTimer()
+	}
+}
+
+// drainReader reads r to its end through buf and returns how many bytes
+// came (as drainStdout does for the generated client: the data dropped).
+func drainReader(r io.Reader, buf []byte) (int, error) {
+	total := 0
+	for {
+		n, err := r.Read(buf)
+		total += n
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// BenchmarkStdoutReaderPaired32KiB (P3, Keel's client, paired): in every
+// iteration and in turns, the raw copy with 1 MiB buffers, the raw copy
+// with 32 KiB buffers, the generated client's ReadStdout path and
+// protocol/outputreader, 32 KiB reads, the same dd output, in process and
+// from the keel-agent binary. Reports the median per-iteration ratios of
+// throughput: reader/raw (the P3 figure for Keel's client), reader/rpc
+// (what the reader gains over the generated client), rpc/raw (the P3
+// figure for the generated client, as BenchmarkStdoutRPCPaired32KiB) and
+// reader/raw-32KiB.
+func BenchmarkStdoutReaderPaired32KiB(b *testing.B) {
+	for _, m := range readerModes {
+		b.Run("inproc-"+m.name, func(b *testing.B) {
+			r, _ := newRPC(b, containers.Options{ExecIOLinger: time.Nanosecond})
+			c, addr := serveTTRPCAt(b, r)
+			benchReaderPaired(b, c.Agent, addr, "out", m.o)
+		})
+		b.Run("wire-"+m.name, func(b *testing.B) {
+			id := fmt.Sprintf("paired-reader-%d", os.Getpid())
+			ids := []string{id}
+			a, _, addr := startAgentBinAt(b, agentBinary(b), &ids)
+			benchReaderPaired(b, a, addr, id, m.o)
+		})
+	}
+}
+
+func benchReaderPaired(b *testing.B, a pb.AgentServiceService, addr, cid string, o outputreader.Options) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	if err := runContainer(ctx, a, cid, "/bin/sleep", "1000"); err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 32<<10)
+	exec := func(eid string) {
+		if _, err := a.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: cid, ExecId: eid, Process: pbProcess(append([]string{"/bin/" + ddArgs[0]}, ddArgs[1:]...)...)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	wait := func(eid string) {
+		if w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: cid, ExecId: eid}); err != nil || w.Status != 0 {
+			b.Fatalf("WaitProcess: %v %v", w, err)
+		}
+	}
+	rpc := func(i int) time.Duration {
+		eid := fmt.Sprintf("rpc%d", i)
+		exec(eid)
+		t0 := time.Now()
+		n, err := drainStdout(ctx, a, cid, eid, 32<<10)
+		d := time.Since(t0)
+		if err != nil || n != stdoutBytes {
+			b.Fatalf("ReadStdout: %d bytes, %v", n, err)
+		}
+		wait(eid)
+		return d
+	}
+	reader := func(i int) time.Duration {
+		eid := fmt.Sprintf("reader%d", i)
+		exec(eid)
+		r, err := outputreader.Dial(ctx, addr, outputreader.Stdout, cid, eid, o)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		n, err := drainReader(r, buf)
+		d := time.Since(t0)
+		r.Close()
+		if err != nil || n != stdoutBytes {
+			b.Fatalf("outputreader: %d bytes, %v", n, err)
+		}
+		wait(eid)
+		return d
+	}
+	var readerRaw, readerRPC, rpcRaw, readerRaw32 []float64
+	b.SetBytes(stdoutBytes)
+	for i := 0; b.Loop(); i++ {
+		var raw, raw32, g, rd time.Duration
+		// Take turns in a rotating order, so no path always runs first.
+		for k := range 4 {
+			switch (i + k) % 4 {
+			case 0:
+				raw = rawCopy(b, 1<<20)
+			case 1:
+				raw32 = rawCopy(b, 32<<10)
+			case 2:
+				g = rpc(i)
+			case 3:
+				rd = reader(i)
+			}
+		}
+		readerRaw = append(readerRaw, float64(raw)/float64(rd))
+		readerRPC = append(readerRPC, float64(g)/float64(rd))
+		rpcRaw = append(rpcRaw, float64(raw)/float64(g))
+		readerRaw32 = append(readerRaw32, float64(raw32)/float64(rd))
+	}
+	b.ReportMetric(median(readerRaw), "reader/raw")
+	b.ReportMetric(median(readerRPC), "reader/rpc")
+	b.ReportMetric(median(rpcRaw), "rpc/raw")
+	b.ReportMetric(median(readerRaw32), "reader/raw-32KiB")
+}
