@@ -73,11 +73,9 @@ var pairs = []pair{
 	// requests on a connection of its own, data read straight into the
 	// caller's buffer. The generated-client rows above stay the figure for
 	// Kata's own shim.
-	{"P3 RPC path, Keel client stream reader, 32 KiB, vs raw", "BenchmarkStdoutReaderPath32KiB/plain", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ">= 0.3"},
-	{"P3 RPC path, Keel client stream reader, pipelined, vs raw", "BenchmarkStdoutReaderPath32KiB/pipeline", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ""},
-	{"P3 Keel client stream reader vs generated client, in process", "BenchmarkStdoutReaderPath32KiB/plain", "BenchmarkStdoutRPCPath32KiB/pipe=64KiB", "MB/s", ""},
-	{"P3 wire: Keel client stream reader, keel-agent binary, vs raw", "BenchmarkAgentStdoutReader32KiB/plain", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ">= 0.3"},
-	{"P3 wire: Keel client stream reader, pipelined, vs raw", "BenchmarkAgentStdoutReader32KiB/pipeline", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ""},
+	{"P3 RPC path, Keel client stream reader, 32 KiB, vs raw", "BenchmarkStdoutReaderPath32KiB", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ">= 0.3"},
+	{"P3 Keel client stream reader vs generated client, in process", "BenchmarkStdoutReaderPath32KiB", "BenchmarkStdoutRPCPath32KiB/pipe=64KiB", "MB/s", ""},
+	{"P3 wire: Keel client stream reader, keel-agent binary, vs raw", "BenchmarkAgentStdoutReader32KiB", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ">= 0.3"},
 	{"P3 wire: GC policy vs GOGC=100, agent CPU per MB", "BenchmarkAgentStdoutRPC32KiB/gc=policy", "BenchmarkAgentStdoutRPC32KiB/gc=GOGC=100", "agent-cpu-ms/MB", ""},
 	{"P3 wire: GC policy vs GOGC=100, agent RssAnon after 64 MiB", "BenchmarkAgentStdoutRPC32KiB/gc=policy", "BenchmarkAgentStdoutRPC32KiB/gc=GOGC=100", "rssanon-64MiB-KiB", ""},
 	// VM tier (tests/bench/guestbench, KEEL_BENCH_VM=1): timed in one
@@ -88,6 +86,7 @@ var pairs = []pair{
 	{"P2 in guest: agent exec (vsock) vs crun exec", "BenchmarkGuestExec", "BenchmarkGuestCrunExec", "ns/op", "report"},
 	// VM tier (tests/bench/vmbench, KEEL_BENCH_VM=1).
 	{"P3 VM: ReadStdout (32 KiB, as Kata) vs raw AF_VSOCK", "BenchmarkStdoutVsock/readstdout", "BenchmarkStdoutVsock/raw", "MB/s", ">= 0.3"},
+	{"P3 VM: Keel client stream reader (32 KiB) vs raw AF_VSOCK", "BenchmarkStdoutVsock/reader", "BenchmarkStdoutVsock/raw", "MB/s", ">= 0.3"},
 	{"P3 VM: passfd stdout vs raw AF_VSOCK", "BenchmarkStdoutVsock/passfd", "BenchmarkStdoutVsock/raw", "MB/s", ">= 0.95"},
 	{"guest memory used: Keel kernel+DAX vs Debian+initramfs", "BenchmarkGuestMemory/keel-dax", "BenchmarkGuestMemory/debian-initramfs", "used-KiB", "report"},
 	{"agent RssAnon: Keel kernel+DAX vs Debian+initramfs", "BenchmarkGuestMemory/keel-dax", "BenchmarkGuestMemory/debian-initramfs", "agent-anon-KiB", "report"},
@@ -102,12 +101,12 @@ var reported = []struct{ name, bench, unit, target string }{
 	{"P3 paired: keel-agent binary, 32 KiB vs raw", "BenchmarkStdoutRPCPaired32KiB/wire", "rpc/raw", ">= 0.3"},
 	{"P3 paired: keel-agent binary, 32 KiB vs raw with 32 KiB buffers", "BenchmarkStdoutRPCPaired32KiB/wire", "rpc/raw-32KiB", ""},
 	{"P3 paired: raw with 32 KiB buffers vs raw", "BenchmarkStdoutRPCPaired32KiB/wire", "raw-32KiB/raw", ""},
-	{"P3 paired: Keel client stream reader, 32 KiB vs raw, in process", "BenchmarkStdoutReaderPaired32KiB/inproc-plain", "reader/raw", ">= 0.3"},
-	{"P3 paired: Keel client stream reader / generated client, in proc", "BenchmarkStdoutReaderPaired32KiB/inproc-plain", "reader/rpc", ""},
-	{"P3 paired: Keel client stream reader, keel-agent binary, vs raw", "BenchmarkStdoutReaderPaired32KiB/wire-plain", "reader/raw", ">= 0.3"},
-	{"P3 paired: Keel client stream reader / generated client, wire", "BenchmarkStdoutReaderPaired32KiB/wire-plain", "reader/rpc", ""},
-	{"P3 paired: Keel client stream reader, pipelined, in process", "BenchmarkStdoutReaderPaired32KiB/inproc-pipeline", "reader/raw", ""},
-	{"P3 paired: Keel client stream reader, pipelined, binary", "BenchmarkStdoutReaderPaired32KiB/wire-pipeline", "reader/raw", ""},
+	{"P3 paired: Keel client stream reader, 32 KiB vs raw, in process", "BenchmarkStdoutReaderPaired32KiB/inproc", "reader/raw", ">= 0.3"},
+	{"P3 paired: Keel client stream reader / generated client, in proc", "BenchmarkStdoutReaderPaired32KiB/inproc", "reader/rpc", ""},
+	{"P3 paired: Keel client stream reader, keel-agent binary, vs raw", "BenchmarkStdoutReaderPaired32KiB/wire", "reader/raw", ">= 0.3"},
+	{"P3 paired: Keel client stream reader / generated client, wire", "BenchmarkStdoutReaderPaired32KiB/wire", "reader/rpc", ""},
+	{"P3 wire: client CPU ms/MB, Keel client stream reader", "BenchmarkStdoutReaderPaired32KiB/wire", "reader-client-cpu-ms/MB", ""},
+	{"P3 wire: client CPU ms/MB, generated client (Kata's shim)", "BenchmarkStdoutReaderPaired32KiB/wire", "rpc-client-cpu-ms/MB", ""},
 	{"P7 create p99, containers 191-200 vs 1-10", "BenchmarkCreate200", "p99-ratio", "<= 2"},
 	{"P7 create p50, containers 191-200 vs 1-10", "BenchmarkCreate200", "p50-ratio", ""},
 	{"P7 agent RSS per live container (KiB)", "BenchmarkCreate200", "rss-KiB/container", "<= 100"},
