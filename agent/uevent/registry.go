@@ -54,7 +54,7 @@ type Registry struct {
 	mu      sync.Mutex
 	waiters map[*waiter]struct{}
 	probing map[string]chan struct{} // node -> closed when its open returns (devReady)
-	open    func(node string) error      // devReady's open and close; tests replace it
+	open    func(node string) error  // devReady's open and close; tests replace it
 }
 
 type waiter struct {
