@@ -14,9 +14,15 @@
 // generated client would send, byte for byte, on a connection dedicated to
 // one stream (so no multiplexing and no goroutine), decodes the reply's
 // frame header and protobuf envelope from a small fixed buffer, and reads
-// the data bytes straight into the caller's p: no allocation and no copy
-// of the data in the steady state. Any ttrpc server of grpc.AgentService
+// the data bytes straight into the caller's p: no allocation in the
+// steady state, and no copy of the data but of the few bytes (at most 14)
+// that arrive with the header. Any ttrpc server of grpc.AgentService
 // answers it: Keel's agent and Kata's.
+//
+// Each Reader is a connection of the agent's: Keel's agent serves at most
+// 256 (agent/connlimit) and, to make room, closes an idle one (a Reader
+// between Reads, no request in flight), whose next Read then fails. A
+// Reader blocked in Read waiting for output is never idle.
 //
 // One request is in flight at a time. Sending the next one while the
 // caller still copies the last reply's data (it would be safe: the agent's
@@ -115,8 +121,9 @@ type Options struct {
 	MaxRead int
 }
 
-// Reader reads one stream of one process. Read, ReadContext and Close may
-// be called concurrently with Close and SetDeadline, not with each other.
+// Reader reads one stream of one process. One goroutine at a time may call
+// Read or ReadContext; Close and SetDeadline may be called from any
+// goroutine at any time (Close unblocks a Read).
 type Reader struct {
 	conn        net.Conn
 	stream      Stream
