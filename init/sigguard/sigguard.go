@@ -8,7 +8,10 @@
 // namespace made Go exit and the guest kernel panic ("Attempted to kill
 // init"). Hold asks for every signal whose default action terminates, dumps
 // core or stops the process, so the runtime delivers them to a channel
-// instead, where they are counted and logged.
+// instead, where they are counted and logged. Signals 32 to 34, which the
+// runtime leaves SIG_DFL and cannot deliver to a channel, get a no-op
+// handler (catchReserved explains the kernel race that makes SIG_DFL fatal
+// to init).
 //
 // Handlers, never SIG_IGN: an ignored disposition survives execve, so every
 // container process (and hook) would start with those signals ignored; a
@@ -23,7 +26,6 @@ import (
 	"os/signal"
 	"sync"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -59,10 +61,10 @@ func Realtime() []os.Signal {
 	var sigs []os.Signal
 	// Real-time signals terminate a C process by default; Go's runtime
 	// already ignores 35 to 64 when nobody asked for them, so holding them
-	// only keeps that true whatever the runtime does. 32 to 34 are reserved by C
-	// libraries: Go installs no handler for them and cannot be asked to,
-	// so they stay SIG_DFL, which the kernel never delivers to a pid
-	// namespace's init from inside it (a host-mode agent dies of them).
+	// only keeps that true whatever the runtime does. 32 to 34 are reserved
+	// by C libraries: Go installs no handler for them and cannot be asked
+	// to, so HoldSignals gives them a no-op handler of its own
+	// (catchReserved: SIG_DFL would let them kill PID 1 in a race).
 	for s := 35; s <= 64; s++ {
 		sigs = append(sigs, unix.Signal(s))
 	}
@@ -76,31 +78,13 @@ type kernelSigaction struct {
 	mask                     uint64
 }
 
-// resetInheritedIgnores gives the signals reserved by C libraries (32 to
-// 34), which Go never touches, their default disposition back when this
-// process inherited them ignored: glibc's posix_spawn, which GNU make uses,
-// hands its children 32 and 33 as SIG_IGN, and an ignored disposition
-// would pass through execve into every container process and hook. A
-// handler installed by the C library is left alone.
-func resetInheritedIgnores() {
-	const sigIGN, sigDFL = 1, 0
-	for sig := 32; sig <= 34; sig++ {
-		var old kernelSigaction
-		if _, _, e := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), 0, uintptr(unsafe.Pointer(&old)), 8, 0, 0); e != 0 || old.handler != sigIGN {
-			continue
-		}
-		def := kernelSigaction{handler: sigDFL}
-		_, _, _ = unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&def)), 0, 8, 0, 0)
-	}
-}
-
 // Hold catches every signal of Held until stop is called, logging them
 // through slog.Default (at most once per logEvery, with counts).
 func Hold() (stop func()) { return HoldSignals(Held()...) }
 
 // HoldSignals is Hold for sigs only (Fatal first, Realtime later).
 func HoldSignals(sigs ...os.Signal) (stop func()) {
-	resetInheritedIgnores()
+	catchReserved()
 	ch := make(chan os.Signal, 64)
 	signal.Notify(ch, sigs...)
 	quit := make(chan struct{})

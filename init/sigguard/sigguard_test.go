@@ -173,3 +173,62 @@ func TestRealtimeSurvivedBeforeHeld(t *testing.T) {
 		}
 	}
 }
+
+// TestReservedSignalsCaught: signals 32 to 34, which the Go runtime leaves
+// SIG_DFL (terminate), get a handler from HoldSignals, so they cannot end
+// the process, not even through the kernel's race that lets a SIG_DFL
+// signal kill PID 1 (see catchReserved); an ignored disposition is not
+// used instead. The control, an unguarded Go process, dies of signal 34.
+func TestReservedSignalsCaught(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"=fatal")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() || sc.Text() != "ready" {
+		t.Fatalf("child did not get ready: %q", sc.Text())
+	}
+	pid := cmd.Process.Pid
+	cgt, ign := procStatus(t, pid, "SigCgt"), procStatus(t, pid, "SigIgn")
+	for sig := 32; sig <= 34; sig++ {
+		if cgt&(1<<(sig-1)) == 0 {
+			t.Errorf("signal %d has no handler (SigCgt %#x)", sig, cgt)
+		}
+		if ign&(1<<(sig-1)) != 0 {
+			t.Errorf("signal %d is ignored (SigIgn %#x): containers would inherit that", sig, ign)
+		}
+	}
+	for sig := 32; sig <= 34; sig++ {
+		for range 3 {
+			if err := unix.Kill(pid, unix.Signal(sig)); err != nil {
+				t.Fatalf("kill %d: %v", sig, err)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+		if st := state(pid); st != "S" && st != "R" {
+			t.Fatalf("after signal %d the guarded process is %q", sig, st)
+		}
+	}
+
+	ctl := exec.Command(os.Args[0])
+	ctl.Env = append(os.Environ(), childEnv+"=control")
+	if err := ctl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	_ = ctl.Process.Signal(unix.Signal(34))
+	done := make(chan error, 1)
+	go func() { done <- ctl.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = ctl.Process.Kill()
+		t.Fatal("control: an unguarded Go process survived signal 34 (the test would prove nothing)")
+	}
+}
