@@ -226,7 +226,7 @@ func (l *Listener) evictLocked(why string) bool {
 	}
 	delete(l.conns, victim)
 	l.evicted.Add(1)
-	l.o.Log.Debug("idle connection evicted", "why", why, "idle_since", oldest)
+	l.o.Log.Info("closing connection: idle, evicted", "why", why, "idle_since", oldest)
 	victim.shut(errEvicted)
 	return true
 }
@@ -252,6 +252,7 @@ type conn struct {
 	last    time.Time  // last byte read or written
 	pending int        // requests read minus responses written
 	shutErr error      // why the agent closed it
+	peerErr error      // why the client's side ended (a read error), if it did
 	closed  bool
 
 	// Read side, touched only by the (single) reader goroutine.
@@ -316,9 +317,29 @@ func (c *conn) Read(p []byte) (int, error) {
 			c.l.o.Log.Warn("closing connection: frame not completed in time", "timeout", c.l.o.FrameTimeout, "since", c.frameStart)
 			c.shut(errFrameTimeout)
 			return n, io.ErrUnexpectedEOF
+		default:
+			c.peerGone(err)
 		}
 	}
 	return n, err
+}
+
+// peerGone records that the client's side of the connection ended (EOF,
+// a reset) and, when requests were still awaiting a reply, says so at info
+// level: their replies can no longer be delivered, and the log then shows
+// the client (or the transport in between) ended the connection, not the
+// agent.
+func (c *conn) peerGone(err error) {
+	c.mu.Lock()
+	first := c.peerErr == nil && !c.closed
+	if first {
+		c.peerErr = err
+	}
+	pending := c.pending
+	c.mu.Unlock()
+	if first && pending > 0 {
+		c.l.o.Log.Info("connection ended by the client with requests awaiting a reply", "pending", pending, "err", err)
+	}
 }
 
 // extendFrameClock moves the frame deadline on by the time the reader spent
@@ -397,7 +418,14 @@ func (c *conn) Close() error {
 		c.mu.Lock()
 		c.closed = true
 		c.replied.Broadcast()
+		pending, ours, peer := c.pending, c.shutErr, c.peerErr
 		c.mu.Unlock()
+		if pending > 0 && ours == nil && peer == nil {
+			// Neither a limit here nor the client ended it: the server
+			// (ttrpc) closes it, e.g. a reply it could not send, or a
+			// shutdown. Those replies are lost: say so.
+			c.l.o.Log.Info("closing connection with requests awaiting a reply", "pending", pending)
+		}
 		err = c.Conn.Close()
 	})
 	return err

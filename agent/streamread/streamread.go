@@ -392,7 +392,7 @@ func (c *Conn) writeFrame(frame []byte) {
 	if err != nil {
 		// Closed before the turn goes back, so no other writer appends a
 		// frame to the half-written one.
-		c.cfg.Log.Debug("closing connection: reply write failed", "err", err)
+		c.cfg.Log.Warn("closing connection: reply write failed", "err", err)
 		c.Close()
 	}
 	<-c.turn

@@ -28,6 +28,7 @@ func TestBootContainerPowerOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
+	defer g.LogOnFailure(t)
 	c, err := g.Dial(ctx)
 	if err != nil {
 		t.Fatal(err)

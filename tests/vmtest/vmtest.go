@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/keelvm/keel/protocol/client"
@@ -320,6 +321,25 @@ func (g *Guest) Close() error {
 		}
 	})
 	return err
+}
+
+// LogOnFailure logs, when t has failed, the tails of the guest's serial
+// console (the agent logs there at debug level) and of the vsock device's
+// log, so a failure such as "ttrpc: closed" shows which side ended the
+// connection and why. Defer it after `defer g.Close()` (it must run before
+// Close removes the device log).
+func (g *Guest) LogOnFailure(t testing.TB) {
+	if !t.Failed() {
+		return
+	}
+	if g.VM != nil {
+		t.Logf("serial console (tail):\n%s", tail(g.VM.SerialLog(), 80))
+	}
+	if g.devLog != nil {
+		if b, err := os.ReadFile(g.devLog.Name()); err == nil {
+			t.Logf("vsock device log (tail):\n%s", tail(string(b), 40))
+		}
+	}
 }
 
 func tail(s string, n int) string {

@@ -213,12 +213,15 @@ func (m *Muxer) rstUnknown(h Header) {
 	m.wake()
 }
 
-// kill ends c. With rst an RST is queued for the guest; abort drops data
-// not yet delivered. Callers hold mu.
-func (m *Muxer) kill(c *conn, rst, abort bool) {
+// kill ends c for the reason why (logged, so a connection a host client
+// sees closed can be traced to the guest or the device). With rst an RST is
+// queued for the guest; abort drops data not yet delivered. Callers hold mu.
+func (m *Muxer) kill(c *conn, rst, abort bool, why string) {
 	if c.state == stateDead {
 		return
 	}
+	m.log.Debug("vsock: connection ended", "local", c.key.local, "peer", c.key.peer, "why", why, "rst", rst,
+		"undelivered_to_guest", c.outData, "unforwarded_to_host", len(c.inbuf))
 	c.state = stateDead
 	if m.conns[c.key] == c {
 		delete(m.conns, c.key)
@@ -332,7 +335,7 @@ func (m *Muxer) HandleGuest(h Header, payload []byte) {
 	if h.Type != TypeStream || int(h.Len) != len(payload) {
 		m.stats.bad.Add(1)
 		if c != nil {
-			m.kill(c, true, true)
+			m.kill(c, true, true, "bad packet from the guest (type or length)")
 		} else if h.Op != OpRst {
 			m.rstUnknown(h)
 		}
@@ -355,10 +358,10 @@ func (m *Muxer) HandleGuest(h Header, payload []byte) {
 	}
 	switch h.Op {
 	case OpRst:
-		m.kill(c, false, true)
+		m.kill(c, false, true, "guest sent RST")
 	case OpResponse:
 		if c.state != stateLocalInit {
-			m.kill(c, true, true)
+			m.kill(c, true, true, "guest RESPONSE on a connection not connecting")
 			return
 		}
 		c.state = stateEstablished
@@ -368,7 +371,7 @@ func (m *Muxer) HandleGuest(h Header, payload []byte) {
 		}
 	case OpRW:
 		if c.state != stateEstablished || c.peerShut&ShutdownSend != 0 {
-			m.kill(c, true, true)
+			m.kill(c, true, true, "guest data on a connection not established or shut for sending")
 			return
 		}
 		if len(payload) == 0 {
@@ -376,7 +379,7 @@ func (m *Muxer) HandleGuest(h Header, payload []byte) {
 		}
 		if c.rxCnt-c.fwdCnt+uint32(len(payload)) > BufAlloc {
 			m.log.Warn("vsock: guest exceeded its credit", "hdr", h)
-			m.kill(c, true, true)
+			m.kill(c, true, true, "guest exceeded its credit")
 			return
 		}
 		c.inbuf = append(c.inbuf, payload...)
@@ -395,14 +398,14 @@ func (m *Muxer) HandleGuest(h Header, payload []byte) {
 				defer m.mu.Unlock()
 				if c.state != stateDead {
 					m.log.Debug("vsock: shutdown drain timed out", "local", c.key.local, "peer", c.key.peer)
-					m.kill(c, true, true)
+					m.kill(c, true, true, "shutdown drain timed out")
 				}
 			})
 		}
 		m.maybeFinish(c)
 		c.cond.Broadcast()
 	default:
-		m.kill(c, true, true)
+		m.kill(c, true, true, "unknown op "+h.Op.String())
 	}
 }
 
@@ -421,7 +424,7 @@ func (m *Muxer) maybeFinish(c *conn) {
 		return
 	}
 	if c.peerShut&ShutdownRcv != 0 || c.hostEOF {
-		m.kill(c, true, false)
+		m.kill(c, true, false, "both sides finished")
 	}
 }
 
@@ -452,12 +455,12 @@ func (m *Muxer) guestConnect(h Header, key connKey) {
 		defer m.mu.Unlock()
 		if err != nil {
 			m.log.Debug("vsock: guest connection refused", "path", path, "err", err)
-			m.kill(c, true, true)
+			m.kill(c, true, true, "host socket for the guest connection: "+err.Error())
 			return
 		}
 		if c.state == stateDead || m.closed {
 			nc.Close()
-			m.kill(c, false, true)
+			m.kill(c, false, true, "device closing")
 			return
 		}
 		c.host = nc.(*net.UnixConn)
@@ -503,12 +506,13 @@ func (m *Muxer) hostReader(c *conn) {
 		if err != nil {
 			if c.state != stateDead {
 				if errors.Is(err, io.EOF) {
+					m.log.Debug("vsock: host client closed its side", "local", c.key.local, "peer", c.key.peer)
 					c.hostEOF = true
 					c.localShut = true
 					m.queue(c, outPkt{op: OpShutdown, flags: ShutdownSend})
 					m.maybeFinish(c)
 				} else {
-					m.kill(c, true, true)
+					m.kill(c, true, true, "host read: "+err.Error())
 				}
 			}
 			m.mu.Unlock()
@@ -550,7 +554,7 @@ func (m *Muxer) hostWriter(c *conn) {
 		}
 		c.fwdCnt += uint32(n)
 		if err != nil {
-			m.kill(c, true, true)
+			m.kill(c, true, true, "host write: "+err.Error())
 			m.mu.Unlock()
 			return
 		}
@@ -665,7 +669,7 @@ func (m *Muxer) hostConnect(uc *net.UnixConn) error {
 	}
 	m.mu.Lock()
 	if !accepted || c.state != stateEstablished {
-		m.kill(c, c.state != stateDead, true)
+		m.kill(c, c.state != stateDead, true, "guest did not accept the host connection")
 		m.mu.Unlock()
 		return fmt.Errorf("unable to connect to guest port %d: %w", port, ErrRefused)
 	}
@@ -682,7 +686,7 @@ func (m *Muxer) hostConnect(uc *net.UnixConn) error {
 		err = net.ErrClosed
 	}
 	if err != nil {
-		m.kill(c, true, true)
+		m.kill(c, true, true, "acknowledging the host connection: "+err.Error())
 		return fmt.Errorf("unable to acknowledge connection: %w", err)
 	}
 	m.startIO(c)
@@ -699,7 +703,7 @@ func (m *Muxer) Reset() {
 
 func (m *Muxer) resetLocked() {
 	for _, c := range m.conns {
-		m.kill(c, false, true)
+		m.kill(c, false, true, "device reset")
 	}
 	m.ready, m.rstq = nil, nil
 }
