@@ -90,6 +90,10 @@ func (m *Manager) bindVFIO(ctx context.Context, bdf string) error {
 	}
 	giveUp := time.NewTimer(bindWait)
 	defer giveUp.Stop()
+	// Probe, then mostly watch the driver link: the core's own attach
+	// binds through the override. A probe that fails for good (no IOMMU
+	// group) logs a kernel warning each time, so probes back off.
+	nextProbe, probeGap := time.Time{}, 100*time.Millisecond
 	for {
 		cur, err := os.Readlink(filepath.Join(dev, "driver"))
 		switch {
@@ -100,14 +104,21 @@ func (m *Manager) bindVFIO(ctx context.Context, bdf string) error {
 			if err := os.WriteFile(filepath.Join(dev, "driver", "unbind"), []byte(bdf), 0); err != nil {
 				return fmt.Errorf("unable to unbind %s from %s: %w", bdf, filepath.Base(cur), err)
 			}
+			nextProbe = time.Time{} // probe at once: nothing else will bind it
 		case !errors.Is(err, os.ErrNotExist):
 			return fmt.Errorf("unable to read the driver of %s: %w", bdf, err)
 		}
-		if err := os.WriteFile(m.sysfs("bus/pci/drivers_probe"), []byte(bdf), 0); err != nil {
-			return fmt.Errorf("unable to probe %s for vfio-pci: %w", bdf, err)
-		}
-		if cur, err := os.Readlink(filepath.Join(dev, "driver")); err == nil && filepath.Base(cur) == "vfio-pci" {
-			return nil
+		if now := time.Now(); !now.Before(nextProbe) {
+			if err := os.WriteFile(m.sysfs("bus/pci/drivers_probe"), []byte(bdf), 0); err != nil {
+				return fmt.Errorf("unable to probe %s for vfio-pci: %w", bdf, err)
+			}
+			if !nextProbe.IsZero() {
+				probeGap *= 2
+			}
+			nextProbe = now.Add(probeGap)
+			if cur, err := os.Readlink(filepath.Join(dev, "driver")); err == nil && filepath.Base(cur) == "vfio-pci" {
+				return nil
+			}
 		}
 		select {
 		case <-time.After(10 * time.Millisecond):

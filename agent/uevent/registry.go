@@ -53,6 +53,8 @@ type Registry struct {
 
 	mu      sync.Mutex
 	waiters map[*waiter]struct{}
+	probing map[string]chan struct{} // node -> closed when its open returns (devReady)
+	open    func(node string) error  // devReady's open and close; tests replace it
 }
 
 type waiter struct {
@@ -71,7 +73,7 @@ func NewRegistry(sysfs string, timeout time.Duration) *Registry {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	r := &Registry{sysfs: sysfs, timeout: timeout, waiters: make(map[*waiter]struct{})}
+	r := &Registry{sysfs: sysfs, timeout: timeout, waiters: make(map[*waiter]struct{}), probing: make(map[string]chan struct{}), open: openClose}
 	if sysfs == DefaultSysfs {
 		r.devDir = "/dev" // a test's fake sysfs has no disks of its own to open
 	}
@@ -190,6 +192,18 @@ func (r *Registry) present(m Matcher) (Event, bool) {
 	return Event{}, false
 }
 
+// openClose opens node read-only and closes it again.
+func openClose(node string) error {
+	fd, err := unix.Open(node, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err == nil {
+		unix.Close(fd)
+	}
+	return err
+}
+
+// probeWait bounds how long a sysfs scan waits for one open in devReady.
+const probeWait = 100 * time.Millisecond
+
 // devReady reports whether a disk found in sysfs can be opened yet. The
 // kernel adds a disk in steps (block/genhd.c device_add_disk): its sysfs
 // directory and /dev node appear first (device_add, with its uevent held
@@ -200,13 +214,40 @@ func (r *Registry) present(m Matcher) (Event, bool) {
 // disk that answers ENXIO is not there yet. Its uevent, sent after
 // bdev_add, needs no check. Anything else (no node, EACCES, ENOMEDIUM)
 // counts as ready and is the caller's to report.
+//
+// An open can block (a SCSI disk whose host is in error recovery waits
+// uninterruptibly), so it runs on its own goroutine, at most one per node
+// across all waiters; a scan waits for it at most probeWait and counts a
+// disk whose open has not returned as not there yet.
 func (r *Registry) devReady(ev *Event) bool {
 	if ev.Subsystem != "block" || ev.DevName == "" || r.devDir == "" || strings.Contains(ev.DevName, "..") {
 		return true
 	}
-	fd, err := unix.Open(filepath.Join(r.devDir, ev.DevName), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
-	if err == nil {
-		unix.Close(fd)
+	node := filepath.Join(r.devDir, ev.DevName)
+	r.mu.Lock()
+	done, busy := r.probing[node]
+	if !busy {
+		done = make(chan struct{})
+		r.probing[node] = done
 	}
-	return err != unix.ENXIO
+	r.mu.Unlock()
+	if busy {
+		return false // an earlier open of it has not returned
+	}
+	var err error
+	go func() {
+		defer close(done)
+		err = r.open(node)
+		r.mu.Lock()
+		delete(r.probing, node)
+		r.mu.Unlock()
+	}()
+	t := time.NewTimer(probeWait)
+	defer t.Stop()
+	select {
+	case <-done:
+		return err != unix.ENXIO
+	case <-t.C:
+		return false
+	}
 }

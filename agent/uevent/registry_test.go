@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -211,5 +212,41 @@ func TestWaitSkipsDiskNotYetOpenable(t *testing.T) {
 	}
 	if ev, err := r.Wait(context.Background(), vdaMatcher(), time.Second); err != nil || ev.DevName != "vda" || ev.Seqnum != 0 {
 		t.Fatalf("an openable disk in sysfs: %+v, %v", ev, err)
+	}
+}
+
+// An open that blocks (a SCSI disk in error recovery) holds no Wait past
+// its deadline, and a disk whose open is still stuck is neither returned
+// nor opened again by later scans: at most one open per node at a time.
+func TestWaitBoundsBlockingOpen(t *testing.T) {
+	root := t.TempDir()
+	fakeDevice(t, root, vdaPath, "block", "DEVNAME=vda\nDEVTYPE=disk\n")
+	r := NewRegistry(root, 0)
+	r.devDir = "/nonexistent-dev"
+	release := make(chan struct{})
+	var opens atomic.Int32
+	r.open = func(string) error {
+		opens.Add(1)
+		<-release
+		return nil
+	}
+	for range 3 {
+		start := time.Now()
+		_, err := r.Wait(context.Background(), vdaMatcher(), 600*time.Millisecond)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("a disk whose open is stuck: %v", err)
+		}
+		if d := time.Since(start); d > 600*time.Millisecond+2*probeWait+200*time.Millisecond {
+			t.Fatalf("Wait took %v with a 600 ms deadline", d)
+		}
+	}
+	if n := opens.Load(); n != 1 {
+		t.Errorf("%d opens of one stuck node, want 1", n)
+	}
+	close(release)
+	// Once the open returns, the next scan opens it again and finds it.
+	ev, err := r.Wait(context.Background(), vdaMatcher(), 2*time.Second)
+	if err != nil || ev.DevName != "vda" {
+		t.Fatalf("after the open returned: %+v, %v", ev, err)
 	}
 }

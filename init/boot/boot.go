@@ -213,7 +213,14 @@ func StartWith(ctx context.Context, o Options) (*Result, error) {
 	for _, w := range warns {
 		log.Warn("kernel command line", "warning", w.String())
 	}
-	log.Info("keel-agent booting", "stage", stageName(stage2), "config", fmt.Sprintf("%+v", redacted(cfg)), "entropy_seed_bytes", len(cfg.Entropy))
+	log.Info("keel-agent booting", "stage", stageName(stage2), "entropy_seed_bytes", len(cfg.Entropy))
+	// The whole configuration only at debug: formatting it runs fmt's
+	// reflection printer, which nothing else runs before the agent
+	// serves, and writes ~500 bytes to the serial console; under TCG both
+	// cost before the agent can serve (first-run code is translated).
+	if log.Enabled(ctx, slog.LevelDebug) {
+		log.Debug("configuration", "config", fmt.Sprintf("%+v", redacted(cfg)))
+	}
 
 	if !stage2 {
 		if !o.IsolatedDev {

@@ -274,6 +274,17 @@ func TestPID1InNamespace(t *testing.T) {
 		t.Errorf("agent not moved into its cgroup")
 	}
 
+	// The whole configuration is a debug line of its own; the info line
+	// announcing the boot does not format it (boot.go says why).
+	if !a.waitLog(`"msg":"configuration"`, "ServerAddr:", `"msg":"keel-agent booting"`) {
+		t.Errorf("no debug configuration line or boot line:\n%s", a.log())
+	}
+	for _, l := range strings.Split(a.log(), "\n") {
+		if strings.Contains(l, `"msg":"keel-agent booting"`) && strings.Contains(l, "ServerAddr:") {
+			t.Errorf("the boot line still formats the configuration: %s", l)
+		}
+	}
+
 	// Warnings for unknown keys are logged, not fatal.
 	if !a.waitLog("agent.bogus") {
 		t.Error("unknown key not warned about")

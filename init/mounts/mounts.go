@@ -229,10 +229,16 @@ func ProtectAgent(cfg cmdline.Config) []step.Step {
 	}
 	dir := path.Join(CgroupRoot, AgentCgroup)
 	return append(s,
+		// Controllers first, while the root has no child: enabling them
+		// then creates no child state and moves no task, and the move
+		// below migrates the agent's threads once, straight into every
+		// controller. Enabled after the move they made the kernel migrate
+		// every thread a second time: more first-run kernel code before
+		// the agent serves, which TCG translates.
+		EnableControllers{Dir: CgroupRoot},
 		step.Mkdir{Path: dir, Mode: 0o755, Opt: true},
 		// "0" moves the writing process (the whole thread group).
 		step.Write{Path: path.Join(dir, "cgroup.procs"), Data: "0", Opt: true},
-		EnableControllers{Dir: CgroupRoot},
 		step.Write{Path: path.Join(dir, "memory.min"), Data: strconv.Itoa(AgentMemoryMin), Opt: true},
 	)
 }

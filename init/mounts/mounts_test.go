@@ -150,6 +150,24 @@ func TestProtectAgent(t *testing.T) {
 			t.Errorf("missing %q in\n%s", w, joined)
 		}
 	}
+	// Controllers are enabled while the root has no child yet, before
+	// the agent's cgroup is made and the agent moved into it: enabled
+	// after the move, they make the kernel migrate every agent thread a
+	// second time (mounts.go says why that matters).
+	enable, mkdir, move := -1, -1, -1
+	for i, l := range lines {
+		switch {
+		case strings.Contains(l, "cgroup.subtree_control"):
+			enable = i
+		case strings.HasPrefix(l, "mkdir") && strings.Contains(l, AgentCgroup):
+			mkdir = i
+		case strings.Contains(l, AgentCgroup+"/cgroup.procs"):
+			move = i
+		}
+	}
+	if enable < 0 || mkdir < 0 || move < 0 || !(enable < mkdir && mkdir < move) {
+		t.Errorf("want enable controllers < mkdir < move, got steps %d, %d, %d in\n%s", enable, mkdir, move, joined)
+	}
 	v1, _ := cmdline.Parse("agent.cgroup=v1")
 	if n := len(ProtectAgent(v1)); n != 1 {
 		t.Errorf("v1 protect plan has %d steps", n)

@@ -23,18 +23,18 @@ import (
 // fields). Never a panic.
 func FuzzReply(f *testing.F) {
 	ok := responseBody(f, nil, []byte("hello, world"))
-	f.Add(ok, uint16(100), uint8(3), false)
-	f.Add(ok, uint16(100), uint8(255), true)
-	f.Add(responseBody(f, nil, nil), uint16(10), uint8(1), false)
-	f.Add(responseBody(f, &spb.Status{Code: int32(codes.NotFound), Message: strings.Repeat("m", 600)}, nil), uint16(10), uint8(7), false)
-	f.Add(protowire.AppendFixed32(protowire.AppendTag(ok, 7, protowire.Fixed32Type), 1), uint16(50), uint8(2), false)
-	f.Add([]byte{0x12, 0x02, 0x0a, 0x05}, uint16(50), uint8(2), false)
-	f.Fuzz(func(t *testing.T, body []byte, asked uint16, chunk uint8, pipeline bool) {
+	f.Add(ok, uint16(100), uint8(3))
+	f.Add(ok, uint16(100), uint8(255))
+	f.Add(responseBody(f, nil, nil), uint16(10), uint8(1))
+	f.Add(responseBody(f, &spb.Status{Code: int32(codes.NotFound), Message: strings.Repeat("m", 600)}, nil), uint16(10), uint8(7))
+	f.Add(protowire.AppendFixed32(protowire.AppendTag(ok, 7, protowire.Fixed32Type), 1), uint16(50), uint8(2))
+	f.Add([]byte{0x12, 0x02, 0x0a, 0x05}, uint16(50), uint8(2))
+	f.Fuzz(func(t *testing.T, body []byte, asked uint16, chunk uint8) {
 		if asked == 0 || chunk == 0 {
 			return
 		}
 		conn := &memConn{in: frame(1, msgTypeResponse, body), chunk: int(chunk)}
-		r, err := New(conn, Stdout, "c", "e", Options{Pipeline: pipeline})
+		r, err := New(conn, Stdout, "c", "e", Options{})
 		if err != nil {
 			t.Fatal(err)
 		}

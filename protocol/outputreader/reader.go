@@ -14,9 +14,23 @@
 // generated client would send, byte for byte, on a connection dedicated to
 // one stream (so no multiplexing and no goroutine), decodes the reply's
 // frame header and protobuf envelope from a small fixed buffer, and reads
-// the data bytes straight into the caller's p: no allocation and no copy
-// of the data in the steady state. Any ttrpc server of grpc.AgentService
+// the data bytes straight into the caller's p: no allocation in the
+// steady state, and no copy of the data but of the few bytes (at most 14)
+// that arrive with the header. Any ttrpc server of grpc.AgentService
 // answers it: Keel's agent and Kata's.
+//
+// Each Reader is a connection of the agent's: Keel's agent serves at most
+// 256 (agent/connlimit) and, to make room, closes an idle one (a Reader
+// between Reads, no request in flight), whose next Read then fails. A
+// Reader blocked in Read waiting for output is never idle.
+//
+// One request is in flight at a time. Sending the next one while the
+// caller still copies the last reply's data (it would be safe: the agent's
+// read for it is ordered after the one answered) was measured and dropped:
+// no faster in process, from the keel-agent binary or in a VM (slower in
+// each, tests/bench). More than one ahead would not be safe: ttrpc servers
+// (Keel's and Kata's) answer concurrent requests concurrently, so reads of
+// one pipe could overtake each other.
 //
 // Semantics are the generated client's: a reply with a non-OK status is
 // that status's error (status.ErrorProto, as ttrpc's Client.Call returns
@@ -105,22 +119,17 @@ type Options struct {
 	// MaxRead caps the len of one request; 0 is DefaultMaxRead. A Read
 	// asks for min(len(p), MaxRead).
 	MaxRead int
-	// Pipeline sends the next request as soon as a reply's data begins,
-	// before the caller asks for it, with the len of the last read. The
-	// next read on the agent is ordered after the one answered (its reply
-	// was already on its way), so the output stays in order on any server.
-	Pipeline bool
 }
 
-// Reader reads one stream of one process. Read, ReadContext and Close may
-// be called concurrently with Close and SetDeadline, not with each other.
+// Reader reads one stream of one process. One goroutine at a time may call
+// Read or ReadContext; Close and SetDeadline may be called from any
+// goroutine at any time (Close unblocks a Read).
 type Reader struct {
 	conn        net.Conn
 	stream      Stream
 	containerID string
 	execID      string
 	maxRead     int
-	pipeline    bool
 
 	req    []byte // the encoding of the last request
 	unsent []byte // its part not yet written (a write timed out)
@@ -182,7 +191,6 @@ func New(conn net.Conn, s Stream, containerID, execID string, o Options) (*Reade
 		containerID: containerID,
 		execID:      execID,
 		maxRead:     maxRead,
-		pipeline:    o.Pipeline,
 		req:         make([]byte, 0, requestCap(s.method(), len(containerID)+len(execID))),
 		nextID:      1,
 	}, nil
@@ -293,7 +301,9 @@ func (r *Reader) read(p []byte) (int, error) {
 		return 0, r.drop()
 	}
 	if !r.replying {
-		if !r.pending {
+		// A reply begun before a deadline expired is still the one to
+		// finish: no new request then.
+		if !r.pending && !r.inFrame {
 			if err := r.request(min(len(p), r.maxRead)); err != nil {
 				return 0, err
 			}
@@ -369,17 +379,20 @@ func (r *Reader) begin() error {
 		if err != errMore {
 			return fmt.Errorf("%w: %v", ErrProtocol, err)
 		}
-		if r.bodyLen > len(r.buf) {
-			// An envelope larger than the fixed buffer: read the whole
-			// body (bounded by the check on its length above).
-			r.slow = make([]byte, r.bodyLen)
-			r.slowN = copy(r.slow, r.buf[r.r:r.w])
-			r.r += r.slowN
-			break
+		limit := min(r.bodyLen, len(r.buf))
+		if have := r.w - r.r; have < limit {
+			// More of the envelope (a reply that arrived in pieces, or
+			// a longer one): a few data bytes may come with it.
+			if err := r.fill(have+1, limit); err != nil {
+				return err
+			}
+			continue
 		}
-		if err := r.fill(r.bodyLen, r.bodyLen); err != nil {
-			return err
-		}
+		// An envelope larger than the fixed buffer (a long status):
+		// read the whole body, bounded by the check on its length.
+		r.slow = make([]byte, r.bodyLen)
+		r.slowN = copy(r.slow, r.buf[r.r:r.w])
+		r.r += r.slowN
 	}
 	if r.slow != nil {
 		for r.slowN < len(r.slow) {
@@ -413,7 +426,7 @@ func (r *Reader) begin() error {
 			return io.EOF
 		}
 		r.replying, r.slowData = true, data
-		return r.ahead()
+		return nil
 	}
 	r.r += env.data.off
 	r.dataLeft = env.data.n
@@ -429,19 +442,6 @@ func (r *Reader) begin() error {
 		return r.drop()
 	}
 	r.replying = true
-	return r.ahead()
-}
-
-// ahead sends the next request early (Options.Pipeline). A write that
-// fails is left to the next Read, which finishes it or meets the error
-// again after this reply's data.
-func (r *Reader) ahead() error {
-	if !r.pipeline || r.pending {
-		return nil
-	}
-	if r.request(r.asked) == nil {
-		_ = r.flush()
-	}
 	return nil
 }
 

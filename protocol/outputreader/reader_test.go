@@ -3,10 +3,12 @@ package outputreader
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -83,50 +85,44 @@ func TestStreamIDs(t *testing.T) {
 }
 
 // TestDataArrivesExactly: pseudo-random chunks of every size up to what
-// was asked, read with buffers larger and smaller than the replies, with
-// and without pipelining, arrive in order and whole, then io.EOF.
+// was asked, read with buffers of several sizes, arrive in order and
+// whole, then io.EOF, one request per reply.
 func TestDataArrivesExactly(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	want := make([]byte, 3<<20+17)
 	for i := range want {
 		want[i] = byte(rng.Uint32())
 	}
-	for _, pipeline := range []bool{false, true} {
-		for _, readLen := range []int{1, 1000, 32 << 10, 100 << 10} {
-			t.Run(fmt.Sprintf("pipeline=%v/read=%d", pipeline, readLen), func(t *testing.T) {
-				want := want
-				if readLen < 1000 {
-					want = want[:16<<10] // a round trip per byte
-				}
-				off := 0
-				rng := rand.New(rand.NewPCG(3, uint64(readLen)))
-				r, srv := newReader(t, Stdout, "c", "", Options{Pipeline: pipeline}, func(q request) []byte {
-					n := min(int(q.rs.Len), len(want)-off, 1+rng.IntN(int(q.rs.Len)))
-					d := want[off : off+n]
-					off += n
-					return frame(q.id, msgTypeResponse, responseBody(t, nil, d))
-				})
-				got, err := readAll(r, readLen)
-				if err != io.EOF {
-					t.Fatalf("after %d bytes: %v", len(got), err)
-				}
-				if !bytes.Equal(got, want) {
-					t.Fatalf("got %d bytes, want %d; first difference at %d", len(got), len(want), firstDiff(got, want))
-				}
-				if _, err := r.Read(make([]byte, 10)); err != io.EOF {
-					t.Errorf("Read after EOF: %v", err)
-				}
-				if pipeline && readLen < 32<<10 {
-					return
-				}
-				// Without pipelining exactly one request per reply; with
-				// it at most one more (sent ahead of the EOF reply).
-				nreq := len(srv.requests())
-				if nreq < 2 {
-					t.Errorf("%d requests", nreq)
-				}
+	for _, readLen := range []int{1, 1000, 32 << 10, 100 << 10} {
+		t.Run(fmt.Sprintf("read=%d", readLen), func(t *testing.T) {
+			want := want
+			if readLen < 1000 {
+				want = want[:16<<10] // a round trip per byte
+			}
+			off := 0
+			rng := rand.New(rand.NewPCG(3, uint64(readLen)))
+			replies := 0
+			r, srv := newReader(t, Stdout, "c", "", Options{}, func(q request) []byte {
+				replies++
+				n := min(int(q.rs.Len), len(want)-off, 1+rng.IntN(int(q.rs.Len)))
+				d := want[off : off+n]
+				off += n
+				return frame(q.id, msgTypeResponse, responseBody(t, nil, d))
 			})
-		}
+			got, err := readAll(r, readLen)
+			if err != io.EOF {
+				t.Fatalf("after %d bytes: %v", len(got), err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("got %d bytes, want %d; first difference at %d", len(got), len(want), firstDiff(got, want))
+			}
+			if _, err := r.Read(make([]byte, 10)); err != io.EOF {
+				t.Errorf("Read after EOF: %v", err)
+			}
+			if n := len(srv.requests()); n != replies {
+				t.Errorf("%d requests for %d replies", n, replies)
+			}
+		})
 	}
 }
 
@@ -189,27 +185,14 @@ func TestRepliesMatchGeneratedClient(t *testing.T) {
 			answer := func(q request) []byte { return frame(q.id, msgTypeResponse, body) }
 			g, _ := generated(t, answer)
 			gdata, gerr := generatedRead(context.Background(), g, Stdout, "c", "", 4096)
-			// Without pipelining, one read of the whole; with it, the
-			// reply sent ahead is read 7 bytes at a time: the data stays
-			// in the connection between reads.
-			for _, pipeline := range []bool{false, true} {
-				r, _ := newReader(t, Stdout, "c", "", Options{Pipeline: pipeline}, answer)
-				p := make([]byte, 4096)
-				n, err := r.ReadContext(context.Background(), p)
-				got := p[:n]
-				if pipeline && err == nil {
-					got = nil
-					for len(got) < len(gdata) && err == nil {
-						n, err = r.Read(p[:7])
-						got = append(got, p[:n]...)
-					}
-				}
-				if gerr != nil && !sameError(err, gerr) {
-					t.Fatalf("pipeline %v: Reader: %v\ngenerated client: %v", pipeline, err, gerr)
-				}
-				if gerr == nil && (err != nil || !bytes.Equal(got, gdata)) {
-					t.Fatalf("pipeline %v: Reader: %d bytes, %v; generated client: %d bytes", pipeline, len(got), err, len(gdata))
-				}
+			r, _ := newReader(t, Stdout, "c", "", Options{}, answer)
+			p := make([]byte, 4096)
+			n, err := r.ReadContext(context.Background(), p)
+			if gerr != nil && !sameError(err, gerr) {
+				t.Fatalf("Reader: %v\ngenerated client: %v", err, gerr)
+			}
+			if gerr == nil && (err != nil || !bytes.Equal(p[:n], gdata)) {
+				t.Fatalf("Reader: %d bytes, %v; generated client: %d bytes", n, err, len(gdata))
 			}
 			if dec, err := genericDecode(body); !sameError(err, gerr) || !bytes.Equal(dec, gdata) {
 				t.Fatalf("test's genericDecode disagrees with the generated client: %v vs %v", err, gerr)
@@ -365,55 +348,145 @@ func TestNewRefuses(t *testing.T) {
 }
 
 // TestZeroAllocsPerRead: in the steady state a Read allocates nothing,
-// with and without pipelining (the fake server allocates nothing either:
-// testing.AllocsPerRun counts the whole process).
+// (the fake server allocates nothing either: testing.AllocsPerRun counts
+// the whole process).
 func TestZeroAllocsPerRead(t *testing.T) {
-	for _, pipeline := range []bool{false, true} {
-		t.Run(fmt.Sprintf("pipeline=%v", pipeline), func(t *testing.T) {
-			const n = 32 << 10
-			c, sc := socketPair(t)
-			reply := frame(0, msgTypeResponse, responseBody(t, nil, bytes.Repeat([]byte{7}, n)))
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				var h [headerLen]byte
-				var body [256]byte
-				for {
-					if _, err := io.ReadFull(sc, h[:]); err != nil {
-						return
-					}
-					l := int(h[3]) | int(h[2])<<8
-					if _, err := io.ReadFull(sc, body[:l]); err != nil {
-						return
-					}
-					copy(reply[4:8], h[4:8])
-					if _, err := sc.Write(reply); err != nil {
-						return
-					}
-				}
-			}()
-			defer func() { sc.Close(); <-done }()
-			r, err := New(c, Stdout, "c", "e", Options{Pipeline: pipeline})
-			if err != nil {
-				t.Fatal(err)
+	const n = 32 << 10
+	c, sc := socketPair(t)
+	reply := frame(0, msgTypeResponse, responseBody(t, nil, bytes.Repeat([]byte{7}, n)))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var h [headerLen]byte
+		var body [256]byte
+		for {
+			if _, err := io.ReadFull(sc, h[:]); err != nil {
+				return
 			}
-			defer r.Close()
-			p := make([]byte, n)
-			read := func() {
-				if k, err := r.Read(p); k != n || err != nil || p[0] != 7 || p[n-1] != 7 {
-					t.Fatalf("Read: %d, %v", k, err)
-				}
+			l := int(h[3]) | int(h[2])<<8
+			if _, err := io.ReadFull(sc, body[:l]); err != nil {
+				return
 			}
-			for range 10 {
-				read()
+			copy(reply[4:8], h[4:8])
+			if _, err := sc.Write(reply); err != nil {
+				return
 			}
-			if a := testing.AllocsPerRun(200, read); a != 0 {
-				t.Errorf("%.2f allocations per Read, want 0", a)
-			}
-		})
+		}
+	}()
+	defer func() { sc.Close(); <-done }()
+	r, err := New(c, Stdout, "c", "e", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	p := make([]byte, n)
+	read := func() {
+		if k, err := r.Read(p); k != n || err != nil || p[0] != 7 || p[n-1] != 7 {
+			t.Fatalf("Read: %d, %v", k, err)
+		}
+	}
+	for range 10 {
+		read()
+	}
+	if a := testing.AllocsPerRun(200, read); a != 0 {
+		t.Errorf("%.2f allocations per Read, want 0", a)
 	}
 }
 
 // The generated client's own types are what the test's frames are built
 // from.
 var _ = ttrpc.Response{}
+
+// splitServer answers the first request with reply written in two parts,
+// the second once release is closed, and then hangs up after the next
+// request. It reports how many requests it saw.
+func splitServer(t *testing.T, conn net.Conn, reply func(id uint32) []byte, cut int, release <-chan struct{}) <-chan int {
+	seen := make(chan int, 1)
+	go func() {
+		defer conn.Close()
+		n := 0
+		defer func() { seen <- n }()
+		var h [headerLen]byte
+		for {
+			if _, err := io.ReadFull(conn, h[:]); err != nil {
+				return
+			}
+			if _, err := io.ReadFull(conn, make([]byte, binary.BigEndian.Uint32(h[:4]))); err != nil {
+				return
+			}
+			n++
+			if n > 1 {
+				return
+			}
+			f := reply(binary.BigEndian.Uint32(h[4:8]))
+			if _, err := conn.Write(f[:cut]); err != nil {
+				return
+			}
+			<-release
+			if _, err := conn.Write(f[cut:]); err != nil {
+				return
+			}
+		}
+	}()
+	return seen
+}
+
+// TestDeadlineMidReply: a deadline met in the middle of a reply (some of
+// its header, envelope or data arrived) returns an error, and the next
+// Read finishes that same reply: the data is whole and no second request
+// went out for it.
+func TestDeadlineMidReply(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789abcdef"), 64)
+	long := &spb.Status{Code: int32(codes.Unavailable), Message: strings.Repeat("x", 900)}
+	for _, c := range []struct {
+		name string
+		st   *spb.Status
+		cut  int
+	}{{"header", nil, 3}, {"envelope", nil, 12}, {"data", nil, 16}, {"more data", nil, 600}, {"long status", long, 300}} {
+		t.Run(c.name, func(t *testing.T) {
+			cc, sc := socketPair(t)
+			release := make(chan struct{})
+			body := responseBody(t, c.st, data)
+			seen := splitServer(t, sc, func(id uint32) []byte { return frame(id, msgTypeResponse, body) }, c.cut, release)
+			r, err := New(cc, Stdout, "c", "", Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			p := make([]byte, 4096)
+			r.SetDeadline(time.Now().Add(100 * time.Millisecond))
+			n, err := r.Read(p)
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("Read with the reply cut at %d: %d, %v", c.cut, n, err)
+			}
+			got := append([]byte(nil), p[:n]...)
+			close(release)
+			r.SetDeadline(time.Time{})
+			for err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				if len(got) == len(data) {
+					break
+				}
+				n, err = r.Read(p)
+				got = append(got, p[:n]...)
+			}
+			if c.st != nil {
+				want := genericErr(t, body)
+				if !sameError(err, want) {
+					t.Fatalf("Read after the deadline: %v, want %v", err, want)
+				}
+			} else if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("Read after the deadline: %d bytes, %v", len(got), err)
+			}
+			r.Close()
+			if n := <-seen; n != 1 {
+				t.Errorf("%d requests for one reply", n)
+			}
+		})
+	}
+}
+
+func genericErr(t *testing.T, body []byte) error {
+	t.Helper()
+	_, err := genericDecode(body)
+	return err
+}

@@ -11,14 +11,8 @@ import (
 	"github.com/keelvm/keel/agent/containers"
 	pb "github.com/keelvm/keel/protocol/grpc"
 	"github.com/keelvm/keel/protocol/outputreader"
+	"golang.org/x/sys/unix"
 )
-
-// readerModes are protocol/outputreader's two ways: one request per Read,
-// and the next request sent as soon as a reply's data begins.
-var readerModes = []struct {
-	name string
-	o    outputreader.Options
-}{{"plain", outputreader.Options{}}, {"pipeline", outputreader.Options{Pipeline: true}}}
 
 // BenchmarkStdoutReaderPath32KiB (P3, Keel's client): the same 64 MiB of
 // dd output as BenchmarkStdoutRPCPath32KiB, from the same in-process agent
@@ -27,30 +21,22 @@ var readerModes = []struct {
 // generated ttrpc client. The connection is dialled with the timer
 // stopped (once per stream, like the exec).
 func BenchmarkStdoutReaderPath32KiB(b *testing.B) {
-	for _, m := range readerModes {
-		b.Run(m.name, func(b *testing.B) {
-			r, _ := newRPC(b, containers.Options{ExecIOLinger: time.Nanosecond})
-			c, addr := serveTTRPCAt(b, r)
-			benchStdoutReader(b, c.Agent, addr, "out", m.o)
-		})
-	}
+	r, _ := newRPC(b, containers.Options{ExecIOLinger: time.Nanosecond})
+	c, addr := serveTTRPCAt(b, r)
+	benchStdoutReader(b, c.Agent, addr, "out")
 }
 
 // BenchmarkAgentStdoutReader32KiB (P3 wire, Keel's client): the same from
 // the keel-agent binary in host mode with its GC policy (as
 // BenchmarkAgentStdoutRPC32KiB/gc=policy).
 func BenchmarkAgentStdoutReader32KiB(b *testing.B) {
-	for _, m := range readerModes {
-		b.Run(m.name, func(b *testing.B) {
-			id := fmt.Sprintf("wire-reader-%d", os.Getpid())
-			ids := []string{id}
-			a, _, addr := startAgentBinAt(b, agentBinary(b), &ids)
-			benchStdoutReader(b, a, addr, id, m.o)
-		})
-	}
+	id := fmt.Sprintf("wire-reader-%d", os.Getpid())
+	ids := []string{id}
+	a, _, addr := startAgentBinAt(b, agentBinary(b), &ids)
+	benchStdoutReader(b, a, addr, id)
 }
 
-func benchStdoutReader(b *testing.B, a pb.AgentServiceService, addr, cid string, o outputreader.Options) {
+func benchStdoutReader(b *testing.B, a pb.AgentServiceService, addr, cid string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	if err := runContainer(ctx, a, cid, "/bin/sleep", "1000"); err != nil {
@@ -64,7 +50,7 @@ func benchStdoutReader(b *testing.B, a pb.AgentServiceService, addr, cid string,
 		if _, err := a.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: cid, ExecId: eid, Process: pbProcess(append([]string{"/bin/" + ddArgs[0]}, ddArgs[1:]...)...)}); err != nil {
 			b.Fatal(err)
 		}
-		r, err := outputreader.Dial(ctx, addr, outputreader.Stdout, cid, eid, o)
+		r, err := outputreader.Dial(ctx, addr, outputreader.Stdout, cid, eid, outputreader.Options{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -106,24 +92,24 @@ func drainReader(r io.Reader, buf []byte) (int, error) {
 // throughput: reader/raw (the P3 figure for Keel's client), reader/rpc
 // (what the reader gains over the generated client), rpc/raw (the P3
 // figure for the generated client, as BenchmarkStdoutRPCPaired32KiB) and
-// reader/raw-32KiB.
+// reader/raw-32KiB. From the binary it also reports each client's CPU per
+// MB (this process: the client alone) and the agent's, which load moves
+// far less than wall time.
 func BenchmarkStdoutReaderPaired32KiB(b *testing.B) {
-	for _, m := range readerModes {
-		b.Run("inproc-"+m.name, func(b *testing.B) {
-			r, _ := newRPC(b, containers.Options{ExecIOLinger: time.Nanosecond})
-			c, addr := serveTTRPCAt(b, r)
-			benchReaderPaired(b, c.Agent, addr, "out", m.o)
-		})
-		b.Run("wire-"+m.name, func(b *testing.B) {
-			id := fmt.Sprintf("paired-reader-%d", os.Getpid())
-			ids := []string{id}
-			a, _, addr := startAgentBinAt(b, agentBinary(b), &ids)
-			benchReaderPaired(b, a, addr, id, m.o)
-		})
-	}
+	b.Run("inproc", func(b *testing.B) {
+		r, _ := newRPC(b, containers.Options{ExecIOLinger: time.Nanosecond})
+		c, addr := serveTTRPCAt(b, r)
+		benchReaderPaired(b, c.Agent, addr, "out", 0)
+	})
+	b.Run("wire", func(b *testing.B) {
+		id := fmt.Sprintf("paired-reader-%d", os.Getpid())
+		ids := []string{id}
+		a, pid, addr := startAgentBinAt(b, agentBinary(b), &ids)
+		benchReaderPaired(b, a, addr, id, pid)
+	})
 }
 
-func benchReaderPaired(b *testing.B, a pb.AgentServiceService, addr, cid string, o outputreader.Options) {
+func benchReaderPaired(b *testing.B, a pb.AgentServiceService, addr, cid string, agentPid int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	if err := runContainer(ctx, a, cid, "/bin/sleep", "1000"); err != nil {
@@ -140,12 +126,28 @@ func benchReaderPaired(b *testing.B, a pb.AgentServiceService, addr, cid string,
 			b.Fatalf("WaitProcess: %v %v", w, err)
 		}
 	}
+	// CPU of this process (the client, from the binary) and of the agent
+	// over each client's reads.
+	var rpcCPU, readerCPU, rpcAgentCPU, readerAgentCPU time.Duration
+	cpu := func() (self, agent time.Duration) {
+		if agentPid == 0 {
+			return 0, 0
+		}
+		var ru unix.Rusage
+		if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+			b.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), agentOwnCPU(b, agentPid)
+	}
 	rpc := func(i int) time.Duration {
 		eid := fmt.Sprintf("rpc%d", i)
 		exec(eid)
+		c0, a0 := cpu()
 		t0 := time.Now()
 		n, err := drainStdout(ctx, a, cid, eid, 32<<10)
 		d := time.Since(t0)
+		c1, a1 := cpu()
+		rpcCPU, rpcAgentCPU = rpcCPU+c1-c0, rpcAgentCPU+a1-a0
 		if err != nil || n != stdoutBytes {
 			b.Fatalf("ReadStdout: %d bytes, %v", n, err)
 		}
@@ -155,13 +157,16 @@ func benchReaderPaired(b *testing.B, a pb.AgentServiceService, addr, cid string,
 	reader := func(i int) time.Duration {
 		eid := fmt.Sprintf("reader%d", i)
 		exec(eid)
-		r, err := outputreader.Dial(ctx, addr, outputreader.Stdout, cid, eid, o)
+		r, err := outputreader.Dial(ctx, addr, outputreader.Stdout, cid, eid, outputreader.Options{})
 		if err != nil {
 			b.Fatal(err)
 		}
+		c0, a0 := cpu()
 		t0 := time.Now()
 		n, err := drainReader(r, buf)
 		d := time.Since(t0)
+		c1, a1 := cpu()
+		readerCPU, readerAgentCPU = readerCPU+c1-c0, readerAgentCPU+a1-a0
 		r.Close()
 		if err != nil || n != stdoutBytes {
 			b.Fatalf("outputreader: %d bytes, %v", n, err)
@@ -195,4 +200,11 @@ func benchReaderPaired(b *testing.B, a pb.AgentServiceService, addr, cid string,
 	b.ReportMetric(median(readerRPC), "reader/rpc")
 	b.ReportMetric(median(rpcRaw), "rpc/raw")
 	b.ReportMetric(median(readerRaw32), "reader/raw-32KiB")
+	if agentPid != 0 {
+		mb := float64(b.N * (stdoutBytes >> 20))
+		b.ReportMetric(ms(readerCPU)/mb, "reader-client-cpu-ms/MB")
+		b.ReportMetric(ms(rpcCPU)/mb, "rpc-client-cpu-ms/MB")
+		b.ReportMetric(ms(readerAgentCPU)/mb, "reader-agent-cpu-ms/MB")
+		b.ReportMetric(ms(rpcAgentCPU)/mb, "rpc-agent-cpu-ms/MB")
+	}
 }

@@ -23,8 +23,8 @@ import (
 // TestOutputReader runs protocol/outputreader against the real agent, in
 // process (agent/server on a unix socket, as the in-process benchmarks)
 // and as the keel-agent binary (as the wire benchmarks): a container's
-// pseudo-random stdout and stderr arrive byte for byte, then io.EOF, with
-// and without pipelining; a container id the agent does not know gives
+// pseudo-random stdout and stderr arrive byte for byte, then io.EOF; a
+// container id the agent does not know gives
 // the same NotFound error as the generated client; a deadline met while
 // the process is silent leaves the reader usable.
 func TestOutputReader(t *testing.T) {
@@ -63,57 +63,55 @@ func checkOutputReader(t *testing.T, a pb.AgentServiceService, addr, cid string)
 	out := payload(cid+"-out", 3<<20+17)
 	errOut := payload(cid+"-err", 1<<20+5)
 
-	for _, pipeline := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bytes/pipeline=%v", pipeline), func(t *testing.T) {
-			eid := fmt.Sprintf("cat-%v", pipeline)
-			script := fmt.Sprintf("cat /%s-out & cat /%s-err >&2; wait", cid, cid)
-			if _, err := a.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: cid, ExecId: eid, Process: pbProcess("/bin/sh", "-c", script)}); err != nil {
-				t.Fatal(err)
-			}
-			type result struct {
-				b   []byte
-				err error
-			}
-			read := func(s outputreader.Stream) chan result {
-				ch := make(chan result, 1)
-				go func() {
-					r, err := outputreader.Dial(ctx, addr, s, cid, eid, outputreader.Options{Pipeline: pipeline})
-					if err != nil {
-						ch <- result{nil, err}
-						return
-					}
-					defer r.Close()
-					var buf bytes.Buffer
-					// As Kata's shim copies: 32 KiB at a time.
-					_, err = io.CopyBuffer(&buf, r, make([]byte, 32<<10))
-					if err == nil {
-						if n, err2 := r.Read(make([]byte, 10)); n != 0 || err2 != io.EOF {
-							err = fmt.Errorf("Read after the end: %d, %v", n, err2)
-						}
-					}
-					ch <- result{buf.Bytes(), err}
-				}()
-				return ch
-			}
-			so, se := read(outputreader.Stdout), read(outputreader.Stderr)
-			for _, c := range []struct {
-				name string
-				ch   chan result
-				want []byte
-			}{{"stdout", so, out}, {"stderr", se, errOut}} {
-				r := <-c.ch
-				if r.err != nil {
-					t.Fatalf("%s: %v", c.name, r.err)
+	t.Run("bytes", func(t *testing.T) {
+		const eid = "cat"
+		script := fmt.Sprintf("cat /%s-out & cat /%s-err >&2; wait", cid, cid)
+		if _, err := a.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: cid, ExecId: eid, Process: pbProcess("/bin/sh", "-c", script)}); err != nil {
+			t.Fatal(err)
+		}
+		type result struct {
+			b   []byte
+			err error
+		}
+		read := func(s outputreader.Stream) chan result {
+			ch := make(chan result, 1)
+			go func() {
+				r, err := outputreader.Dial(ctx, addr, s, cid, eid, outputreader.Options{})
+				if err != nil {
+					ch <- result{nil, err}
+					return
 				}
-				if !bytes.Equal(r.b, c.want) {
-					t.Fatalf("%s: %d bytes, want %d, first difference at %d", c.name, len(r.b), len(c.want), firstDifference(r.b, c.want))
+				defer r.Close()
+				var buf bytes.Buffer
+				// As Kata's shim copies: 32 KiB at a time.
+				_, err = io.CopyBuffer(&buf, r, make([]byte, 32<<10))
+				if err == nil {
+					if n, err2 := r.Read(make([]byte, 10)); n != 0 || err2 != io.EOF {
+						err = fmt.Errorf("Read after the end: %d, %v", n, err2)
+					}
 				}
+				ch <- result{buf.Bytes(), err}
+			}()
+			return ch
+		}
+		so, se := read(outputreader.Stdout), read(outputreader.Stderr)
+		for _, c := range []struct {
+			name string
+			ch   chan result
+			want []byte
+		}{{"stdout", so, out}, {"stderr", se, errOut}} {
+			r := <-c.ch
+			if r.err != nil {
+				t.Fatalf("%s: %v", c.name, r.err)
 			}
-			if w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: cid, ExecId: eid}); err != nil || w.Status != 0 {
-				t.Fatalf("WaitProcess: %v %v", w, err)
+			if !bytes.Equal(r.b, c.want) {
+				t.Fatalf("%s: %d bytes, want %d, first difference at %d", c.name, len(r.b), len(c.want), firstDifference(r.b, c.want))
 			}
-		})
-	}
+		}
+		if w, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: cid, ExecId: eid}); err != nil || w.Status != 0 {
+			t.Fatalf("WaitProcess: %v %v", w, err)
+		}
+	})
 
 	t.Run("not found", func(t *testing.T) {
 		for _, s := range []outputreader.Stream{outputreader.Stdout, outputreader.Stderr} {

@@ -10,6 +10,12 @@
 //   - BenchmarkP6BootIcount: the same under -icount shift=0, where the
 //     guest clock counts guest instructions (1 ns each) and idle time: the
 //     reading of P6 that host load and TCG translation cannot move.
+//   - BenchmarkP6BootSplit: where BenchmarkP6Boot's wall-clock gap goes,
+//     paired per iteration against the trivial init: the same init linked
+//     with cgo like keel-agent, then also linking every package keel-agent's
+//     main imports (testdata/trivialinit's build tags), then keel-agent;
+//     guest uptime at main and when serving, QEMU CPU, and TCG's
+//     translation-block count (KEEL_VMBENCH_ICOUNT=1: under -icount).
 //   - BenchmarkBootNVDIMM: the same keel-agent boot on an nvdimm.
 //   - BenchmarkGuestMemory: MemTotal - MemFree - Buffers - Cached and the
 //     agent's RssAnon after boot with one idle container, Keel's kernel +
@@ -23,5 +29,6 @@
 //     agent knob to measure, e.g. agent.container_pipe_size=1048576).
 //
 // Every guest is booted here; the default `go test` only checks the tools
-// and the metrics parsing (TestToolsAreStaticInits, TestParseMemory, TestParseCPUStat).
+// and the metrics parsing (TestToolsAreStaticInits, TestParseMemory, TestParseCPUStat,
+// TestTrivialInitImportsKeel).
 package vmbench

@@ -50,11 +50,30 @@ func keelKernel(tb testing.TB, ctx context.Context) string {
 // buildStatic builds ./testdata/<name> as a static Go binary (no cgo) in dir.
 func buildStatic(tb testing.TB, dir, name string) string {
 	tb.Helper()
-	bin := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./testdata/"+name)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	return buildInit(tb, dir, name, name, "")
+}
+
+// agentBuildFlags are the Makefile's AGENT_TAGS and AGENT_LINKFLAGS: a
+// testdata program built with them is linked like keel-agent (cgo, static
+// glibc).
+var agentBuildFlags = []string{"-tags", "netgo,osusergo,seccomp", "-ldflags", "-s -w -linkmode external -extldflags -static"}
+
+// buildInit builds ./testdata/<name> as the static binary dir/<out>: with
+// tags "" pure Go (no cgo), else linked like keel-agent (agentBuildFlags)
+// with those build tags added.
+func buildInit(tb testing.TB, dir, name, out, tags string) string {
+	tb.Helper()
+	bin := filepath.Join(dir, out)
+	args := []string{"build", "-trimpath", "-ldflags", "-s -w"}
+	cgo := "CGO_ENABLED=0"
+	if tags != "" {
+		args = []string{"build", "-trimpath", "-tags", agentBuildFlags[1] + "," + tags, agentBuildFlags[2], agentBuildFlags[3]}
+		cgo = "CGO_ENABLED=1"
+	}
+	cmd := exec.Command("go", append(args, "-o", bin, "./testdata/"+name)...)
+	cmd.Env = append(os.Environ(), cgo)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("unable to build %s: %v: %s", name, err, out)
+		tb.Fatalf("unable to build %s (tags %q): %v: %s", name, tags, err, out)
 	}
 	return bin
 }

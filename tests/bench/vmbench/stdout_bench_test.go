@@ -14,6 +14,7 @@ import (
 
 	"github.com/keelvm/keel/protocol/client"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/protocol/outputreader"
 	"github.com/keelvm/keel/protocol/passfd"
 	"github.com/keelvm/keel/tests/vmm/qemu"
 	"github.com/keelvm/keel/tests/vmtest"
@@ -161,12 +162,15 @@ var streamSeq atomic.Int64
 //     to it (no agent on the path): the baseline.
 //   - readstdout: stdout read with ReadStdout, 32 KiB per call as Kata's
 //     shim reads.
+//   - reader: the same requests from Keel's client stream reader
+//     (protocol/outputreader) on a hybrid-vsock connection of its own,
+//     read into a 32 KiB buffer as Kata's shim copies.
 //   - passfd: stdout handed to a passfd stream (agent.passfd_listener_port).
 //
 // MB/s counts first byte to EOF; `make bench-vm` prints the ratios.
 func BenchmarkStdoutVsock(b *testing.B) {
 	needVM(b)
-	for _, mode := range []string{"raw", "readstdout", "passfd"} {
+	for _, mode := range []string{"raw", "readstdout", "reader", "passfd"} {
 		b.Run(mode, func(b *testing.B) {
 			g, c := streamVM(b)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
@@ -225,9 +229,16 @@ func streamOnce(ctx context.Context, g *vmtest.Guest, c *client.Client, mode str
 	qemuPid := g.VM.Pid()
 	var qemuStart float64
 	check := patternCheck{onFirst: func() { qemuStart = cpuSeconds(qemuPid) }}
-	if stream != nil {
+	switch {
+	case stream != nil:
 		_, err = io.Copy(&check, stream)
-	} else {
+	case mode == "reader":
+		var r *outputreader.Reader
+		if r, err = outputreader.Dial(ctx, g.AgentAddr(), outputreader.Stdout, id, id, outputreader.Options{}); err == nil {
+			_, err = io.CopyBuffer(&check, r, make([]byte, kataReadLen))
+			r.Close()
+		}
+	default:
 		err = readStdout(ctx, c, id, &check)
 	}
 	end, qemuEnd := time.Now(), cpuSeconds(qemuPid)

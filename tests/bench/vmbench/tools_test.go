@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/keelvm/keel/agent/metrics"
@@ -55,5 +56,41 @@ func TestParseMemory(t *testing.T) {
 	}
 	if _, err := parseMemory("keel_agent_anon_memory_bytes 5\n"); err == nil {
 		t.Error("text without meminfo parsed")
+	}
+}
+
+// TestTrivialInitImportsKeel checks that BenchmarkP6BootSplit's "imports"
+// arm still links what keel-agent's main imports (Keel's and
+// libcontainer's packages), so the arm measures keel-agent's package
+// initialisation and not an older subset of it.
+func TestTrivialInitImportsKeel(t *testing.T) {
+	imports := func(dir, tags string) map[string]bool {
+		out, err := exec.Command("go", "list", "-tags", tags, "-f", `{{join .Imports "\n"}}`, dir).Output()
+		if err != nil {
+			t.Fatalf("go list %s: %v", dir, err)
+		}
+		m := map[string]bool{}
+		for _, p := range strings.Fields(string(out)) {
+			m[p] = true
+		}
+		return m
+	}
+	keel := imports("../../../cmd/keel-agent", "netgo,osusergo,seccomp")
+	trivial := imports("./testdata/trivialinit", "netgo,osusergo,seccomp,keelimports")
+	n := 0
+	for p := range keel {
+		if !strings.HasPrefix(p, "github.com/keelvm/keel/") && !strings.HasPrefix(p, "github.com/opencontainers/") {
+			continue
+		}
+		n++
+		if !trivial[p] {
+			t.Errorf("keel-agent imports %s; testdata/trivialinit/keelimports.go does not", p)
+		}
+	}
+	if n < 10 {
+		t.Errorf("only %d of keel-agent's imports are Keel's or libcontainer's: the filter is wrong", n)
+	}
+	if !trivial["runtime/cgo"] {
+		t.Error("the imports arm is not linked with cgo like keel-agent")
 	}
 }
