@@ -62,9 +62,11 @@ func (g *Gate) inProgress() string {
 	return fmt.Sprintf("boot step %q in progress for %v", name, time.Since(since).Round(time.Millisecond))
 }
 
-// stuckError is the gate's error once a boot step outlived the gate's
-// timeout. Its text is made when it is read, so every refusal says for how
-// long the step has been stuck by then.
+// stuckError is the gate's error once the boot has not finished within the
+// gate's timeout. The timeout bounds the whole of Finish, not one step: the
+// error names the step in progress then (which may have begun just before,
+// after slow earlier steps) and for how long it has been in progress. Its
+// text is made when it is read, so every refusal says how long by then.
 type stuckError struct {
 	step    string
 	since   time.Time
@@ -72,12 +74,11 @@ type stuckError struct {
 }
 
 func (e *stuckError) Error() string {
-	name := fmt.Sprintf("boot step %q", e.step)
 	if e.step == "" {
-		name = "a boot step (none reported)"
+		return fmt.Sprintf("the boot did not finish within %v; no boot step reported", e.timeout)
 	}
-	return fmt.Sprintf("%s did not finish within %v (the boot timeout): stuck for %v (since %s)",
-		name, e.timeout, time.Since(e.since).Round(time.Millisecond), e.since.UTC().Format(time.RFC3339))
+	return fmt.Sprintf("the boot did not finish within %v; boot step %q in progress for %v (since %s)",
+		e.timeout, e.step, time.Since(e.since).Round(time.Millisecond), e.since.UTC().Format(time.RFC3339))
 }
 
 // namesStep is an error that names the boot step it comes from
@@ -144,11 +145,12 @@ func (g *Gate) Failed() bool {
 // Finish runs the rest of the boot (finish) and opens g with its result.
 // finish reports each step it begins with g.Step; a failure names the step
 // it happened in. A finish that has not returned within the gate's timeout
-// fails the gate once, with an error naming the step in progress and for
-// how long it has been stuck, and Finish returns that error at once (the
+// fails the gate once, with an error naming the step in progress then and
+// for how long it has been in progress, and Finish returns that error at once (the
 // caller powers off as for a failed boot): a stuck boot step must not leave
 // the guest up answering Health SERVING and every other RPC
-// DeadlineExceeded for good.
+// DeadlineExceeded for good. The timeout bounds the whole boot, not each
+// step.
 func (g *Gate) Finish(finish func() error) error {
 	res := make(chan error, 1)
 	go func() { res <- finish() }()
@@ -163,9 +165,6 @@ func (g *Gate) Finish(finish func() error) error {
 		}
 	case <-t.C:
 		name, since := g.current()
-		if name == "" {
-			since = time.Now().Add(-g.timeout)
-		}
 		err = &stuckError{step: name, since: since, timeout: g.timeout}
 	}
 	g.Open(err)

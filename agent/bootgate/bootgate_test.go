@@ -130,20 +130,27 @@ func stuckFor(t *testing.T, msg, what string) time.Duration {
 	return d
 }
 
-// TestStuckBootNamesStep: a boot stuck in a step fails the gate with an
-// error (Finish's, for the power-off log line, and every refused RPC's)
-// that names the step and says how long it has been stuck, growing with
-// each refusal. A request that gave up waiting before that names it too.
+// TestStuckBootNamesStep: a boot not finished within the gate's timeout
+// fails the gate with an error (Finish's, for the power-off log line, and
+// every refused RPC's) that says the boot did not finish in time and names
+// the step in progress then, with how long that step has been in progress
+// (growing with each refusal): the timeout bounds the whole boot, so a step
+// that began after slow earlier ones is not said to have taken it all. A
+// request that gave up waiting before that names the step too.
 func TestStuckBootNamesStep(t *testing.T) {
-	const timeout = 300 * time.Millisecond
+	const (
+		timeout = time.Second
+		slow    = timeout / 2 // the earlier steps
+	)
 	const line = `echo "0" > /proc/self/oom_score_adj`
 	g := New(timeout)
-	g.Step("mkdir -p /sys/fs/cgroup/keel-agent")
 	stuck := make(chan struct{})
 	defer close(stuck)
 	done := make(chan error, 1)
 	go func() {
 		done <- g.Finish(func() error {
+			g.Step("mkdir -p /sys/fs/cgroup/keel-agent")
+			time.Sleep(slow)
 			g.Step(line)
 			<-stuck
 			return nil
@@ -162,8 +169,11 @@ func TestStuckBootNamesStep(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("Finish still blocked 30 s past its timeout")
 	}
-	if !strings.Contains(err.Error(), strconv.Quote(line)) || stuckFor(t, err.Error(), "stuck") < timeout {
-		t.Fatalf("Finish of a boot stuck in a step = %v, want it named with how long", err)
+	if !strings.HasPrefix(err.Error(), "the boot did not finish within 1s; ") || !strings.Contains(err.Error(), strconv.Quote(line)) {
+		t.Fatalf("Finish of a boot stuck in a step = %v, want it to say the boot did not finish in time and name the step", err)
+	}
+	if d := stuckFor(t, err.Error(), "in progress"); d >= timeout || d <= 0 {
+		t.Fatalf("Finish of a boot stuck in a step begun %v into it = %v: the step's time in progress is not its own", slow, err)
 	}
 	first := g.Wait(context.Background())
 	if !errors.Is(first, errdefs.ErrUnavailable) || !strings.Contains(first.Error(), strconv.Quote(line)) {
@@ -171,8 +181,19 @@ func TestStuckBootNamesStep(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond)
 	later := g.Wait(context.Background())
-	if d0, d1 := stuckFor(t, first.Error(), "stuck"), stuckFor(t, later.Error(), "stuck"); d1 < d0+150*time.Millisecond {
-		t.Fatalf("stuck for %v, then %v 200 ms later: the refusal does not say for how long by now", d0, d1)
+	if d0, d1 := stuckFor(t, first.Error(), "in progress"), stuckFor(t, later.Error(), "in progress"); d1 < d0+150*time.Millisecond {
+		t.Fatalf("in progress for %v, then %v 200 ms later: the refusal does not say for how long by now", d0, d1)
+	}
+}
+
+// TestStuckBootNoStep: a boot that reported no step says so.
+func TestStuckBootNoStep(t *testing.T) {
+	g := New(50 * time.Millisecond)
+	stuck := make(chan struct{})
+	defer close(stuck)
+	err := g.Finish(func() error { <-stuck; return nil })
+	if err == nil || err.Error() != "the boot did not finish within 50ms; no boot step reported" {
+		t.Fatalf("Finish of a boot stuck before any step = %v", err)
 	}
 }
 

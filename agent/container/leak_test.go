@@ -17,6 +17,7 @@ import (
 	"github.com/keelvm/keel/agent/container/containertest"
 	"github.com/keelvm/keel/init/reaper"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // TestExecLeak runs exec cycles in one container: fds, goroutines and
@@ -282,7 +283,10 @@ func BenchmarkRuncRun(b *testing.B) {
 // process the main thread's child, and a fast program exits before
 // WatchThen marks it. The start hook holds that window open until the orphan
 // loop has reaped it. The exec still reports its exit code. (Before,
-// libcontainer's os.Process kept the process's pidfd until a GC.)
+// libcontainer's os.Process kept the process's pidfd until a GC.) A signal
+// to such a process before its exit is recorded is no error (its released
+// os.Process answers "process already released"; before, SignalProcess
+// failed with "unable to signal process").
 func TestExecReapedBeforeWatchKeepsNoPidfd(t *testing.T) {
 	containertest.NoGC(t)
 	s := newSandbox(t)
@@ -318,6 +322,12 @@ func TestExecReapedBeforeWatchKeepsNoPidfd(t *testing.T) {
 		p, err := c.Exec(fmt.Sprintf("fast%d", i), specProcess("/bin/sh", "-c", "exit 5"), nil)
 		if err != nil {
 			t.Fatal(err)
+		}
+		// The window between the start's return and the exit being
+		// recorded (p.done closed): the same process with done open.
+		pending := &Process{ID: p.ID, Pid: p.Pid, lp: p.lp, released: p.released, done: make(chan struct{})}
+		if err := pending.signal(unix.SIGTERM); err != nil {
+			t.Fatalf("exec %d: signal to a process reaped before its watch, exit not yet recorded: %v", i, err)
 		}
 		if st := waitStatus(t, p); st.Code != 5 {
 			t.Fatalf("exec %d: %+v, want exit code 5", i, st)

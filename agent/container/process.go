@@ -54,6 +54,10 @@ type Process struct {
 	Pid  int
 	io   *stdio.IO
 	lp   *libcontainer.Process
+	// released: the process was reaped by the orphan loop before the
+	// reaper watched it, and lp's os.Process was released then (see
+	// releaseOSProcess); set before p is shared, never changed.
+	released bool
 
 	done   chan struct{} // closed when reaped
 	mu     sync.Mutex
@@ -87,8 +91,14 @@ func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
 }
 
 // signal sends sig through libcontainer's pidfd-backed handle (no pid reuse
-// race). Signalling an exited process is not an error.
+// race). Signalling an exited process is not an error, nor is signalling
+// one released because it was reaped before its start returned: its
+// os.Process then answers "process already released" (neither
+// os.ErrProcessDone nor ESRCH) until p.done closes.
 func (p *Process) signal(sig unix.Signal) error {
+	if p.released {
+		return nil
+	}
 	select {
 	case <-p.done:
 		return nil
@@ -241,6 +251,11 @@ func reapVia(lp *libcontainer.Process) func() (unix.WaitStatus, error) {
 // *initProcess, whose embedded containerProcess.cmd.Process is the final
 // process); should an upgrade rename or retype them, nothing is released
 // and TestExecReapedBeforeWatchKeepsNoPidfd reports the fd.
+//
+// Release writes the os.Process's Pid (-1) without a lock. It runs in
+// startProcess, before the Process (and, for an init, the Container) is
+// shared: every later reader (lp.Pid, lp.Signal, libcontainer's
+// initProcess.pid under its own lock) comes after it, never beside it.
 func releaseOSProcess(lp *libcontainer.Process) {
 	ops := reflect.ValueOf(lp).Elem().FieldByName("ops")
 	if !ops.IsValid() || ops.Kind() != reflect.Interface || ops.IsNil() {
@@ -285,10 +300,14 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 	}
 	var ch <-chan reaper.ExitStatus
 	pid := 0
+	released := false
 	if err == nil {
 		pid, err = lp.Pid()
 		if err == nil {
-			ch, err = reaper.WatchThen(pid, started, reapVia(lp), func() { releaseOSProcess(lp) })
+			ch, err = reaper.WatchThen(pid, started, reapVia(lp), func() {
+				released = true
+				releaseOSProcess(lp)
+			})
 			if err != nil {
 				_ = lp.Signal(unix.SIGKILL)
 				_, _ = lp.Wait()
@@ -302,7 +321,7 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 		inFlight.failed()
 		return nil, err
 	}
-	p := &Process{ID: id, Init: lp.Init, Pid: pid, io: io, lp: lp, done: make(chan struct{}), state: ProcessRunning}
+	p := &Process{ID: id, Init: lp.Init, Pid: pid, io: io, lp: lp, released: released, done: make(chan struct{}), state: ProcessRunning}
 	go func() {
 		st := <-ch // reaped by lp.Wait (reapVia), so its pidfd is closed
 		if io != nil {

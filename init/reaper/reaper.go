@@ -79,6 +79,14 @@ const (
 	// orphanPoll is the orphan loop's periodic pass, which covers a
 	// SIGCHLD the kernel coalesced with one meant for another thread.
 	orphanPoll = time.Second
+	// aroundEvery bounds how often reapAround runs while a zombie left
+	// alone stays in front of wait(P_ALL). A pass costs a read of the
+	// main thread's children list and a waitid per child: run on every
+	// SIGCHLD, a workload that keeps such a zombie in front (a process
+	// named like a bootstrap stage while a start is stuck) and forks
+	// orphans by the thousand would make PID 1's main thread do O(N)
+	// syscalls per exit. The orphans behind it wait at most this long.
+	aroundEvery = 100 * time.Millisecond
 )
 
 // ExitStatus is how a reaped process ended.
@@ -131,6 +139,10 @@ type reaper struct {
 	// held, when set, names zombies the orphan loop must leave to the
 	// thread that forked them (see Hold).
 	held atomic.Pointer[func(pid int) bool]
+	// aroundAt is when reapAround last ran (main thread only).
+	aroundAt time.Time
+	// arounds counts reapAround passes (tests check the rate bound).
+	arounds atomic.Uint64
 }
 
 var r = &reaper{waiters: map[int]chan ExitStatus{}, watched: map[int]bool{}, early: map[int]early{}, kick: make(chan struct{}, 1)}
@@ -201,12 +213,23 @@ func RunMain(f func()) error {
 	}()
 	t := time.NewTicker(orphanPoll)
 	defer t.Stop()
+	// retry re-runs the loop when a rate-limited reapAround was put off,
+	// so the last orphans of a burst are reaped without another SIGCHLD.
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	retrying := false
 	for {
-		r.reapOrphans()
+		if wait := r.reapOrphans(time.Now()); wait > 0 && !retrying {
+			retry.Reset(wait)
+			retrying = true
+		}
 		select {
 		case <-sig:
 		case <-r.kick:
 		case <-t.C:
+		case <-retry.C:
+			retrying = false
 		case <-done:
 			return nil
 		}
@@ -225,8 +248,10 @@ func RunMain(f func()) error {
 // zombie is peeked at with WNOWAIT first; a watched (or held) one ends the
 // pass of wait(P_ALL), which cannot skip it: the zombies behind it are then
 // reaped by pid (reapAround), and its watcher kicks the loop once it has
-// reaped it.
-func (r *reaper) reapOrphans() {
+// reaped it. reapAround runs at most once per aroundEvery: when it is put
+// off, reapOrphans returns how long until it may run, for the caller to
+// run the pass again then.
+func (r *reaper) reapOrphans(now time.Time) time.Duration {
 	for {
 		var info unix.Siginfo
 		err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL|unix.WNOTHREAD, nil)
@@ -234,11 +259,11 @@ func (r *reaper) reapOrphans() {
 			continue
 		}
 		if err != nil {
-			return
+			return 0
 		}
 		st, ok := fromSiginfo(&info)
 		if !ok {
-			return // no zombie child
+			return 0 // no zombie child
 		}
 		// The check and the reap are one step under r.mu (wait4 with
 		// WNOHANG does not block), so a WatchThen that marked the pid
@@ -246,15 +271,13 @@ func (r *reaper) reapOrphans() {
 		// A zombie its forker still means to wait (see Hold) ends the
 		// pass like a watched one; Release kicks the loop.
 		if r.left(st.Pid) {
-			r.reapAround()
-			return
+			return r.reapAroundLimited(now)
 		}
 		var ws unix.WaitStatus
 		r.mu.Lock()
 		if r.watched[st.Pid] {
 			r.mu.Unlock()
-			r.reapAround()
-			return
+			return r.reapAroundLimited(now)
 		}
 		pid, err := unix.Wait4(st.Pid, &ws, unix.WNOHANG|unix.WALL|unix.WNOTHREAD, nil)
 		r.mu.Unlock()
@@ -262,7 +285,7 @@ func (r *reaper) reapOrphans() {
 			continue
 		}
 		if err != nil || pid <= 0 {
-			return
+			return 0
 		}
 		if !ws.Exited() && !ws.Signaled() {
 			continue
@@ -282,43 +305,113 @@ func (r *reaper) left(pid int) bool {
 	return r.watched[pid]
 }
 
+// reapAroundLimited runs reapAround unless it ran less than aroundEvery
+// ago; then it returns how long until it may run again.
+func (r *reaper) reapAroundLimited(now time.Time) time.Duration {
+	if since := now.Sub(r.aroundAt); !r.aroundAt.IsZero() && since >= 0 && since < aroundEvery {
+		return aroundEvery - since
+	}
+	r.aroundAt = now
+	r.reapAround()
+	return 0
+}
+
 // reapAround reaps, one by one, the main thread's zombie children that need
 // not be left alone, when wait(P_ALL) keeps returning one that must be (a
 // start's held bootstrap stage, a watched process): a zombie left for as
 // long as a start is stuck must not stop every other orphan of the guest
 // from being reaped meanwhile. The children are listed in
-// /proc/self/task/<tid>/children (CONFIG_PROC_CHILDREN; without it, they
-// wait until the zombie in front goes, as before). Must run on the main
-// thread.
+// /proc/self/task/<tid>/children (CONFIG_PROC_CHILDREN, set in Keel's
+// guest kernel and in Debian's); without it, every process whose parent is
+// this one is tried instead (from /proc/<pid>/stat), and waitid with
+// __WNOTHREAD refuses those that are not the main thread's. Must run on
+// the main thread; reapAroundLimited bounds how often.
 func (r *reaper) reapAround() {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/children", unix.Gettid()))
-	if err != nil {
+	r.arounds.Add(1)
+	for _, pid := range mainThreadChildren() {
+		r.reapLeftBehind(pid)
+	}
+}
+
+// reapLeftBehind reaps pid (a child of the main thread, listed by
+// reapAround) if it is a zombie the orphan loop need not leave alone.
+func (r *reaper) reapLeftBehind(pid int) {
+	var info unix.Siginfo
+	if err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL|unix.WNOTHREAD, nil); err != nil {
 		return
 	}
-	for _, f := range strings.Fields(string(b)) {
-		pid, err := strconv.Atoi(f)
+	if _, ok := fromSiginfo(&info); !ok || r.left(pid) {
+		return // running, or to be left alone
+	}
+	var ws unix.WaitStatus
+	r.mu.Lock()
+	if r.watched[pid] {
+		r.mu.Unlock()
+		return
+	}
+	got, err := unix.Wait4(pid, &ws, unix.WNOHANG|unix.WALL|unix.WNOTHREAD, nil)
+	r.mu.Unlock()
+	if err == nil && got == pid && (ws.Exited() || ws.Signaled()) {
+		r.deliver(FromWaitStatus(pid, ws))
+	}
+}
+
+// noProcChildren makes mainThreadChildren take its fallback (tests).
+var noProcChildren atomic.Bool
+
+// mainThreadChildren lists the calling thread's children, or, without
+// CONFIG_PROC_CHILDREN, every child of this process (a superset).
+func mainThreadChildren() []int {
+	var pids []int
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/children", unix.Gettid()))
+	if noProcChildren.Load() {
+		err = os.ErrNotExist
+	}
+	if err == nil {
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
+				pids = append(pids, pid)
+			}
+		}
+		return pids
+	}
+	d, err := os.Open("/proc")
+	if err != nil {
+		return nil
+	}
+	defer d.Close()
+	names, _ := d.Readdirnames(-1)
+	self := os.Getpid()
+	for _, name := range names {
+		pid, err := strconv.Atoi(name)
 		if err != nil || pid <= 0 {
 			continue
 		}
-		var info unix.Siginfo
-		if err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL|unix.WNOTHREAD, nil); err != nil {
-			continue
-		}
-		if _, ok := fromSiginfo(&info); !ok || r.left(pid) {
-			continue // running, or to be left alone
-		}
-		var ws unix.WaitStatus
-		r.mu.Lock()
-		if r.watched[pid] {
-			r.mu.Unlock()
-			continue
-		}
-		got, err := unix.Wait4(pid, &ws, unix.WNOHANG|unix.WALL|unix.WNOTHREAD, nil)
-		r.mu.Unlock()
-		if err == nil && got == pid && (ws.Exited() || ws.Signaled()) {
-			r.deliver(FromWaitStatus(pid, ws))
+		if b, err := os.ReadFile("/proc/" + name + "/stat"); err == nil && statPPid(b) == self {
+			pids = append(pids, pid)
 		}
 	}
+	return pids
+}
+
+// statPPid returns the parent pid field of /proc/<pid>/stat, -1 when it
+// cannot be parsed. The command name before it may hold spaces and
+// parentheses, so the fields are counted from its last ')'.
+func statPPid(b []byte) int {
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(s[i+1:]) // state, ppid, ...
+	if len(f) < 2 {
+		return -1
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return -1
+	}
+	return ppid
 }
 
 // Watch reaps pid, an unreaped child of this process that nobody else

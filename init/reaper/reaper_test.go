@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -531,18 +532,22 @@ func TestWatchThenReleasesWhenReapedFirst(t *testing.T) {
 
 // forkFromDyingThread starts cmd from a thread that exits right after, so
 // the child becomes the main thread's (an orphan the loop may reap), and
-// waits until that thread is gone.
-func forkFromDyingThread(t *testing.T, cmd *exec.Cmd) {
+// waits until that thread is gone. forked, when not nil, gets the child's
+// pid on the forking thread, before the child can be the main thread's.
+func forkFromDyingThread(t *testing.T, cmd *exec.Cmd, forked func(pid int)) {
 	t.Helper()
-	type forked struct {
+	type result struct {
 		tid int
 		err error
 	}
-	ch := make(chan forked)
+	ch := make(chan result)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
 		err := cmd.Start()
-		ch <- forked{unix.Gettid(), err}
+		if err == nil && forked != nil {
+			forked(cmd.Process.Pid)
+		}
+		ch <- result{unix.Gettid(), err}
 	}()
 	f := <-ch
 	if f.err != nil {
@@ -560,27 +565,28 @@ func forkFromDyingThread(t *testing.T, cmd *exec.Cmd) {
 	}
 }
 
-// TestHeldZombieBlocksNoOtherOrphan: a zombie the orphan loop must leave
-// alone (held for a start in flight, which may be stuck for good) and that
-// wait(P_ALL) returns first does not keep the orphans behind it from being
-// reaped: they are reaped by pid. Once released, the held one is reaped
-// too. (Before, every orphan of the guest waited behind it.)
-func TestHeldZombieBlocksNoOtherOrphan(t *testing.T) {
-	held := exec.Command("/bin/sh", "-c", "exit 1")
-	forkFromDyingThread(t, held)
-	heldPid := held.Process.Pid
-	Hold(func(pid int) bool { return pid == heldPid })
+// holdZombie makes an exited child of the main thread that the orphan loop
+// must leave alone (Hold) and returns its pid and status channel. Hold is
+// in place before the fork, so the loop can never reap it first. Only this
+// one is a zombie yet: it is first in the main thread's children, so
+// wait(P_ALL) returns it before any later orphan.
+func holdZombie(t *testing.T) (int, <-chan ExitStatus) {
+	t.Helper()
+	var heldPid atomic.Int64
+	heldPid.Store(-1)
+	Hold(func(pid int) bool { return pid == int(heldPid.Load()) })
 	t.Cleanup(func() { Hold(nil); Kick() })
-	heldSt := Register(heldPid)
-	t.Cleanup(func() { Unregister(heldPid) })
-	// Only the held one is a zombie yet: it is first in the main thread's
-	// children, so wait(P_ALL) always returns it.
+	held := exec.Command("/bin/sh", "-c", "exit 1")
+	forkFromDyingThread(t, held, func(pid int) { heldPid.Store(int64(pid)) })
+	pid := held.Process.Pid
+	st := Register(pid)
+	t.Cleanup(func() { Unregister(pid) })
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		var info unix.Siginfo
-		if unix.Waitid(unix.P_PID, heldPid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, nil) == nil {
+		if unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, nil) == nil {
 			if _, ok := fromSiginfo(&info); ok {
-				break
+				return pid, st
 			}
 		}
 		if time.Now().After(deadline) {
@@ -588,9 +594,28 @@ func TestHeldZombieBlocksNoOtherOrphan(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// TestHeldZombieBlocksNoOtherOrphan: a zombie the orphan loop must leave
+// alone (held for a start in flight, which may be stuck for good) and that
+// wait(P_ALL) returns first does not keep the orphans behind it from being
+// reaped: they are reaped by pid. Once released, the held one is reaped
+// too. (Before, every orphan of the guest waited behind it.) The same
+// without CONFIG_PROC_CHILDREN (the children are found in /proc/*/stat).
+func TestHeldZombieBlocksNoOtherOrphan(t *testing.T) {
+	t.Run("proc-children", func(t *testing.T) { heldZombieBlocksNoOtherOrphan(t) })
+	t.Run("no-proc-children", func(t *testing.T) {
+		noProcChildren.Store(true)
+		t.Cleanup(func() { noProcChildren.Store(false) })
+		heldZombieBlocksNoOtherOrphan(t)
+	})
+}
+
+func heldZombieBlocksNoOtherOrphan(t *testing.T) {
+	_, heldSt := holdZombie(t)
 	for i := range 3 {
 		cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf("exit %d", 10+i))
-		forkFromDyingThread(t, cmd)
+		forkFromDyingThread(t, cmd, nil)
 		select {
 		case st := <-Register(cmd.Process.Pid):
 			if st.Code != 10+i {
@@ -615,5 +640,53 @@ func TestHeldZombieBlocksNoOtherOrphan(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the released zombie was not reaped")
+	}
+}
+
+// TestReapAroundRateLimited: with a zombie left alone in front of
+// wait(P_ALL), a burst of orphans (each exit a SIGCHLD) costs at most one
+// pass over the main thread's children per aroundEvery, not one per exit,
+// and the last orphans of the burst are still reaped without another
+// SIGCHLD.
+func TestReapAroundRateLimited(t *testing.T) {
+	const n = 300
+	holdZombie(t)
+	reaped, arounds := Reaped(), r.arounds.Load()
+	start := time.Now()
+	// Each "( true & )" leaves an orphan that exits at once: re-parented
+	// to the main thread (this process is a subreaper).
+	burst := exec.Command("/bin/sh", "-c", fmt.Sprintf("for i in $(seq %d); do ( true & ); done", n))
+	if out, err := burst.CombinedOutput(); err != nil {
+		t.Fatalf("burst: %v: %s", err, out)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for Reaped()-reaped < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d orphans reaped behind a held zombie after 20 s", Reaped()-reaped, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	passes := r.arounds.Load() - arounds
+	bound := uint64(elapsed/aroundEvery) + 2
+	t.Logf("%d orphans reaped in %v with %d passes over the children (bound %d)", n, elapsed, passes, bound)
+	if passes > bound {
+		t.Fatalf("%d passes over the main thread's children in %v for %d orphans, want at most %d (one per %v)", passes, elapsed, n, bound, aroundEvery)
+	}
+}
+
+// TestStatPPid: the parent pid is found after a command name holding
+// spaces and parentheses.
+func TestStatPPid(t *testing.T) {
+	for stat, want := range map[string]int{
+		"42 (sh) S 7 42 42 0 -1":           7,
+		"42 (a) b (c) 1 ) R 1234 1 1 0 -1": 1234,
+		"42 (runc:[0:PARENT]) Z 1 0":       1,
+		"42 (sh":                           -1,
+		"42 (sh) S":                        -1,
+	} {
+		if got := statPPid([]byte(stat)); got != want {
+			t.Errorf("statPPid(%q) = %d, want %d", stat, got, want)
+		}
 	}
 }
