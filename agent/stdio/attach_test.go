@@ -10,36 +10,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keelvm/keel/tests/unixpair"
 )
 
 // unixPair returns the two ends of a connected Unix stream socket, the
 // stand-in for a passfd vsock connection (agent end, host end).
 func unixPair(t testing.TB) (agent, host *net.UnixConn) {
 	t.Helper()
-	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		c, err := l.Accept()
-		ch <- res{c, err}
-	}()
-	h, err := net.Dial("unix", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := <-ch
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	t.Cleanup(func() { h.Close(); r.c.Close() })
-	return r.c.(*net.UnixConn), h.(*net.UnixConn)
+	return unixpair.New(t)
 }
 
 // slowReader reads like a slow host: small reads with a pause every MiB.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -64,21 +65,21 @@ func decodeBody(b []byte, bodyLen int) (env envelope, err error) {
 		}
 		num, typ, n := consumeTag(b[i:])
 		if n < 0 {
-			return env, bad(n, whole, "a field tag of the response")
+			return env, bad(n, whole, "a field tag of the response", 0)
 		}
 		if typ != protowire.BytesType || (num != responseStatus && num != responsePayload) {
 			// Unknown to the generated Response (a known number with
 			// another wire type is unknown to proto too): skip it.
 			m := protowire.ConsumeFieldValue(num, typ, b[i+n:])
 			if m < 0 {
-				return env, bad(m, whole, fmt.Sprintf("field %d of the response", num))
+				return env, bad(m, whole, "field %d of the response", num)
 			}
 			i += n + m
 			continue
 		}
 		l, m := protowire.ConsumeVarint(b[i+n:])
 		if m < 0 {
-			return env, bad(m, whole, fmt.Sprintf("the length of field %d of the response", num))
+			return env, bad(m, whole, "the length of field %d of the response", num)
 		}
 		start := i + n + m
 		if l > uint64(bodyLen-start) {
@@ -110,19 +111,19 @@ func decodeBody(b []byte, bodyLen int) (env envelope, err error) {
 			wholeField := end <= len(b)
 			num, typ, n := consumeTag(pb)
 			if n < 0 {
-				return env, bad(n, wholeField, "a field tag of the payload")
+				return env, bad(n, wholeField, "a field tag of the payload", 0)
 			}
 			if num != readStreamData || typ != protowire.BytesType {
 				m := protowire.ConsumeFieldValue(num, typ, pb[n:])
 				if m < 0 {
-					return env, bad(m, wholeField, fmt.Sprintf("field %d of the payload", num))
+					return env, bad(m, wholeField, "field %d of the payload", num)
 				}
 				j += n + m
 				continue
 			}
 			l, m := protowire.ConsumeVarint(pb[n:])
 			if m < 0 {
-				return env, bad(m, wholeField, "the data's length")
+				return env, bad(m, wholeField, "the data's length", 0)
 			}
 			ds := j + n + m
 			if l > uint64(end-ds) {
@@ -143,13 +144,19 @@ func decodeBody(b []byte, bodyLen int) (env envelope, err error) {
 	return env, nil
 }
 
-// bad turns protowire error code n, met while decoding what, into
-// decodeBody's answer: errMore when the bytes merely ran out before the end
-// of what was being decoded (whole: all of it was in b), else an error.
-func bad(n int, whole bool, what string) error {
+// bad turns protowire error code n, met while decoding what (a format
+// with num's %d, or none), into decodeBody's answer: errMore when the bytes
+// merely ran out before the end of what was being decoded (whole: all of
+// it was in b), else an error. what is formatted on the error path only:
+// errMore, met on every reply whose envelope arrives in pieces, allocates
+// nothing.
+func bad(n int, whole bool, what string, num protowire.Number) error {
 	perr := protowire.ParseError(n)
 	if !whole && errors.Is(perr, io.ErrUnexpectedEOF) {
 		return errMore
+	}
+	if strings.Contains(what, "%d") {
+		what = fmt.Sprintf(what, num)
 	}
 	return fmt.Errorf("%w: %s: %v", errMalformed, what, perr)
 }

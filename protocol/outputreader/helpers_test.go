@@ -17,37 +17,15 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/unixpair"
 )
 
 // socketPair is a connected pair of unix stream sockets: the client's end
 // and the fake server's.
 func socketPair(t testing.TB) (net.Conn, net.Conn) {
 	t.Helper()
-	dir := t.TempDir()
-	l, err := net.Listen("unix", dir+"/s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		c, err := l.Accept()
-		ch <- res{c, err}
-	}()
-	c, err := net.Dial("unix", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := <-ch
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	t.Cleanup(func() { c.Close(); r.c.Close() })
-	return c, r.c
+	server, client := unixpair.New(t)
+	return client, server
 }
 
 // frame is a ttrpc frame: header and body.

@@ -102,12 +102,14 @@ const (
 // from; an envelope that does not fit (a long status message) is read
 // whole into a buffer of its own, bounded by what was asked + MaxEnvelope.
 // headerRead is how much the first read of a reply asks for: the header and
-// the envelope before the data of every known server (an empty or absent
-// status, the payload's and data's tags and lengths), so that only a few
-// data bytes arrive through the fixed buffer.
+// envelopeRead, the envelope before the data of every known server (an
+// empty or absent status, the payload's and data's tags and lengths), so
+// that only a few data bytes arrive through the fixed buffer; when the
+// header comes alone, the next read asks for envelopeRead again.
 const (
-	bufLen     = 512
-	headerRead = headerLen + 2 + 2*(1+5)
+	bufLen       = 512
+	headerRead   = headerLen + envelopeRead
+	envelopeRead = 2 + 2*(1+5)
 )
 
 // ErrProtocol is wrapped by every error about a reply that breaks ttrpc's
@@ -160,6 +162,13 @@ type Reader struct {
 
 	mu       sync.Mutex
 	deadline time.Time // set by SetDeadline
+	// While a ReadContext runs: the connection's deadline is the earlier
+	// of deadline and its context's (ctxDeadline, zero for none), and
+	// once the context is done (ctxDone) it stays in the past whatever
+	// SetDeadline is told.
+	inCtx       bool
+	ctxDeadline time.Time
+	ctxDone     bool
 }
 
 // New returns a Reader over conn, a connection to the agent that it now
@@ -218,12 +227,32 @@ func (r *Reader) Close() error { return r.conn.Close() }
 // SetDeadline bounds every Read (the request's write and the reply's
 // read) until t; the zero time is no deadline. A Read that meets it
 // returns an error for which errors.Is(err, os.ErrDeadlineExceeded) holds.
+// Called during a ReadContext, it cannot extend that Read past the
+// context's end.
 func (r *Reader) SetDeadline(t time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.deadline = t
+	if r.inCtx {
+		if r.ctxDone {
+			return nil // the past deadline that ends the Read stays
+		}
+		t = earlier(t, r.ctxDeadline)
+	}
 	return r.conn.SetDeadline(t)
 }
+
+// earlier is the earlier of two deadlines, the zero time being none.
+func earlier(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
+}
+
+// testHookCancelled, when set (tests), runs after ReadContext's context
+// ended and the connection's deadline was put in the past.
+var testHookCancelled func()
 
 // ReadContext is Read bounded by ctx as well: when ctx ends first, it
 // returns ctx.Err() (wrapped); the Reader stays usable.
@@ -235,22 +264,27 @@ func (r *Reader) ReadContext(ctx context.Context, p []byte) (int, error) {
 		return r.Read(p)
 	}
 	r.mu.Lock()
-	dl := r.deadline
-	if d, ok := ctx.Deadline(); ok && (dl.IsZero() || d.Before(dl)) {
-		dl = d
-	}
-	_ = r.conn.SetDeadline(dl)
+	r.inCtx, r.ctxDone = true, false
+	r.ctxDeadline, _ = ctx.Deadline()
+	_ = r.conn.SetDeadline(earlier(r.deadline, r.ctxDeadline))
 	r.mu.Unlock()
 	fired := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		defer close(fired)
+		r.mu.Lock()
+		r.ctxDone = true
 		_ = r.conn.SetDeadline(time.Unix(1, 0)) // in the past: unblock now
+		r.mu.Unlock()
+		if testHookCancelled != nil {
+			testHookCancelled()
+		}
 	})
 	n, err := r.Read(p)
 	if !stop() {
 		<-fired
 	}
 	r.mu.Lock()
+	r.inCtx, r.ctxDone, r.ctxDeadline = false, false, time.Time{}
 	_ = r.conn.SetDeadline(r.deadline)
 	r.mu.Unlock()
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
@@ -379,10 +413,18 @@ func (r *Reader) begin() error {
 		if err != errMore {
 			return fmt.Errorf("%w: %v", ErrProtocol, err)
 		}
+		// More of the envelope: a reply that arrived in pieces (Kata's
+		// agent writes the header and the body separately, so a waiting
+		// Read often gets the header alone) or a longer envelope. Fill
+		// the fixed buffer first, no further than the usual envelope
+		// while that is all there is, so that only a few data bytes come
+		// through buf; allocate only when buf cannot hold the envelope.
 		limit := min(r.bodyLen, len(r.buf))
-		if have := r.w - r.r; have < limit {
-			// More of the envelope (a reply that arrived in pieces, or
-			// a longer one): a few data bytes may come with it.
+		have := r.w - r.r
+		if have < envelopeRead {
+			limit = min(limit, envelopeRead)
+		}
+		if have < limit {
 			if err := r.fill(have+1, limit); err != nil {
 				return err
 			}
@@ -408,12 +450,15 @@ func (r *Reader) begin() error {
 		}
 		body = r.slow
 	}
-	if env.data.n > r.asked {
-		return fmt.Errorf("%w: a reply carries %d bytes of data for a read of %d", ErrProtocol, env.data.n, r.asked)
-	}
+	// The status first, as the generated client and Kata's
+	// readProcessStream see it: a non-OK status is the answer whatever data
+	// comes with it (dropped below; the frame's length is bounded already).
 	stErr, err := statusError(body, &env)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrProtocol, err)
+	}
+	if stErr == nil && env.data.n > r.asked {
+		return fmt.Errorf("%w: a reply carries %d bytes of data for a read of %d", ErrProtocol, env.data.n, r.asked)
 	}
 	r.inFrame = false
 	if r.slow != nil {

@@ -12,8 +12,10 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/containerd/ttrpc"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -101,9 +103,9 @@ func TestDataArrivesExactly(t *testing.T) {
 			}
 			off := 0
 			rng := rand.New(rand.NewPCG(3, uint64(readLen)))
-			replies := 0
+			var replies atomic.Int64
 			r, srv := newReader(t, Stdout, "c", "", Options{}, func(q request) []byte {
-				replies++
+				replies.Add(1)
 				n := min(int(q.rs.Len), len(want)-off, 1+rng.IntN(int(q.rs.Len)))
 				d := want[off : off+n]
 				off += n
@@ -119,8 +121,9 @@ func TestDataArrivesExactly(t *testing.T) {
 			if _, err := r.Read(make([]byte, 10)); err != io.EOF {
 				t.Errorf("Read after EOF: %v", err)
 			}
-			if n := len(srv.requests()); n != replies {
-				t.Errorf("%d requests for %d replies", n, replies)
+			// Exactly one request per reply: none sent ahead, none lost.
+			if n, m := len(srv.requests()), int(replies.Load()); n != m || m < 2 {
+				t.Errorf("%d requests for %d replies", n, m)
 			}
 		})
 	}
@@ -178,7 +181,11 @@ func TestRepliesMatchGeneratedClient(t *testing.T) {
 		"two payloads":        field(field(nil, responsePayload, payload(data[:10])), responsePayload, payload(data[10:30])),
 		"two data fields":     field(nil, responsePayload, append(payload(data[:10]), payload(data[5:600])...)),
 		"status wrong type":   field(protowire.AppendVarint(tag(nil, responseStatus, protowire.VarintType), 5), responsePayload, payload(data)),
-		"a group":             field(protowire.AppendTag(protowire.AppendVarint(tag(tag(nil, 11, protowire.StartGroupType), 1, protowire.VarintType), 1), 11, protowire.EndGroupType), responsePayload, payload(data)),
+		// The status is the answer whatever data comes with it, even more
+		// than was asked (in the fixed buffer's path and the long one).
+		"not found, more data than asked":   field(field(nil, responseStatus, statusBytes(&spb.Status{Code: int32(codes.NotFound), Message: `process "p" not found`})), responsePayload, payload(bytes.Repeat(data, 5))),
+		"long status, more data than asked": field(field(nil, responseStatus, statusBytes(&spb.Status{Code: int32(codes.NotFound), Message: strings.Repeat("gone ", 200)})), responsePayload, payload(bytes.Repeat(data, 5))),
+		"a group":                           field(protowire.AppendTag(protowire.AppendVarint(tag(tag(nil, 11, protowire.StartGroupType), 1, protowire.VarintType), 1), 11, protowire.EndGroupType), responsePayload, payload(data)),
 	}
 	for name, body := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -193,6 +200,13 @@ func TestRepliesMatchGeneratedClient(t *testing.T) {
 			}
 			if gerr == nil && (err != nil || !bytes.Equal(p[:n], gdata)) {
 				t.Fatalf("Reader: %d bytes, %v; generated client: %d bytes", n, err, len(gdata))
+			}
+			if isStatus(gerr) {
+				// A status answers one read: the reply was consumed
+				// whole, and the next read is answered afresh.
+				if _, err := r.Read(p); !sameError(err, gerr) {
+					t.Fatalf("Read after the status: %v, want %v", err, gerr)
+				}
 			}
 			if dec, err := genericDecode(body); !sameError(err, gerr) || !bytes.Equal(dec, gdata) {
 				t.Fatalf("test's genericDecode disagrees with the generated client: %v vs %v", err, gerr)
@@ -352,8 +366,25 @@ func TestNewRefuses(t *testing.T) {
 // the whole process).
 func TestZeroAllocsPerRead(t *testing.T) {
 	const n = 32 << 10
-	c, sc := socketPair(t)
 	reply := frame(0, msgTypeResponse, responseBody(t, nil, bytes.Repeat([]byte{7}, n)))
+	envEnd := len(reply) - n // the header and the envelope before the data
+	// Written whole; as Kata's agent writes (ttrpc-rust's write_to: the
+	// header, then the body, so a waiting Read often gets the header
+	// alone); and cut at every byte of the envelope.
+	t.Run("whole", func(t *testing.T) { zeroAllocs(t, reply, 0, 200) })
+	t.Run("header then body", func(t *testing.T) { zeroAllocs(t, reply, headerLen, 200) })
+	for cut := headerLen + 1; cut <= envEnd; cut++ {
+		t.Run(fmt.Sprintf("cut=%d", cut), func(t *testing.T) { zeroAllocs(t, reply, cut, 50) })
+	}
+}
+
+// zeroAllocs serves reply (its stream id set to each request's) in two
+// writes 1 ms apart, cut at cut (0: one write), and checks that Reads of
+// the whole data allocate nothing.
+func zeroAllocs(t *testing.T, reply []byte, cut, runs int) {
+	n := len(reply) - headerLen - 8
+	reply = append([]byte(nil), reply...)
+	c, sc := socketPair(t)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -368,7 +399,13 @@ func TestZeroAllocsPerRead(t *testing.T) {
 				return
 			}
 			copy(reply[4:8], h[4:8])
-			if _, err := sc.Write(reply); err != nil {
+			if cut > 0 {
+				if _, err := sc.Write(reply[:cut]); err != nil {
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+			if _, err := sc.Write(reply[cut:]); err != nil {
 				return
 			}
 		}
@@ -388,7 +425,7 @@ func TestZeroAllocsPerRead(t *testing.T) {
 	for range 10 {
 		read()
 	}
-	if a := testing.AllocsPerRun(200, read); a != 0 {
+	if a := testing.AllocsPerRun(runs, read); a != 0 {
 		t.Errorf("%.2f allocations per Read, want 0", a)
 	}
 }
@@ -489,4 +526,117 @@ func genericErr(t *testing.T, body []byte) error {
 	t.Helper()
 	_, err := genericDecode(body)
 	return err
+}
+
+// segConn is a net.Conn whose reads come from segs in turn, a read never
+// spanning two (as a reply written in pieces arrives), and whose writes are
+// dropped. It counts the bytes read into buf (the Reader's fixed buffer).
+type segConn struct {
+	memConn
+	segs  [][]byte
+	buf   *[bufLen]byte
+	inBuf int
+}
+
+func (c *segConn) Read(p []byte) (int, error) {
+	for len(c.segs) > 0 && len(c.segs[0]) == 0 {
+		c.segs = c.segs[1:]
+	}
+	if len(c.segs) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.segs[0])
+	c.segs[0] = c.segs[0][n:]
+	start := uintptr(unsafe.Pointer(&c.buf[0]))
+	if at := uintptr(unsafe.Pointer(&p[0])); at >= start && at < start+bufLen {
+		c.inBuf += n
+	}
+	return n, nil
+}
+
+// TestEnvelopeInPieces: a reply whose header and envelope arrive cut at
+// any byte (Kata's agent writes the header and the body apart) is read
+// whole, with no more than the usual envelope's few bytes of data passing
+// through the fixed buffer: the rest is read straight into p.
+func TestEnvelopeInPieces(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789abcdef"), 256)
+	for _, asked := range []int{len(data), 32 << 10} {
+		reply := frame(1, msgTypeResponse, responseBody(t, nil, data))
+		envEnd := len(reply) - len(data)
+		for cut := 1; cut <= envEnd+1; cut++ {
+			for _, pieces := range [][][]byte{
+				{reply[:cut], reply[cut:]},
+				{reply[:cut], reply[cut : envEnd+2], reply[envEnd+2:]},
+			} {
+				conn := &segConn{segs: append([][]byte(nil), pieces...)}
+				r, err := New(conn, Stdout, "c", "", Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				conn.buf = &r.buf
+				p := make([]byte, asked)
+				n, err := r.Read(p)
+				if err != nil || !bytes.Equal(p[:n], data) {
+					t.Fatalf("cut at %d of %d pieces: %d bytes, %v", cut, len(pieces), n, err)
+				}
+				if conn.inBuf > headerRead {
+					t.Errorf("cut at %d of %d pieces: %d bytes came through the fixed buffer, want at most %d", cut, len(pieces), conn.inBuf, headerRead)
+				}
+			}
+		}
+	}
+}
+
+// TestSetDeadlineCannotOutliveContext: a SetDeadline during a ReadContext
+// neither extends the Read past the context's deadline nor, called just
+// after the context ended (the interleaving forced by a hook), revives it.
+func TestSetDeadlineCannotOutliveContext(t *testing.T) {
+	hold := make(chan struct{})
+	defer close(hold)
+	r, _ := newReader(t, Stdout, "c", "", Options{}, func(request) []byte { <-hold; return nil })
+	later := time.Now().Add(time.Hour)
+
+	// Just after the context ended and the Read was told to stop.
+	testHookCancelled = func() { r.SetDeadline(later) }
+	defer func() { testHookCancelled = nil }()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if err := readWithin(t, r, ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("ReadContext: %v, want context.Canceled", err)
+	}
+	testHookCancelled = nil
+
+	// Before: the earlier (the context's) deadline holds.
+	ctx, cancel = context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	time.AfterFunc(20*time.Millisecond, func() { r.SetDeadline(later) })
+	if err := readWithin(t, r, ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("ReadContext: %v, want context.DeadlineExceeded", err)
+	}
+	// Once the ReadContext is over, SetDeadline's deadline is the
+	// connection's again.
+	r.SetDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := r.Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read: %v, want os.ErrDeadlineExceeded", err)
+	}
+}
+
+// readWithin is r.ReadContext(ctx), failing the test when it is still
+// blocked 10 s on.
+func readWithin(t *testing.T, r *Reader, ctx context.Context) error {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := r.ReadContext(ctx, make([]byte, 10))
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(10 * time.Second):
+		r.Close()
+		<-errc
+		t.Fatal("ReadContext still blocked 10 s after its context ended")
+		return nil
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -90,25 +91,36 @@ func sliminitBinary(tb testing.TB) string {
 // configuration read.
 func startInit(bin string, extraEnv ...string) (initUsage, error) {
 	var use initUsage
-	err := startInitUsage(bin, &use, extraEnv)
+	err := startInitUsage(bin, &use, extraEnv, initStartTimeout)
 	return use, err
 }
+
+// initStartTimeout bounds one startInit: the bootstrap's exchange on the
+// init pipe and the sync socket's report. Generous (a start takes
+// milliseconds, even on a loaded machine): it turns an init that stopped
+// short of libcontainer into a failure instead of a hang.
+const initStartTimeout = 2 * time.Minute
 
 // initUsage is what the three processes of one init start used, from
 // their rusage: page faults (under TCG each costs a trip through the
 // guest kernel, and on a DAX root every 4 KiB of the binary the init
-// touches faults on its own) and CPU time.
+// touches faults on its own) and CPU time; Stages is how many of them were
+// reaped (startInit fails unless all three were, so that the figures never
+// count some stages only).
 type initUsage struct {
 	Faults int64
 	CPU    time.Duration
+	Stages int
 }
 
 func (u *initUsage) add(r *unix.Rusage) {
 	u.Faults += r.Minflt + r.Majflt
 	u.CPU += time.Duration(r.Utime.Nano() + r.Stime.Nano())
+	u.Stages++
 }
 
-func startInitUsage(bin string, use *initUsage, extraEnv []string) error {
+func startInitUsage(bin string, use *initUsage, extraEnv []string, timeout time.Duration) (err error) {
+	deadline := time.Now().Add(timeout)
 	initParent, initChild, err := sockPair(unix.SOCK_STREAM)
 	if err != nil {
 		return err
@@ -127,6 +139,14 @@ func startInitUsage(bin string, use *initUsage, extraEnv []string) error {
 		return err
 	}
 	defer logR.Close()
+	for _, f := range []*os.File{initParent, syncParent} {
+		if err := f.SetDeadline(deadline); err != nil {
+			initChild.Close()
+			syncChild.Close()
+			logW.Close()
+			return fmt.Errorf("unable to bound the init's sockets: %w", err)
+		}
+	}
 
 	cmd := exec.Command(bin, "init")
 	var out bytes.Buffer
@@ -149,11 +169,46 @@ func startInitUsage(bin string, use *initUsage, extraEnv []string) error {
 	if err != nil {
 		return err
 	}
-	// nsexec's stages 1 and 2 are our children too (CLONE_PARENT), waited
-	// below by pid; cmd.Wait waits stage 0.
+	// nsexec's stages 1 and 2 are our children too (CLONE_PARENT), reaped
+	// below by pid; cmd.Wait waits stage 0. On a failure every stage still
+	// running is killed first, so that no wait hangs.
 	stage0 := make(chan error, 1)
 	go func() { stage0 <- cmd.Wait() }()
 	go io.Copy(io.Discard, logR)
+	var stages []int
+	defer func() {
+		if err != nil {
+			_ = cmd.Process.Kill()
+			for _, pid := range stages {
+				killChild(pid)
+			}
+		}
+		werr := <-stage0
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			use.Faults += ru.Minflt + ru.Majflt
+			use.CPU += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+			use.Stages++
+		}
+		for _, pid := range stages {
+			var ru unix.Rusage
+			_, rerr := unix.Wait4(pid, nil, 0, &ru)
+			for rerr == unix.EINTR {
+				_, rerr = unix.Wait4(pid, nil, 0, &ru)
+			}
+			if rerr == nil {
+				use.add(&ru)
+			} else if err == nil {
+				err = fmt.Errorf("%s init: unable to reap nsexec's stage pid %d: %w", bin, pid, rerr)
+			}
+		}
+		switch {
+		case err != nil:
+		case werr != nil:
+			err = fmt.Errorf("%s init: nsexec stage 0: %v; output %q", bin, werr, out.String())
+		case use.Stages < 3:
+			err = fmt.Errorf("%s init: %d of nsexec's 3 stages reaped: the usage would count some only", bin, use.Stages)
+		}
+	}()
 	if _, err := initParent.Write(msg.Serialize()); err != nil {
 		return fmt.Errorf("unable to send the bootstrap message: %w", err)
 	}
@@ -169,35 +224,23 @@ func startInitUsage(bin string, use *initUsage, extraEnv []string) error {
 		err = json.Unmarshal(line, &pids)
 	}
 	if err != nil || pids.Stage1 <= 0 || pids.Stage2 <= 0 {
-		<-stage0
 		return fmt.Errorf("%s init: no stage pids from nsexec (%q, %v); output %q", bin, line, err, out.String())
 	}
+	stages = []int{pids.Stage1, pids.Stage2}
 	initParent.Close()
-	defer func() {
-		for _, pid := range []int{pids.Stage1, pids.Stage2} {
-			var ru unix.Rusage
-			if _, err := unix.Wait4(pid, nil, 0, &ru); err == nil {
-				use.add(&ru)
-			}
-		}
-	}()
 	var report []byte
 	buf := make([]byte, 4096)
 	for {
-		n, err := syncParent.Read(buf)
+		n, rerr := syncParent.Read(buf)
 		if n > 0 {
 			report = append(report, buf[:n]...)
 		}
-		if err != nil {
+		if rerr == io.EOF {
 			break
 		}
-	}
-	if err := <-stage0; err != nil {
-		return fmt.Errorf("%s init: nsexec stage 0: %v; output %q", bin, err, out.String())
-	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		use.Faults += ru.Minflt + ru.Majflt
-		use.CPU += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		if rerr != nil {
+			return fmt.Errorf("%s init: waiting for libcontainer.Init's report: %w; sync %q, output %q", bin, rerr, report, out.String())
+		}
 	}
 	// procError carries the configuration decoder's error: EOF.
 	if !bytes.Contains(report, []byte(`"procError"`)) || !bytes.Contains(report, []byte("EOF")) {
@@ -206,12 +249,33 @@ func startInitUsage(bin string, use *initUsage, extraEnv []string) error {
 	return nil
 }
 
+// killChild SIGKILLs pid if it is a child of this process not yet reaped
+// (nsexec's stages are, by CLONE_PARENT): a pid read from the init must
+// never aim a signal elsewhere.
+func killChild(pid int) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return
+	}
+	// pid (comm) state ppid ...: comm may hold spaces, so after the last ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
+		_ = unix.Kill(pid, unix.SIGKILL)
+	}
+}
+
 // sockPair is a close-on-exec AF_UNIX socket pair of type typ, as
 // libcontainer makes its init pipe (stream) and sync socket (seqpacket).
+// The parent's end is non-blocking, so that it takes deadlines.
 func sockPair(typ int) (parent, child *os.File, err error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("unable to create a socket pair: %w", err)
+	}
+	if err := unix.SetNonblock(fds[1], true); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, nil, fmt.Errorf("unable to make a socket non-blocking: %w", err)
 	}
 	return os.NewFile(uintptr(fds[1]), "parent"), os.NewFile(uintptr(fds[0]), "child"), nil
 }
@@ -262,10 +326,48 @@ func TestInitStartReachesLibcontainer(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 			continue
 		}
-		// Three processes ran and were waited: the Go runtime alone
-		// faults in hundreds of pages.
-		if use.Faults < 100 || use.CPU <= 0 {
+		// Three processes ran and were waited (startInit fails
+		// otherwise): the Go runtime alone faults in hundreds of pages.
+		if use.Stages != 3 || use.Faults < 100 || use.CPU <= 0 {
 			t.Errorf("%s: usage %+v: the init's stages were not all waited", name, use)
 		}
+	}
+}
+
+// TestInitStartFailsShort: startInit fails, promptly, when the init stops
+// short of libcontainer: one that never answers on the init pipe (the
+// deadline, not a hang), one that never reports on the sync socket, and
+// one whose stage pids cannot be reaped (a report alone would count stage
+// 0's usage only).
+func TestInitStartFailsShort(t *testing.T) {
+	dir := t.TempDir()
+	script := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// fds 3, 4: the init pipe and the sync socket.
+	pids := `printf '{"stage1_pid":%d,"stage2_pid":%d}\n' `
+	for _, c := range []struct {
+		name, body, want string
+	}{
+		{"silent", "exec sleep 600", "no stage pids"},
+		{"no report", pids + "$$ $$ >&3; exec sleep 600", "libcontainer.Init's report"},
+		{"stages not ours", pids + `99999999 99999998 >&3; printf '{"type":"procError","error":"EOF"}' >&4`, "unable to reap"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t0 := time.Now()
+			var use initUsage
+			err := startInitUsage(script(strings.ReplaceAll(c.name, " ", "-"), c.body), &use, nil, 2*time.Second)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("startInit: %v, want an error about %q", err, c.want)
+			}
+			if d := time.Since(t0); d > time.Minute {
+				t.Errorf("startInit took %v to fail with a 2 s timeout", d)
+			}
+			t.Log(err)
+		})
 	}
 }

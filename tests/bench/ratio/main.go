@@ -69,13 +69,15 @@ var pairs = []pair{
 	{"P3 stdout RPC path, container dd, 32 KiB reads, vs raw", "BenchmarkStdoutRPCPath32KiB/pipe=64KiB", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ">= 0.3"},
 	{"P3 stdout RPC path, 1 MiB reads, 1 MiB pipe, vs raw", "BenchmarkStdoutRPCPath1MiB/pipe=1MiB", "BenchmarkRawUnixCopy1MiB/pipe=1MiB", "MB/s", ">= 0.3"},
 	{"P3 wire: keel-agent binary, 32 KiB reads, its GC policy, vs raw", "BenchmarkAgentStdoutRPC32KiB/gc=policy", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ">= 0.3"},
-	// Keel's host client (protocol/outputreader): the same ReadStdout
-	// requests on a connection of its own, data read straight into the
-	// caller's buffer. The generated-client rows above stay the figure for
-	// Kata's own shim.
-	{"P3 RPC path, Keel client stream reader, 32 KiB, vs raw", "BenchmarkStdoutReaderPath32KiB", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ">= 0.3"},
-	{"P3 Keel client stream reader vs generated client, in process", "BenchmarkStdoutReaderPath32KiB", "BenchmarkStdoutRPCPath32KiB/pipe=64KiB", "MB/s", ""},
-	{"P3 wire: Keel client stream reader, keel-agent binary, vs raw", "BenchmarkAgentStdoutReader32KiB", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", ">= 0.3"},
+	// Keel's host client library (protocol/outputreader): the same
+	// ReadStdout requests on a connection of its own, data read straight
+	// into the caller's buffer. Issue 16's P3 is at the read size Kata's
+	// runtime uses, and Kata's shim uses the generated client: the
+	// generated-client rows above are THE P3 figures; these are reported
+	// beside them (target "report"), not P3.
+	{"P3 Keel client lib (outputreader, not Kata's shim), 32 KiB vs raw", "BenchmarkStdoutReaderPath32KiB", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", "report"},
+	{"P3 Keel client lib (outputreader) / generated client, in process", "BenchmarkStdoutReaderPath32KiB", "BenchmarkStdoutRPCPath32KiB/pipe=64KiB", "MB/s", ""},
+	{"P3 wire: Keel client lib (outputreader, not Kata's shim) vs raw", "BenchmarkAgentStdoutReader32KiB", "BenchmarkRawUnixCopy1MiB/pipe=64KiB", "MB/s", "report"},
 	{"P3 wire: GC policy vs GOGC=100, agent CPU per MB", "BenchmarkAgentStdoutRPC32KiB/gc=policy", "BenchmarkAgentStdoutRPC32KiB/gc=GOGC=100", "agent-cpu-ms/MB", ""},
 	{"P3 wire: GC policy vs GOGC=100, agent RssAnon after 64 MiB", "BenchmarkAgentStdoutRPC32KiB/gc=policy", "BenchmarkAgentStdoutRPC32KiB/gc=GOGC=100", "rssanon-64MiB-KiB", ""},
 	// VM tier (tests/bench/guestbench, KEEL_BENCH_VM=1): timed in one
@@ -86,7 +88,7 @@ var pairs = []pair{
 	{"P2 in guest: agent exec (vsock) vs crun exec", "BenchmarkGuestExec", "BenchmarkGuestCrunExec", "ns/op", "report"},
 	// VM tier (tests/bench/vmbench, KEEL_BENCH_VM=1).
 	{"P3 VM: ReadStdout (32 KiB, as Kata) vs raw AF_VSOCK", "BenchmarkStdoutVsock/readstdout", "BenchmarkStdoutVsock/raw", "MB/s", ">= 0.3"},
-	{"P3 VM: Keel client stream reader (32 KiB) vs raw AF_VSOCK", "BenchmarkStdoutVsock/reader", "BenchmarkStdoutVsock/raw", "MB/s", ">= 0.3"},
+	{"P3 VM: Keel client lib (outputreader, not Kata's shim) vs raw vsock", "BenchmarkStdoutVsock/reader", "BenchmarkStdoutVsock/raw", "MB/s", "report"},
 	{"P3 VM: passfd stdout vs raw AF_VSOCK", "BenchmarkStdoutVsock/passfd", "BenchmarkStdoutVsock/raw", "MB/s", ">= 0.95"},
 	{"guest memory used: Keel kernel+DAX vs Debian+initramfs", "BenchmarkGuestMemory/keel-dax", "BenchmarkGuestMemory/debian-initramfs", "used-KiB", "report"},
 	{"agent RssAnon: Keel kernel+DAX vs Debian+initramfs", "BenchmarkGuestMemory/keel-dax", "BenchmarkGuestMemory/debian-initramfs", "agent-anon-KiB", "report"},
@@ -101,11 +103,13 @@ var reported = []struct{ name, bench, unit, target string }{
 	{"P3 paired: keel-agent binary, 32 KiB vs raw", "BenchmarkStdoutRPCPaired32KiB/wire", "rpc/raw", ">= 0.3"},
 	{"P3 paired: keel-agent binary, 32 KiB vs raw with 32 KiB buffers", "BenchmarkStdoutRPCPaired32KiB/wire", "rpc/raw-32KiB", ""},
 	{"P3 paired: raw with 32 KiB buffers vs raw", "BenchmarkStdoutRPCPaired32KiB/wire", "raw-32KiB/raw", ""},
-	{"P3 paired: Keel client stream reader, 32 KiB vs raw, in process", "BenchmarkStdoutReaderPaired32KiB/inproc", "reader/raw", ">= 0.3"},
-	{"P3 paired: Keel client stream reader / generated client, in proc", "BenchmarkStdoutReaderPaired32KiB/inproc", "reader/rpc", ""},
-	{"P3 paired: Keel client stream reader, keel-agent binary, vs raw", "BenchmarkStdoutReaderPaired32KiB/wire", "reader/raw", ">= 0.3"},
-	{"P3 paired: Keel client stream reader / generated client, wire", "BenchmarkStdoutReaderPaired32KiB/wire", "reader/rpc", ""},
-	{"P3 wire: client CPU ms/MB, Keel client stream reader", "BenchmarkStdoutReaderPaired32KiB/wire", "reader-client-cpu-ms/MB", ""},
+	// Keel's client library (protocol/outputreader): reported, not P3
+	// (Kata's shim uses the generated client; see pairs).
+	{"P3 paired: Keel client lib (outputreader, not Kata's shim) / raw, in proc", "BenchmarkStdoutReaderPaired32KiB/inproc", "reader/raw", "report"},
+	{"P3 paired: Keel client lib (outputreader) / generated client, in proc", "BenchmarkStdoutReaderPaired32KiB/inproc", "reader/rpc", ""},
+	{"P3 paired wire: Keel client lib (outputreader, not Kata's shim) / raw", "BenchmarkStdoutReaderPaired32KiB/wire", "reader/raw", "report"},
+	{"P3 paired wire: Keel client lib (outputreader) / generated client", "BenchmarkStdoutReaderPaired32KiB/wire", "reader/rpc", ""},
+	{"P3 wire: client CPU ms/MB, Keel client lib (outputreader)", "BenchmarkStdoutReaderPaired32KiB/wire", "reader-client-cpu-ms/MB", ""},
 	{"P3 wire: client CPU ms/MB, generated client (Kata's shim)", "BenchmarkStdoutReaderPaired32KiB/wire", "rpc-client-cpu-ms/MB", ""},
 	{"P7 create p99, containers 191-200 vs 1-10", "BenchmarkCreate200", "p99-ratio", "<= 2"},
 	{"P7 create p50, containers 191-200 vs 1-10", "BenchmarkCreate200", "p50-ratio", ""},
@@ -140,6 +144,9 @@ var reported = []struct{ name, bench, unit, target string }{
 	{"guest used KiB, Debian kernel+initramfs, 1 idle ctr", "BenchmarkGuestMemory/debian-initramfs", "used-KiB", "report"},
 	{"agent RssAnon KiB, Keel kernel+DAX, 1 idle container", "BenchmarkGuestMemory/keel-dax", "agent-anon-KiB", "report"},
 	{"agent RssAnon KiB, Debian kernel+initramfs", "BenchmarkGuestMemory/debian-initramfs", "agent-anon-KiB", "report"},
+	{"P3 VM paired: ReadStdout (generated client) / raw AF_VSOCK", "BenchmarkStdoutVsockReaderPaired", "readstdout/raw", ">= 0.3"},
+	{"P3 VM paired: Keel client lib (outputreader, not Kata's shim) / raw", "BenchmarkStdoutVsockReaderPaired", "reader/raw", "report"},
+	{"P3 VM paired: Keel client lib (outputreader) / generated client", "BenchmarkStdoutVsockReaderPaired", "reader/readstdout", ""},
 	{"P3 VM: passfd / raw AF_VSOCK, paired", "BenchmarkStdoutVsockPaired", "passfd/raw", ">= 0.95"},
 	{"P3 VM: QEMU CPU ms/MB while streaming, passfd", "BenchmarkStdoutVsockPaired", "passfd-qemu-cpu-ms/MB", ""},
 	{"P3 VM: QEMU CPU ms/MB while streaming, raw", "BenchmarkStdoutVsockPaired", "raw-qemu-cpu-ms/MB", ""},

@@ -74,11 +74,12 @@ func TestReport(t *testing.T) {
 		{[]string{"container init start: keel-agent vs libcontainer-only"}, []string{"not run", "BenchmarkAgentInitStart failed: boom"}},
 		{[]string{"P3 wire: keel-agent binary, 32 KiB reads, its GC policy, vs raw"}, []string{"not run", ">= 0.3", "BenchmarkAgentStdoutRPC32KiB/gc=policy skipped: no dd in the rootfs"}},
 		{[]string{"P1 in guest: agent (vsock) vs runc run in guest"}, []string{"not run", "<= 0.5", "skipped: VM tier: set KEEL_BENCH_VM=1 (make bench-vm)"}},
-		// Keel's client stream reader: a ratio of MB/s, and a reported one
-		{[]string{"P3 RPC path, Keel client stream reader, 32 KiB, vs raw"}, []string{"0.400", ">= 0.3"}},
-		{[]string{"P3 paired: Keel client stream reader, keel-agent binary, vs raw"}, []string{"0.142", ">= 0.3"}},
-		{[]string{"P3 paired: Keel client stream reader / generated client, wire"}, []string{"1.47"}},
-		{[]string{"P3 wire: Keel client stream reader, keel-agent binary, vs raw"}, []string{"not run", ">= 0.3", "no result for BenchmarkAgentStdoutReader32KiB"}},
+		// Keel's client library: a ratio of MB/s, and a reported one,
+		// with no P3 target (Kata's shim uses the generated client)
+		{[]string{"P3 Keel client lib (outputreader, not Kata's shim), 32 KiB vs raw"}, []string{"0.400", "report"}},
+		{[]string{"P3 paired wire: Keel client lib (outputreader, not Kata's shim) / raw"}, []string{"0.142", "report"}},
+		{[]string{"P3 paired wire: Keel client lib (outputreader) / generated client"}, []string{"1.47"}},
+		{[]string{"P3 wire: Keel client lib (outputreader, not Kata's shim) vs raw"}, []string{"not run", "report", "no result for BenchmarkAgentStdoutReader32KiB"}},
 		// absent from the output altogether
 		{[]string{"P1 create+start+wait+remove /bin/true vs runc run"}, []string{"not run", "<= 0.5", "no result for BenchmarkLifecycle"}},
 		{[]string{"P6 QEMU start->first gated RPC, DAX on virtio-pmem (s)"}, []string{"not run", "<= 1.0", "no result for BenchmarkP6Boot"}},
@@ -110,25 +111,23 @@ func TestIssue16Figures(t *testing.T) {
 		targets[x.name] = x.target
 	}
 	for _, want := range []string{
-		"P1 create+start+wait+remove",                    // P1 in-process
-		"P1 wire: keel-agent binary vs runc run",         // P1 over the wire
-		"P1 in guest: agent (vsock) vs runc run",         // P1 in the guest
-		"P1 in guest: agent (vsock) vs crun run",         // and crun's ratio
-		"P2 exec /bin/true vs runc exec",                 // P2 in-process
-		"P2 wire: keel-agent binary vs runc exec",        // P2 over the wire
-		"P2 in guest: agent exec (vsock) vs runc",        // P2 in the guest
-		"P3 stdout RPC path, container dd, 32 KiB",       // P3 RPC path at Kata's read size
-		"P3 wire: keel-agent binary, 32 KiB reads",       // P3 RPC path, real binary
-		"P3 RPC path, Keel client stream reader, 32 KiB", // P3 RPC path, Keel's own client
-		"P3 wire: Keel client stream reader, keel-agent", // and from the binary
-		"P3 stdout fast path vs raw",                     // P3 fast path
-		"P6 uptime when serving every RPC",               // P6 boot vs trivial init
-		"P6 icount (guest work only)",                    // P6 without TCG's translation
-		"P6 QEMU start->first gated RPC, DAX on virtio",  // P6 QEMU start -> first RPC
-		"guest memory used: Keel kernel+DAX vs",          // memory, guest
-		"agent RssAnon: Keel kernel+DAX vs Debian",       // memory, agent
-		"P3 VM: ReadStdout (32 KiB, as Kata) vs raw",     // VM stdout over ReadStdout
-		"P3 VM: passfd stdout vs raw AF_VSOCK",           // VM stdout over passfd
+		"P1 create+start+wait+remove",                   // P1 in-process
+		"P1 wire: keel-agent binary vs runc run",        // P1 over the wire
+		"P1 in guest: agent (vsock) vs runc run",        // P1 in the guest
+		"P1 in guest: agent (vsock) vs crun run",        // and crun's ratio
+		"P2 exec /bin/true vs runc exec",                // P2 in-process
+		"P2 wire: keel-agent binary vs runc exec",       // P2 over the wire
+		"P2 in guest: agent exec (vsock) vs runc",       // P2 in the guest
+		"P3 stdout RPC path, container dd, 32 KiB",      // P3 RPC path at Kata's read size
+		"P3 wire: keel-agent binary, 32 KiB reads",      // P3 RPC path, real binary
+		"P3 stdout fast path vs raw",                    // P3 fast path
+		"P6 uptime when serving every RPC",              // P6 boot vs trivial init
+		"P6 icount (guest work only)",                   // P6 without TCG's translation
+		"P6 QEMU start->first gated RPC, DAX on virtio", // P6 QEMU start -> first RPC
+		"guest memory used: Keel kernel+DAX vs",         // memory, guest
+		"agent RssAnon: Keel kernel+DAX vs Debian",      // memory, agent
+		"P3 VM: ReadStdout (32 KiB, as Kata) vs raw",    // VM stdout over ReadStdout
+		"P3 VM: passfd stdout vs raw AF_VSOCK",          // VM stdout over passfd
 	} {
 		found := false
 		for name, target := range targets {
@@ -141,6 +140,64 @@ func TestIssue16Figures(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("no figure %q", want)
+		}
+	}
+}
+
+// TestClientLibraryIsNotP3: issue 16's P3 is at the read size Kata's
+// runtime uses, and Kata's shim uses the generated client, so the P3
+// target sits on the generated client's rows; the rows of Keel's own
+// client library (protocol/outputreader, benchmarks named *Reader* or arm
+// "reader") are reported beside them, named as such, with no target.
+func TestClientLibraryIsNotP3(t *testing.T) {
+	type row struct{ name, target, bench, unit string }
+	var rows []row
+	for _, p := range pairs {
+		rows = append(rows, row{p.name, p.target, p.keel, p.unit})
+	}
+	for _, x := range reported {
+		rows = append(rows, row{x.name, x.target, x.bench, x.unit})
+	}
+	readers := 0
+	for _, r := range rows {
+		// The reader's figures: its benchmarks' own units, or its arm
+		// ("reader...") of a paired one; not the generated client's arm.
+		reader := strings.HasPrefix(r.unit, "reader") ||
+			(strings.Contains(r.bench, "Reader") || strings.HasSuffix(r.bench, "/reader")) && !strings.HasPrefix(r.unit, "rpc") && !strings.HasPrefix(r.unit, "readstdout")
+		if !reader {
+			continue
+		}
+		readers++
+		if r.target != "report" && r.target != "" {
+			t.Errorf("%q (%s %s) carries target %q: Keel's client library is not P3's client", r.name, r.bench, r.unit, r.target)
+		}
+		if !strings.Contains(r.name, "Keel client lib (outputreader") {
+			t.Errorf("%q (%s %s) does not say it is Keel's client library", r.name, r.bench, r.unit)
+		}
+	}
+	if readers < 8 {
+		t.Errorf("only %d client-library rows found", readers)
+	}
+	// And the generated client's rows at Kata's read size keep P3's target.
+	for _, name := range []string{
+		"P3 stdout RPC path, container dd, 32 KiB reads, vs raw",
+		"P3 wire: keel-agent binary, 32 KiB reads, its GC policy, vs raw",
+		"P3 paired (same iteration): RPC path 32 KiB vs raw, in process",
+		"P3 paired: keel-agent binary, 32 KiB vs raw",
+		"P3 VM: ReadStdout (32 KiB, as Kata) vs raw AF_VSOCK",
+		"P3 VM paired: ReadStdout (generated client) / raw AF_VSOCK",
+	} {
+		found := false
+		for _, r := range rows {
+			if r.name == name {
+				found = true
+				if r.target != ">= 0.3" {
+					t.Errorf("%q: target %q, want >= 0.3", name, r.target)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("no figure %q", name)
 		}
 	}
 }
