@@ -109,7 +109,9 @@ func pid1Unkillable(ctx context.Context, t *testing.T, a pb.AgentServiceService)
 		}
 	}
 	// The hook leaves its count where the container can read it back.
-	script := "n=0; for s in " + strings.Join(sigs, " ") + "; do kill -$s 1 || exit 1; n=$((n+1)); done; echo sent $n > " + ContainerRootfs + "/signals-sent"
+	// It also records PID 1's caught signals (SigCgt) as it sees them.
+	script := "n=0; for s in " + strings.Join(sigs, " ") + "; do kill -$s 1 || exit 1; n=$((n+1)); done; " +
+		"{ echo sent $n; echo agent $(grep SigCgt /proc/1/status); } > " + ContainerRootfs + "/signals-sent"
 	spec := BusyboxSpec(ContainerRootfs, "/bin/cat", "/signals-sent", "/proc/self/status")
 	spec.Hooks = &pb.Hooks{CreateRuntime: []*pb.Hook{{Path: ContainerRootfs + "/bin/busybox", Args: []string{"busybox", "sh", "-c", script}}}}
 	out, errOut, code, err := RunContainer(ctx, a, "signaller", spec)
@@ -119,11 +121,22 @@ func pid1Unkillable(ctx context.Context, t *testing.T, a pb.AgentServiceService)
 	if want := "sent " + strconv.Itoa(len(sigs)) + "\n"; !strings.HasPrefix(out, want) {
 		t.Fatalf("the hook did not signal PID 1: container output %q, want it to start with %q", out, want)
 	}
-	ign := ""
+	ign, agentCgt := "", ""
 	for _, l := range strings.Split(out, "\n") {
 		if v, ok := strings.CutPrefix(l, "SigIgn:"); ok {
 			ign = strings.TrimSpace(v)
 		}
+		if v, ok := strings.CutPrefix(l, "agent SigCgt:"); ok {
+			agentCgt = strings.TrimSpace(v)
+		}
+	}
+	// Signals 32-34 have a handler in PID 1: SIG_DFL would let a signal
+	// that arrives while the target thread blocks it (Go blocks all while
+	// forking) kill init (init/sigguard catchReserved).
+	if cgt, err := strconv.ParseUint(agentCgt, 16, 64); err != nil {
+		t.Errorf("PID 1's SigCgt %q from the hook: %v", agentCgt, err)
+	} else if want := uint64(7) << 31; cgt&want != want {
+		t.Errorf("PID 1's SigCgt %#x lacks signals 32-34 (%#x): they are SIG_DFL", cgt, want)
 	}
 	if ign != "0000000000000000" {
 		t.Errorf("container process starts with ignored signals: SigIgn %q", ign)
