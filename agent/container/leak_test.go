@@ -332,8 +332,8 @@ func TestExecReapedBeforeWatchKeepsNoPidfd(t *testing.T) {
 		if st := waitStatus(t, p); st.Code != 5 {
 			t.Fatalf("exec %d: %+v, want exit code 5", i, st)
 		}
-		if !reapedFirst {
-			t.Fatalf("exec %d: the orphan loop did not reap the program before the watch (the window was not hit)", i)
+		if !reapedFirst || !p.released {
+			t.Fatalf("exec %d: the orphan loop did not reap the program before the watch (reaped %t, handle released %t: the window was not hit)", i, reapedFirst, p.released)
 		}
 		c.ForgetProcess(p)
 	}

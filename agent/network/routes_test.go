@@ -26,6 +26,7 @@ func routeNS(t *testing.T) (*nettest.NS, *network.Network) {
 	ns.IP("link", "set", "eth1", "up")
 	peer.IP("link", "set", "p0", "up")
 	peer.IP("link", "set", "p1", "up")
+	ns.WaitCarrier("eth0", "eth1")
 	return ns, newNet(t, ns, network.Config{})
 }
 

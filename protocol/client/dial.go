@@ -81,7 +81,7 @@ func DialAddr(ctx context.Context, a addr.Address) (net.Conn, error) {
 		if permanent(err) {
 			return nil, &DialError{Addr: a.String(), Attempts: attempt, Err: err}
 		}
-		if ctx.Err() == nil || reason == nil {
+		if !cutShort(ctx) || reason == nil {
 			// An attempt cut short by the deadline says only that
 			// time ran out: keep the reason the earlier ones failed.
 			reason = err
@@ -95,6 +95,17 @@ func DialAddr(ctx context.Context, a addr.Address) (net.Conn, error) {
 		}
 		wait = min(wait*2, MaxBackoff)
 	}
+}
+
+// cutShort reports whether ctx has ended or its deadline has passed: a
+// dial bounded by the deadline can fail with "i/o timeout" a moment
+// before ctx's own timer marks it done.
+func cutShort(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
 
 func dialOnce(ctx context.Context, a addr.Address) (net.Conn, error) {

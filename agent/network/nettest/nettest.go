@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/keelvm/keel/init/reaper"
 )
@@ -160,4 +161,29 @@ func (ns *NS) Links() map[string]Link {
 func (ns *NS) Routes() string {
 	ns.t.Helper()
 	return ns.IP("route", "show", "table", "main") + ns.IP("-6", "route", "show", "table", "main")
+}
+
+// WaitCarrier waits (at most 5 s) until every named link has carrier
+// (LOWER_UP). A veth's carrier follows its peer's "up" asynchronously
+// (the kernel's link watch), and a route on a link without it prints as
+// "linkdown": tests that compare route tables wait for it first.
+func (ns *NS) WaitCarrier(names ...string) {
+	ns.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		links, missing := ns.Links(), ""
+		for _, n := range names {
+			if !links[n].HasFlag("LOWER_UP") {
+				missing = n
+				break
+			}
+		}
+		if missing == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			ns.t.Fatalf("%s: %s has no carrier after 5 s", ns.Name, missing)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -151,6 +151,9 @@ func startInitUsage(bin string, use *initUsage, extraEnv []string, timeout time.
 	cmd := exec.Command(bin, "init")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	// Stages 1 and 2 inherit the output pipe: were one left running after
+	// a failure before its pid arrived, cmd.Wait would wait for it.
+	cmd.WaitDelay = time.Until(deadline) + time.Second
 	cmd.ExtraFiles = []*os.File{initChild, syncChild, logW}
 	cmd.Env = append([]string{
 		"GOMAXPROCS=1", // the agent's, which libcontainer passes on (agent/container/initenv.go)
