@@ -72,9 +72,13 @@ func state(pid int) string {
 // TestEveryHeldSignalSurvived sends every signal of Held to a process that
 // called Hold: it neither dies nor stops, catches them with handlers (not
 // SIG_IGN), and a program it execs starts with no signal ignored.
-func TestEveryHeldSignalSurvived(t *testing.T) {
+// startChild runs this test binary as a child in mode (see TestMain) and
+// returns its pid once it printed "ready", with the lines it printed up to
+// and including that one. The child is killed and waited for when t ends.
+func startChild(t *testing.T, mode string) (int, []string) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1")
+	cmd.Env = append(os.Environ(), childEnv+"="+mode)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +86,7 @@ func TestEveryHeldSignalSurvived(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	sc := bufio.NewScanner(out)
 	var lines []string
 	for sc.Scan() {
@@ -91,17 +95,24 @@ func TestEveryHeldSignalSurvived(t *testing.T) {
 			break
 		}
 	}
-	if len(lines) < 2 || lines[len(lines)-1] != "ready" {
+	if len(lines) == 0 || lines[len(lines)-1] != "ready" {
 		t.Fatalf("child did not get ready: %q", lines)
-	}
-	if got := strings.Fields(lines[0]); len(got) != 3 || got[2] != "0000000000000000" {
-		t.Errorf("a program exec'd by the guarded process starts with ignored signals: %q", lines[0])
 	}
 	go func() {
 		for sc.Scan() {
 		}
 	}()
-	pid := cmd.Process.Pid
+	return cmd.Process.Pid, lines
+}
+
+func TestEveryHeldSignalSurvived(t *testing.T) {
+	pid, lines := startChild(t, "1")
+	if len(lines) < 2 {
+		t.Fatalf("child printed nothing before ready: %q", lines)
+	}
+	if got := strings.Fields(lines[0]); len(got) != 3 || got[2] != "0000000000000000" {
+		t.Errorf("a program exec'd by the guarded process starts with ignored signals: %q", lines[0])
+	}
 	if ign := procStatus(t, pid, "SigIgn"); ign != 0 {
 		t.Errorf("guarded process has SigIgn %#x: ignored dispositions would be inherited", ign)
 	}
@@ -144,21 +155,7 @@ func TestEveryHeldSignalSurvived(t *testing.T) {
 // until init/boot holds Realtime after the agent listens) survives every
 // real-time signal 35 to 64, which the Go runtime drops by itself.
 func TestRealtimeSurvivedBeforeHeld(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=fatal")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	sc := bufio.NewScanner(out)
-	if !sc.Scan() || sc.Text() != "ready" {
-		t.Fatalf("child did not get ready: %q", sc.Text())
-	}
-	pid := cmd.Process.Pid
+	pid, _ := startChild(t, "fatal")
 	if len(Realtime()) != 30 {
 		t.Fatalf("Realtime() has %d signals, want 35..64", len(Realtime()))
 	}
@@ -180,21 +177,7 @@ func TestRealtimeSurvivedBeforeHeld(t *testing.T) {
 // signal kill PID 1 (see catchReserved); an ignored disposition is not
 // used instead. The control, an unguarded Go process, dies of signal 34.
 func TestReservedSignalsCaught(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=fatal")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	sc := bufio.NewScanner(out)
-	if !sc.Scan() || sc.Text() != "ready" {
-		t.Fatalf("child did not get ready: %q", sc.Text())
-	}
-	pid := cmd.Process.Pid
+	pid, _ := startChild(t, "fatal")
 	cgt, ign := procStatus(t, pid, "SigCgt"), procStatus(t, pid, "SigIgn")
 	for sig := 32; sig <= 34; sig++ {
 		if cgt&(1<<(sig-1)) == 0 {
