@@ -552,18 +552,78 @@ func holdZombie(t *testing.T) (int, <-chan ExitStatus) {
 // wait(P_ALL) returns first does not keep the orphans behind it from being
 // reaped: they are reaped by pid. Once released, the held one is reaped
 // too. (Before, every orphan of the guest waited behind it.) The same
-// without CONFIG_PROC_CHILDREN (the children are found in /proc/*/stat).
+// without CONFIG_PROC_CHILDREN: noProcChildren makes mainThreadChildren
+// take the branch a missing /proc/<pid>/task/<tid>/children takes (its
+// read fails, whatever the error), which lists every child of the process
+// from /proc/*/stat, children of other threads too; those must be refused
+// (waitid __WNOTHREAD): a zombie child of another, live thread, listed
+// there, is still its own thread's to wait once the orphans were reaped
+// around the held one.
 func TestHeldZombieBlocksNoOtherOrphan(t *testing.T) {
-	t.Run("proc-children", func(t *testing.T) { heldZombieBlocksNoOtherOrphan(t) })
+	t.Run("proc-children", func(t *testing.T) { heldZombieBlocksNoOtherOrphan(t, false) })
 	t.Run("no-proc-children", func(t *testing.T) {
 		noProcChildren.Store(true)
 		t.Cleanup(func() { noProcChildren.Store(false) })
-		heldZombieBlocksNoOtherOrphan(t)
+		heldZombieBlocksNoOtherOrphan(t, true)
 	})
 }
 
-func heldZombieBlocksNoOtherOrphan(t *testing.T) {
+// otherThreadZombie forks, from a thread that stays alive, a child that
+// exits 5 at once, and returns its pid once it is a zombie: a child of
+// this process that is not the main thread's, so not an orphan, which the
+// orphan loop must leave to its thread. wait reaps it on that thread.
+func otherThreadZombie(t *testing.T) (pid int, wait func() (unix.WaitStatus, error)) {
+	t.Helper()
+	type result struct {
+		ws  unix.WaitStatus
+		err error
+	}
+	pids, reap, res := make(chan int, 1), make(chan struct{}), make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		cmd := exec.Command("/bin/sh", "-c", "exit 5")
+		if err := cmd.Start(); err != nil {
+			pids <- -1
+			res <- result{err: err}
+			return
+		}
+		pids <- cmd.Process.Pid
+		<-reap
+		var ws unix.WaitStatus
+		_, err := unix.Wait4(cmd.Process.Pid, &ws, unix.WALL|unix.WNOTHREAD, nil)
+		cmd.Process.Release()
+		res <- result{ws, err}
+	}()
+	var once sync.Once
+	var got result
+	wait = func() (unix.WaitStatus, error) {
+		once.Do(func() { close(reap); got = <-res })
+		return got.ws, got.err
+	}
+	if pid = <-pids; pid < 0 {
+		t.Fatal((<-res).err)
+	}
+	t.Cleanup(func() { wait() })
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		var info unix.Siginfo
+		if unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, nil) == nil {
+			if _, ok := fromSiginfo(&info); ok {
+				return pid, wait
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the other thread's child did not exit")
+		}
+	}
+}
+
+func heldZombieBlocksNoOtherOrphan(t *testing.T, fallback bool) {
 	_, heldSt := holdZombie(t)
+	other, waitOther := otherThreadZombie(t)
+	if fallback && !slices.Contains(mainThreadChildren(), other) {
+		t.Fatalf("the /proc/*/stat fallback does not list child %d of another thread (it lists %v)", other, mainThreadChildren())
+	}
+	arounds := r.arounds.Load()
 	for i := range 3 {
 		cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf("exit %d", 10+i))
 		forkFromDyingThread(t, cmd, nil)
@@ -577,6 +637,12 @@ func heldZombieBlocksNoOtherOrphan(t *testing.T) {
 	case st := <-heldSt:
 		t.Fatalf("the held zombie was reaped: %+v", st)
 	default:
+	}
+	if r.arounds.Load() == arounds {
+		t.Fatal("the orphans were reaped without a pass over the main thread's children (the test proves nothing)")
+	}
+	if ws, err := waitOther(); err != nil || ws.ExitStatus() != 5 {
+		t.Fatalf("the other thread's child, after the orphans were reaped around the held zombie: wait %v, %v; want its exit 5 (the orphan loop reaped it?)", ws, err)
 	}
 	Hold(nil)
 	Kick()
