@@ -69,6 +69,29 @@ func waitNoChildren(t *testing.T) {
 	t.Fatalf("children left (zombies?): %v", children(t))
 }
 
+// statusWithin returns the status ch delivers, failing the test (what: no
+// status) when none comes within 10 s.
+func statusWithin(t *testing.T, ch <-chan ExitStatus, what string) ExitStatus {
+	t.Helper()
+	select {
+	case st := <-ch:
+		return st
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: no status in 10 s", what)
+		return ExitStatus{}
+	}
+}
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
 func TestCommandStatusAndOutput(t *testing.T) {
 	for _, tc := range []struct {
 		script string
@@ -255,13 +278,8 @@ func TestWatchUsesNoThreadPerProcess(t *testing.T) {
 		_ = c.Process.Kill()
 	}
 	for i, ch := range chans {
-		select {
-		case st := <-ch:
-			if st.Signal != unix.SIGKILL {
-				t.Errorf("process %d: %+v", i, st)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("process %d: no status", i)
+		if st := statusWithin(t, ch, fmt.Sprintf("process %d", i)); st.Signal != unix.SIGKILL {
+			t.Errorf("process %d: %+v", i, st)
 		}
 	}
 	if threads > n/4 {
@@ -344,14 +362,7 @@ func TestRegisterSinceDropsStaleStatus(t *testing.T) {
 // one leaves the owner's pidfd open until a garbage collection.
 func TestWatchedOrphanLeftToItsOwner(t *testing.T) {
 	const n = 40
-	fds := func() int {
-		ents, err := os.ReadDir("/proc/self/fd")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(ents)
-	}
-	before := fds()
+	before := openFDs(t)
 	stolen := 0
 	for i := range n {
 		r, w, err := os.Pipe()
@@ -362,36 +373,11 @@ func TestWatchedOrphanLeftToItsOwner(t *testing.T) {
 		// that forked it.
 		cmd := exec.Command("/bin/sh", "-c", "read x; exit 3")
 		cmd.Stdin = r
-		type forked struct {
-			tid     int
-			started time.Time
-			err     error
-		}
-		ch := make(chan forked)
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-			started := time.Now()
-			err := cmd.Start()
-			ch <- forked{unix.Gettid(), started, err}
-		}()
-		f := <-ch
+		started := time.Now()
+		forkFromDyingThread(t, cmd, nil)
 		r.Close()
-		if f.err != nil {
-			t.Fatal(f.err)
-		}
-		task := fmt.Sprintf("/proc/self/task/%d", f.tid)
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			if _, err := os.Stat(task); errors.Is(err, os.ErrNotExist) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("forking thread %d did not exit", f.tid)
-			}
-			time.Sleep(time.Millisecond)
-		}
 		reapErr := errors.New("reap not called")
-		st, err := WatchThen(cmd.Process.Pid, f.started, func() (unix.WaitStatus, error) {
+		st, err := WatchThen(cmd.Process.Pid, started, func() (unix.WaitStatus, error) {
 			ps, err := cmd.Process.Wait()
 			reapErr = err
 			if err != nil {
@@ -403,13 +389,8 @@ func TestWatchedOrphanLeftToItsOwner(t *testing.T) {
 			t.Fatal(err)
 		}
 		w.Close() // the child exits
-		select {
-		case s := <-st:
-			if s.Code != 3 {
-				t.Fatalf("cycle %d: %+v", i, s)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("cycle %d: no status", i)
+		if s := statusWithin(t, st, fmt.Sprintf("cycle %d", i)); s.Code != 3 {
+			t.Fatalf("cycle %d: %+v", i, s)
 		}
 		if reapErr != nil {
 			stolen++
@@ -417,7 +398,7 @@ func TestWatchedOrphanLeftToItsOwner(t *testing.T) {
 	}
 	// No runtime.GC(): an os.Process whose wait failed keeps its pidfd
 	// until a GC cleanup, which is the leak this test is about.
-	after := fds()
+	after := openFDs(t)
 	t.Logf("%d watched orphans: %d reaped behind their owner's back; fds %d -> %d", n, stolen, before, after)
 	if stolen > 0 || after > before {
 		t.Errorf("%d of %d watched processes were reaped by the orphan loop; fds %d -> %d", stolen, n, before, after)
@@ -449,13 +430,8 @@ func TestStatusKeptWhenReapFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Close() // the child exits 7
-	select {
-	case s := <-st:
-		if s.Code != 7 {
-			t.Fatalf("status %+v, want exit 7", s)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no status delivered after the reap function failed")
+	if s := statusWithin(t, st, "after the reap function failed"); s.Code != 7 {
+		t.Fatalf("status %+v, want exit 7", s)
 	}
 }
 
@@ -468,32 +444,12 @@ func TestStatusKeptWhenReapFails(t *testing.T) {
 func TestWatchThenReleasesWhenReapedFirst(t *testing.T) {
 	old := debug.SetGCPercent(-1) // a GC would close a leaked pidfd
 	defer debug.SetGCPercent(old)
-	fds := func() int {
-		ents, err := os.ReadDir("/proc/self/fd")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(ents)
-	}
-	before := fds()
+	before := openFDs(t)
 	for i := range 5 {
 		cmd := exec.Command("/bin/sh", "-c", "exit 4")
 		reaped := Reaped()
-		type forked struct {
-			started time.Time
-			err     error
-		}
-		ch := make(chan forked)
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-			started := time.Now()
-			err := cmd.Start()
-			ch <- forked{started, err}
-		}()
-		f := <-ch
-		if f.err != nil {
-			t.Fatal(f.err)
-		}
+		started := time.Now()
+		forkFromDyingThread(t, cmd, nil)
 		// Gone from the pid table only once reaped (a zombie is there).
 		deadline := time.Now().Add(10 * time.Second)
 		for Reaped() == reaped || unix.Kill(cmd.Process.Pid, 0) == nil {
@@ -503,7 +459,7 @@ func TestWatchThenReleasesWhenReapedFirst(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 		reapCalled, released := false, false
-		st, err := WatchThen(cmd.Process.Pid, f.started, func() (unix.WaitStatus, error) {
+		st, err := WatchThen(cmd.Process.Pid, started, func() (unix.WaitStatus, error) {
 			reapCalled = true
 			return 0, errors.New("reaped already")
 		}, func() {
@@ -513,19 +469,14 @@ func TestWatchThenReleasesWhenReapedFirst(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case s := <-st:
-			if s.Code != 4 {
-				t.Fatalf("round %d: status %+v, want exit code 4", i, s)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("round %d: no status for a process reaped before its watch", i)
+		if s := statusWithin(t, st, fmt.Sprintf("round %d: a process reaped before its watch", i)); s.Code != 4 {
+			t.Fatalf("round %d: status %+v, want exit code 4", i, s)
 		}
 		if reapCalled || !released {
 			t.Fatalf("round %d: reap called %v, release called %v; want only release", i, reapCalled, released)
 		}
 	}
-	if after := fds(); after > before {
+	if after := openFDs(t); after > before {
 		t.Fatalf("fds %d -> %d after 5 processes reaped before their watch", before, after)
 	}
 }
@@ -616,14 +567,10 @@ func heldZombieBlocksNoOtherOrphan(t *testing.T) {
 	for i := range 3 {
 		cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf("exit %d", 10+i))
 		forkFromDyingThread(t, cmd, nil)
-		select {
-		case st := <-Register(cmd.Process.Pid):
-			if st.Code != 10+i {
-				t.Fatalf("orphan %d: %+v", i, st)
-			}
-		case <-time.After(10 * time.Second):
-			Unregister(cmd.Process.Pid)
-			t.Fatalf("orphan %d not reaped in 10 s behind a held zombie", i)
+		pid := cmd.Process.Pid
+		t.Cleanup(func() { Unregister(pid) })
+		if st := statusWithin(t, Register(pid), fmt.Sprintf("orphan %d behind a held zombie", i)); st.Code != 10+i {
+			t.Fatalf("orphan %d: %+v", i, st)
 		}
 	}
 	select {
@@ -633,13 +580,8 @@ func heldZombieBlocksNoOtherOrphan(t *testing.T) {
 	}
 	Hold(nil)
 	Kick()
-	select {
-	case st := <-heldSt:
-		if st.Code != 1 {
-			t.Fatalf("held zombie: %+v", st)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the released zombie was not reaped")
+	if st := statusWithin(t, heldSt, "the released zombie"); st.Code != 1 {
+		t.Fatalf("held zombie: %+v", st)
 	}
 }
 
