@@ -1,0 +1,122 @@
+package kernelcheck
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keelvm/keel/kernel-config/required"
+)
+
+var gaps = []required.Missing{
+	{Feature: "virtio", Option: "VIRTIO_MMIO", Got: "n"},
+	{Feature: "shared-filesystems", Option: "FUSE_FS", Got: "m"},
+}
+
+var gapLines = []string{"keel.kernel.missing=virtio:VIRTIO_MMIO=n", "keel.kernel.missing=shared-filesystems:FUSE_FS=m"}
+
+func TestLines(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		missing []required.Missing
+		err     error
+		want    []string
+	}{
+		{"complete kernel", nil, nil, []string{}},
+		{"gaps", gaps, nil, gapLines},
+		{"no /proc/config.gz", nil, required.ErrNotAvailable, []string{"keel.kernel.config=unavailable"}},
+		{"unreadable", gaps, errors.New("gzip: invalid header"), []string{"keel.kernel.config=unavailable"}},
+	} {
+		if got := Lines(tc.missing, tc.err); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: Lines = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestCheckRunsOnce: however many GetGuestDetails ask, sequentially or at
+// once, before or after Start, the kernel's configuration is read once and
+// every caller gets the same answer.
+func TestCheckRunsOnce(t *testing.T) {
+	var runs atomic.Int32
+	r := New(func() ([]required.Missing, error) {
+		runs.Add(1)
+		time.Sleep(10 * time.Millisecond) // let the callers pile up
+		return gaps, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			got, err := r.Lines(ctx)
+			if err != nil || !reflect.DeepEqual(got, gapLines) {
+				t.Errorf("Lines = %q, %v; want %q", got, err, gapLines)
+			}
+		})
+	}
+	r.Start()
+	wg.Wait()
+	for range 5 {
+		r.Start()
+		got, err := r.Lines(ctx)
+		if err != nil || !reflect.DeepEqual(got, gapLines) {
+			t.Errorf("Lines = %q, %v; want %q", got, err, gapLines)
+		}
+		got[0] = "changed by the caller" // a copy: the next caller must not see it
+	}
+	if n := runs.Load(); n != 1 {
+		t.Errorf("the check ran %d times, want once", n)
+	}
+}
+
+// TestStartRunsInBackground: Start returns at once and the check runs
+// without anybody asking, so a later GetGuestDetails finds it done.
+func TestStartRunsInBackground(t *testing.T) {
+	ran := make(chan struct{})
+	release := make(chan struct{})
+	r := New(func() ([]required.Missing, error) {
+		close(ran)
+		<-release
+		return nil, required.ErrNotAvailable
+	})
+	r.Start()
+	select {
+	case <-ran:
+	case <-time.After(time.Minute):
+		t.Fatal("Start did not start the check")
+	}
+	close(release)
+	got, err := r.Lines(context.Background())
+	if err != nil || !reflect.DeepEqual(got, []string{"keel.kernel.config=unavailable"}) {
+		t.Errorf("Lines = %q, %v", got, err)
+	}
+}
+
+// TestLinesWaitIsBounded: a check that does not finish holds a caller only
+// as long as its context; a later caller still gets the result.
+func TestLinesWaitIsBounded(t *testing.T) {
+	release := make(chan struct{})
+	r := New(func() ([]required.Missing, error) {
+		<-release
+		return gaps, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	got, err := r.Lines(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || got != nil {
+		t.Fatalf("Lines with a check stuck = %q, %v; want context.DeadlineExceeded", got, err)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("Lines returned %v after its deadline", d)
+	}
+	close(release)
+	got, err = r.Lines(context.Background())
+	if err != nil || !reflect.DeepEqual(got, gapLines) {
+		t.Errorf("Lines after the check finished = %q, %v", got, err)
+	}
+}
