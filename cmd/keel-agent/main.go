@@ -45,7 +45,6 @@ import (
 	"github.com/keelvm/keel/init/reaper"
 	"github.com/keelvm/keel/init/shutdown"
 	"github.com/keelvm/keel/init/timeline"
-	"github.com/keelvm/keel/kernel-config/required"
 )
 
 func main() {
@@ -265,7 +264,7 @@ func run(args []string) error {
 	var destroyOnce sync.Once
 	devs := &devices.Manager{Locator: devices.Uevents{Reg: uevents}}
 	// The kernel check runs once, started when the boot gate opens.
-	kernelReport := extraReport{kernel: kernelcheck.New(required.CheckRunning)}
+	kernelReport := extraReport{kernel: kernelcheck.New(kernelcheck.Running)}
 	svc := service.New(service.Handlers{
 		Guest: &service.Guest{Metrics: reg, ExtraFeatures: kernelReport.extraFeatures, DeviceHandlers: devices.Types},
 		Containers: containers.New(containers.Options{

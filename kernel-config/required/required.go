@@ -128,9 +128,19 @@ func checkFile(path string) ([]Missing, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	cfg, err := readWanted(zr)
+	m, err := CheckConfig(zr)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
+}
+
+// CheckConfig checks the .config read from r (uncompressed): Check of
+// ReadConfig, keeping only the options Check looks at.
+func CheckConfig(r io.Reader) ([]Missing, error) {
+	cfg, err := readWanted(r)
+	if err != nil {
+		return nil, err
 	}
 	return Check(cfg), nil
 }
