@@ -451,8 +451,11 @@ var abandonedStages = map[string]bool{"runc:[0:PARENT]": true, "runc:[1:CHILD]":
 // ECHILD and leave the pidfd open until a garbage collection (seen as
 // TestRPCBadInput's "fds 18 -> 19" under load: the loop reaped a failed
 // "runc:[2:INIT]"). So the orphan loop holds bootstrap-stage zombies while
-// any start is in flight, and the stages a failed start abandoned are
-// reaped only once no start is in flight.
+// any start is in flight. A failed start reaps the stages it abandoned on
+// its own thread (reapThreadStages); those that die later are reaped only
+// once no start is in flight (reapAbandonedStages). A start stuck for good
+// keeps its own: libcontainer may still turn their pids into handles (see
+// SPECIFICATION.md, "Known limits" of the stuck start).
 var starts struct {
 	// mu is read-held by every start in flight; reapAbandonedStages
 	// only ever TryLocks it, so no start waits on a blocking call.
@@ -497,6 +500,38 @@ func (startInFlight) end() {
 	}
 	if last {
 		reaper.Kick()
+	}
+}
+
+// reapThreadStages reaps the bootstrap-stage zombies among the calling
+// thread's children. startProcess calls it when libcontainer's Start has
+// failed, still on the thread it locked for the start: every stage forked
+// on that thread belongs to this start or to one that ran on it earlier,
+// and both have returned, so libcontainer waits none of them any more (a
+// stage whose pid it learnt it has waited, or terminated and waited,
+// before Start returned; the others it never learnt). The start's final
+// process, should it be one of them, is watched and left alone. This needs
+// no "no start in flight" as reapAbandonedStages does, so a start stuck
+// elsewhere does not keep a failed start's zombies. Stages still running
+// now are left to reapAbandonedStages; without CONFIG_PROC_CHILDREN all of
+// them are.
+func reapThreadStages() {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/children", unix.Gettid()))
+	if err != nil {
+		return
+	}
+	for _, f := range strings.Fields(string(b)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil || pid <= 0 || reaper.Watched(pid) {
+			continue
+		}
+		if _, state, comm := statOf(pid); state != "Z" || !abandonedStages[comm] {
+			continue
+		}
+		// A zombie child keeps its pid until reaped, and __WNOTHREAD
+		// takes only this thread's child of that pid.
+		var info unix.Siginfo
+		_ = unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WALL|unix.WNOTHREAD, nil)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -628,4 +629,108 @@ func TestFrozenExecRefusesLaterExecs(t *testing.T) {
 	refusedAtOnce(t, c, "later", "frozen")
 	set("THAWED")
 	execRunsAgain(t, c)
+}
+
+// TestFailedStartReapsItsStagesWhileAnotherIsStuck: a start that fails
+// reaps the bootstrap stages it abandoned when it returns, although another
+// start (another container's exec, held in the start hook after
+// libcontainer's Start: in flight) has not ended. The abandoned stage is
+// stood in for by a process named runc:[1:CHILD] that the failing exec's
+// start hook forks on the start's thread and never waits, as libcontainer
+// leaves a stage whose pid it never learnt (stage 0 killed before it sent
+// it). Before, such zombies were reaped only once no start was in flight:
+// never, while a start stays stuck.
+func TestFailedStartReapsItsStagesWhileAnotherIsStuck(t *testing.T) {
+	s := newLaunchSandbox(t, 30*time.Second)
+	var cs []*Container
+	for _, prefix := range []string{"held", "failing"} {
+		id := uniqueID(prefix)
+		c, err := s.CreateContainer(ContainerConfig{ID: id, Spec: testSpec("sleep", "100")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.RemoveContainer(context.Background(), id, 0) })
+		cs = append(cs, c)
+	}
+	stage := filepath.Join(t.TempDir(), "runc:[1:CHILD]") // its comm
+	if err := os.Symlink("/bin/true", stage); err != nil {
+		t.Fatal(err)
+	}
+	release, held := make(chan struct{}), make(chan struct{})
+	stagePid := make(chan int, 1)
+	startHook = func(execID, at string) {
+		switch {
+		case execID == "held" && at == "started":
+			close(held)
+			<-release
+		case execID == "failing" && at == "started":
+			// Forked from this goroutine's thread; no pidfd kept.
+			pid, err := syscall.ForkExec(stage, []string{stage}, &syscall.ProcAttr{})
+			if err != nil {
+				t.Errorf("fork the stand-in stage: %v", err)
+			}
+			// Dead by the time Start returns, like a stage killed
+			// before its start gave up.
+			for i := 0; i < 500 && err == nil; i++ {
+				if _, state, _ := statOf(pid); state == "Z" {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			stagePid <- pid
+		}
+	}
+	var once bool
+	unhold := func() {
+		if !once {
+			once = true
+			close(release)
+		}
+	}
+	t.Cleanup(func() { unhold(); startHook = nil })
+	heldDone := make(chan error, 1)
+	go func() {
+		_, err := cs[0].Exec("held", specProcess("/bin/true"), newIO(t, false))
+		heldDone <- err
+	}()
+	select {
+	case <-held:
+	case err := <-heldDone:
+		t.Fatalf("the held exec returned: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the held exec never reached the start hook")
+	}
+	if _, err := cs[1].Exec("failing", specProcess("/nonexistent/program"), newIO(t, false)); err == nil {
+		t.Fatal("an exec of a missing program started")
+	}
+	pid := <-stagePid
+	if pid <= 0 {
+		t.Fatal("no stand-in stage")
+	}
+	// It has exited by now (true), and must be reaped while the held
+	// start is still in flight.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ppid, state, comm := statOf(pid)
+		if state == "" {
+			break // reaped
+		}
+		if ppid != os.Getpid() || comm != "runc:[1:CHILD]" {
+			t.Fatalf("pid %d is %q (parent %d, state %s): not the stand-in stage", pid, comm, ppid, state)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the failed start's abandoned stage (pid %d, state %s) is not reaped while another start is in flight", pid, state)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := starts.n.Load(); n == 0 {
+		t.Fatal("no start in flight: the held exec ended before the check")
+	}
+	unhold()
+	if err := <-heldDone; err != nil {
+		t.Fatalf("the held exec: %v", err)
+	}
 }

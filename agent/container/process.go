@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"reflect"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -288,6 +289,14 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 	if startHook != nil {
 		startHook(id, "before")
 	}
+	// The start runs on a thread of its own until it returns, so the
+	// processes libcontainer forks for it (stage 0, and stages 1-2 cloned
+	// with CLONE_PARENT) are children of this thread and of no other
+	// start, and the stages it abandons can be told apart and reaped when
+	// it fails (reapThreadStages). Unlocked after inFlight.end (deferred
+	// calls run last first).
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	inFlight := beginStart()
 	defer inFlight.end()
 	started := time.Now()
@@ -318,7 +327,8 @@ func startProcess(lc *libcontainer.Container, lp *libcontainer.Process, id strin
 		io.CloseChildSide()
 	}
 	if err != nil {
-		inFlight.failed()
+		reapThreadStages()
+		inFlight.failed() // for stages still running now
 		return nil, err
 	}
 	p := &Process{ID: id, Init: lp.Init, Pid: pid, io: io, lp: lp, released: released, done: make(chan struct{}), state: ProcessRunning}

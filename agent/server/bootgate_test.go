@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -37,25 +35,7 @@ func gated(t *testing.T, agent pb.AgentServiceService, g *bootgate.Gate) *ttrpc.
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := Listen("unix://" + filepath.Join(t.TempDir(), "agent.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(context.Background(), l) }()
-	conn, err := net.Dial("unix", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := ttrpc.NewClient(conn)
-	t.Cleanup(func() {
-		c.Close()
-		s.Close()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return c
+	return serveUnix(t, s)()
 }
 
 // Before the boot finished, Health answers at once while any other

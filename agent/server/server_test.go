@@ -5,13 +5,10 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -73,25 +70,7 @@ func serveOpts(t *testing.T, agent pb.AgentServiceService, m *metrics.Registry, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := Listen("unix://" + filepath.Join(t.TempDir(), "agent.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(context.Background(), l) }()
-	conn, err := net.Dial("unix", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := ttrpc.NewClient(conn)
-	t.Cleanup(func() {
-		c.Close()
-		s.Close()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return pb.NewAgentServiceClient(c)
+	return pb.NewAgentServiceClient(serveUnix(t, s)())
 }
 
 // A service that implements EncodedStreamReader has ReadStdout and

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -479,10 +480,12 @@ func (m *Manager) findDisk(ctx context.Context, field string, s Storage) (string
 	switch s.Driver {
 	case DriverBlk:
 		if strings.HasPrefix(s.Source, "/dev/") {
-			if err := isBlockDevice(s.Source); err != nil {
+			name, err := devSource(s.Source)
+			if err != nil {
 				return "", invalidf("%s.source %q: %v", field, trunc(s.Source), err)
 			}
-			return s.Source, nil
+			mt = uevent.BlockNode("/dev", name)
+			break
 		}
 		p, err := pcipath.Parse(s.Source)
 		if err != nil {
@@ -505,6 +508,9 @@ func (m *Manager) findDisk(ctx context.Context, field string, s Storage) (string
 	start := time.Now()
 	ev, err := m.cfg.Devices.Wait(ctx, mt, 0)
 	if err != nil {
+		if s.Driver == DriverBlk && errors.Is(err, context.DeadlineExceeded) && isBlockDevice(s.Source) == nil {
+			err = fmt.Errorf("%w (the node is there, its disk is not ready: not in sysfs, or opening it answers ENXIO)", err)
+		}
 		return "", fmt.Errorf("%s.source %q: %w", field, trunc(s.Source), err)
 	}
 	m.cfg.Log.Info("disk found", "driver", s.Driver, "storage_source", s.Source, "devname", ev.DevName, "waited_ms", time.Since(start).Milliseconds())
@@ -512,6 +518,24 @@ func (m *Manager) findDisk(ctx context.Context, field string, s Storage) (string
 		return "", fmt.Errorf("%s.source %q: %s has no device node", field, s.Source, ev.DevPath)
 	}
 	return "/dev/" + ev.DevName, nil
+}
+
+// devSource checks a "blk" storage's /dev source and returns its name
+// under /dev. A node that is missing may be a disk not added yet (it is
+// waited for); one that is there must be a block device. Kata's agent
+// takes the node as it is; Keel waits for its disk to be ready, as for a
+// PCI path: a hot-plugged disk's node answers ENXIO until the kernel has
+// finished adding it.
+func devSource(source string) (string, error) {
+	name, _ := strings.CutPrefix(source, "/dev/")
+	if name == "" || path.Clean(source) != source || strings.ContainsRune(source, 0) {
+		return "", errors.New("want a clean path under /dev")
+	}
+	err := isBlockDevice(source)
+	if errors.Is(err, unix.ENOENT) {
+		return name, nil
+	}
+	return name, err
 }
 
 func isBlockDevice(p string) error {

@@ -48,24 +48,7 @@ func TestWatchableSourceSwappedMidWalk(t *testing.T) {
 			dst := filepath.Join(root, "dst")
 			must(t, os.Mkdir(dst, 0o755))
 
-			stop := make(chan struct{})
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					if err := unix.Renameat2(unix.AT_FDCWD, filepath.Join(src, "sub"), unix.AT_FDCWD, link, unix.RENAME_EXCHANGE); err != nil {
-						t.Errorf("rename exchange: %v", err)
-						return
-					}
-				}
-			}()
-			defer func() { close(stop); wg.Wait() }()
+			exchangeLoop(t, filepath.Join(src, "sub"), link)
 
 			leaked := func() string {
 				var found string

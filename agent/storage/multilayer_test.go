@@ -202,7 +202,7 @@ func TestMultiLayerErofsBad(t *testing.T) {
 		{"mkdir escapes", []Storage{lowerStorage(low, mp, optMkdir+"{{ mount 0 }}/../../../x")}, codes.InvalidArgument, "storages[1].options[3]"},
 		{"mkdir absolute", []Storage{lowerStorage(low, mp, optMkdir+outside+"/x")}, codes.InvalidArgument, "mount 0"},
 		{"mount point outside", []Storage{lowerStorage(low, outside+"/rootfs")}, codes.InvalidArgument, "outside"},
-		{"missing disk", []Storage{lowerStorage("/dev/keel-nope", mp)}, codes.InvalidArgument, "storages[1].source"},
+		{"missing disk", []Storage{lowerStorage("/dev/keel-nope", mp)}, codes.DeadlineExceeded, "storages[1].source"},
 		{"upper symlinked out", []Storage{upperStorage(evil, mp), lowerStorage(low, mp)}, codes.InvalidArgument, "symlink"},
 	}
 	if why := devmapper.Available(); why != "" {

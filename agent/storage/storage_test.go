@@ -303,7 +303,7 @@ func TestBadStorages(t *testing.T) {
 		{"unknown driver", Storage{Driver: "nfs-magic", MountPoint: root + "/x"}, codes.InvalidArgument, "storages[1].driver"},
 		{"kata-only driver", Storage{Driver: "blk-ccw", MountPoint: root + "/x"}, codes.Unimplemented, "s390x"},
 		{"missing share tag", Storage{Driver: DriverVirtioFS, MountPoint: root + "/x"}, codes.InvalidArgument, "storages[1].source"},
-		{"missing block device", Storage{Driver: DriverBlk, Source: "/dev/keel-nope", Fstype: "ext4", MountPoint: root + "/x"}, codes.InvalidArgument, "storages[1].source"},
+		{"missing block device", Storage{Driver: DriverBlk, Source: "/dev/keel-nope", Fstype: "ext4", MountPoint: root + "/x"}, codes.DeadlineExceeded, "storages[1].source"},
 		{"missing watched source", Storage{Driver: DriverWatchableBind, Source: "/nonexistent/cm", MountPoint: root + "/w/x"}, codes.InvalidArgument, "storages[1].source"},
 		{"outside roots", Storage{Driver: DriverEphemeral, Fstype: "tmpfs", MountPoint: outside + "/x"}, codes.InvalidArgument, "outside"},
 		{"dotdot", Storage{Driver: DriverEphemeral, Fstype: "tmpfs", MountPoint: root + "/../x"}, codes.InvalidArgument, "clean absolute"},

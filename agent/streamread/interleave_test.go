@@ -107,11 +107,7 @@ func TestLargeTTRPCRepliesInterleaveWithServed(t *testing.T) {
 // reads were done and none counted.
 func TestObserveCoversReplyWrite(t *testing.T) {
 	const reads = 8
-	big := chunk(1<<20, 5)
-	f := &fakeStreams{chunks: map[string][][]byte{"c": {}}, noNow: true}
-	for range reads {
-		f.chunks["c"] = append(f.chunks["c"], big)
-	}
+	f := mibReads(reads, 5)
 	var inside atomic.Int64
 	observe := func(ctx context.Context, method string, call func(context.Context) (any, error)) (any, error) {
 		inside.Add(1)
@@ -119,22 +115,10 @@ func TestObserveCoversReplyWrite(t *testing.T) {
 		return call(ctx)
 	}
 	c, lazy := serveWith(t, f, &Config{Reader: f, Observe: observe})
-	for i := range reads {
-		c.Write(requestFrame(t, uint32(2*i+1), "ReadStdout", &pb.ReadStreamRequest{ContainerId: "c", Len: 1 << 20}))
-	}
+	sendMiBReads(t, c, reads)
 	w := lazy()
 	defer w.Close()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		f.mu.Lock()
-		left := len(f.chunks["c"])
-		f.mu.Unlock()
-		if left == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d reads never started", left, reads)
-		}
-	}
+	f.waitAllTaken(t, "c", reads)
 	time.Sleep(200 * time.Millisecond) // let the writes that fit in the socket buffer finish
 	// A unix socket buffers well under 2 MiB: at least 6 replies still wait.
 	if n := inside.Load(); n < reads-2 {

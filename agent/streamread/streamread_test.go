@@ -255,6 +255,44 @@ func readFrame(t *testing.T, c net.Conn) []byte {
 	return f
 }
 
+// mibReads is a fakeStreams whose container "c" has n chunks of 1 MiB
+// and whose ReadStreamNow never answers, so each read takes the blocking
+// path and its reply is written from a goroutine of its own.
+func mibReads(n int, seed byte) *fakeStreams {
+	big := chunk(1<<20, seed)
+	f := &fakeStreams{chunks: map[string][][]byte{"c": {}}, noNow: true}
+	for range n {
+		f.chunks["c"] = append(f.chunks["c"], big)
+	}
+	return f
+}
+
+// sendMiBReads writes n ReadStdout requests of 1 MiB for container "c"
+// (ids 1, 3, 5, ...) without reading the replies.
+func sendMiBReads(t *testing.T, c net.Conn, n int) {
+	t.Helper()
+	for i := range n {
+		c.Write(requestFrame(t, uint32(2*i+1), "ReadStdout", &pb.ReadStreamRequest{ContainerId: "c", Len: 1 << 20}))
+	}
+}
+
+// waitAllTaken waits (10 s at most) until reads took every chunk of
+// container id, that is until every one of the reads started.
+func (f *fakeStreams) waitAllTaken(t *testing.T, id string, reads int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		f.mu.Lock()
+		left := len(f.chunks[id])
+		f.mu.Unlock()
+		if left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d reads never started", left, reads)
+		}
+	}
+}
+
 func chunk(n int, seed byte) []byte {
 	b := make([]byte, n)
 	for i := range b {
@@ -466,29 +504,13 @@ func TestCloseEndsPendingRead(t *testing.T) {
 // they must return and the client must see the connection closed.
 func TestCloseUnblocksWriters(t *testing.T) {
 	const reads = 32
-	big := chunk(1<<20, 1)
-	f := &fakeStreams{chunks: map[string][][]byte{"c": {}}, noNow: true}
-	for range reads {
-		f.chunks["c"] = append(f.chunks["c"], big)
-	}
+	f := mibReads(reads, 1)
 	c, lazy := serve(t, f, true)
-	for i := range reads {
-		c.Write(requestFrame(t, uint32(2*i+1), "ReadStdout", &pb.ReadStreamRequest{ContainerId: "c", Len: 1 << 20}))
-	}
+	sendMiBReads(t, c, reads)
 	w := lazy()
 	// Every read has started (so every writer is counted) once the chunks
 	// are all taken.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		f.mu.Lock()
-		left := len(f.chunks["c"])
-		f.mu.Unlock()
-		if left == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d reads never started", left, reads)
-		}
-	}
+	f.waitAllTaken(t, "c", reads)
 	done := make(chan struct{})
 	go func() { w.Wait(); close(done) }()
 	select {

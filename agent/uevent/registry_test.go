@@ -250,3 +250,66 @@ func TestWaitBoundsBlockingOpen(t *testing.T) {
 		t.Fatalf("after the open returned: %+v, %v", ev, err)
 	}
 }
+
+// BlockNode finds the disk of a node by the node's numbers (whatever the
+// node is called) and puts it through the same readiness check as any
+// disk found in sysfs: while the disk's node answers ENXIO only its
+// uevent returns it. A name that climbs out of the node directory matches
+// nothing.
+func TestBlockNodeWaitsUntilReady(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make device nodes")
+	}
+	const vdbPath = "/devices/pci0000:00/0000:00:03.0/virtio4/block/vdb"
+	root, dev := t.TempDir(), t.TempDir()
+	fakeDevice(t, root, vdbPath, "block", "MAJOR=259\nMINOR=1048575\nDEVNAME=vdb\nDEVTYPE=disk\n")
+	if err := os.MkdirAll(filepath.Join(root, "dev/block"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../../"+vdbPath[1:], filepath.Join(root, "dev/block/259:1048575")); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel's node (vdb) and one named by the runtime (rootdisk),
+	// both blkext's last minor: opening them is ENXIO.
+	for _, n := range []string{"vdb", "rootdisk"} {
+		if err := unix.Mknod(filepath.Join(dev, n), unix.S_IFBLK|0o600, int(unix.Mkdev(259, 1<<20-1))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := NewRegistry(root, 0)
+	r.devDir = dev
+	if _, err := r.Wait(context.Background(), BlockNode(dev, "rootdisk"), 700*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a disk answering ENXIO was returned from sysfs: %v", err)
+	}
+	go func() {
+		for r.Waiting() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond)
+		r.Deliver(Event{Action: ActionAdd, DevPath: "/devices/other/block/vdc", Subsystem: "block", DevName: "vdc", Major: "259", Minor: "7", Seqnum: 8})
+		r.Deliver(Event{Action: ActionAdd, DevPath: vdbPath, Subsystem: "block", DevName: "vdb", Major: "259", Minor: "1048575", Seqnum: 9})
+	}()
+	ev, err := r.Wait(context.Background(), BlockNode(dev, "rootdisk"), 5*time.Second)
+	if err != nil || ev.Seqnum != 9 || ev.DevName != "vdb" {
+		t.Fatalf("want vdb's uevent (seqnum 9) by the node's numbers, got %+v, %v", ev, err)
+	}
+	// Once the kernel's node opens (here /dev/null's numbers) the scan
+	// finds the disk, by the numbers of rootdisk and by the name vdb.
+	os.Remove(filepath.Join(dev, "vdb"))
+	if err := unix.Mknod(filepath.Join(dev, "vdb"), unix.S_IFCHR|0o600, int(unix.Mkdev(1, 3))); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := r.Wait(context.Background(), BlockNode(dev, "rootdisk"), time.Second); err != nil || ev.DevPath != vdbPath || ev.Seqnum != 0 {
+		t.Fatalf("an openable disk in sysfs: %+v, %v", ev, err)
+	}
+	if err := os.Symlink("../../"+vdbPath[1:], filepath.Join(root, "class/block/vdb")); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := r.Wait(context.Background(), BlockNode(dev, "vdb"), time.Second); err != nil || ev.DevPath != vdbPath {
+		t.Fatalf("by name: %+v, %v", ev, err)
+	}
+	bad := BlockNode(dev, "../"+filepath.Base(dev)+"/vdb")
+	if got := bad.Present(root); len(got) != 0 || bad.Match(&Event{Action: ActionAdd, Subsystem: "block", DevName: "../" + filepath.Base(dev) + "/vdb", Major: "259", Minor: "1048575"}) {
+		t.Fatalf("a name with .. matched: %v", got)
+	}
+}

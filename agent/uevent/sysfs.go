@@ -6,7 +6,11 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultSysfs is where sysfs is mounted.
@@ -71,19 +75,79 @@ func ByName(subsystem, name string) Matcher {
 			if name == "" || strings.ContainsAny(name, "/") || name == "." || name == ".." {
 				return nil
 			}
-			real, err := filepath.EvalSymlinks(filepath.Join(sysfs, "class", subsystem, name))
-			if err != nil {
+			return devpathOf(sysfs, filepath.Join("class", subsystem, name))
+		},
+	}
+}
+
+// devpathOf resolves link (a symlink relative to sysfs, like
+// class/block/vda or dev/block/254:0) to the devpath it points at, or
+// nothing if it is missing or leads out of sysfs.
+func devpathOf(sysfs, link string) []string {
+	real, err := filepath.EvalSymlinks(filepath.Join(sysfs, link))
+	if err != nil {
+		return nil
+	}
+	root, err := filepath.EvalSymlinks(sysfs)
+	if err != nil {
+		return nil
+	}
+	rel, err := filepath.Rel(root, real)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return nil
+	}
+	return []string{"/" + rel}
+}
+
+// BlockNode matches the block device whose node is devDir/name (a "blk"
+// storage whose source is a /dev path): the disk the kernel names name
+// (DEVNAME, the name devtmpfs gives its node), or, while a block node is
+// at that path, the disk with the node's numbers (a node the runtime
+// named some other way). Waiting on it rather than taking the node as it
+// is puts the disk through the registry's readiness check (devReady): a
+// hot-plugged disk's node is in /dev before the disk can be opened.
+// name must be clean and relative (no ".."); otherwise nothing matches.
+func BlockNode(devDir, name string) Matcher {
+	node := filepath.Join(devDir, name)
+	bad := name == "" || filepath.IsAbs(name) || filepath.Clean(name) != name || name == ".." || strings.HasPrefix(name, "../")
+	// The node's numbers, read by Present on the waiting goroutine and
+	// compared by Match on the listener's: MAJOR<<32|MINOR + 1, 0 while
+	// no block node was seen.
+	var seen atomic.Uint64
+	return Matcher{
+		What: fmt.Sprintf("block device %s", node),
+		Match: func(ev *Event) bool {
+			if bad || ev.Subsystem != "block" || ev.Action != ActionAdd {
+				return false
+			}
+			if ev.DevName == name {
+				return true
+			}
+			n := seen.Load()
+			if n == 0 {
+				return false
+			}
+			major, err1 := strconv.ParseUint(ev.Major, 10, 32)
+			minor, err2 := strconv.ParseUint(ev.Minor, 10, 32)
+			return err1 == nil && err2 == nil && major<<32|minor == n-1
+		},
+		Present: func(sysfs string) []string {
+			if bad {
 				return nil
 			}
-			root, err := filepath.EvalSymlinks(sysfs)
-			if err != nil {
-				return nil
+			var out []string
+			var st unix.Stat_t
+			if unix.Stat(node, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK {
+				major, minor := uint64(unix.Major(st.Rdev)), uint64(unix.Minor(st.Rdev))
+				seen.Store(major<<32 | minor + 1)
+				out = devpathOf(sysfs, fmt.Sprintf("dev/block/%d:%d", major, minor))
 			}
-			rel, err := filepath.Rel(root, real)
-			if err != nil || strings.HasPrefix(rel, "..") {
-				return nil
+			if !strings.Contains(name, "/") {
+				if dp := devpathOf(sysfs, filepath.Join("class/block", name)); len(dp) == 1 && (len(out) == 0 || out[0] != dp[0]) {
+					out = append(out, dp[0])
+				}
 			}
-			return []string{"/" + rel}
+			return out
 		},
 	}
 }

@@ -69,6 +69,29 @@ func waitNoChildren(t *testing.T) {
 	t.Fatalf("children left (zombies?): %v", children(t))
 }
 
+// statusWithin returns the status ch delivers, failing the test (what: no
+// status) when none comes within 10 s.
+func statusWithin(t *testing.T, ch <-chan ExitStatus, what string) ExitStatus {
+	t.Helper()
+	select {
+	case st := <-ch:
+		return st
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: no status in 10 s", what)
+		return ExitStatus{}
+	}
+}
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
 func TestCommandStatusAndOutput(t *testing.T) {
 	for _, tc := range []struct {
 		script string
@@ -255,13 +278,8 @@ func TestWatchUsesNoThreadPerProcess(t *testing.T) {
 		_ = c.Process.Kill()
 	}
 	for i, ch := range chans {
-		select {
-		case st := <-ch:
-			if st.Signal != unix.SIGKILL {
-				t.Errorf("process %d: %+v", i, st)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("process %d: no status", i)
+		if st := statusWithin(t, ch, fmt.Sprintf("process %d", i)); st.Signal != unix.SIGKILL {
+			t.Errorf("process %d: %+v", i, st)
 		}
 	}
 	if threads > n/4 {
@@ -344,14 +362,7 @@ func TestRegisterSinceDropsStaleStatus(t *testing.T) {
 // one leaves the owner's pidfd open until a garbage collection.
 func TestWatchedOrphanLeftToItsOwner(t *testing.T) {
 	const n = 40
-	fds := func() int {
-		ents, err := os.ReadDir("/proc/self/fd")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(ents)
-	}
-	before := fds()
+	before := openFDs(t)
 	stolen := 0
 	for i := range n {
 		r, w, err := os.Pipe()
@@ -362,36 +373,11 @@ func TestWatchedOrphanLeftToItsOwner(t *testing.T) {
 		// that forked it.
 		cmd := exec.Command("/bin/sh", "-c", "read x; exit 3")
 		cmd.Stdin = r
-		type forked struct {
-			tid     int
-			started time.Time
-			err     error
-		}
-		ch := make(chan forked)
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-			started := time.Now()
-			err := cmd.Start()
-			ch <- forked{unix.Gettid(), started, err}
-		}()
-		f := <-ch
+		started := time.Now()
+		forkFromDyingThread(t, cmd, nil)
 		r.Close()
-		if f.err != nil {
-			t.Fatal(f.err)
-		}
-		task := fmt.Sprintf("/proc/self/task/%d", f.tid)
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			if _, err := os.Stat(task); errors.Is(err, os.ErrNotExist) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("forking thread %d did not exit", f.tid)
-			}
-			time.Sleep(time.Millisecond)
-		}
 		reapErr := errors.New("reap not called")
-		st, err := WatchThen(cmd.Process.Pid, f.started, func() (unix.WaitStatus, error) {
+		st, err := WatchThen(cmd.Process.Pid, started, func() (unix.WaitStatus, error) {
 			ps, err := cmd.Process.Wait()
 			reapErr = err
 			if err != nil {
@@ -403,13 +389,8 @@ func TestWatchedOrphanLeftToItsOwner(t *testing.T) {
 			t.Fatal(err)
 		}
 		w.Close() // the child exits
-		select {
-		case s := <-st:
-			if s.Code != 3 {
-				t.Fatalf("cycle %d: %+v", i, s)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("cycle %d: no status", i)
+		if s := statusWithin(t, st, fmt.Sprintf("cycle %d", i)); s.Code != 3 {
+			t.Fatalf("cycle %d: %+v", i, s)
 		}
 		if reapErr != nil {
 			stolen++
@@ -417,7 +398,7 @@ func TestWatchedOrphanLeftToItsOwner(t *testing.T) {
 	}
 	// No runtime.GC(): an os.Process whose wait failed keeps its pidfd
 	// until a GC cleanup, which is the leak this test is about.
-	after := fds()
+	after := openFDs(t)
 	t.Logf("%d watched orphans: %d reaped behind their owner's back; fds %d -> %d", n, stolen, before, after)
 	if stolen > 0 || after > before {
 		t.Errorf("%d of %d watched processes were reaped by the orphan loop; fds %d -> %d", stolen, n, before, after)
@@ -449,13 +430,8 @@ func TestStatusKeptWhenReapFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Close() // the child exits 7
-	select {
-	case s := <-st:
-		if s.Code != 7 {
-			t.Fatalf("status %+v, want exit 7", s)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no status delivered after the reap function failed")
+	if s := statusWithin(t, st, "after the reap function failed"); s.Code != 7 {
+		t.Fatalf("status %+v, want exit 7", s)
 	}
 }
 
@@ -468,32 +444,12 @@ func TestStatusKeptWhenReapFails(t *testing.T) {
 func TestWatchThenReleasesWhenReapedFirst(t *testing.T) {
 	old := debug.SetGCPercent(-1) // a GC would close a leaked pidfd
 	defer debug.SetGCPercent(old)
-	fds := func() int {
-		ents, err := os.ReadDir("/proc/self/fd")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(ents)
-	}
-	before := fds()
+	before := openFDs(t)
 	for i := range 5 {
 		cmd := exec.Command("/bin/sh", "-c", "exit 4")
 		reaped := Reaped()
-		type forked struct {
-			started time.Time
-			err     error
-		}
-		ch := make(chan forked)
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-			started := time.Now()
-			err := cmd.Start()
-			ch <- forked{started, err}
-		}()
-		f := <-ch
-		if f.err != nil {
-			t.Fatal(f.err)
-		}
+		started := time.Now()
+		forkFromDyingThread(t, cmd, nil)
 		// Gone from the pid table only once reaped (a zombie is there).
 		deadline := time.Now().Add(10 * time.Second)
 		for Reaped() == reaped || unix.Kill(cmd.Process.Pid, 0) == nil {
@@ -503,7 +459,7 @@ func TestWatchThenReleasesWhenReapedFirst(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 		reapCalled, released := false, false
-		st, err := WatchThen(cmd.Process.Pid, f.started, func() (unix.WaitStatus, error) {
+		st, err := WatchThen(cmd.Process.Pid, started, func() (unix.WaitStatus, error) {
 			reapCalled = true
 			return 0, errors.New("reaped already")
 		}, func() {
@@ -513,19 +469,14 @@ func TestWatchThenReleasesWhenReapedFirst(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case s := <-st:
-			if s.Code != 4 {
-				t.Fatalf("round %d: status %+v, want exit code 4", i, s)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("round %d: no status for a process reaped before its watch", i)
+		if s := statusWithin(t, st, fmt.Sprintf("round %d: a process reaped before its watch", i)); s.Code != 4 {
+			t.Fatalf("round %d: status %+v, want exit code 4", i, s)
 		}
 		if reapCalled || !released {
 			t.Fatalf("round %d: reap called %v, release called %v; want only release", i, reapCalled, released)
 		}
 	}
-	if after := fds(); after > before {
+	if after := openFDs(t); after > before {
 		t.Fatalf("fds %d -> %d after 5 processes reaped before their watch", before, after)
 	}
 }
@@ -601,29 +552,85 @@ func holdZombie(t *testing.T) (int, <-chan ExitStatus) {
 // wait(P_ALL) returns first does not keep the orphans behind it from being
 // reaped: they are reaped by pid. Once released, the held one is reaped
 // too. (Before, every orphan of the guest waited behind it.) The same
-// without CONFIG_PROC_CHILDREN (the children are found in /proc/*/stat).
+// without CONFIG_PROC_CHILDREN: noProcChildren makes mainThreadChildren
+// take the branch a missing /proc/<pid>/task/<tid>/children takes (its
+// read fails, whatever the error), which lists every child of the process
+// from /proc/*/stat, children of other threads too; those must be refused
+// (waitid __WNOTHREAD): a zombie child of another, live thread, listed
+// there, is still its own thread's to wait once the orphans were reaped
+// around the held one.
 func TestHeldZombieBlocksNoOtherOrphan(t *testing.T) {
-	t.Run("proc-children", func(t *testing.T) { heldZombieBlocksNoOtherOrphan(t) })
+	t.Run("proc-children", func(t *testing.T) { heldZombieBlocksNoOtherOrphan(t, false) })
 	t.Run("no-proc-children", func(t *testing.T) {
 		noProcChildren.Store(true)
 		t.Cleanup(func() { noProcChildren.Store(false) })
-		heldZombieBlocksNoOtherOrphan(t)
+		heldZombieBlocksNoOtherOrphan(t, true)
 	})
 }
 
-func heldZombieBlocksNoOtherOrphan(t *testing.T) {
+// otherThreadZombie forks, from a thread that stays alive, a child that
+// exits 5 at once, and returns its pid once it is a zombie: a child of
+// this process that is not the main thread's, so not an orphan, which the
+// orphan loop must leave to its thread. wait reaps it on that thread.
+func otherThreadZombie(t *testing.T) (pid int, wait func() (unix.WaitStatus, error)) {
+	t.Helper()
+	type result struct {
+		ws  unix.WaitStatus
+		err error
+	}
+	pids, reap, res := make(chan int, 1), make(chan struct{}), make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		cmd := exec.Command("/bin/sh", "-c", "exit 5")
+		if err := cmd.Start(); err != nil {
+			pids <- -1
+			res <- result{err: err}
+			return
+		}
+		pids <- cmd.Process.Pid
+		<-reap
+		var ws unix.WaitStatus
+		_, err := unix.Wait4(cmd.Process.Pid, &ws, unix.WALL|unix.WNOTHREAD, nil)
+		cmd.Process.Release()
+		res <- result{ws, err}
+	}()
+	var once sync.Once
+	var got result
+	wait = func() (unix.WaitStatus, error) {
+		once.Do(func() { close(reap); got = <-res })
+		return got.ws, got.err
+	}
+	if pid = <-pids; pid < 0 {
+		t.Fatal((<-res).err)
+	}
+	t.Cleanup(func() { wait() })
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		var info unix.Siginfo
+		if unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, nil) == nil {
+			if _, ok := fromSiginfo(&info); ok {
+				return pid, wait
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the other thread's child did not exit")
+		}
+	}
+}
+
+func heldZombieBlocksNoOtherOrphan(t *testing.T, fallback bool) {
 	_, heldSt := holdZombie(t)
+	other, waitOther := otherThreadZombie(t)
+	if fallback && !slices.Contains(mainThreadChildren(), other) {
+		t.Fatalf("the /proc/*/stat fallback does not list child %d of another thread (it lists %v)", other, mainThreadChildren())
+	}
+	arounds := r.arounds.Load()
 	for i := range 3 {
 		cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf("exit %d", 10+i))
 		forkFromDyingThread(t, cmd, nil)
-		select {
-		case st := <-Register(cmd.Process.Pid):
-			if st.Code != 10+i {
-				t.Fatalf("orphan %d: %+v", i, st)
-			}
-		case <-time.After(10 * time.Second):
-			Unregister(cmd.Process.Pid)
-			t.Fatalf("orphan %d not reaped in 10 s behind a held zombie", i)
+		pid := cmd.Process.Pid
+		t.Cleanup(func() { Unregister(pid) })
+		if st := statusWithin(t, Register(pid), fmt.Sprintf("orphan %d behind a held zombie", i)); st.Code != 10+i {
+			t.Fatalf("orphan %d: %+v", i, st)
 		}
 	}
 	select {
@@ -631,15 +638,16 @@ func heldZombieBlocksNoOtherOrphan(t *testing.T) {
 		t.Fatalf("the held zombie was reaped: %+v", st)
 	default:
 	}
+	if r.arounds.Load() == arounds {
+		t.Fatal("the orphans were reaped without a pass over the main thread's children (the test proves nothing)")
+	}
+	if ws, err := waitOther(); err != nil || ws.ExitStatus() != 5 {
+		t.Fatalf("the other thread's child, after the orphans were reaped around the held zombie: wait %v, %v; want its exit 5 (the orphan loop reaped it?)", ws, err)
+	}
 	Hold(nil)
 	Kick()
-	select {
-	case st := <-heldSt:
-		if st.Code != 1 {
-			t.Fatalf("held zombie: %+v", st)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the released zombie was not reaped")
+	if st := statusWithin(t, heldSt, "the released zombie"); st.Code != 1 {
+		t.Fatalf("held zombie: %+v", st)
 	}
 }
 

@@ -21,19 +21,16 @@ import (
 // generated ttrpc client. The connection is dialled with the timer
 // stopped (once per stream, like the exec).
 func BenchmarkStdoutReaderPath32KiB(b *testing.B) {
-	r, _ := newRPC(b, containers.Options{ExecIOLinger: time.Nanosecond})
-	c, addr := serveTTRPCAt(b, r)
-	benchStdoutReader(b, c.Agent, addr, "out")
+	a, addr, cid := readerAgent(b, false, "reader")
+	benchStdoutReader(b, a, addr, cid)
 }
 
 // BenchmarkAgentStdoutReader32KiB (P3 wire, Keel's client): the same from
 // the keel-agent binary in host mode with its GC policy (as
 // BenchmarkAgentStdoutRPC32KiB/gc=policy).
 func BenchmarkAgentStdoutReader32KiB(b *testing.B) {
-	id := fmt.Sprintf("wire-reader-%d", os.Getpid())
-	ids := []string{id}
-	a, _, addr := startAgentBinAt(b, agentBinary(b), &ids)
-	benchStdoutReader(b, a, addr, id)
+	a, addr, cid := readerAgent(b, true, "reader")
+	benchStdoutReader(b, a, addr, cid)
 }
 
 func benchStdoutReader(b *testing.B, a pb.AgentServiceService, addr, cid string) {

@@ -28,17 +28,34 @@ import (
 // the same NotFound error as the generated client; a deadline met while
 // the process is silent leaves the reader usable.
 func TestOutputReader(t *testing.T) {
-	t.Run("inproc", func(t *testing.T) {
-		r, _ := newRPC(t, containers.Options{ExecIOLinger: time.Nanosecond})
-		c, addr := serveTTRPCAt(t, r)
-		checkOutputReader(t, c.Agent, addr, "outreader")
-	})
-	t.Run("wire", func(t *testing.T) {
-		id := fmt.Sprintf("outreader-wire-%d", os.Getpid())
-		ids := []string{id}
-		a, _, addr := startAgentBinAt(t, agentBinary(t), &ids)
-		checkOutputReader(t, a, addr, id)
-	})
+	for _, tc := range []struct {
+		name string
+		wire bool
+	}{{"inproc", false}, {"wire", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, addr, cid := readerAgent(t, tc.wire, "outreader")
+			checkOutputReader(t, a, addr, cid)
+		})
+	}
+}
+
+// readerAgent starts an agent for protocol/outputreader to read from: in
+// process (agent/server on a unix socket, as the in-process benchmarks)
+// or, with wire, the keel-agent binary in host mode (as the wire
+// benchmarks). It returns the agent's client, the address outputreader
+// dials and the container id to use: name, or for the binary name-wire-PID
+// (its container cgroups are killed by that id when the test ends).
+func readerAgent(tb testing.TB, wire bool, name string) (pb.AgentServiceService, string, string) {
+	tb.Helper()
+	if !wire {
+		r, _ := newRPC(tb, containers.Options{ExecIOLinger: time.Nanosecond})
+		c, addr := serveTTRPCAt(tb, r)
+		return c.Agent, addr, name
+	}
+	id := fmt.Sprintf("%s-wire-%d", name, os.Getpid())
+	ids := []string{id}
+	a, _, addr := startAgentBinAt(tb, agentBinary(tb), &ids)
+	return a, addr, id
 }
 
 func checkOutputReader(t *testing.T, a pb.AgentServiceService, addr, cid string) {
