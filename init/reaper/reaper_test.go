@@ -148,13 +148,8 @@ func TestWatchExactlyOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case st := <-ch:
-		if st.Code != 7 || st.Pid != cmd.Process.Pid {
-			t.Errorf("got %+v", st)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no status")
+	if st := statusWithin(t, ch, "watched process"); st.Code != 7 || st.Pid != cmd.Process.Pid {
+		t.Errorf("got %+v", st)
 	}
 	select {
 	case st, ok := <-ch:
@@ -187,13 +182,8 @@ func TestWatchAfterExitAndSignal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case st := <-ch:
-		if st.Code != 128+int(unix.SIGTERM) || st.Signal != unix.SIGTERM {
-			t.Errorf("got %+v", st)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no status")
+	if st := statusWithin(t, ch, "zombie watched"); st.Code != 128+int(unix.SIGTERM) || st.Signal != unix.SIGTERM {
+		t.Errorf("got %+v", st)
 	}
 	_ = cmd.Wait()
 }
@@ -532,18 +522,24 @@ func holdZombie(t *testing.T) (int, <-chan ExitStatus) {
 	pid := held.Process.Pid
 	st := Register(pid)
 	t.Cleanup(func() { Unregister(pid) })
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	waitZombie(t, pid, "the held child")
+	return pid, st
+}
+
+// waitZombie waits (5 s at most) until pid, a child of this process, has
+// exited, leaving it unreaped.
+func waitZombie(t *testing.T, pid int, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
 		var info unix.Siginfo
 		if unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, nil) == nil {
 			if _, ok := fromSiginfo(&info); ok {
-				return pid, st
+				return
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the held child did not exit")
+			t.Fatalf("%s (%d) did not exit", what, pid)
 		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -604,17 +600,8 @@ func otherThreadZombie(t *testing.T) (pid int, wait func() (unix.WaitStatus, err
 		t.Fatal((<-res).err)
 	}
 	t.Cleanup(func() { wait() })
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		var info unix.Siginfo
-		if unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, nil) == nil {
-			if _, ok := fromSiginfo(&info); ok {
-				return pid, wait
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the other thread's child did not exit")
-		}
-	}
+	waitZombie(t, pid, "the other thread's child")
+	return pid, wait
 }
 
 func heldZombieBlocksNoOtherOrphan(t *testing.T, fallback bool) {
