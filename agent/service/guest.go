@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/keelvm/keel/agent/errdefs"
 	"github.com/keelvm/keel/agent/metrics"
 	"github.com/keelvm/keel/agent/version"
 	pb "github.com/keelvm/keel/protocol/grpc"
@@ -24,8 +25,9 @@ type Guest struct {
 	// registered, as GetGuestDetails reports them.
 	DeviceHandlers  []string
 	StorageHandlers []string
-	// ExtraFeatures are reported verbatim in AgentDetails.extra_features.
-	ExtraFeatures func() []string
+	// ExtraFeatures are reported verbatim in AgentDetails.extra_features;
+	// GetGuestDetails fails with its error (it may wait, bounded by ctx).
+	ExtraFeatures func(context.Context) ([]string, error)
 	// Metrics backs GetMetrics; nil leaves GetMetrics unimplemented.
 	Metrics *metrics.Registry
 	// IsInit says whether the agent is PID 1 (os.Getpid()==1 when nil).
@@ -42,8 +44,12 @@ func (g *Guest) sysfs(p string) string {
 
 // GetGuestDetails reports the memory block size, memory probe support and
 // what this agent can do.
-func (g *Guest) GetGuestDetails(_ context.Context, req *pb.GuestDetailsRequest) (*pb.GuestDetailsResponse, error) {
-	resp := &pb.GuestDetailsResponse{AgentDetails: g.agentDetails()}
+func (g *Guest) GetGuestDetails(ctx context.Context, req *pb.GuestDetailsRequest) (*pb.GuestDetailsResponse, error) {
+	details, err := g.agentDetails(ctx)
+	if err != nil {
+		return nil, errdefs.ToStatus(err)
+	}
+	resp := &pb.GuestDetailsResponse{AgentDetails: details}
 	if req.GetMemBlockSize() {
 		n, err := g.memBlockSize()
 		if err != nil {
@@ -77,7 +83,7 @@ func (g *Guest) memBlockSize() (uint64, error) {
 	return n, nil
 }
 
-func (g *Guest) agentDetails() *pb.AgentDetails {
+func (g *Guest) agentDetails(ctx context.Context) (*pb.AgentDetails, error) {
 	isInit := os.Getpid() == 1
 	if g.IsInit != nil {
 		isInit = g.IsInit()
@@ -90,9 +96,13 @@ func (g *Guest) agentDetails() *pb.AgentDetails {
 		SupportsSeccomp: seccompSupported(),
 	}
 	if g.ExtraFeatures != nil {
-		d.ExtraFeatures = g.ExtraFeatures()
+		extra, err := g.ExtraFeatures(ctx)
+		if err != nil {
+			return nil, err
+		}
+		d.ExtraFeatures = extra
 	}
-	return d
+	return d, nil
 }
 
 // seccompSupported reports whether this build can apply seccomp profiles and

@@ -2,9 +2,11 @@ package service
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -101,5 +103,32 @@ func TestNewKeepsEveryHandler(t *testing.T) {
 		if !found {
 			t.Errorf("Handlers.%s is not in the Service New built", hv.Type().Field(i).Name)
 		}
+	}
+}
+
+// GetGuestDetails waits for its extra features only as long as its
+// context: a report not ready by the caller's deadline fails the RPC with
+// DeadlineExceeded, naming why, rather than holding it.
+func TestGuestDetailsExtraFeaturesBounded(t *testing.T) {
+	stuck := make(chan struct{})
+	defer close(stuck)
+	g := &Guest{SysfsRoot: t.TempDir(), ExtraFeatures: func(ctx context.Context) ([]string, error) {
+		select {
+		case <-stuck:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, fmt.Errorf("unable to wait for the report: %w", ctx.Err())
+		}
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := g.GetGuestDetails(ctx, &pb.GuestDetailsRequest{})
+	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "report") {
+		t.Errorf("GetGuestDetails with a report not ready = %v, want DeadlineExceeded naming it", err)
+	}
+	g.ExtraFeatures = func(context.Context) ([]string, error) { return []string{"keel.kernel.config=unavailable"}, nil }
+	resp, err := g.GetGuestDetails(context.Background(), &pb.GuestDetailsRequest{})
+	if err != nil || !reflect.DeepEqual(resp.AgentDetails.ExtraFeatures, []string{"keel.kernel.config=unavailable"}) {
+		t.Errorf("GetGuestDetails = %v, %v", resp, err)
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/keelvm/keel/agent/devices"
 	"github.com/keelvm/keel/agent/gcpolicy"
 	"github.com/keelvm/keel/agent/hotplug"
+	"github.com/keelvm/keel/agent/kernelcheck"
 	"github.com/keelvm/keel/agent/metrics"
 	"github.com/keelvm/keel/agent/network"
 	"github.com/keelvm/keel/agent/networks"
@@ -44,7 +45,6 @@ import (
 	"github.com/keelvm/keel/init/reaper"
 	"github.com/keelvm/keel/init/shutdown"
 	"github.com/keelvm/keel/init/timeline"
-	"github.com/keelvm/keel/kernel-config/required"
 )
 
 func main() {
@@ -263,8 +263,10 @@ func run(args []string) error {
 	destroyed := make(chan struct{})
 	var destroyOnce sync.Once
 	devs := &devices.Manager{Locator: devices.Uevents{Reg: uevents}}
+	// The kernel check runs once, started when the boot gate opens.
+	kernelReport := extraReport{kernel: kernelcheck.New(kernelcheck.Running)}
 	svc := service.New(service.Handlers{
-		Guest: &service.Guest{Metrics: reg, ExtraFeatures: extraFeatures, DeviceHandlers: devices.Types},
+		Guest: &service.Guest{Metrics: reg, ExtraFeatures: kernelReport.extraFeatures, DeviceHandlers: devices.Types},
 		Containers: containers.New(containers.Options{
 			Sandbox:  sandbox,
 			PassFD:   pfd,
@@ -318,6 +320,7 @@ func run(args []string) error {
 	}); err != nil {
 		return fmt.Errorf("boot: %w", err)
 	}
+	kernelReport.kernel.Start()
 	select {
 	case err := <-errc:
 		if err != nil {
@@ -353,12 +356,18 @@ func run(args []string) error {
 	return nil
 }
 
-// extraFeatures reports, in AgentDetails.extra_features, the boot timeline
-// ("keel.boot.<milestone>=<guest uptime in seconds>"), whether the agent's
-// own binary is mapped by DAX ("keel.dax.agent_binary=true|false") and every option Keel
-// needs that the running kernel lacks ("keel.kernel.missing=<FEATURE>:<OPTION>=<got>"),
-// or "keel.kernel.config=unavailable" without /proc/config.gz.
-func extraFeatures() []string {
+// extraReport is what GetGuestDetails reports in AgentDetails.extra_features.
+type extraReport struct {
+	kernel *kernelcheck.Report
+}
+
+// extraFeatures reports the boot timeline ("keel.boot.<milestone>=<guest
+// uptime in seconds>"), whether the agent's own binary is mapped by DAX
+// ("keel.dax.agent_binary=true|false") and every option Keel needs that the
+// running kernel lacks ("keel.kernel.missing=<FEATURE>:<OPTION>=<got>"), or
+// "keel.kernel.config=unavailable" without /proc/config.gz: that check's
+// one result (kernelcheck), waited for as long as ctx allows.
+func (x extraReport) extraFeatures(ctx context.Context) ([]string, error) {
 	var out []string
 	for _, e := range timeline.Entries() {
 		out = append(out, fmt.Sprintf("keel.boot.%s=%.6f", e.Name, e.Since.Seconds()))
@@ -366,14 +375,11 @@ func extraFeatures() []string {
 	if dax, err := binaryIsDAX(); err == nil {
 		out = append(out, fmt.Sprintf("keel.dax.agent_binary=%t", dax))
 	}
-	missing, err := required.CheckRunning()
+	kernel, err := x.kernel.Lines(ctx)
 	if err != nil {
-		return append(out, "keel.kernel.config=unavailable")
+		return nil, err
 	}
-	for _, m := range missing {
-		out = append(out, fmt.Sprintf("keel.kernel.missing=%s:%s=%s", m.Feature, m.Option, m.Got))
-	}
-	return out
+	return append(out, kernel...), nil
 }
 
 // binaryIsDAX says whether the running agent binary has STATX_ATTR_DAX: on

@@ -9,6 +9,7 @@ package required
 
 import (
 	"bufio"
+	"bytes"
 	"compress/gzip"
 	"errors"
 	"fmt"
@@ -127,11 +128,52 @@ func checkFile(path string) ([]Missing, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	cfg, err := ReadConfig(zr)
+	m, err := CheckConfig(zr)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	return m, nil
+}
+
+// CheckConfig checks the .config read from r (uncompressed): Check of
+// ReadConfig, keeping only the options Check looks at.
+func CheckConfig(r io.Reader) ([]Missing, error) {
+	cfg, err := readWanted(r)
+	if err != nil {
+		return nil, err
+	}
 	return Check(cfg), nil
+}
+
+// wanted is the set of options Check looks at.
+var wanted = func() map[string]bool {
+	w := map[string]bool{}
+	for _, f := range features {
+		for _, o := range f.Options {
+			w[o] = true
+		}
+	}
+	return w
+}()
+
+// readWanted is ReadConfig keeping only the options Check looks at: the
+// guest agent runs it under TCG, where the thousand-odd strings and map
+// entries of a whole .config cost more than the scan.
+func readWanted(r io.Reader) (map[string]string, error) {
+	cfg := make(map[string]string, len(wanted))
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 4096), 64*1024)
+	for sc.Scan() {
+		rest, ok := bytes.CutPrefix(bytes.TrimSpace(sc.Bytes()), []byte("CONFIG_"))
+		if !ok {
+			continue
+		}
+		// string(k) in a map index does not allocate.
+		if k, v, ok := bytes.Cut(rest, []byte("=")); ok && wanted[string(k)] {
+			cfg[string(k)] = string(v)
+		}
+	}
+	return cfg, sc.Err()
 }
 
 // ReadConfig reads the CONFIG_X=value lines of a .config; other lines are

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -116,3 +117,90 @@ func TestCheckRunning(t *testing.T) {
 	}
 	t.Logf("running kernel lacks %d required options (expected on a host kernel)", len(m))
 }
+
+// TestReadWantedMatchesReadConfig: the guest's cheaper scan gives Check the
+// same answer as the full parse, on Keel's own config and on one with every
+// kind of line (unset, module, string, duplicate, no value).
+func TestReadWantedMatchesReadConfig(t *testing.T) {
+	var sb strings.Builder
+	sb.WriteString("#\n# comment\n# CONFIG_VIRTIO_VSOCKETS is not set\nCONFIG_FUSE_FS=m\nCONFIG_LOCALVERSION=\"x\"\n  CONFIG_TTY=y  \nCONFIG_EROFS_FS=\nCONFIG_NET\nnot a line\n")
+	for k := range allY() {
+		if k != "VIRTIO_VSOCKETS" && k != "FUSE_FS" && k != "EROFS_FS" && k != "NET" {
+			sb.WriteString("CONFIG_" + k + "=y\n")
+		}
+	}
+	sb.WriteString("CONFIG_SECCOMP=n\n") // a later line wins in both
+	inputs := map[string]string{"crafted": sb.String()}
+	if b, err := os.ReadFile(builtConfig); err == nil {
+		inputs["keel.config"] = string(b)
+	}
+	for name, in := range inputs {
+		full, err := ReadConfig(strings.NewReader(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		some, err := readWanted(strings.NewReader(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want, got := Check(full), Check(some); !reflect.DeepEqual(want, got) {
+			t.Errorf("%s: Check after readWanted = %v, after ReadConfig %v", name, got, want)
+		}
+		if len(some) > len(wanted) {
+			t.Errorf("%s: readWanted kept %d options, more than the %d Check looks at", name, len(some), len(wanted))
+		}
+	}
+	if got := Check(mustReadWanted(t, sb.String())); len(got) != 5 {
+		t.Errorf("crafted config: missing = %v, want VIRTIO_VSOCKETS, NET, EROFS_FS, FUSE_FS (m) and SECCOMP", got)
+	}
+}
+
+func mustReadWanted(t *testing.T, s string) map[string]string {
+	t.Helper()
+	m, err := readWanted(strings.NewReader(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// BenchmarkCheckFile is the guest's check of /proc/config.gz on Keel's
+// kernel configuration (gunzip + scan + Check).
+func BenchmarkCheckFile(b *testing.B) {
+	cfg, err := os.ReadFile(builtConfig)
+	if err != nil {
+		b.Skipf("no built kernel configuration to check: %v", err)
+	}
+	gz := filepath.Join(b.TempDir(), "config.gz")
+	f, err := os.Create(gz)
+	if err != nil {
+		b.Fatal(err)
+	}
+	zw := gzip.NewWriter(f)
+	zw.Write(cfg)
+	zw.Close()
+	f.Close()
+	b.Run("full", func(b *testing.B) {
+		for b.Loop() {
+			fh, _ := os.Open(gz)
+			zr, _ := gzip.NewReader(fh)
+			m, err := ReadConfig(zr)
+			fh.Close()
+			if err != nil {
+				b.Fatal(err)
+			}
+			Check(m)
+		}
+	})
+	b.Run("wanted", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := checkFile(gz); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// builtConfig is the configuration of Keel's kernel where `make kernel`
+// builds it, used when present.
+const builtConfig = "/var/cache/keel/kernel/obj-x86_64/.config"

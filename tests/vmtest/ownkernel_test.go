@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -100,6 +101,22 @@ func TestOwnKernelBootsFromDAXRoot(t *testing.T) {
 		if r.ready == 0 {
 			t.Errorf("%s: no listener_ready in %v", name, d.AgentDetails.ExtraFeatures)
 		}
+		// The kernel check ran once (agent/kernelcheck): a second
+		// GetGuestDetails reports the same result.
+		d2, err := c.Agent.GetGuestDetails(ctx, &pb.GuestDetailsRequest{})
+		if err != nil {
+			t.Fatalf("%s: second GetGuestDetails: %v", name, err)
+		}
+		var again []string
+		for _, f := range d2.AgentDetails.ExtraFeatures {
+			if strings.HasPrefix(f, "keel.kernel.") {
+				again = append(again, f)
+			}
+		}
+		if !slices.Equal(again, r.missingKernelOptions) {
+			t.Errorf("%s: kernel check changed between two GetGuestDetails: %v, then %v", name, r.missingKernelOptions, again)
+		}
+		t.Logf("%s: kernel check: %v", name, r.missingKernelOptions)
 		// The boot finishes after the listener opened (init/boot.Start),
 		// and GetGuestDetails waited for it (agent/bootgate).
 		if r.bootDone < r.ready {

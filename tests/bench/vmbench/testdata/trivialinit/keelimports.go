@@ -14,6 +14,7 @@ import (
 	_ "github.com/keelvm/keel/agent/devices"
 	_ "github.com/keelvm/keel/agent/gcpolicy"
 	_ "github.com/keelvm/keel/agent/hotplug"
+	_ "github.com/keelvm/keel/agent/kernelcheck"
 	_ "github.com/keelvm/keel/agent/metrics"
 	_ "github.com/keelvm/keel/agent/network"
 	_ "github.com/keelvm/keel/agent/networks"
