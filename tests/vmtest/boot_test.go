@@ -70,6 +70,7 @@ func TestBootContainerPowerOff(t *testing.T) {
 	}
 	pid1Unkillable(ctx, t, a)
 	exeSealed(ctx, t, a)
+	oomReported(ctx, t, a)
 	if _, err := a.DestroySandbox(ctx, &pb.DestroySandboxRequest{}); err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +84,27 @@ func TestBootContainerPowerOff(t *testing.T) {
 	}
 	if r := g.VM.ShutdownReason(); r != "guest-shutdown" {
 		t.Errorf("shutdown reason %q, want guest-shutdown (a power-off, not a panic/reset)", r)
+	}
+}
+
+// oomReported: an OOM kill in a container's memory cgroup (v2 in the
+// guest) reaches GetOOMEvent, after the containers before it were watched
+// and unwatched on the agent's one shared inotify instance.
+func oomReported(ctx context.Context, t *testing.T, a pb.AgentServiceService) {
+	t.Helper()
+	// The shell doubles a string until the 16 MiB limit kills it.
+	spec := BusyboxSpec(ContainerRootfs, "/bin/sh", "-c", "x=a; while :; do x=$x$x; done")
+	spec.Linux.Resources = &pb.LinuxResources{Memory: &pb.LinuxMemory{Limit: 16 << 20, Swap: 16 << 20}}
+	_, errOut, status, err := RunContainer(ctx, a, "oom", spec)
+	if err != nil || status != 137 {
+		t.Fatalf("container over its memory limit: status %d, %v (%s), want 137 (SIGKILL)", status, err, errOut)
+	}
+	// Queued at the kill: the remove since then does not drop it.
+	pctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	ev, err := a.GetOOMEvent(pctx, &pb.GetOOMEventRequest{})
+	if err != nil || ev.ContainerId != "oom" {
+		t.Fatalf("GetOOMEvent after an OOM kill: %v, %v; want container oom", ev, err)
 	}
 }
 

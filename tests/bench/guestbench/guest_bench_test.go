@@ -327,26 +327,37 @@ func BenchmarkGuestLifecycleCgroup2(b *testing.B) {
 // paired runs b.N rounds of: one agent op over vsock (timed on the host),
 // one `runc OP` and one `crun OP` (each timed inside the guest by bench.sh,
 // the console session around it untimed), so that load drift on this
-// shared machine hits all three alike; it reports each mean and the ratios
-// agent/runc and agent/crun.
+// shared machine hits all three alike; it reports each mean, the ratios of
+// the means agent/runc and agent/crun, and the median of the rounds' own
+// agent/runc ratios (agent/runc-pair-median: a round disturbed by a load
+// burst moves the means, hardly the median).
 func paired(b *testing.B, op string, agentOp func(ctx context.Context, i int) error) {
 	g := benchGuest(b)
 	ctx := benchCtx(b)
 	var agent time.Duration
 	rt := map[string]int64{}
+	var pairRatios []float64
 	for i := range b.N {
 		t0 := time.Now()
 		if err := agentOp(ctx, i); err != nil {
 			b.Fatal(err)
 		}
-		agent += time.Since(t0)
+		d := time.Since(t0)
+		agent += d
 		for _, name := range []string{"runc", "crun"} {
 			r, out, err := g.RunScript(ctx, BenchDir, name, op, "1")
 			if err != nil {
 				b.Fatalf("%v\n%s", err, out)
 			}
 			rt[name] += r.NsPerOp
+			if name == "runc" && r.NsPerOp > 0 {
+				pairRatios = append(pairRatios, float64(d)/float64(r.NsPerOp))
+			}
 		}
+	}
+	if len(pairRatios) > 0 {
+		slices.Sort(pairRatios)
+		b.ReportMetric(pairRatios[len(pairRatios)/2], "agent/runc-pair-median")
 	}
 	n := float64(b.N)
 	a := float64(agent) / n

@@ -152,6 +152,7 @@ var reported = []struct{ name, bench, unit, target string }{
 	{"P3 VM: QEMU CPU ms/MB while streaming, raw", "BenchmarkStdoutVsockPaired", "raw-qemu-cpu-ms/MB", ""},
 	// VM tier (tests/bench/guestbench): the same, paired round by round.
 	{"P1 in guest, paired: agent (vsock) / runc run", "BenchmarkGuestPairedRun", "agent/runc", "<= 0.5"},
+	{"P1 in guest, paired: median of the rounds' agent / runc run", "BenchmarkGuestPairedRun", "agent/runc-pair-median", "report"},
 	{"P1 in guest, paired: agent (vsock) / crun run", "BenchmarkGuestPairedRun", "agent/crun", "report"},
 	{"P2 in guest, paired: agent exec (vsock) / runc exec", "BenchmarkGuestPairedExec", "agent/runc", "<= 0.5"},
 	{"P2 in guest, paired: agent exec (vsock) / crun exec", "BenchmarkGuestPairedExec", "agent/crun", "report"},
