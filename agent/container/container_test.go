@@ -3,6 +3,7 @@ package container
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -620,5 +621,57 @@ func TestSettleWaitsOnce(t *testing.T) {
 	}
 	if err := s.RemoveContainer(context.Background(), c.ID(), 0); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// CreateContainer completes a copy of the caller's spec unless the caller
+// hands it over (SpecOwned, as the RPC edge does): then the container
+// keeps that very spec, completed in place, and no copy is made.
+func TestCreateSpecOwnership(t *testing.T) {
+	s := newSandbox(t)
+	// The sandbox's hostname and DNS complete every container's spec.
+	if err := s.Create(SandboxConfig{ID: "own", Hostname: "ownhost", DNS: []string{"nameserver 10.0.0.53"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, owned := range []bool{false, true} {
+		spec := testSpec("/bin/true")
+		spec.Hostname = ""
+		before, err := json.Marshal(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := s.CreateContainer(ContainerConfig{ID: uniqueID("own"), Spec: spec, SpecOwned: owned, IO: newIO(t, false)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		after, err := json.Marshal(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept, err := json.Marshal(c.Spec())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if owned {
+			if c.Spec() != spec {
+				t.Errorf("owned: the container keeps a copy, not the spec handed over")
+			}
+			if bytes.Equal(after, before) {
+				t.Errorf("owned: the spec handed over was not completed in place")
+			}
+		} else {
+			if c.Spec() == spec {
+				t.Errorf("not owned: the container keeps the caller's spec")
+			}
+			if !bytes.Equal(after, before) {
+				t.Errorf("not owned: the caller's spec changed:\n%s\n->\n%s", before, after)
+			}
+		}
+		if bytes.Equal(kept, before) {
+			t.Errorf("owned=%v: the container's spec was not completed (mounts, namespaces)", owned)
+		}
+		if err := s.RemoveContainer(context.Background(), c.ID(), 0); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -96,6 +96,11 @@ type ContainerConfig struct {
 	ID     string
 	ExecID string // id of the init process (Kata passes one); "" = ID
 	Spec   *specs.Spec
+	// SpecOwned hands Spec over: CreateContainer completes it in place
+	// (and the Container keeps it) instead of working on a deep copy, a
+	// JSON round trip of the whole spec that a caller which built Spec
+	// for this one call (the RPC edge, from the request) does not need.
+	SpecOwned bool
 	// SandboxPidns joins the sandbox's shared pid namespace, which is the
 	// pid namespace of the sandbox's first container (Kata's semantics).
 	// Without it the container gets a new pid namespace of its own.
@@ -351,9 +356,12 @@ func (s *Sandbox) CreateContainer(cc ContainerConfig) (_ *Container, retErr erro
 		}
 	}()
 
-	spec, err := ociconv.Clone(cc.Spec)
-	if err != nil {
-		return nil, err
+	spec := cc.Spec
+	if !cc.SpecOwned {
+		var err error
+		if spec, err = ociconv.Clone(cc.Spec); err != nil {
+			return nil, err
+		}
 	}
 	addGuestHooks(spec, guestHooks)
 	if spec.Linux == nil {

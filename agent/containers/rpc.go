@@ -258,7 +258,7 @@ func (r *RPC) CreateContainer(ctx context.Context, req *pb.CreateContainerReques
 	}
 	handedOver = true
 	_, err = r.o.Sandbox.CreateContainer(container.ContainerConfig{
-		ID: req.ContainerId, ExecID: req.ExecId, Spec: spec, SandboxPidns: req.SandboxPidns, IO: s,
+		ID: req.ContainerId, ExecID: req.ExecId, Spec: spec, SpecOwned: true, SandboxPidns: req.SandboxPidns, IO: s,
 		// After a launch timeout the rollback may still run inside the
 		// storages: they are dropped when it ended, not when this RPC
 		// answers.

@@ -7,7 +7,8 @@
 //     memory.oom_control; the kernel signals it on every OOM in the cgroup
 //     (and once more when the cgroup is removed, which ends the watch).
 //   - cgroup v2: inotify on memory.events; the "oom_kill" counter is re-read
-//     on each modification and an event is queued when it grew.
+//     on each modification and an event is queued when it grew. All v2
+//     watches share one inotify instance (see v2Group).
 //
 // The queue is bounded (MaxQueued) and never holds the same container twice
 // in a row: the host needs to learn that a container OOMed, not how often
@@ -42,6 +43,7 @@ type Watcher struct {
 	wake    chan struct{} // closed and replaced when queue gains an entry
 	closed  bool
 	dropped uint64
+	v2      *v2Group // made by the first v2 watch
 	wg      sync.WaitGroup
 }
 
@@ -76,7 +78,12 @@ func (w *Watcher) Watch(containerID, cgroupPath string, v2 bool) error {
 		err error
 	)
 	if v2 {
-		wt, err = watchV2(cgroupPath, notify, done, &w.wg)
+		if w.v2 == nil {
+			if w.v2, err = newV2Group(&w.wg); err != nil {
+				return fmt.Errorf("oom watch %s: %w", containerID, err)
+			}
+		}
+		wt, err = w.v2.watch(cgroupPath, notify, done)
 	} else {
 		wt, err = watchV1(cgroupPath, notify, done, &w.wg)
 	}
@@ -188,13 +195,16 @@ func (w *Watcher) Close() error {
 		return nil
 	}
 	w.closed = true
-	ws := w.watches
+	ws, v2 := w.watches, w.v2
 	w.watches = map[string]watch{}
 	close(w.wake)
 	w.wake = make(chan struct{})
 	w.mu.Unlock()
 	for _, wt := range ws {
 		wt.stop()
+	}
+	if v2 != nil {
+		v2.close()
 	}
 	w.wg.Wait()
 	return nil

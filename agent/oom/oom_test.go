@@ -272,3 +272,116 @@ func TestWatchPathsPicksController(t *testing.T) {
 		t.Fatalf("no memory path: %v", err)
 	}
 }
+
+// putKills writes a v2 memory.events with oom_kill n in dir.
+func putKills(t *testing.T, dir string, n int) {
+	t.Helper()
+	s := fmt.Sprintf("low 0\nhigh 0\nmax 0\noom %d\noom_kill %d\noom_group_kill 0\n", n, n)
+	if err := os.WriteFile(filepath.Join(dir, "memory.events"), []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// inotifyInstances counts this process's inotify descriptors.
+func inotifyInstances(t *testing.T) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if l, _ := os.Readlink("/proc/self/fd/" + fd.Name()); l == "anon_inode:inotify" {
+			n++
+		}
+	}
+	return n
+}
+
+// More live v2 watches than fs.inotify.max_user_instances allows
+// instances (128 by default) all work, on one inotify instance, and each
+// event names its own container, also after others were unwatched.
+func TestV2WatchesShareOneInstance(t *testing.T) {
+	n := 200
+	if b, err := os.ReadFile("/proc/sys/fs/inotify/max_user_instances"); err == nil {
+		if max, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && max < 10000 {
+			n = max + 72
+		}
+	}
+	before := inotifyInstances(t)
+	w := New()
+	defer w.Close()
+	root := t.TempDir()
+	dirs := make([]string, n)
+	for i := range dirs {
+		dirs[i] = filepath.Join(root, strconv.Itoa(i))
+		if err := os.Mkdir(dirs[i], 0o755); err != nil {
+			t.Fatal(err)
+		}
+		putKills(t, dirs[i], 1)
+		if err := w.Watch("c"+strconv.Itoa(i), dirs[i], true); err != nil {
+			t.Fatalf("watch %d of %d: %v", i, n, err)
+		}
+	}
+	if got := inotifyInstances(t) - before; got != 1 {
+		t.Fatalf("%d watches hold %d inotify instances, want 1", n, got)
+	}
+	for _, i := range []int{n - 1, 0, n / 2} {
+		putKills(t, dirs[i], 2)
+		if id, err := w.Next(ctxT(t, 5*time.Second)); err != nil || id != "c"+strconv.Itoa(i) {
+			t.Fatalf("kill in %d: event %q, %v", i, id, err)
+		}
+	}
+	expectNone(t, w)
+	// An unwatched container reports nothing; its neighbours still do.
+	w.Unwatch("c1")
+	putKills(t, dirs[1], 5)
+	expectNone(t, w)
+	putKills(t, dirs[2], 5)
+	if id, err := w.Next(ctxT(t, 5*time.Second)); err != nil || id != "c2" {
+		t.Fatalf("kill in 2 after unwatching 1: event %q, %v", id, err)
+	}
+	// Re-watching takes the current count as its baseline.
+	if err := w.Watch("c1", dirs[1], true); err != nil {
+		t.Fatal(err)
+	}
+	expectNone(t, w)
+	putKills(t, dirs[1], 6)
+	if id, err := w.Next(ctxT(t, 5*time.Second)); err != nil || id != "c1" {
+		t.Fatalf("kill in re-watched 1: event %q, %v", id, err)
+	}
+}
+
+// Two containers watching the same memory.events (one inotify watch in the
+// kernel) both get its events, and removing one keeps the other's.
+func TestV2SharedCgroupWatch(t *testing.T) {
+	dir := t.TempDir()
+	putKills(t, dir, 0)
+	w := New()
+	defer w.Close()
+	for _, id := range []string{"a", "b"} {
+		if err := w.Watch(id, dir, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putKills(t, dir, 1)
+	got := map[string]bool{}
+	for range 2 {
+		id, err := w.Next(ctxT(t, 5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[id] = true
+	}
+	if !got["a"] || !got["b"] {
+		t.Fatalf("events for %v, want a and b", got)
+	}
+	w.Unwatch("a")
+	putKills(t, dir, 2)
+	if id, err := w.Next(ctxT(t, 5*time.Second)); err != nil || id != "b" {
+		t.Fatalf("after unwatching a: event %q, %v", id, err)
+	}
+	expectNone(t, w)
+	os.Remove(filepath.Join(dir, "memory.events"))
+	waitUnwatched(t, w, "b")
+}
