@@ -17,6 +17,11 @@
 //     guest uptime at main and when serving, QEMU CPU, and TCG's
 //     translation-block count (KEEL_VMBENCH_ICOUNT=1: under -icount).
 //   - BenchmarkBootNVDIMM: the same keel-agent boot on an nvdimm.
+//   - BenchmarkFirstRPCs: the first and second call of each RPC Kata's
+//     runtime sends once the agent answers (UpdateInterface, UpdateRoutes,
+//     AddARPNeighbors, CreateSandbox, GetGuestDetails), with the TCG blocks
+//     each first call made: which first calls pay one-time costs;
+//     KEEL_VMBENCH_BASELINE_AGENT boots another agent alternately (A/B).
 //   - BenchmarkGuestMemory: MemTotal - MemFree - Buffers - Cached and the
 //     agent's RssAnon after boot with one idle container, Keel's kernel +
 //     DAX root vs Debian's kernel + initramfs (read through GetMetrics).
