@@ -1,6 +1,7 @@
 package ociconv
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -92,6 +93,7 @@ func TestToConfigDefaultCgroupAndPurity(t *testing.T) {
 	s := specconv.Example()
 	s.Root.Path = "/rootfs"
 	s.Linux.CgroupsPath = ""
+	s.Linux.IntelRdt = &specs.LinuxIntelRdt{ClosID: "keep"} // cleared in the config only
 	before, _ := json.Marshal(s)
 	cfg, err := ToConfig(s, Options{ID: "abc", CgroupParent: "/keel", NoPivotRoot: true})
 	if err != nil {
@@ -231,8 +233,16 @@ func FuzzToConfig(f *testing.F) {
 		if json.Unmarshal(data, &s) != nil {
 			return
 		}
+		before, err := json.Marshal(&s)
+		if err != nil {
+			return
+		}
 		if _, err := ToConfig(&s, Options{ID: "fuzz"}); err != nil && !errors.Is(err, ErrInvalid) {
 			t.Fatalf("error not classified: %v", err)
+		}
+		// ToConfig works on shallow copies: the input must stay as it was.
+		if after, _ := json.Marshal(&s); !bytes.Equal(after, before) {
+			t.Fatalf("ToConfig modified its input:\n%s\n->\n%s", before, after)
 		}
 	})
 }
