@@ -281,11 +281,17 @@ func TestBlockNodeWaitsUntilReady(t *testing.T) {
 	if _, err := r.Wait(context.Background(), BlockNode(dev, "rootdisk"), 700*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("a disk answering ENXIO was returned from sysfs: %v", err)
 	}
+	// The node's numbers are known from the matcher's making, before any
+	// Present: a uevent that matches only by them is not dropped when it
+	// comes before Wait's first scan.
+	byNumbers := &Event{Action: ActionAdd, DevPath: vdbPath, Subsystem: "block", DevName: "vdb", Major: "259", Minor: "1048575"}
+	if !BlockNode(dev, "rootdisk").Match(byNumbers) {
+		t.Fatal("a fresh BlockNode matcher does not know its node's numbers")
+	}
 	go func() {
 		for r.Waiting() == 0 {
 			time.Sleep(time.Millisecond)
 		}
-		time.Sleep(50 * time.Millisecond)
 		r.Deliver(Event{Action: ActionAdd, DevPath: "/devices/other/block/vdc", Subsystem: "block", DevName: "vdc", Major: "259", Minor: "7", Seqnum: 8})
 		r.Deliver(Event{Action: ActionAdd, DevPath: vdbPath, Subsystem: "block", DevName: "vdb", Major: "259", Minor: "1048575", Seqnum: 9})
 	}()

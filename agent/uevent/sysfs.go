@@ -110,10 +110,22 @@ func devpathOf(sysfs, link string) []string {
 func BlockNode(devDir, name string) Matcher {
 	node := filepath.Join(devDir, name)
 	bad := name == "" || filepath.IsAbs(name) || filepath.Clean(name) != name || name == ".." || strings.HasPrefix(name, "../")
-	// The node's numbers, read by Present on the waiting goroutine and
-	// compared by Match on the listener's: MAJOR<<32|MINOR + 1, 0 while
-	// no block node was seen.
+	// The node's numbers, compared by Match on the listener's goroutine:
+	// MAJOR<<32|MINOR + 1, 0 while no block node was seen. They are read
+	// here, before Wait registers the waiter, so that a uevent matching
+	// only by numbers is not dropped in the gap before the first Present,
+	// and Present keeps them fresh (the runtime may make the node later).
 	var seen atomic.Uint64
+	blockNumbers := func() (major, minor uint64, ok bool) {
+		var st unix.Stat_t
+		if bad || unix.Stat(node, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+			return 0, 0, false
+		}
+		major, minor = uint64(unix.Major(st.Rdev)), uint64(unix.Minor(st.Rdev))
+		seen.Store(major<<32 | minor + 1)
+		return major, minor, true
+	}
+	blockNumbers()
 	return Matcher{
 		What: fmt.Sprintf("block device %s", node),
 		Match: func(ev *Event) bool {
@@ -136,10 +148,7 @@ func BlockNode(devDir, name string) Matcher {
 				return nil
 			}
 			var out []string
-			var st unix.Stat_t
-			if unix.Stat(node, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK {
-				major, minor := uint64(unix.Major(st.Rdev)), uint64(unix.Minor(st.Rdev))
-				seen.Store(major<<32 | minor + 1)
+			if major, minor, ok := blockNumbers(); ok {
 				out = devpathOf(sysfs, fmt.Sprintf("dev/block/%d:%d", major, minor))
 			}
 			if !strings.Contains(name, "/") {
