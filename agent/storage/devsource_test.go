@@ -19,19 +19,11 @@ import (
 var nodeSeq atomic.Int32
 
 // enxioNode makes a block node under /dev (a "blk" source must be there)
-// whose open answers ENXIO: blkext's last minor, which no disk has, as a
-// hot-plugged disk's node does until the kernel has finished adding it.
+// whose open answers ENXIO (see loopdev.ENXIONode).
 func enxioNode(t *testing.T) string {
 	t.Helper()
 	node := fmt.Sprintf("/dev/keel-test-%d-%d", os.Getpid(), nodeSeq.Add(1))
-	must(t, unix.Mknod(node, unix.S_IFBLK|0o600, int(unix.Mkdev(259, 1<<20-1))))
-	t.Cleanup(func() { os.Remove(node) })
-	if fd, err := unix.Open(node, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err != unix.ENXIO {
-		if err == nil {
-			unix.Close(fd)
-		}
-		t.Fatalf("open of %s: %v, want ENXIO", node, err)
-	}
+	loopdev.ENXIONode(t, node)
 	return node
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keelvm/keel/tests/loopdev"
 	"golang.org/x/sys/unix"
 )
 
@@ -185,10 +186,7 @@ func TestWaitSkipsDiskNotYetOpenable(t *testing.T) {
 	}
 	root, dev := t.TempDir(), t.TempDir()
 	fakeDevice(t, root, vdaPath, "block", "MAJOR=259\nMINOR=1048575\nDEVNAME=vda\nDEVTYPE=disk\n")
-	// blkext's last minor: no disk has it, so opening the node is ENXIO.
-	if err := unix.Mknod(filepath.Join(dev, "vda"), unix.S_IFBLK|0o600, int(unix.Mkdev(259, 1<<20-1))); err != nil {
-		t.Fatal(err)
-	}
+	loopdev.ENXIONode(t, filepath.Join(dev, "vda"))
 	r := NewRegistry(root, 0)
 	r.devDir = dev
 	if _, err := r.Wait(context.Background(), vdaMatcher(), 700*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
@@ -270,11 +268,9 @@ func TestBlockNodeWaitsUntilReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The kernel's node (vdb) and one named by the runtime (rootdisk),
-	// both blkext's last minor: opening them is ENXIO.
+	// both loopdev.ENXIOMajor:ENXIOMinor (259:1048575): opening them is ENXIO.
 	for _, n := range []string{"vdb", "rootdisk"} {
-		if err := unix.Mknod(filepath.Join(dev, n), unix.S_IFBLK|0o600, int(unix.Mkdev(259, 1<<20-1))); err != nil {
-			t.Fatal(err)
-		}
+		loopdev.ENXIONode(t, filepath.Join(dev, n))
 	}
 	r := NewRegistry(root, 0)
 	r.devDir = dev
