@@ -516,13 +516,12 @@ func (startInFlight) end() {
 // now are left to reapAbandonedStages; without CONFIG_PROC_CHILDREN all of
 // them are.
 func reapThreadStages() {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/children", unix.Gettid()))
+	pids, err := reaper.ThreadChildren()
 	if err != nil {
 		return
 	}
-	for _, f := range strings.Fields(string(b)) {
-		pid, err := strconv.Atoi(f)
-		if err != nil || pid <= 0 || reaper.Watched(pid) {
+	for _, pid := range pids {
+		if reaper.Watched(pid) {
 			continue
 		}
 		if _, state, comm := statOf(pid); state != "Z" || !abandonedStages[comm] {

@@ -328,7 +328,7 @@ func (r *reaper) reapAroundLimited(now time.Time) time.Duration {
 // the main thread; reapAroundLimited bounds how often.
 func (r *reaper) reapAround() {
 	r.arounds.Add(1)
-	for _, pid := range mainThreadChildren() {
+	for _, pid := range threadChildrenOrAll() {
 		r.reapLeftBehind(pid)
 	}
 }
@@ -356,25 +356,36 @@ func (r *reaper) reapLeftBehind(pid int) {
 	}
 }
 
-// noProcChildren makes mainThreadChildren take its fallback (tests).
+// noProcChildren makes threadChildrenOrAll take its fallback (tests).
 var noProcChildren atomic.Bool
 
-// mainThreadChildren lists the calling thread's children, or, without
-// CONFIG_PROC_CHILDREN, every child of this process (a superset).
-func mainThreadChildren() []int {
-	var pids []int
+// ThreadChildren lists the calling thread's children from
+// /proc/self/task/<tid>/children. It fails without CONFIG_PROC_CHILDREN.
+// The caller should hold its OS thread (runtime.LockOSThread) for the
+// answer to mean anything.
+func ThreadChildren() ([]int, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/children", unix.Gettid()))
-	if noProcChildren.Load() {
-		err = os.ErrNotExist
+	if err != nil {
+		return nil, fmt.Errorf("unable to list the thread's children: %w", err)
 	}
-	if err == nil {
-		for _, f := range strings.Fields(string(b)) {
-			if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
-				pids = append(pids, pid)
-			}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
+			pids = append(pids, pid)
 		}
-		return pids
 	}
+	return pids, nil
+}
+
+// threadChildrenOrAll lists the calling thread's children, or, without
+// CONFIG_PROC_CHILDREN, every child of this process (a superset).
+func threadChildrenOrAll() []int {
+	if !noProcChildren.Load() {
+		if pids, err := ThreadChildren(); err == nil {
+			return pids
+		}
+	}
+	var pids []int
 	d, err := os.Open("/proc")
 	if err != nil {
 		return nil

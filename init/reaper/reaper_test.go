@@ -548,7 +548,7 @@ func waitZombie(t *testing.T, pid int, what string) {
 // wait(P_ALL) returns first does not keep the orphans behind it from being
 // reaped: they are reaped by pid. Once released, the held one is reaped
 // too. (Before, every orphan of the guest waited behind it.) The same
-// without CONFIG_PROC_CHILDREN: noProcChildren makes mainThreadChildren
+// without CONFIG_PROC_CHILDREN: noProcChildren makes threadChildrenOrAll
 // take the branch a missing /proc/<pid>/task/<tid>/children takes (its
 // read fails, whatever the error), which lists every child of the process
 // from /proc/*/stat, children of other threads too; those must be refused
@@ -607,8 +607,8 @@ func otherThreadZombie(t *testing.T) (pid int, wait func() (unix.WaitStatus, err
 func heldZombieBlocksNoOtherOrphan(t *testing.T, fallback bool) {
 	_, heldSt := holdZombie(t)
 	other, waitOther := otherThreadZombie(t)
-	if fallback && !slices.Contains(mainThreadChildren(), other) {
-		t.Fatalf("the /proc/*/stat fallback does not list child %d of another thread (it lists %v)", other, mainThreadChildren())
+	if fallback && !slices.Contains(threadChildrenOrAll(), other) {
+		t.Fatalf("the /proc/*/stat fallback does not list child %d of another thread (it lists %v)", other, threadChildrenOrAll())
 	}
 	arounds := r.arounds.Load()
 	for i := range 3 {
