@@ -706,7 +706,12 @@ func TestFailedStartReapsItsStagesWhileAnotherIsStuck(t *testing.T) {
 	if _, err := cs[1].Exec("failing", specProcess("/nonexistent/program"), newIO(t, false)); err == nil {
 		t.Fatal("an exec of a missing program started")
 	}
-	pid := <-stagePid
+	var pid int
+	select {
+	case pid = <-stagePid:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the failing exec returned without reaching its start hook")
+	}
 	if pid <= 0 {
 		t.Fatal("no stand-in stage")
 	}
@@ -730,7 +735,12 @@ func TestFailedStartReapsItsStagesWhileAnotherIsStuck(t *testing.T) {
 		t.Fatal("no start in flight: the held exec ended before the check")
 	}
 	unhold()
-	if err := <-heldDone; err != nil {
-		t.Fatalf("the held exec: %v", err)
+	select {
+	case err := <-heldDone:
+		if err != nil {
+			t.Fatalf("the held exec: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the held exec did not return within 30s of its release")
 	}
 }
