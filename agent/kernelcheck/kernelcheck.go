@@ -13,24 +13,21 @@
 //
 // Background work still shares the guest's one vCPU with the RPCs Kata's
 // runtime sends right after the boot (UpdateInterface, CreateSandbox...),
-// so the check gives way to them: its thread runs at SCHED_IDLE and its
-// scan yields to other goroutines between chunks, so it uses the time the
-// guest waits for the host. Once a caller waits for it, the thread gets a
-// normal share again: a guest kept busy by its containers cannot starve it.
+// so the scan yields to other goroutines between chunks of a few KiB. It
+// runs at the agent's normal priority: a thread at SCHED_IDLE would keep
+// its Go scheduler slot (the only one on a one-vCPU guest) while the
+// kernel leaves it waiting behind any busy process, stalling every RPC,
+// the reaper and the GC with it (measured: 555 ms pauses, the check not
+// done after 60 s beside one busy loop).
 package kernelcheck
 
 import (
-	"compress/gzip"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"os"
 	"runtime"
 	"slices"
 	"sync"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/keelvm/keel/kernel-config/required"
 )
@@ -45,10 +42,6 @@ type Report struct {
 	once  sync.Once
 	done  chan struct{}
 	lines []string // set before done is closed, never changed after
-
-	mu      sync.Mutex
-	tid     int  // the check's thread while it runs at SCHED_IDLE, else 0
-	boosted bool // a caller waited: the check runs at the normal policy
 }
 
 // New returns a report of check, not started yet.
@@ -56,44 +49,15 @@ func New(check Check) *Report {
 	return &Report{check: check, done: make(chan struct{})}
 }
 
-// Start runs the check in the background, at idle priority; only the
-// first call (of Start or Lines) starts it.
+// Start runs the check in the background; only the first call (of Start
+// or Lines) starts it.
 func (r *Report) Start() {
 	r.once.Do(func() { go r.run() })
 }
 
 func (r *Report) run() {
 	defer close(r.done)
-	// Never unlocked: the thread's policy is changed, so the thread must
-	// end with this goroutine rather than serve others.
-	runtime.LockOSThread()
-	r.mu.Lock()
-	if !r.boosted && setPolicy(0, unix.SCHED_IDLE) == nil {
-		r.tid = unix.Gettid()
-	}
-	r.mu.Unlock()
-	lines := Lines(r.check())
-	r.mu.Lock()
-	r.tid = 0 // boost must not touch the thread once it may have ended
-	r.mu.Unlock()
-	r.lines = lines
-}
-
-// boost gives the check's thread the normal policy back: somebody waits.
-func (r *Report) boost() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.boosted = true
-	if r.tid != 0 {
-		// An unprivileged agent may not leave SCHED_IDLE (RLIMIT_NICE):
-		// the check then finishes at idle priority.
-		_ = setPolicy(r.tid, unix.SCHED_NORMAL)
-		r.tid = 0
-	}
-}
-
-func setPolicy(tid int, policy uint32) error {
-	return unix.SchedSetAttr(tid, &unix.SchedAttr{Policy: policy}, 0)
+	r.lines = Lines(r.check())
 }
 
 // Lines returns the report's lines, starting the check if nobody did and
@@ -106,7 +70,6 @@ func (r *Report) Lines(ctx context.Context) ([]string, error) {
 		return slices.Clone(r.lines), nil
 	default:
 	}
-	r.boost()
 	select {
 	case <-r.done:
 		return slices.Clone(r.lines), nil
@@ -132,27 +95,11 @@ func Lines(missing []required.Missing, err error) []string {
 // Running is required.CheckRunning giving way to other goroutines between
 // chunks of the decompressed configuration (a few KiB each).
 func Running() ([]required.Missing, error) {
-	return checkGzip(required.ConfigGz)
+	return checkYielding(required.ConfigGz)
 }
 
-func checkGzip(path string) ([]required.Missing, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, required.ErrNotAvailable
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	m, err := required.CheckConfig(yielding{zr})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return m, nil
+func checkYielding(path string) ([]required.Missing, error) {
+	return required.CheckGzip(path, func(r io.Reader) io.Reader { return yielding{r} })
 }
 
 // yielding lets other goroutines run before each read.

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/keelvm/keel/kernel-config/required"
 )
 
@@ -128,70 +126,6 @@ func TestLinesWaitIsBounded(t *testing.T) {
 	}
 }
 
-func policyOf(t *testing.T, tid int) uint32 {
-	t.Helper()
-	a, err := unix.SchedGetAttr(tid, 0)
-	if err != nil {
-		t.Fatalf("sched_getattr(%d): %v", tid, err)
-	}
-	return a.Policy
-}
-
-// TestIdleUntilWaitedFor: started in the background, the check runs at
-// SCHED_IDLE (it takes only CPU time the RPCs leave); once a caller waits
-// for it, its thread is back at the normal policy, so a guest kept busy
-// cannot starve the wait.
-func TestIdleUntilWaitedFor(t *testing.T) {
-	type started struct {
-		tid    int
-		policy uint32
-	}
-	ran := make(chan started, 1)
-	release := make(chan struct{})
-	r := New(func() ([]required.Missing, error) {
-		a, err := unix.SchedGetAttr(0, 0)
-		if err != nil {
-			return nil, err
-		}
-		ran <- started{unix.Gettid(), a.Policy}
-		<-release
-		return gaps, nil
-	})
-	r.Start()
-	var s started
-	select {
-	case s = <-ran:
-	case <-time.After(time.Minute):
-		t.Fatal("Start did not start the check")
-	}
-	if s.policy != unix.SCHED_IDLE {
-		t.Fatalf("the background check runs at policy %d, want SCHED_IDLE (%d)", s.policy, unix.SCHED_IDLE)
-	}
-	if s.tid == unix.Gettid() {
-		t.Fatal("the check ran on the caller's thread")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	got := make(chan []string, 1)
-	go func() {
-		l, err := r.Lines(ctx)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- l
-	}()
-	for policyOf(t, s.tid) != unix.SCHED_NORMAL {
-		if ctx.Err() != nil {
-			t.Fatal("a caller waits, yet the check's thread stayed at SCHED_IDLE")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	close(release)
-	if l := <-got; !reflect.DeepEqual(l, gapLines) {
-		t.Errorf("Lines = %q, want %q", l, gapLines)
-	}
-}
-
 // TestRunningMatchesRequired: the yielding scan of the agent answers as
 // required's own check, on a crafted config.gz and on this host's kernel.
 func TestRunningMatchesRequired(t *testing.T) {
@@ -212,15 +146,15 @@ func TestRunningMatchesRequired(t *testing.T) {
 	fmt.Fprintln(zw, "CONFIG_FUSE_FS=m")
 	zw.Close()
 	f.Close()
-	m, err := checkGzip(gz)
+	m, err := checkYielding(gz)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"keel.kernel.missing=agent-transport:VIRTIO_VSOCKETS=n", "keel.kernel.missing=shared-filesystems:FUSE_FS=m"}
 	if got := Lines(m, nil); !reflect.DeepEqual(got, want) {
-		t.Errorf("checkGzip: %q, want %q", got, want)
+		t.Errorf("checkYielding: %q, want %q", got, want)
 	}
-	if _, err := checkGzip(filepath.Join(t.TempDir(), "absent")); !errors.Is(err, required.ErrNotAvailable) {
+	if _, err := checkYielding(filepath.Join(t.TempDir(), "absent")); !errors.Is(err, required.ErrNotAvailable) {
 		t.Errorf("no config.gz: %v, want ErrNotAvailable", err)
 	}
 	m1, err1 := Running()

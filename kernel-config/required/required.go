@@ -112,10 +112,12 @@ var ErrNotAvailable = errors.New("kernel configuration not available (" + Config
 
 // CheckRunning checks the running kernel's /proc/config.gz.
 func CheckRunning() ([]Missing, error) {
-	return checkFile(ConfigGz)
+	return CheckGzip(ConfigGz, nil)
 }
 
-func checkFile(path string) ([]Missing, error) {
+// CheckGzip checks the gzipped .config at path; wrap, if not nil, wraps
+// the decompressed stream (the agent's yields to other goroutines).
+func CheckGzip(path string, wrap func(io.Reader) io.Reader) ([]Missing, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, ErrNotAvailable
@@ -128,7 +130,11 @@ func checkFile(path string) ([]Missing, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	m, err := CheckConfig(zr)
+	var cfg io.Reader = zr
+	if wrap != nil {
+		cfg = wrap(zr)
+	}
+	m, err := CheckConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

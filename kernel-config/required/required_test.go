@@ -79,12 +79,12 @@ func TestCheck(t *testing.T) {
 
 func TestCheckFile(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := checkFile(filepath.Join(dir, "config.gz")); !errors.Is(err, ErrNotAvailable) {
+	if _, err := CheckGzip(filepath.Join(dir, "config.gz"), nil); !errors.Is(err, ErrNotAvailable) {
 		t.Errorf("missing file: err = %v, want ErrNotAvailable", err)
 	}
 	plain := filepath.Join(dir, "plain")
 	os.WriteFile(plain, []byte("CONFIG_A=y\n"), 0o644)
-	if _, err := checkFile(plain); err == nil || !strings.Contains(err.Error(), plain) {
+	if _, err := CheckGzip(plain, nil); err == nil || !strings.Contains(err.Error(), plain) {
 		t.Errorf("not gzip: err = %v", err)
 	}
 	gz := filepath.Join(dir, "config.gz")
@@ -98,7 +98,7 @@ func TestCheckFile(t *testing.T) {
 	}
 	zw.Close()
 	f.Close()
-	m, err := checkFile(gz)
+	m, err := CheckGzip(gz, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func BenchmarkCheckFile(b *testing.B) {
 	})
 	b.Run("wanted", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := checkFile(gz); err != nil {
+			if _, err := CheckGzip(gz, nil); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -101,8 +101,9 @@ func TestOwnKernelBootsFromDAXRoot(t *testing.T) {
 		if r.ready == 0 {
 			t.Errorf("%s: no listener_ready in %v", name, d.AgentDetails.ExtraFeatures)
 		}
-		// The kernel check ran once (agent/kernelcheck): a second
-		// GetGuestDetails reports the same result.
+		// The kernel check's one result (agent/kernelcheck; that it runs
+		// once is TestCheckRunsOnce's): a second GetGuestDetails reports
+		// the same lines.
 		d2, err := c.Agent.GetGuestDetails(ctx, &pb.GuestDetailsRequest{})
 		if err != nil {
 			t.Fatalf("%s: second GetGuestDetails: %v", name, err)
