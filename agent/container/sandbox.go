@@ -499,6 +499,8 @@ func (s *Sandbox) RemoveContainer(ctx context.Context, id string, timeout time.D
 	if err := c.kill(ctx); err != nil {
 		return err
 	}
+	// Before the destroy: Unwatch reads the OOM counter one last time
+	// (a kill's notification may still be on its way) from the cgroup.
 	if s.cfg.OOM != nil {
 		s.cfg.OOM.Unwatch(id)
 	}

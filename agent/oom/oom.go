@@ -109,6 +109,9 @@ func (w *Watcher) WatchPaths(containerID string, paths map[string]string) error 
 }
 
 // Unwatch stops watching containerID; events already queued stay queued.
+// It reads the cgroup's OOM state one last time, so a kill whose
+// notification has not arrived yet is still queued: call it before the
+// cgroup is removed.
 func (w *Watcher) Unwatch(containerID string) {
 	w.mu.Lock()
 	wt, ok := w.watches[containerID]

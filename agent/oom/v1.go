@@ -12,11 +12,55 @@ import (
 
 // v1Watch waits on an eventfd registered for memory.oom_control.
 type v1Watch struct {
-	efd  *os.File
-	once sync.Once
+	efd    *os.File
+	dir    string
+	notify func()
+	once   sync.Once
+	exited chan struct{} // closed when the goroutine reading efd ends
 }
 
-func (v *v1Watch) stop() { v.once.Do(func() { v.efd.Close() }) }
+// stop ends the watch. The kernel signals the eventfd before it kills,
+// but the goroutine may not have read it yet when the container is
+// removed right after the kill: stop takes what is pending itself (an
+// eventfd read is atomic, so it or the goroutine gets it, never both)
+// and waits for the goroutine, so one that already took a signal
+// decides on it while the cgroup is still there. The caller stops the
+// watch before it removes the cgroup.
+func (v *v1Watch) stop() {
+	v.once.Do(func() {
+		if v.pending() {
+			v.signalled()
+		}
+		v.efd.Close()
+	})
+	<-v.exited
+}
+
+// pending reads the eventfd without blocking (and without the poller's
+// read lock, which the goroutine's blocked Read holds).
+func (v *v1Watch) pending() bool {
+	rc, err := v.efd.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var n int
+	_ = rc.Control(func(fd uintptr) {
+		var buf [8]byte
+		n, _ = unix.Read(int(fd), buf[:])
+	})
+	return n == 8
+}
+
+// signalled queues an event for a signal of the eventfd, unless the
+// cgroup is gone: the eventfd also fires when the cgroup is removed. It
+// reports whether the cgroup is still there.
+func (v *v1Watch) signalled() bool {
+	if _, err := os.Stat(filepath.Join(v.dir, "cgroup.event_control")); err != nil {
+		return false
+	}
+	v.notify()
+	return true
+}
 
 func watchV1(dir string, notify func(), done func(watch), wg *sync.WaitGroup) (watch, error) {
 	ctl, err := os.Open(filepath.Join(dir, "memory.oom_control"))
@@ -39,22 +83,21 @@ func watchV1(dir string, notify func(), done func(watch), wg *sync.WaitGroup) (w
 		efd.Close()
 		return nil, fmt.Errorf("register oom eventfd: %w", err)
 	}
-	v := &v1Watch{efd: efd}
+	v := &v1Watch{efd: efd, dir: dir, notify: notify, exited: make(chan struct{})}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		defer close(v.exited)
 		defer done(v)
-		defer v.stop()
 		buf := make([]byte, 8)
 		for {
 			if _, err := v.efd.Read(buf); err != nil {
 				return // stopped
 			}
-			// The eventfd also fires when the cgroup is removed.
-			if _, err := os.Stat(filepath.Join(dir, "cgroup.event_control")); err != nil {
+			if !v.signalled() {
+				v.once.Do(func() { v.efd.Close() })
 				return
 			}
-			notify()
 		}
 	}()
 	return v, nil

@@ -58,10 +58,13 @@ type v2Watch struct {
 	path   string
 	notify func()
 	done   func(watch)
-	// last is the oom_kill count last seen: set before the watch is in
-	// g.byWD, then read and written by g's reader goroutine only.
-	last uint64
-	once sync.Once
+	once   sync.Once
+	// mu makes reading the counter, comparing it with last and moving
+	// last one step, so that the reader's check and stop's final read
+	// queue a kill exactly once between them.
+	mu      sync.Mutex
+	last    uint64 // the oom_kill count last seen
+	stopped bool   // after stop's final read: checks are moot
 }
 
 func newV2Group(wg *sync.WaitGroup) (*v2Group, error) {
@@ -115,8 +118,21 @@ func (g *v2Group) watch(dir string, notify func(), done func(watch)) (watch, err
 }
 
 // stop removes the watch; the inotify watch goes with its last user.
+//
+// It reads the counter one last time first: the kernel delivers
+// memory.events notifications late (at most one per 10 ms per file,
+// the rest from a timer, all through a workqueue), and the reader
+// goroutine may not have taken one yet, so a kill that ended the
+// container right before its remove would otherwise never be queued.
+// The caller stops the watch before it removes the cgroup.
 func (v *v2Watch) stop() {
 	v.once.Do(func() {
+		v.mu.Lock()
+		if v.grew() {
+			v.notify()
+		}
+		v.stopped = true
+		v.mu.Unlock()
 		g := v.g
 		g.mu.Lock()
 		defer g.mu.Unlock()
@@ -141,20 +157,39 @@ func (v *v2Watch) stop() {
 // check re-reads the oom_kill counter and notifies when it grew. A file
 // that cannot be read any more (the cgroup went away) ends the watch.
 func (v *v2Watch) check() {
+	v.mu.Lock()
+	if v.stopped {
+		v.mu.Unlock()
+		return
+	}
 	b, err := os.ReadFile(v.path)
 	if err != nil {
+		v.mu.Unlock()
 		v.stop()
 		v.done(v)
 		return
 	}
-	cur, err := ParseMemoryEvents(b)
-	if err != nil {
-		return
-	}
-	if cur > v.last {
+	grew := v.grewTo(b)
+	v.mu.Unlock()
+	if grew {
 		v.notify()
 	}
+}
+
+// grew reads the counter and reports whether it passed v.last, which it
+// then moves to it; v.mu is held. An unreadable file reports false.
+func (v *v2Watch) grew() bool {
+	b, err := os.ReadFile(v.path)
+	return err == nil && v.grewTo(b)
+}
+
+func (v *v2Watch) grewTo(memoryEvents []byte) bool {
+	cur, err := ParseMemoryEvents(memoryEvents)
+	if err != nil || cur <= v.last {
+		return false
+	}
 	v.last = cur
+	return true
 }
 
 // read runs until g is closed, dispatching inotify events to the watches.
