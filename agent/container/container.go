@@ -54,8 +54,11 @@ func (s State) String() string {
 
 // Container wraps a libcontainer container and its processes.
 type Container struct {
-	id           string
-	lc           *libcontainer.Container
+	id string
+	lc *libcontainer.Container
+	// spec shares slices, maps and pointers with lc's configuration
+	// (ociconv.ToConfig makes shallow copies): neither may be changed in
+	// place after Create; replace a part instead, as Update does.
 	spec         *specs.Spec
 	privatePidns bool
 	init         *Process

@@ -65,6 +65,7 @@ func (r *Report) run() {
 // once and its one result is shared (each caller gets its own copy).
 func (r *Report) Lines(ctx context.Context) ([]string, error) {
 	r.Start()
+	// A result already there wins over a context already done.
 	select {
 	case <-r.done:
 		return slices.Clone(r.lines), nil

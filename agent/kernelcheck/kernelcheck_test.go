@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -161,5 +162,23 @@ func TestRunningMatchesRequired(t *testing.T) {
 	m2, err2 := required.CheckRunning()
 	if !reflect.DeepEqual(Lines(m1, err1), Lines(m2, err2)) {
 		t.Errorf("Running: %v, %v; required.CheckRunning: %v, %v", m1, err1, m2, err2)
+	}
+}
+
+// TestScanYields: with one scheduler slot (a one-vCPU guest), a goroutine
+// that became runnable while the check scans gets to run before the next
+// chunk is read, without waiting for the scheduler to preempt the scan.
+func TestScanYields(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	ran := make(chan struct{})
+	r := yielding{strings.NewReader("CONFIG_X=y\n")}
+	go close(ran) // runnable, not run: this goroutine keeps the only slot
+	if _, err := r.Read(make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ran:
+	default:
+		t.Fatal("the other goroutine did not run during the read: the scan does not yield")
 	}
 }

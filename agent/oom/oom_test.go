@@ -498,7 +498,11 @@ func TestV1SignalRightBeforeStop(t *testing.T) {
 	case <-time.After(5 * time.Second):
 	}
 	close(release)
-	<-stopped
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("stop did not return within 10s")
+	}
 	wg.Wait()
 	if n := count.Load(); n != 2 {
 		t.Fatalf("%d events for 2 signals", n)
