@@ -338,21 +338,34 @@ func paired(b *testing.B, op string, agentOp func(ctx context.Context, i int) er
 	rt := map[string]int64{}
 	var pairRatios []float64
 	for i := range b.N {
-		t0 := time.Now()
-		if err := agentOp(ctx, i); err != nil {
-			b.Fatal(err)
-		}
-		d := time.Since(t0)
-		agent += d
-		for _, name := range []string{"runc", "crun"} {
+		// The order rotates round by round, so no side always runs right
+		// after the agent (whose work the kernel may finish asynchronously,
+		// e.g. freeing a removed cgroup) or always first.
+		var d time.Duration
+		var runcNs int64
+		steps := []string{"agent", "runc", "crun"}
+		for k := range steps {
+			name := steps[(k+i)%len(steps)]
+			if name == "agent" {
+				t0 := time.Now()
+				if err := agentOp(ctx, i); err != nil {
+					b.Fatal(err)
+				}
+				d = time.Since(t0)
+				agent += d
+				continue
+			}
 			r, out, err := g.RunScript(ctx, BenchDir, name, op, "1")
 			if err != nil {
 				b.Fatalf("%v\n%s", err, out)
 			}
 			rt[name] += r.NsPerOp
-			if name == "runc" && r.NsPerOp > 0 {
-				pairRatios = append(pairRatios, float64(d)/float64(r.NsPerOp))
+			if name == "runc" {
+				runcNs = r.NsPerOp
 			}
+		}
+		if runcNs > 0 {
+			pairRatios = append(pairRatios, float64(d)/float64(runcNs))
 		}
 	}
 	if len(pairRatios) > 0 {
