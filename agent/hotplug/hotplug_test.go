@@ -49,7 +49,24 @@ func read(t *testing.T, p string) string {
 
 // fakeKernel plays the kernel's part in a fake sysfs tree: it keeps
 // cpu/online equal to the CPUs whose online file says 1 (cpu0 always).
-func fakeKernel(ctx context.Context, root string, ncpu int) {
+//
+// It runs until the test ends: the cleanup stops it and waits for it to
+// return, so no write lands in root while the test's TempDir is removed
+// (a late write failed the removal with "directory not empty").
+func fakeKernel(t *testing.T, root string, ncpu int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		runFakeKernel(ctx, root, ncpu)
+	}()
+}
+
+func runFakeKernel(ctx context.Context, root string, ncpu int) {
 	for ctx.Err() == nil {
 		list := []string{"0"}
 		for i := 1; i < ncpu; i++ {
@@ -70,13 +87,14 @@ func TestOnlineCPUsWaitsForLateCPU(t *testing.T) {
 	write(t, filepath.Join(root, "devices/system/cpu/possible"), "0-2\n")
 	write(t, filepath.Join(root, "devices/system/cpu/online"), "0\n")
 	write(t, filepath.Join(root, "devices/system/cpu/cpu1/online"), "0\n")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go fakeKernel(ctx, root, 3)
+	fakeKernel(t, root, 3)
+	late := make(chan struct{})
 	go func() {
+		defer close(late)
 		time.Sleep(200 * time.Millisecond)
 		write(t, filepath.Join(root, "devices/system/cpu/cpu2/online"), "0\n")
 	}()
+	defer func() { <-late }()
 	h := &Handler{Onliner: Onliner{SysfsRoot: root}}
 	start := time.Now()
 	if _, err := h.OnlineCPUMem(context.Background(), &pb.OnlineCPUMemRequest{NbCpus: 3, CpuOnly: true}); err != nil {
