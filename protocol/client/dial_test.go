@@ -149,8 +149,11 @@ func TestHybridLateListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn.Close()
-	if late := time.Since(ready); late > MaxBackoff+150*time.Millisecond {
-		t.Fatalf("connected %v after the listener appeared, want within about one backoff (%v)", late, MaxBackoff)
+	// About one backoff (MaxBackoff) is expected; the bound only has to
+	// catch the regression, a retry a whole second later, with room for a
+	// loaded CI machine (MaxBackoff + 150 ms was a flake risk).
+	if late := time.Since(ready); late > 700*time.Millisecond {
+		t.Fatalf("connected %v after the listener appeared, want within 700 ms (about one backoff, %v, expected)", late, MaxBackoff)
 	}
 }
 
