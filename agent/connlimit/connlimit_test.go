@@ -303,7 +303,9 @@ func TestPendingCapBackpressure(t *testing.T) {
 	if d := time.Since(start); d < 400*time.Millisecond {
 		t.Fatalf("third request answered after %v while 2 (MaxPending) were pending", d)
 	}
-	// Another connection is not held back.
+	// Another connection is not held back. c's requests stay pending until
+	// the test ends, so a held-back connection would never answer: a
+	// generous deadline suffices (a 500 ms bound was a CI flake risk).
 	other := dial(t, sock)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -311,7 +313,7 @@ func TestPendingCapBackpressure(t *testing.T) {
 	pend(ctx, c)
 	time.Sleep(100 * time.Millisecond)
 	start = time.Now()
-	if err := check(other, time.Second); err != nil || time.Since(start) > 500*time.Millisecond {
+	if err := check(other, 5*time.Second); err != nil {
 		t.Fatalf("other connection: %v after %v", err, time.Since(start))
 	}
 }
