@@ -68,9 +68,19 @@ func TestStreamReadAccounting(t *testing.T) {
 		t.Fatalf("panicking reader: %v, want Internal naming the panic", err)
 	}
 	// Both reads counted: "now" answered from the reader (Record), "later"
-	// through Observe; and the panicking ReadStderr.
-	if out := m.Render(); !strings.Contains(out, `keel_agent_rpc_duration_seconds_count{method="/grpc.AgentService/ReadStdout"} 2`+"\n") ||
-		!strings.Contains(out, `keel_agent_rpc_duration_seconds_count{method="/grpc.AgentService/ReadStderr"} 1`+"\n") {
+	// through Observe; and the panicking ReadStderr. Observe records in a
+	// deferred func, after the reply is written: the client may see the
+	// reply first, so poll for a few seconds rather than read once.
+	counted := func(out string) bool {
+		return strings.Contains(out, `keel_agent_rpc_duration_seconds_count{method="/grpc.AgentService/ReadStdout"} 2`+"\n") &&
+			strings.Contains(out, `keel_agent_rpc_duration_seconds_count{method="/grpc.AgentService/ReadStderr"} 1`+"\n")
+	}
+	out := m.Render()
+	for deadline := time.Now().Add(5 * time.Second); !counted(out) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		out = m.Render()
+	}
+	if !counted(out) {
 		t.Fatalf("metrics do not count the reads (want 2 ReadStdout, 1 ReadStderr):\n%s", out)
 	}
 	wctx, wcancel := context.WithCancel(ctx)
