@@ -161,8 +161,10 @@ func TestErrorReplyIsTyped(t *testing.T) {
 }
 
 func TestRepliesMatchedByID(t *testing.T) {
+	gotA := make(chan struct{})
 	c, _ := start(t, func(f *fakeQEMU) {
 		a := f.expect("query-a")
+		close(gotA)
 		b := f.expect("query-b")
 		// Answer out of order; each caller must still get its own reply.
 		f.reply(b, "B")
@@ -178,8 +180,13 @@ func TestRepliesMatchedByID(t *testing.T) {
 		err := c.Execute(ctx(t), "query-a", nil, &s)
 		ra <- res{s, err}
 	}()
-	// Make sure query-a is sent first.
-	time.Sleep(50 * time.Millisecond)
+	// query-b only once the server has read query-a (a fixed sleep could
+	// let them race on a loaded machine).
+	select {
+	case <-gotA:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server never read query-a")
+	}
 	var b string
 	if err := c.Execute(ctx(t), "query-b", nil, &b); err != nil || b != "B" {
 		t.Fatalf("query-b = %q, %v", b, err)
