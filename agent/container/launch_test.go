@@ -470,7 +470,13 @@ func TestTimedOutExecSparesSiblingExec(t *testing.T) {
 // short launch timeout for the exec the caller is about to hold.
 func stuckExecSetup(t *testing.T, prefix string) *Container {
 	t.Helper()
-	s := newLaunchSandbox(t, time.Second)
+	return startedSleeper(t, newLaunchSandbox(t, time.Second), prefix)
+}
+
+// startedSleeper creates and starts a container running sleep in s, removed
+// when the test ends.
+func startedSleeper(t *testing.T, s *Sandbox, prefix string) *Container {
+	t.Helper()
 	id := uniqueID(prefix)
 	c, err := s.CreateContainer(ContainerConfig{ID: id, Spec: testSpec("sleep", "100")})
 	if err != nil {
@@ -644,16 +650,7 @@ func TestFailedStartReapsItsStagesWhileAnotherIsStuck(t *testing.T) {
 	s := newLaunchSandbox(t, 30*time.Second)
 	var cs []*Container
 	for _, prefix := range []string{"held", "failing"} {
-		id := uniqueID(prefix)
-		c, err := s.CreateContainer(ContainerConfig{ID: id, Spec: testSpec("sleep", "100")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.RemoveContainer(context.Background(), id, 0) })
-		cs = append(cs, c)
+		cs = append(cs, startedSleeper(t, s, prefix))
 	}
 	stage := filepath.Join(t.TempDir(), "runc:[1:CHILD]") // its comm
 	if err := os.Symlink("/bin/true", stage); err != nil {
