@@ -163,6 +163,7 @@ func unguardedDiesOf(t *testing.T, sig unix.Signal) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		_ = ctl.Process.Kill()
+		<-done
 		t.Fatalf("control: an unguarded Go process survived signal %d (the test would prove nothing)", int(sig))
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/keelvm/keel/protocol/client"
 	pb "github.com/keelvm/keel/protocol/grpc"
+	"github.com/keelvm/keel/tests/vmtest"
 )
 
 // BenchmarkStdoutVsockPaired times the passfd stdout path and its raw
@@ -39,30 +40,8 @@ import (
 func BenchmarkStdoutVsockPaired(b *testing.B) {
 	needVM(b)
 	g, c := streamVM(b)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
 	modes := []string{"raw", "passfd"}
-	var tot [2]transfer
-	var hostCPU [2]float64 // seconds, whole ops
-	i := 0
-	for b.Loop() {
-		for k := range modes {
-			m := (k + i) % 2 // alternate which mode goes first
-			h0 := selfCPUSeconds()
-			t, err := streamOnce(ctx, g, c, modes[m])
-			if err != nil {
-				b.Fatal(err)
-			}
-			hostCPU[m] += selfCPUSeconds() - h0
-			tot[m].bytes += t.bytes
-			tot[m].took += t.took
-			tot[m].qemu += t.qemu
-			tot[m].cpu.busy += t.cpu.busy
-			tot[m].cpu.idle += t.cpu.idle
-			tot[m].cpu.self += t.cpu.self
-		}
-		i++
-	}
+	tot, hostCPU := streamInTurns(b, g, c, modes)
 	mbps := func(m int) float64 { return float64(tot[m].bytes) / tot[m].took.Seconds() / 1e6 }
 	b.ReportMetric(mbps(1)/mbps(0), "passfd/raw")
 	for m, name := range modes {
@@ -148,4 +127,34 @@ func TestParseCPUStat(t *testing.T) {
 	if _, err := parseCPUStat("vsockstream: write at 0: broken pipe\n"); err == nil {
 		t.Fatal("a stderr without cpustat parsed")
 	}
+}
+
+// streamInTurns runs streamOnce for every mode in each iteration, the order
+// rotating from one iteration to the next so load that drifts weighs on all
+// modes alike, and returns per mode the summed transfers and this process's
+// CPU seconds (the vsock device and the reader) over whole ops.
+func streamInTurns(b *testing.B, g *vmtest.Guest, c *client.Client, modes []string) (tot []transfer, hostCPU []float64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	tot, hostCPU = make([]transfer, len(modes)), make([]float64, len(modes))
+	i := 0
+	for b.Loop() {
+		for k := range modes {
+			m := (k + i) % len(modes)
+			h0 := selfCPUSeconds()
+			t, err := streamOnce(ctx, g, c, modes[m])
+			if err != nil {
+				b.Fatal(err)
+			}
+			hostCPU[m] += selfCPUSeconds() - h0
+			tot[m].bytes += t.bytes
+			tot[m].took += t.took
+			tot[m].qemu += t.qemu
+			tot[m].cpu.busy += t.cpu.busy
+			tot[m].cpu.idle += t.cpu.idle
+			tot[m].cpu.self += t.cpu.self
+		}
+		i++
+	}
+	return tot, hostCPU
 }

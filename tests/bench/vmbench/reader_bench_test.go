@@ -1,10 +1,6 @@
 package vmbench
 
-import (
-	"context"
-	"testing"
-	"time"
-)
+import "testing"
 
 // BenchmarkStdoutVsockReaderPaired is BenchmarkStdoutVsock's raw,
 // readstdout (the generated client, as Kata's shim) and reader (Keel's
@@ -17,26 +13,8 @@ import (
 func BenchmarkStdoutVsockReaderPaired(b *testing.B) {
 	needVM(b)
 	g, c := streamVM(b)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
 	modes := []string{"raw", "readstdout", "reader"}
-	var tot [3]transfer
-	var hostCPU [3]float64
-	i := 0
-	for b.Loop() {
-		for k := range modes {
-			m := (k + i) % len(modes)
-			h0 := selfCPUSeconds()
-			t, err := streamOnce(ctx, g, c, modes[m])
-			if err != nil {
-				b.Fatal(err)
-			}
-			hostCPU[m] += selfCPUSeconds() - h0
-			tot[m].bytes += t.bytes
-			tot[m].took += t.took
-		}
-		i++
-	}
+	tot, hostCPU := streamInTurns(b, g, c, modes)
 	mbps := func(m int) float64 { return float64(tot[m].bytes) / tot[m].took.Seconds() / 1e6 }
 	b.ReportMetric(mbps(2)/mbps(0), "reader/raw")
 	b.ReportMetric(mbps(1)/mbps(0), "readstdout/raw")
