@@ -503,7 +503,13 @@ func TestV1SignalRightBeforeStop(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("stop did not return within 10s")
 	}
-	wg.Wait()
+	waited := make(chan struct{})
+	go func() { wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watch's goroutine did not end within 10s of stop")
+	}
 	if n := count.Load(); n != 2 {
 		t.Fatalf("%d events for 2 signals", n)
 	}

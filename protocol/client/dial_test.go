@@ -124,36 +124,37 @@ func TestHybridWrongReplyIsRetriedThenFails(t *testing.T) {
 	}
 }
 
-// The guest starts listening only after a few refusals: the dial must
-// succeed soon after, not a whole second later.
+// The guest starts listening only after many refusals (1.5 s): with the
+// backoff capped at MaxBackoff the dial succeeds about one step later and
+// keeps trying meanwhile; uncapped doubling from FirstBackoff would be
+// about a second late and try only ~9 times.
 func TestHybridLateListener(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "v.sock")
 	var mu sync.Mutex
-	ready := time.Now().Add(200 * time.Millisecond)
-	var readyAt time.Time
-	startFakeVMM(t, sock, func(string) string {
+	ready := time.Now().Add(1500 * time.Millisecond)
+	v := startFakeVMM(t, sock, func(string) string {
 		mu.Lock()
 		defer mu.Unlock()
 		if time.Now().Before(ready) {
 			return "" // guest not listening yet: device hangs up (RST)
 		}
-		if readyAt.IsZero() {
-			readyAt = time.Now()
-		}
 		return "OK 5\n"
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	conn, err := DialConn(ctx, "hvsock://"+sock+":1024")
 	if err != nil {
 		t.Fatal(err)
 	}
 	conn.Close()
-	// About one backoff (MaxBackoff) is expected; the bound only has to
-	// catch the regression, a retry a whole second later, with room for a
-	// loaded CI machine (MaxBackoff + 150 ms was a flake risk).
+	// The bound catches the regression (a retry a whole second later) with
+	// room for a loaded CI machine; the attempts show the cap (~18 in
+	// 1.5 s at 100 ms, fewer than 10 if the waits kept doubling).
 	if late := time.Since(ready); late > 700*time.Millisecond {
 		t.Fatalf("connected %v after the listener appeared, want within 700 ms (about one backoff, %v, expected)", late, MaxBackoff)
+	}
+	if n := v.attempts(); n < 12 {
+		t.Fatalf("%d attempts in 1.5 s: the backoff is not capped at %v", n, MaxBackoff)
 	}
 }
 

@@ -331,6 +331,13 @@ func BenchmarkGuestLifecycleCgroup2(b *testing.B) {
 // the means agent/runc and agent/crun, and the median of the rounds' own
 // agent/runc ratios (agent/runc-pair-median: a round disturbed by a load
 // burst moves the means, hardly the median).
+// roundOrders are the six orders of one paired round.
+var roundOrders = [][3]string{
+	{"agent", "runc", "crun"}, {"agent", "crun", "runc"},
+	{"runc", "agent", "crun"}, {"runc", "crun", "agent"},
+	{"crun", "agent", "runc"}, {"crun", "runc", "agent"},
+}
+
 func paired(b *testing.B, op string, agentOp func(ctx context.Context, i int) error) {
 	g := benchGuest(b)
 	ctx := benchCtx(b)
@@ -338,14 +345,13 @@ func paired(b *testing.B, op string, agentOp func(ctx context.Context, i int) er
 	rt := map[string]int64{}
 	var pairRatios []float64
 	for i := range b.N {
-		// The order rotates round by round, so no side always runs right
-		// after the agent (whose work the kernel may finish asynchronously,
-		// e.g. freeing a removed cgroup) or always first.
+		// The order cycles through all six permutations, so each side
+		// follows the agent (whose work the kernel may finish
+		// asynchronously, e.g. freeing a removed cgroup) and runs first
+		// equally often.
 		var d time.Duration
 		var runcNs int64
-		steps := []string{"agent", "runc", "crun"}
-		for k := range steps {
-			name := steps[(k+i)%len(steps)]
+		for _, name := range roundOrders[i%len(roundOrders)] {
 			if name == "agent" {
 				t0 := time.Now()
 				if err := agentOp(ctx, i); err != nil {
